@@ -1,0 +1,71 @@
+# The two commands of the README: `make run` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODELS ?= models
+HOST ?= 0.0.0.0
+PORT ?= 8000
+MOVIELENS_DIR ?=
+# Extras installed by `make install`: serving + training + tests.
+EXTRAS ?= train,dev
+
+.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving clean help
+
+help:
+	@echo "make run    - install, build a model bundle on MovieLens-100K if none exists, serve on :$(PORT)"
+	@echo "make test   - install and run the whole test suite (needs Redis on 127.0.0.1:6379)"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench-quality | bench-student | bench-serving - the committed benchmarks behind docs/"
+
+install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+comma := ,
+$(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+bundle: install
+	@if [ -e $(MODELS)/current/manifest.json ]; then \
+		echo "model bundle: $$(readlink -f $(MODELS)/current)"; \
+	else \
+		echo "no bundle in $(MODELS)/current: training one on MovieLens-100K"; \
+		$(PY) -m training pipeline $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)") \
+			--dataset ml-100k --split none --out-dir $(MODELS); \
+	fi
+
+run: bundle serve
+
+serve: install
+	MODEL_DIR=$(MODELS)/current $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check app training
+	$(PY) -m mypy app training
+
+typecheck: install
+	$(PY) -m mypy app training
+
+bench-quality:
+	$(MAKE) install EXTRAS=train,dev,bench
+	$(PY) bench/quality.py $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
+
+bench-student: install
+	$(PY) bench/student.py $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
+
+bench-serving: bundle
+	$(PY) bench/serving.py --model-dir $(MODELS)/current
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
