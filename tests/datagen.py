@@ -52,7 +52,9 @@ def write_ml100k(
     users, items, ratings, stamps = planted_ratings(
         n_users=n_users, n_items=n_items, n_ratings=n_ratings, seed=seed
     )
-    lines = [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in zip(users, items, ratings, stamps, strict=True)]
+    lines = [
+        f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in zip(users, items, ratings, stamps, strict=True)
+    ]
     (root / "u.data").write_text("\n".join(lines) + "\n")
     (root / "u.genre").write_text("".join(f"{g}|{j}\n" for j, g in enumerate(GENRES)) + "\n")
     user_lines = []
@@ -73,30 +75,43 @@ def write_ml100k(
     (root / "u.item").write_text("\n".join(item_lines) + "\n", encoding="latin-1")
     fold = rng.integers(0, 5, len(lines))
     for k in range(5):
-        (root / f"u{k + 1}.base").write_text("".join(f"{x}\n" for x, f in zip(lines, fold, strict=True) if f != k))
-        (root / f"u{k + 1}.test").write_text("".join(f"{x}\n" for x, f in zip(lines, fold, strict=True) if f == k))
+        (root / f"u{k + 1}.base").write_text(
+            "".join(f"{x}\n" for x, f in zip(lines, fold, strict=True) if f != k)
+        )
+        (root / f"u{k + 1}.test").write_text(
+            "".join(f"{x}\n" for x, f in zip(lines, fold, strict=True) if f == k)
+        )
     # ua/ub: a few ratings per user in the test part, like the canonical files.
     per_user_test = rng.random(len(lines)) < 0.1
     for name in ("ua", "ub"):
-        (root / f"{name}.base").write_text("".join(f"{x}\n" for x, t in zip(lines, per_user_test, strict=True) if not t))
-        (root / f"{name}.test").write_text("".join(f"{x}\n" for x, t in zip(lines, per_user_test, strict=True) if t))
+        (root / f"{name}.base").write_text(
+            "".join(f"{x}\n" for x, t in zip(lines, per_user_test, strict=True) if not t)
+        )
+        (root / f"{name}.test").write_text(
+            "".join(f"{x}\n" for x, t in zip(lines, per_user_test, strict=True) if t)
+        )
     return root
 
 
-def write_ml1m(root: Path, *, n_users: int = 40, n_items: int = 50, n_ratings: int = 800, seed: int = 0) -> Path:
+def write_ml1m(
+    root: Path, *, n_users: int = 40, n_items: int = 50, n_ratings: int = 800, seed: int = 0
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 2)
     users, items, ratings, stamps = planted_ratings(
         n_users=n_users, n_items=n_items, n_ratings=n_ratings, seed=seed
     )
     (root / "ratings.dat").write_text(
-        "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in zip(users, items, ratings, stamps, strict=True))
+        "".join(
+            f"{u}::{i}::{r}::{t}\n"
+            for u, i, r, t in zip(users, items, ratings, stamps, strict=True)
+        )
     )
     ages = (1, 18, 25, 35, 45, 50, 56)
     (root / "users.dat").write_text(
         "".join(
-            f"{u}::{'MF'[u % 2]}::{ages[u % len(ages)]}::{u % 21}::{int(rng.integers(10000, 99999))}\n"
-            for u in range(1, n_users + 1)
+            f"{u}::{'MF'[u % 2]}::{ages[u % len(ages)]}::{u % 21}::{zip_code}\n"
+            for u, zip_code in enumerate(rng.integers(10000, 99999, n_users), start=1)
         )
     )
     (root / "movies.dat").write_text(
@@ -109,17 +124,25 @@ def write_ml1m(root: Path, *, n_users: int = 40, n_items: int = 50, n_ratings: i
     return root
 
 
-def write_ml_latest(root: Path, *, n_users: int = 40, n_items: int = 50, n_ratings: int = 800, seed: int = 0) -> Path:
+def write_ml_latest(
+    root: Path, *, n_users: int = 40, n_items: int = 50, n_ratings: int = 800, seed: int = 0
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     users, items, ratings, stamps = planted_ratings(
         n_users=n_users, n_items=n_items, n_ratings=n_ratings, seed=seed
     )
     (root / "ratings.csv").write_text(
         "userId,movieId,rating,timestamp\n"
-        + "".join(f"{u},{i * 10},{r - 0.5 if r > 1 else r}.0,{t}\n".replace(".5.0", ".5") for u, i, r, t in zip(users, items, ratings, stamps, strict=True))
+        + "".join(
+            f"{u},{i * 10},{r - 0.5 if r > 1 else r}.0,{t}\n".replace(".5.0", ".5")
+            for u, i, r, t in zip(users, items, ratings, stamps, strict=True)
+        )
     )
     (root / "movies.csv").write_text(
         "movieId,title,genres\n"
-        + "".join(f'{i * 10},"Film, The {i} ({1960 + i % 40})",Comedy|Drama\n' for i in range(1, n_items + 1))
+        + "".join(
+            f'{i * 10},"Film, The {i} ({1960 + i % 40})",Comedy|Drama\n'
+            for i in range(1, n_items + 1)
+        )
     )
     return root

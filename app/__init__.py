@@ -1,0 +1,1 @@
+"""Online serving of the teacher and student recommenders (no torch, no training imports)."""

@@ -1,0 +1,89 @@
+"""POST /predict_rating: one pair or a batch of pairs.
+
+An unknown user is predicted through the model's cold-start path (user index 0 with
+unknown demographics); an unknown item is a 404, since nothing about it is known.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from starlette.responses import Response
+
+from app.api.deps import VariantOverride, choose_variant, get_services, get_state
+from app.responses import JSONBytesResponse
+from app.schemas import (
+    BatchRatingResponse,
+    ErrorBody,
+    PredictRequest,
+    RatingResponse,
+)
+
+router = APIRouter()
+_NAMED_UNKNOWN = 5
+_DECIMALS = 4
+
+
+def _unknown_items(unknown: list[str]) -> HTTPException:
+    shown = ", ".join(repr(i) for i in unknown[:_NAMED_UNKNOWN])
+    more = f" and {len(unknown) - _NAMED_UNKNOWN} more" if len(unknown) > _NAMED_UNKNOWN else ""
+    noun = "item_id" if len(unknown) == 1 else "item_ids"
+    return HTTPException(status_code=404, detail=f"unknown {noun} {shown}{more}")
+
+
+@router.post(
+    "/predict_rating",
+    response_model=RatingResponse | BatchRatingResponse,
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def predict_rating(
+    request: Request, body: PredictRequest, *, x_variant: VariantOverride = None
+) -> Response:
+    services = get_services(request)
+    state = get_state(services)
+
+    if body.pairs is None:
+        assert body.user_id is not None and body.item_id is not None
+        user_raw, item_raw = body.user_id, body.item_id
+        item = state.item_position(item_raw)
+        if item is None:
+            raise _unknown_items([item_raw])
+        variant = choose_variant(request, services, user_id=user_raw, override=x_variant)
+        rating = state.predict(
+            variant,
+            users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
+            items=np.array([item], dtype=np.int64),
+        )
+        return JSONBytesResponse({
+            "user_id": user_raw,
+            "item_id": item_raw,
+            "rating": round(float(rating[0]), _DECIMALS),
+            "variant": variant,
+            "model_version": state.version,
+        })
+
+    limit = services.settings.max_batch_pairs
+    if len(body.pairs) > limit:
+        raise HTTPException(
+            status_code=422,
+            detail=f"too many pairs: {len(body.pairs)} given, at most {limit} per request",
+        )
+    user_index, item_index = state.bundle.user_index, state.bundle.item_index
+    users_raw = [p.user_id for p in body.pairs]
+    items_raw = [p.item_id for p in body.pairs]
+    items = np.fromiter((item_index.get(i, 0) for i in items_raw), dtype=np.int64,
+                        count=len(items_raw))
+    if not items.all():
+        missing = list(dict.fromkeys(i for i, pos in zip(items_raw, items.tolist(), strict=True)
+                                     if pos == 0))
+        raise _unknown_items(missing)
+    users = np.fromiter((user_index.get(u, 0) for u in users_raw), dtype=np.int64,
+                        count=len(users_raw))
+    # One variant per response: the batch follows its first user's assignment.
+    variant = choose_variant(request, services, user_id=users_raw[0], override=x_variant)
+    ratings = state.predict(variant, users=users, items=items)
+    return JSONBytesResponse({
+        "ratings": np.round(ratings.astype(np.float64), _DECIMALS).tolist(),
+        "variant": variant,
+        "model_version": state.version,
+    })

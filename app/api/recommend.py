@@ -1,0 +1,87 @@
+"""GET /recommend: top-k items for a user, cached per (bundle, variant, user, k, flag)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from app.api.deps import VariantOverride, choose_variant, get_services, get_state
+from app.responses import JSONBytesResponse
+from app.schemas import ErrorBody, RecommendResponse
+from app.state import Recommendation, ServingState
+
+router = APIRouter()
+
+
+def _fragment(recommendation: Recommendation) -> bytes:
+    """The cacheable middle of the response: `"items":[...],"fallback":...`."""
+    body = orjson.dumps({"items": recommendation.items, "fallback": recommendation.fallback})
+    return body[1:-1]
+
+
+def _cache_key(state: ServingState, *, variant: str, who: str, k: int, exclude_seen: bool
+               ) -> str:
+    # The bundle version and the model file are part of the key, so a reload or a switch
+    # to the INT8 student can never serve a list computed by another model.
+    model_file = state.runner(variant).file
+    return f"rec:v1:{state.version}:{variant}:{model_file}:{who}:k{k}:x{int(exclude_seen)}"
+
+
+@router.get(
+    "/recommend",
+    response_model=RecommendResponse,
+    responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+def recommend(
+    request: Request,
+    *,
+    user_id: Annotated[str, Query(min_length=1, max_length=128, description="raw user id")],
+    k: Annotated[int, Query(ge=1, le=100)] = 10,
+    exclude_seen: bool = True,
+    age: Annotated[int | None, Query(ge=0, le=150, description="cold start")] = None,
+    gender: Annotated[str | None, Query(max_length=32, description="cold start")] = None,
+    occupation: Annotated[str | None, Query(max_length=64, description="cold start")] = None,
+    zip: Annotated[str | None, Query(max_length=16, description="cold start")] = None,
+    x_variant: VariantOverride = None,
+) -> Response:
+    """Known user: the catalogue minus seen items, ranked by the model.
+    Unknown user with demographics: the model's cold-start path (`fallback: cold_start`).
+    Unknown user without them: the popularity list (`fallback: popular`)."""
+    services = get_services(request)
+    state = get_state(services)
+    raw_user = user_id.strip()
+    variant = choose_variant(request, services, user_id=raw_user, override=x_variant)
+
+    position = state.user_position(raw_user)
+    compute: Callable[[], Recommendation]
+    if position is not None:
+        who = f"u{position}"
+        compute = partial(state.recommend_known, variant, user=position, k=k,
+                          exclude_seen=exclude_seen)
+    else:
+        row = state.encode_demographics(
+            {"age": age, "gender": gender, "occupation": occupation, "zip": zip}
+        )
+        if row is None:
+            who = "popular"
+            compute = partial(state.recommend_popular, variant, k=k)
+        else:
+            who = "cold:" + ",".join(str(v) for v in row.tolist())
+            compute = partial(state.recommend_cold_start, variant, user_row=row, k=k)
+
+    key = _cache_key(state, variant=variant, who=who, k=k, exclude_seen=exclude_seen)
+    fragment, hit = services.cache.get_or_compute(key, lambda: _fragment(compute()))
+    body = b"".join((
+        b'{"user_id":', orjson.dumps(raw_user),
+        b',"variant":', orjson.dumps(variant),
+        b',"model_version":', orjson.dumps(state.version),
+        b",", fragment,
+        b',"cached":', b"true" if hit else b"false",
+        b"}",
+    ))
+    return JSONBytesResponse(body)

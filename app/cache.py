@@ -1,0 +1,275 @@
+"""Cache-aside for /recommend: Redis or an in-process LRU, never a reason to fail a request.
+
+A Redis error or timeout counts as result="error" and the request is computed uncached.
+A circuit breaker stops waiting on a dead Redis after a few failures and lets one probe
+through now and then to notice its return. Concurrent misses of one key within a process
+compute once (single-flight); across processes each worker may compute once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+CacheResult = Literal["hit", "miss", "error"]
+
+
+class CacheUnavailableError(Exception):
+    """The backend failed or the breaker is open; the caller serves uncached."""
+
+
+class CacheBackend(Protocol):
+    name: str
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None: ...
+
+    def status(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class LocalLRUCache:
+    """In-process LRU with per-entry expiry; the default when no REDIS_URL is set."""
+
+    name = "memory"
+
+    def __init__(self, *, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            expires, value = entry
+            if expires <= now:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return value
+
+    def set(self, key: str, value: bytes, *, ttl_seconds: int) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic() + ttl_seconds, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def status(self) -> str:
+        return "up"
+
+    def close(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class CircuitBreaker:
+    """closed -> open after `threshold` consecutive failures; after `reset_seconds` one
+    caller probes (half-open); its success closes the circuit, its failure reopens it."""
+
+    def __init__(self, *, threshold: int, reset_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = threshold
+        self._reset_seconds = reset_seconds
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            if self._clock() - self._opened_at >= self._reset_seconds:
+                return "half_open"
+            return "open"
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if self._probing or self._clock() - self._opened_at < self._reset_seconds:
+                return False
+            self._probing = True
+            return True
+
+    def record_success(self) -> None:
+        with self._lock:
+            if self._opened_at is not None:
+                logger.info("cache backend is back, circuit closed")
+            self._failures = 0
+            self._opened_at = None
+            self._probing = False
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            was_probing = self._probing
+            self._probing = False
+            if was_probing or (self._opened_at is None and self._failures >= self._threshold):
+                if self._opened_at is None:
+                    logger.warning("cache backend failing, circuit opened",
+                                   extra={"failures": self._failures})
+                self._opened_at = self._clock()
+
+
+class RedisCache:
+    """Redis with short timeouts and no retries, guarded by a circuit breaker."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, socket_timeout: float, breaker: CircuitBreaker) -> None:
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            # redis-py retries by default; a retry multiplies the wait on a dead server.
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self.breaker = breaker
+
+    def _call(self, operation: Callable[[], object]) -> object:
+        if not self.breaker.allow():
+            raise CacheUnavailableError("circuit open")
+        try:
+            result = operation()
+        except (redis.RedisError, OSError) as exc:
+            self.breaker.record_failure()
+            raise CacheUnavailableError(str(exc)) from exc
+        self.breaker.record_success()
+        return result
+
+    def get(self, key: str) -> bytes | None:
+        value = self._call(lambda: self._client.get(key))
+        return value if isinstance(value, bytes) else None
+
+    def set(self, key: str, value: bytes, *, ttl_seconds: int | None) -> None:
+        """Store `value`; `ttl_seconds=None` keeps it until overwritten."""
+        self._call(lambda: self._client.set(key, value, ex=ttl_seconds))
+
+    def status(self) -> str:
+        """'up' or 'degraded'; pings only when the breaker would let a request through."""
+        try:
+            self._call(self._client.ping)
+        except CacheUnavailableError:
+            return "degraded"
+        return "up"
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass
+class _Flight:
+    event: threading.Event
+    value: bytes | None = None
+    result: CacheResult = "miss"
+    error: BaseException | None = None
+
+
+class SingleFlight:
+    """Lets one caller per key do the work while the others wait for its result."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+
+    def do(self, key: str, work: Callable[[], tuple[bytes, CacheResult]]
+           ) -> tuple[bytes, CacheResult]:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = _Flight(event=threading.Event())
+                self._flights[key] = flight
+        if not leader:
+            flight.event.wait()
+            if flight.error is not None:
+                raise flight.error
+            assert flight.value is not None
+            return flight.value, flight.result
+        try:
+            flight.value, flight.result = work()
+            return flight.value, flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.event.set()
+
+
+class RecommendationCache:
+    """Cache-aside over a backend, with metrics and single-flight."""
+
+    def __init__(self, backend: CacheBackend, *, ttl_seconds: int, metrics: Metrics) -> None:
+        self.backend = backend
+        self._ttl = ttl_seconds
+        self._metrics = metrics
+        self._flights = SingleFlight()
+
+    def get_or_compute(self, key: str, compute: Callable[[], bytes]) -> tuple[bytes, bool]:
+        """The cached bytes for `key`, or `compute()`'s (then stored); and whether it was a hit."""
+        value, result = self._flights.do(key, lambda: self._lookup(key, compute))
+        self._metrics.cache_requests_total.labels(result=result).inc()
+        return value, result == "hit"
+
+    def _lookup(self, key: str, compute: Callable[[], bytes]) -> tuple[bytes, CacheResult]:
+        result: CacheResult
+        try:
+            cached = self.backend.get(key)
+        except CacheUnavailableError as exc:
+            logger.debug("cache read failed", extra={"reason": str(exc)})
+            return compute(), "error"
+        if cached is not None:
+            return cached, "hit"
+        result = "miss"
+        value = compute()
+        try:
+            self.backend.set(key, value, ttl_seconds=self._ttl)
+        except CacheUnavailableError as exc:
+            logger.debug("cache write failed", extra={"reason": str(exc)})
+            self._metrics.cache_write_errors_total.inc()
+        return value, result
+
+    def status(self) -> str:
+        return self.backend.status()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def build_cache(
+    *, redis_url: str, ttl_seconds: int, max_entries: int, socket_timeout: float,
+    breaker_threshold: int, breaker_reset_seconds: float, metrics: Metrics
+) -> RecommendationCache:
+    backend: CacheBackend
+    if redis_url:
+        breaker = CircuitBreaker(threshold=breaker_threshold, reset_seconds=breaker_reset_seconds)
+        backend = RedisCache(redis_url, socket_timeout=socket_timeout, breaker=breaker)
+    else:
+        backend = LocalLRUCache(max_entries=max_entries)
+    return RecommendationCache(backend, ttl_seconds=ttl_seconds, metrics=metrics)

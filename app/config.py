@@ -1,0 +1,59 @@
+"""Service settings, read from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment names are the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    model_dir: Path = Path("models/current")
+    # Empty means the embedded in-process LRU cache (no Redis needed).
+    redis_url: str = ""
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    # Short on purpose: a slow Redis must cost a request milliseconds, not seconds.
+    redis_socket_timeout_seconds: float = Field(default=0.05, gt=0)
+    breaker_failure_threshold: int = Field(default=3, ge=1)
+    breaker_reset_seconds: float = Field(default=5.0, gt=0)
+    ab_student_percent: float = Field(default=50.0, ge=0, le=100)
+    ab_salt: str = Field(default="ab-v1", min_length=1)
+    # With Redis, admin routing changes are shared and every worker re-reads them this often.
+    routing_sync_seconds: float = Field(default=2.0, ge=0)
+    # > 0: reload by itself when MODEL_DIR comes to point at another bundle (checked this often).
+    model_watch_seconds: float = Field(default=0.0, ge=0)
+    # Comma-separated, in order of preference; filtered by what onnxruntime offers.
+    ort_providers: str = DEFAULT_PROVIDERS
+    # 0 lets onnxruntime pick (all cores); set it when several workers share a host.
+    ort_intra_op_threads: int = Field(default=0, ge=0)
+    admin_token: SecretStr | None = None
+    max_batch_pairs: int = Field(default=1000, ge=1)
+    student_model: Literal["student", "student_int8"] = "student"
+    bench_floor_enabled: bool = False
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # ADMIN_TOKEN= (empty) must not enable admin routes with an empty password.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return value
+
+    @property
+    def provider_list(self) -> list[str]:
+        # Comma-separated; a JSON-style list is accepted too, since that is what
+        # pydantic-settings users tend to write for list settings.
+        text = self.ort_providers.strip().removeprefix("[").removesuffix("]")
+        names = (part.strip().strip("\"'").strip() for part in text.split(","))
+        return [name for name in names if name]

@@ -1,0 +1,57 @@
+"""Exception handlers: every error is `{"detail": "..."}` with a clear message, no trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+
+from app.logging_setup import request_id_var
+from app.responses import JSONBytesResponse
+
+logger = logging.getLogger(__name__)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error.get("loc", ()))
+    location = ".".join(str(part) for part in loc if part != "body") or "body"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    kind = error.get("type")
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error")
+        return f"malformed JSON body: {reason}" if reason else "malformed JSON body"
+    if kind == "missing" and loc == ("body",):
+        return "body: a JSON object is required"
+    return f"{location}: {message}"
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [dict(error) for error in exc.errors()]
+    messages = [_describe(error) for error in errors]
+    # Only location and message go back: the raw input could be large or sensitive.
+    return JSONBytesResponse(
+        {
+            "detail": "; ".join(messages),
+            "errors": [
+                {"loc": [str(p) for p in e.get("loc", ())],
+                 "msg": str(e.get("msg")).removeprefix("Value error, ")}
+                for e in errors
+            ],
+        },
+        status_code=422,
+    )
+
+
+async def unhandled_error(request: Request, exc: Exception) -> Response:
+    return JSONBytesResponse(
+        {"detail": "internal error", "request_id": request_id_var.get()}, status_code=500
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unhandled_error)

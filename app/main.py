@@ -1,0 +1,145 @@
+"""App factory and lifespan; `uvicorn app.main:app` serves the module-level app.
+
+Importing this module builds the FastAPI object only: no settings are read, no client
+made, no file opened. The lifespan reads Settings (unless create_app was given them),
+builds metrics, cache, router and services, puts them on app.state, and loads the bundle;
+handlers and middleware find them there at request time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+import orjson
+from fastapi import FastAPI
+
+from app.api import admin, bench, health, predict, recommend
+from app.api.gate import hide_closed_routes
+from app.cache import RedisCache, build_cache
+from app.config import Settings
+from app.errors import install_error_handlers
+from app.logging_setup import configure_logging
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.routing import ABRouter, RoutingSync
+from app.services import Services
+from app.state import ServingState
+from app.sync import BackgroundSync
+
+logger = logging.getLogger(__name__)
+
+
+def _floor_bodies(state: ServingState) -> dict[int, bytes]:
+    """Bodies shaped like /recommend answers for n = 1..100, from real titles."""
+    bundle = state.bundle
+    positions = list(range(min(100, bundle.n_items)))
+    bodies: dict[int, bytes] = {}
+    for n in range(1, 101):
+        items = [
+            {"item_id": bundle.item_ids[p], "title": bundle.titles[p],
+             "score": round(1.0 - i / 100, 4), "rating": 3.5}
+            for i, p in enumerate(positions[:n])
+        ]
+        bodies[n] = orjson.dumps({
+            "user_id": bundle.user_ids[0] if bundle.user_ids else "0",
+            "variant": "teacher",
+            "model_version": state.version,
+            "items": items,
+            "cached": False,
+            "fallback": None,
+        })
+    return bodies
+
+
+def build_services(settings: Settings) -> Services:
+    """Metrics, cache (a Redis client when REDIS_URL is set), A/B router and services."""
+    metrics = Metrics()
+    services = Services(
+        settings=settings,
+        metrics=metrics,
+        router=ABRouter(student_percent=settings.ab_student_percent, salt=settings.ab_salt),
+        cache=build_cache(
+            redis_url=settings.redis_url,
+            ttl_seconds=settings.cache_ttl_seconds,
+            max_entries=settings.cache_max_entries,
+            socket_timeout=settings.redis_socket_timeout_seconds,
+            breaker_threshold=settings.breaker_failure_threshold,
+            breaker_reset_seconds=settings.breaker_reset_seconds,
+            metrics=metrics,
+        ),
+    )
+    if isinstance(services.cache.backend, RedisCache):
+        services.routing_sync = RoutingSync(services.router, services.cache.backend)
+    return services
+
+
+def make_lifespan(
+    settings: Settings | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The lifespan; with `settings` None it reads them from the environment on start."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config = settings if settings is not None else Settings()
+        configure_logging(config.log_level)
+        services = build_services(config)
+        app.state.services = services
+        sync: BackgroundSync | None = None
+        try:
+            # Loading hashes files and warms sessions: seconds of blocking work, kept off
+            # the loop. A bundle that fails verification raises here, so the server never
+            # starts serving it.
+            state = await anyio.to_thread.run_sync(services.load)
+            if config.bench_floor_enabled:
+                services.floor_bodies = _floor_bodies(state)
+            if services.routing_sync is not None:
+                # Adopt a split an admin already shared, so a new worker routes like the others.
+                await anyio.to_thread.run_sync(services.routing_sync.refresh)
+            sync = BackgroundSync(services, routing=services.routing_sync,
+                                  routing_every=config.routing_sync_seconds,
+                                  model_every=config.model_watch_seconds)
+            sync.start()
+            logger.info("service ready", extra={"version": state.version,
+                                                "cache": services.cache.backend.name})
+            yield
+        finally:
+            if sync is not None:
+                await anyio.to_thread.run_sync(sync.stop)
+            del app.state.services
+            services.cache.close()
+
+    return lifespan
+
+
+class ServiceApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        # Admin and bench routes are always mounted but closed without their setting;
+        # the schema lists only what answers.
+        return hide_closed_routes(self, super().openapi(),
+                                  [*admin.router.routes, *bench.router.routes])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; `settings` None means read from the environment when the lifespan starts."""
+    app = ServiceApp(
+        title="recsys-distill",
+        summary="Teacher and distilled student recommenders behind a sticky A/B split.",
+        lifespan=make_lifespan(settings),
+    )
+    app.include_router(recommend.router)
+    app.include_router(predict.router)
+    app.include_router(health.router)
+    # Present only with ADMIN_TOKEN / BENCH_FLOOR_ENABLED: their routes check at request
+    # time (app/api/gate.py) and otherwise answer exactly like an unknown path.
+    app.include_router(admin.router)
+    app.include_router(bench.router)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, state=app.state)
+    return app
+
+
+app = create_app()

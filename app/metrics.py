@@ -1,0 +1,98 @@
+"""Prometheus metrics of docs/contracts.md section 3, single- or multi-process.
+
+Histograms rather than summaries: histogram buckets add up across workers and replicas,
+so fleet-wide percentiles stay computable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """All service metrics, registered in their own registry (one per app instance)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess = multiprocess_enabled()
+        self.http_request_duration_seconds = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template, method, status and A/B variant.",
+            ["route", "method", "status", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_inference_seconds = Histogram(
+            "model_inference_seconds",
+            "Time inside one ONNX Runtime session run.",
+            ["variant", "endpoint", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache_requests_total = Counter(
+            "cache_requests_total",
+            "Recommendation cache look-ups by result (hit, miss, error).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.cache_write_errors_total = Counter(
+            "cache_write_errors_total",
+            "Failed or skipped writes to the recommendation cache.",
+            registry=self.registry,
+        )
+        self.ab_assignments_total = Counter(
+            "ab_assignments_total",
+            "Requests assigned to a variant by the sticky A/B router (overrides excluded).",
+            ["variant"],
+            registry=self.registry,
+        )
+        # livemax: a worker that died no longer reports its model, one alive still does.
+        self.model_info = Gauge(
+            "model_info",
+            "The model each variant serves (value 1).",
+            ["variant", "version", "provider"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self._info_labels: list[tuple[str, str, str]] = []
+
+    def set_model_info(self, entries: list[tuple[str, str, str]]) -> None:
+        """Replace the (variant, version, provider) series after a load or reload."""
+        for labels in self._info_labels:
+            if labels not in entries:
+                if self.multiprocess:
+                    # Removing does not reach the shared files; zero marks it retired.
+                    self.model_info.labels(*labels).set(0)
+                else:
+                    self.model_info.remove(*labels)
+        for labels in entries:
+            self.model_info.labels(*labels).set(1)
+        self._info_labels = list(entries)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text: this process's registry, or all workers' in multiprocess mode."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,114 @@
+"""Request and response bodies of the HTTP contract.
+
+Responses are serialised with orjson for speed; these models document them in OpenAPI and
+validate requests. Ids may arrive as strings or integers and always leave as strings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+MAX_ID_LENGTH = 128
+
+
+def _raw_id(value: object) -> str:
+    # bool is an int subclass in Python; without this check `true` would become user "1".
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("must be a string or an integer id")
+    text = str(value).strip()
+    if not text or len(text) > MAX_ID_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_ID_LENGTH} characters")
+    return text
+
+
+RawId = Annotated[
+    str, BeforeValidator(_raw_id), Field(description="raw dataset id (string or integer)")
+]
+# A hard ceiling so an absurd body is refused before it is parsed into objects; the
+# configurable MAX_BATCH_PAIRS limit is checked in the handler.
+PAIRS_HARD_LIMIT = 100_000
+
+
+class Pair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: RawId
+    item_id: RawId
+
+
+class PredictRequest(BaseModel):
+    """Either one pair (`user_id`, `item_id`) or `pairs`, never both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: RawId | None = None
+    item_id: RawId | None = None
+    pairs: list[Pair] | None = Field(default=None, min_length=1, max_length=PAIRS_HARD_LIMIT)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        single = self.user_id is not None or self.item_id is not None
+        if self.pairs is not None and single:
+            raise ValueError("give either user_id and item_id, or pairs, not both")
+        if self.pairs is None and (self.user_id is None or self.item_id is None):
+            raise ValueError("give user_id and item_id, or a non-empty list of pairs")
+        return self
+
+
+class RatingResponse(BaseModel):
+    user_id: str
+    item_id: str
+    rating: float
+    variant: Literal["teacher", "student"]
+    model_version: str
+
+
+class BatchRatingResponse(BaseModel):
+    ratings: list[float]
+    variant: Literal["teacher", "student"]
+    model_version: str
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    score: float
+    rating: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    variant: Literal["teacher", "student"]
+    model_version: str
+    items: list[RecommendedItem]
+    cached: bool
+    fallback: Literal["popular", "cold_start"] | None
+
+
+class RoutingUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    student_percent: float | None = Field(default=None, ge=0, le=100)
+    salt: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class RoutingView(BaseModel):
+    student_percent: float
+    salt: str
+
+
+class RoutingChange(RoutingView):
+    shared: bool = Field(description="whether the change reached the other workers via Redis")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str | None = Field(default=None, min_length=1,
+                                  description="bundle to load; default MODEL_DIR")
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,411 @@
+"""Serving benchmark: teacher, student and INT8 student behind the real HTTP service.
+
+    python -m bench.serving --model-dir models/current --repeat 2
+
+Starts `uvicorn app.main:app` on a free loopback port (once per server configuration),
+drives it with a bounded closed-loop load generator in a separate process, and measures
+throughput and p50/p95/p99 latency for:
+
+- `/recommend` uncached (an LRU of one entry and users in a cycle: every request a miss)
+  and cached (a warmed set of users: every request a hit), per model;
+- `/predict_rating` with one pair and with a batch of pairs, per model;
+- the framework floor: `/_bench/floor`, a precomputed body of a /recommend answer's size;
+- the inference floor: the raw ONNX Runtime session run for the same work, in-process,
+  and the service's scoring path (app.state) for an uncached /recommend without HTTP;
+- the load generator's ceiling: the same client against a trivial fixed-answer server.
+
+Each run writes bench/results/serving-<timestamp>.json; the report (docs/BENCHMARKS.md and
+PNG plots in docs/img/) is written from all runs of the invocation, so that their spread
+shows. `--report-only FILE...` rewrites the report from saved runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import orjson
+
+from app.bundle import Bundle, load_bundle
+from bench._ceiling import fixed_response_server
+from bench._loadgen import LoadResult, LoadRunner, LoadSpec, build_get, build_post_json
+from bench._ortfloor import measure_floors, measure_service_floor
+from bench._report import compute_targets, write_report
+from bench._server import HOST, uvicorn_server
+
+logger = logging.getLogger("bench.serving")
+
+MODELS = ("teacher", "student", "student_int8")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Config:
+    model_dir: Path
+    workers: int
+    concurrency: tuple[int, ...]
+    max_requests: int
+    max_seconds: float
+    warmup_requests: int
+    batch_pairs: int
+    k: int
+    intra_op_threads: int
+    redis_url: str
+    pin: bool
+    cached_users: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One server process: which file serves the student, and whether lists are cached."""
+
+    name: str
+    student_model: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # recommend_uncached | recommend_cached | predict_single | predict_batch | floor
+    model: str  # teacher | student | student_int8 | framework
+    requests: list[bytes]
+    prewarm: list[bytes]
+
+
+def _cpu_split(pin: bool) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """Server CPUs and load-generator CPUs: the last CPU for the load, the rest serve."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return frozenset(cpus[:-1]), frozenset(cpus[-1:])
+
+
+def _recommend_requests(bundle: Bundle, users: Sequence[str], *, variant: str, k: int
+                        ) -> list[bytes]:
+    headers = {"X-Variant": variant}
+    return [build_get(f"/recommend?user_id={quote(u, safe='')}&k={k}", host=HOST,
+                      headers=headers) for u in users]
+
+
+def _predict_requests(
+    bundle: Bundle, rng: np.random.Generator, *, variant: str, batch: int, n_bodies: int
+) -> list[bytes]:
+    headers = {"X-Variant": variant}
+    requests = []
+    for _ in range(n_bodies):
+        users = rng.integers(0, bundle.n_users, size=batch)
+        items = rng.integers(0, bundle.n_items, size=batch)
+        pairs = [{"user_id": bundle.user_ids[u], "item_id": bundle.item_ids[i]}
+                 for u, i in zip(users.tolist(), items.tolist(), strict=True)]
+        body = orjson.dumps(pairs[0] if batch == 1 else {"pairs": pairs})
+        requests.append(build_post_json("/predict_rating", body, host=HOST, headers=headers))
+    return requests
+
+
+def _scenarios(bundle: Bundle, server: ServerConfig, config: Config) -> list[Scenario]:
+    rng = np.random.default_rng(config.seed)
+    # The HTTP variant is always teacher or student; the INT8 file serves "student" on
+    # a server started with STUDENT_MODEL=student_int8.
+    served = {"teacher": "teacher", "student": server.student_model}
+    if server.student_model == "student_int8":
+        served = {"student": "student_int8"}
+    scenarios: list[Scenario] = []
+    if server.cached:
+        if server.student_model == "student":
+            scenarios.append(Scenario(
+                "floor", "framework",
+                [build_get(f"/_bench/floor?n={config.k}", host=HOST)], [],
+            ))  # fmt: skip
+        users = list(bundle.user_ids[: config.cached_users])
+        for variant, model in served.items():
+            requests = _recommend_requests(bundle, users, variant=variant, k=config.k)
+            scenarios.append(Scenario("recommend_cached", model, requests, requests))
+        return scenarios
+    # Every user once per cycle and a one-entry LRU: no request can hit.
+    order = rng.permutation(bundle.n_users)
+    users = [bundle.user_ids[i] for i in order.tolist()]
+    for variant, model in served.items():
+        scenarios.append(Scenario(
+            "recommend_uncached", model,
+            _recommend_requests(bundle, users, variant=variant, k=config.k), [],
+        ))  # fmt: skip
+    for variant, model in served.items():
+        scenarios.append(Scenario(
+            "predict_single", model,
+            _predict_requests(bundle, rng, variant=variant, batch=1, n_bodies=500), [],
+        ))  # fmt: skip
+        scenarios.append(Scenario(
+            "predict_batch", model,
+            _predict_requests(bundle, rng, variant=variant, batch=config.batch_pairs,
+                              n_bodies=64), [],
+        ))  # fmt: skip
+    return scenarios
+
+
+def _server_env(server: ServerConfig, config: Config) -> dict[str, str]:
+    return {
+        "MODEL_DIR": str(config.model_dir),
+        "STUDENT_MODEL": server.student_model,
+        "REDIS_URL": config.redis_url if server.cached else "",
+        "CACHE_MAX_ENTRIES": "100000" if server.cached else "1",
+        "CACHE_TTL_SECONDS": "600",
+        "BENCH_FLOOR_ENABLED": "true",
+        "ORT_PROVIDERS": "CPUExecutionProvider",
+        "ORT_INTRA_OP_THREADS": str(config.intra_op_threads),
+        "MAX_BATCH_PAIRS": str(max(config.batch_pairs, 1000)),
+        "ADMIN_TOKEN": "",
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_LOG": "false",
+    }
+
+
+def _machine() -> dict[str, Any]:
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions = {}
+    for package in ("onnxruntime", "fastapi", "starlette", "uvicorn", "numpy", "orjson"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return {
+        "cpu_model": cpu_model,
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "memory_gib": memory_gib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def _ceiling_body(bundle: Bundle, *, k: int) -> bytes:
+    """A JSON body of a /recommend answer's size, for the trivial server."""
+    items = [{"item_id": bundle.item_ids[i], "title": bundle.titles[i], "score": 0.5,
+              "rating": 3.5} for i in range(min(k, bundle.n_items))]
+    return orjson.dumps({"user_id": bundle.user_ids[0], "variant": "student",
+                         "model_version": bundle.version, "items": items, "cached": False,
+                         "fallback": None})
+
+
+def _log_point(scenario: str, model: str, result: LoadResult) -> None:
+    logger.info(
+        "%-18s %-12s c=%-3d %8.1f req/s  p50 %7.2f ms  p99 %7.2f ms  failed %d  cached %.2f",
+        scenario, model, result.concurrency, result.throughput_rps, result.p50_ms,
+        result.p99_ms, result.failed, result.cached_fraction,
+    )
+
+
+def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
+    """One complete benchmark run; returns the result and writes it as JSON."""
+    started_at = datetime.now(UTC)
+    bundle = load_bundle(config.model_dir)
+    server_cpus, load_cpus = _cpu_split(config.pin)
+    machine = _machine()
+    logger.info("inference floor: raw onnxruntime session runs")
+    if server_cpus:
+        # Same CPUs as the server, so that the floor and the service compare like for like.
+        previous = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, server_cpus)
+    try:
+        floors = measure_floors(
+            bundle, models=list(MODELS), intra_op_threads=config.intra_op_threads,
+            batch_pairs=config.batch_pairs, max_iterations=config.max_requests,
+            max_seconds=config.max_seconds,
+        )
+        try:
+            floors += measure_service_floor(
+                config.model_dir,
+                student_models=[m for m in ("student", "student_int8") if bundle.has_model(m)],
+                intra_op_threads=config.intra_op_threads, k=config.k,
+                max_iterations=config.max_requests, max_seconds=config.max_seconds,
+            )
+        except (ImportError, TypeError, AttributeError) as exc:
+            # It reaches into app.state; a changed internal API must not sink the benchmark.
+            logger.warning("no in-process service floor: %r", exc)
+    finally:
+        if server_cpus:
+            os.sched_setaffinity(0, previous)
+
+    servers = [ServerConfig("uncached-student", "student", cached=False),
+               ServerConfig("cached-student", "student", cached=True)]
+    if bundle.has_model("student_int8"):
+        servers += [ServerConfig("uncached-int8", "student_int8", cached=False),
+                    ServerConfig("cached-int8", "student_int8", cached=True)]
+    else:
+        logger.warning("bundle has no student_int8 model; INT8 scenarios skipped")
+
+    points: list[dict[str, Any]] = []
+    with LoadRunner(load_cpus) as runner:
+        logger.info("load generator ceiling: a trivial server with a fixed answer")
+        with fixed_response_server(_ceiling_body(bundle, k=config.k), cpus=server_cpus) as port:
+            requests = [build_get(f"/recommend?user_id={u}&k={config.k}", host=HOST)
+                        for u in bundle.user_ids[:64]]
+            for concurrency in config.concurrency:
+                result = runner.run(LoadSpec(
+                    host=HOST, port=port, requests=requests, concurrency=concurrency,
+                    max_requests=config.max_requests, max_seconds=config.max_seconds,
+                    warmup_requests=config.warmup_requests,
+                ))  # fmt: skip
+                points.append({"scenario": "loadgen_ceiling", "model": "client",
+                               "server": "fixed-response", **result.to_dict()})
+                _log_point("loadgen_ceiling", "client", result)
+        for server in servers:
+            env = _server_env(server, config)
+            with uvicorn_server(env, workers=config.workers, cpus=server_cpus) as running:
+                for scenario in _scenarios(bundle, server, config):
+                    if scenario.prewarm:
+                        # Several passes, so that every worker process holds every key.
+                        runner.run(LoadSpec(
+                            host=HOST, port=running.port, requests=scenario.prewarm,
+                            concurrency=min(max(config.concurrency), len(scenario.prewarm)),
+                            max_requests=len(scenario.prewarm) * max(config.workers, 1) * 3,
+                            max_seconds=max(config.max_seconds, 10.0),
+                        ))  # fmt: skip
+                    offset = 0
+                    for concurrency in config.concurrency:
+                        result = runner.run(LoadSpec(
+                            host=HOST, port=running.port, requests=scenario.requests,
+                            concurrency=concurrency, max_requests=config.max_requests,
+                            max_seconds=config.max_seconds,
+                            warmup_requests=config.warmup_requests, start_offset=offset,
+                        ))  # fmt: skip
+                        offset = result.extra["next_offset"]
+                        point = {"scenario": scenario.name, "model": scenario.model,
+                                 "server": server.name, **result.to_dict()}
+                        points.append(point)
+                        _log_point(scenario.name, scenario.model, result)
+    machine["loadavg_end"] = list(os.getloadavg())
+    run = {
+        "schema": 1,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round((datetime.now(UTC) - started_at).total_seconds(), 1),
+        "command": " ".join(["python -m bench.serving", *sys.argv[1:]]),
+        "bundle_version": bundle.version,
+        "n_users": bundle.n_users,
+        "n_items": bundle.n_items,
+        "machine": machine,
+        "config": {
+            "workers": config.workers, "concurrency": list(config.concurrency),
+            "max_requests": config.max_requests, "max_seconds": config.max_seconds,
+            "warmup_requests": config.warmup_requests, "batch_pairs": config.batch_pairs,
+            "k": config.k, "intra_op_threads": config.intra_op_threads,
+            "cache": "redis" if config.redis_url else "in-process LRU",
+            "server_cpus": sorted(server_cpus) if server_cpus else None,
+            "load_cpus": sorted(load_cpus) if load_cpus else None,
+        },
+        "ort_floor": [f.to_dict() for f in floors],
+        "points": points,
+    }
+    run["targets"] = compute_targets(run)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    path = results_dir / f"serving-{stamp}.json"
+    path.write_bytes(orjson.dumps(run, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    logger.info("wrote %s", path)
+    run["_path"] = str(path)
+    return run
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=Path("models/current"))
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--concurrency", default="1,4,16",
+                        help="comma-separated numbers of concurrent connections")
+    parser.add_argument("--max-requests", type=int, default=3000,
+                        help="requests per load point, at most")
+    parser.add_argument("--max-seconds", type=float, default=3.0,
+                        help="seconds per load point, at most")
+    parser.add_argument("--warmup-requests", type=int, default=20)
+    parser.add_argument("--batch-pairs", type=int, default=100)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="ORT_INTRA_OP_THREADS of the server and of the session floor")
+    parser.add_argument("--redis-url", default="",
+                        help="cache the 'cached' servers in this Redis (default: in-process LRU)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not give the load generator its own CPU")
+    parser.add_argument("--cached-users", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="complete runs, one after another")
+    parser.add_argument("--results-dir", type=Path, default=_REPO_ROOT / "bench" / "results")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="write the Markdown report here (e.g. docs/BENCHMARKS.md)")
+    parser.add_argument("--img-dir", type=Path, default=None,
+                        help="PNG plots go here (default: img/ next to --docs)")
+    parser.add_argument("--note", default="",
+                        help="a sentence for the report, e.g. what else ran on the machine")
+    parser.add_argument("--report-only", type=Path, nargs="+", default=None,
+                        help="write the report from these saved runs instead of running")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = _parse_args(argv)
+    if args.report_only:
+        runs = [{**orjson.loads(path.read_bytes()), "_path": str(path)}
+                for path in args.report_only]
+    else:
+        config = Config(
+            model_dir=args.model_dir,
+            workers=args.workers,
+            concurrency=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
+            max_requests=args.max_requests,
+            max_seconds=args.max_seconds,
+            warmup_requests=args.warmup_requests,
+            batch_pairs=args.batch_pairs,
+            k=args.k,
+            intra_op_threads=args.intra_op_threads,
+            redis_url=args.redis_url,
+            pin=not args.no_pin,
+            cached_users=args.cached_users,
+            seed=args.seed,
+        )
+        runs = []
+        for index in range(args.repeat):
+            logger.info("run %d of %d", index + 1, args.repeat)
+            started = time.monotonic()
+            runs.append(run_once(config, results_dir=args.results_dir))
+            logger.info("run %d took %.0f s", index + 1, time.monotonic() - started)
+    failed = sum(p["failed"] for run in runs for p in run["points"])
+    if args.docs is not None:
+        img_dir = args.img_dir or args.docs.parent / "img"
+        write_report(runs, docs_path=args.docs, img_dir=img_dir, note=args.note)
+        logger.info("wrote %s and plots in %s", args.docs, img_dir)
+    if failed:
+        logger.error("%d requests failed", failed)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

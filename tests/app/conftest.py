@@ -1,0 +1,138 @@
+"""Fixtures for the service tests: clients of the real app on the session bundle.
+
+`bundle_dir` (a real bundle built by the training pipeline) and `redis_url` (a flushed
+Redis database) come from tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.config import Settings
+from app.main import create_app
+
+
+def copy_bundle(source: Path, target_root: Path, *, version: str) -> Path:
+    """A copy of a bundle under a new version (the manifest is not itself hashed)."""
+    source = source.resolve()
+    target = target_root / version
+    shutil.copytree(source, target)
+    manifest_path = target / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = version
+    manifest_path.write_text(json.dumps(manifest))
+    return target
+
+
+def settings_for(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": "",
+        "ort_providers": "CPUExecutionProvider",
+        "ort_intra_op_threads": 1,
+        "access_log": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def make_client(bundle_dir: Path) -> Iterator[Callable[..., TestClient]]:
+    """Builds an app from settings overrides and runs its lifespan; closed after the test."""
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        overrides.setdefault("model_dir", bundle_dir)
+        client = TestClient(create_app(settings_for(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+class Reference:
+    """Reads a bundle's files and runs its ONNX files directly, independently of app/,
+    to check what the service answers."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.np = np
+        self.dir = bundle.resolve()
+        self.manifest = json.loads((self.dir / "manifest.json").read_text())
+        files = self.manifest["files"]
+        ids = json.loads((self.dir / files["id_maps"]["file"]).read_text())
+        self.users: list[str] = [str(u) for u in ids["users"]]
+        self.items: list[str] = [str(i) for i in ids["items"]]
+        self.popular: list[str] = [
+            str(i) for i in json.loads((self.dir / files["popular"]["file"]).read_text())
+        ]
+        self.feature_map = json.loads((self.dir / files["feature_map"]["file"]).read_text())
+        with np.load(self.dir / files["features"]["file"]) as data:
+            self.user_feats = data["user_feats"]
+            self.item_feats = data["item_feats"]
+            self.item_genres = data["item_genres"]
+        with np.load(self.dir / files["seen"]["file"]) as data:
+            self.indptr, self.indices = data["indptr"], data["indices"]
+        self._sessions: dict[str, Any] = {}
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def seen(self, user_index: int) -> set[str]:
+        rows = self.indices[self.indptr[user_index]: self.indptr[user_index + 1]]
+        return {self.items[i - 1] for i in rows.tolist()}
+
+    def run(self, model: str, users: Any, items: Any, user_feats: Any | None = None
+            ) -> tuple[Any, Any]:
+        np = self.np
+        if model not in self._sessions:
+            path = self.dir / self.manifest["models"][model]["file"]
+            self._sessions[model] = ort.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"])
+        session = self._sessions[model]
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        feed = {
+            "user": users,
+            "item": items,
+            "user_feats": self.user_feats[users] if user_feats is None else user_feats,
+            "item_feats": self.item_feats[items],
+            "item_genres": self.item_genres[items],
+        }
+        names = {node.name for node in session.get_inputs()}
+        rating, score = session.run(["rating", "score"],
+                                    {k: v for k, v in feed.items() if k in names})
+        return rating, score
+
+
+@pytest.fixture(scope="session")
+def reference(bundle_dir: Path) -> Reference:
+    return Reference(bundle_dir)
+
+
+def metric_value(client: Any, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`, from GET /metrics."""
+    text = client.get("/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

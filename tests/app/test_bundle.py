@@ -1,0 +1,110 @@
+"""Bundle loading: manifest validation, checksums, symlinks, feature encoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.bundle import BundleError, FieldSpec, load_bundle, sha256_file
+from tests.app.conftest import Reference, copy_bundle
+
+
+def test_loads_a_valid_bundle_through_a_symlink(reference: Reference, tmp_path: Path) -> None:
+    link = tmp_path / "current"
+    link.symlink_to(reference.dir)
+    bundle = load_bundle(link)
+    assert bundle.directory == reference.dir
+    assert bundle.version == reference.version
+    assert list(bundle.user_ids) == reference.users
+    assert list(bundle.item_ids) == reference.items
+    assert bundle.user_index[reference.users[0]] == 1
+    assert bundle.item_feats.shape[0] == len(reference.items) + 1
+    assert [bundle.item_ids[p - 1] for p in bundle.popular.tolist()] == [
+        i for i in reference.popular if i in set(reference.items)]
+    start, stop = bundle.seen_indptr[2], bundle.seen_indptr[3]
+    assert {bundle.item_ids[i - 1] for i in bundle.seen_indices[start:stop]} == reference.seen(2)
+
+
+def _edit_manifest(bundle: Path, change: dict[str, object]) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(change)
+    path.write_text(json.dumps(manifest))
+
+
+def test_checksum_mismatch_names_the_file(reference: Reference, tmp_path: Path) -> None:
+    bundle = copy_bundle(reference.dir, tmp_path, version="x")
+    items = bundle / "items.json"
+    items.write_text(items.read_text().replace("Movie", "Film", 1))
+    with pytest.raises(BundleError, match=r"sha256 mismatch for 'items.json'"):
+        load_bundle(bundle)
+
+
+def test_manifest_must_name_every_file(reference: Reference, tmp_path: Path) -> None:
+    bundle = copy_bundle(reference.dir, tmp_path, version="x")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["files"]["popular"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="lacks popular"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema_version": 2}, "schema_version"),
+        ({"version": ""}, "version"),
+        ({"models": {"teacher": {"file": "teacher.onnx", "sha256": "0" * 64}}}, "student"),
+    ],
+)
+def test_invalid_manifests_are_refused(reference: Reference, tmp_path: Path,
+                                       change: dict[str, object], message: str) -> None:
+    bundle = copy_bundle(reference.dir, tmp_path, version="x")
+    _edit_manifest(bundle, change)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
+
+
+def test_file_names_cannot_leave_the_bundle(reference: Reference, tmp_path: Path) -> None:
+    bundle = copy_bundle(reference.dir, tmp_path, version="x")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["items"]["file"] = "../items.json"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="plain name"):
+        load_bundle(bundle)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "absent")
+    with pytest.raises(BundleError, match=r"no manifest\.json"):
+        load_bundle(tmp_path)
+
+
+def test_table_shapes_are_checked(reference: Reference, tmp_path: Path) -> None:
+    bundle = copy_bundle(reference.dir, tmp_path, version="x")
+    with np.load(bundle / "features.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["user_feats"] = arrays["user_feats"][:-1]
+    np.savez(bundle / "features.npz", **arrays)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["features"]["sha256"] = sha256_file(bundle / "features.npz")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="user_feats"):
+        load_bundle(bundle)
+
+
+def test_field_encoding_follows_the_contract() -> None:
+    age = FieldSpec(name="age", kind="bucket", vocab=8, edges=[18, 25, 35, 45, 50, 56, 100])
+    assert [age.encode(v) for v in (None, 10, 18, 24, 56, 200)] == [0, 1, 2, 2, 7, 8]
+    assert age.encode("not a number") == 0
+    gender = FieldSpec(name="gender", kind="categorical", vocab=3, values=["F", "M"])
+    assert [gender.encode(v) for v in ("F", "M", "X", None)] == [1, 2, 0, 0]
+    zip_code = FieldSpec(name="zip", kind="prefix", vocab=11, length=1,
+                         values=[str(d) for d in range(10)])
+    assert [zip_code.encode(v) for v in ("55455", "0", "K1A", "")] == [6, 1, 0, 0]
+    none = FieldSpec(name="none", kind="placeholder", vocab=1)
+    assert none.encode("anything") == 0

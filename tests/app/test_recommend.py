@@ -1,0 +1,141 @@
+"""GET /recommend through the ASGI app, checked against direct onnxruntime runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import Reference
+
+FIELDS = {"user_id", "variant", "model_version", "items", "cached", "fallback"}
+
+
+def test_known_user_gets_ranked_unseen_items(client: TestClient, reference: Reference) -> None:
+    user_index = 3
+    user = reference.users[user_index - 1]
+    response = client.get("/recommend", params={"user_id": user, "k": 7},
+                          headers={"X-Variant": "teacher"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == FIELDS
+    assert body["user_id"] == user
+    assert body["variant"] == "teacher"
+    assert body["model_version"] == reference.version
+    assert body["fallback"] is None
+    items = body["items"]
+    assert len(items) == 7
+    assert all(set(item) == {"item_id", "title", "score", "rating"} for item in items)
+    ids = [item["item_id"] for item in items]
+    assert len(set(ids)) == 7
+    assert not set(ids) & reference.seen(user_index)
+    scores = [item["score"] for item in items]
+    assert scores == sorted(scores, reverse=True)
+    assert all(1.0 <= item["rating"] <= 5.0 for item in items)
+
+    # The same ranking computed straight from the ONNX file, without the service.
+    n = len(reference.items)
+    catalogue = np.arange(1, n + 1)
+    _, score = reference.run("teacher", np.full(n, user_index), catalogue)
+    score[[reference.items.index(i) for i in reference.seen(user_index)]] = -np.inf
+    expected = [reference.items[p] for p in np.argsort(-score, kind="stable")[:7]]
+    assert ids == expected
+    np.testing.assert_allclose(scores, np.sort(score)[::-1][:7], atol=1e-3)
+
+
+def test_exclude_seen_false_can_return_seen_items(client: TestClient, reference: Reference
+                                                  ) -> None:
+    user_index = 5
+    user = reference.users[user_index - 1]
+    k = len(reference.items)
+    body = client.get("/recommend", params={"user_id": user, "k": min(k, 100),
+                                            "exclude_seen": "false"}).json()
+    ids = {item["item_id"] for item in body["items"]}
+    assert reference.seen(user_index) <= ids
+    assert len(body["items"]) == min(k, 100)
+
+
+def test_integer_looking_ids_and_strings_agree(client: TestClient, reference: Reference) -> None:
+    user = reference.users[0]
+    as_text = client.get(f"/recommend?user_id={user}&k=3", headers={"X-Variant": "student"})
+    assert as_text.status_code == 200
+    assert as_text.json()["user_id"] == user
+    assert isinstance(as_text.json()["items"][0]["item_id"], str)
+
+
+def test_unknown_user_without_demographics_gets_popular(client: TestClient,
+                                                        reference: Reference) -> None:
+    body = client.get("/recommend", params={"user_id": "no-such-user", "k": 5}).json()
+    assert body["fallback"] == "popular"
+    assert [item["item_id"] for item in body["items"]] == reference.popular[:5]
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(1.0 <= item["rating"] <= 5.0 for item in body["items"])
+
+
+def test_unknown_user_with_demographics_gets_cold_start(client: TestClient,
+                                                        reference: Reference) -> None:
+    params = {"user_id": "new-user", "k": 6, "age": 30, "gender": "F", "occupation": "writer",
+              "zip": "55455"}
+    response = client.get("/recommend", params=params, headers={"X-Variant": "student"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["fallback"] == "cold_start"
+    assert len(body["items"]) == 6
+
+    # Encode the demographics by the contract's rules and score with index 0 directly.
+    row = []
+    for field in reference.feature_map["user_fields"]:
+        value = params.get(field["name"])
+        if field["kind"] == "bucket":
+            row.append(1 + sum(1 for edge in field["edges"] if edge <= value))
+        else:
+            text = str(value)[: field.get("length", 1)] if field["kind"] == "prefix" else value
+            row.append(field["values"].index(text) + 1 if text in field["values"] else 0)
+    n = len(reference.items)
+    _, score = reference.run("student", np.zeros(n), np.arange(1, n + 1),
+                             user_feats=np.tile(np.array(row, dtype=np.int64), (n, 1)))
+    expected = [reference.items[p] for p in np.argsort(-score, kind="stable")[:6]]
+    assert [item["item_id"] for item in body["items"]] == expected
+
+
+@pytest.mark.parametrize("k", ["0", "101", "-1", "ten", "1.5"])
+def test_bad_k_is_a_clear_422(client: TestClient, reference: Reference, k: str) -> None:
+    response = client.get("/recommend", params={"user_id": reference.users[0], "k": k})
+    assert response.status_code == 422
+    assert "k" in response.json()["detail"]
+
+
+def test_missing_user_id_is_a_clear_422(client: TestClient) -> None:
+    response = client.get("/recommend")
+    assert response.status_code == 422
+    assert "user_id" in response.json()["detail"]
+
+
+def test_bad_variant_header_is_a_422(client: TestClient, reference: Reference) -> None:
+    response = client.get("/recommend", params={"user_id": reference.users[0]},
+                          headers={"X-Variant": "champion"})
+    assert response.status_code == 422
+    assert "X-Variant" in response.json()["detail"] or "x-variant" in response.json()["detail"]
+
+
+def test_override_header_picks_the_model(client: TestClient, reference: Reference) -> None:
+    user = reference.users[1]
+    teacher = client.get("/recommend", params={"user_id": user, "k": 5},
+                         headers={"X-Variant": "teacher"}).json()
+    student = client.get("/recommend", params={"user_id": user, "k": 5},
+                         headers={"X-Variant": "student"}).json()
+    assert (teacher["variant"], student["variant"]) == ("teacher", "student")
+    n = len(reference.items)
+    _, score = reference.run("student", np.full(n, 2), np.arange(1, n + 1))
+    best_unseen = [reference.items[p] for p in np.argsort(-score, kind="stable")
+                   if reference.items[p] not in reference.seen(2)][:5]
+    assert [item["item_id"] for item in student["items"]] == best_unseen
+
+
+def test_responses_carry_a_request_id(client: TestClient, reference: Reference) -> None:
+    response = client.get("/recommend", params={"user_id": reference.users[0]},
+                          headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    generated = client.get("/healthz").headers["x-request-id"]
+    assert len(generated) == 32

@@ -1,0 +1,159 @@
+"""Distillation losses, list sampling, schedules and the projection bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.datagen import write_ml100k
+from tests.training.test_fisher import lists, tiny_student
+from tests.training.test_student import feature_map
+from training.data import load_dataset, make_split
+from training.distill import (
+    DistillLoss,
+    ListSampler,
+    StudentConfig,
+    annotate,
+    distill_student,
+    feature_kd,
+    initial_shape,
+    prune_schedule,
+    ranking_kd,
+    ranking_loss,
+    rating_kd,
+    rating_loss,
+)
+from training.models.base import count_params
+from training.models.ensemble import EnsembleTeacher
+from training.models.student import StudentShape, shape_params
+from training.train import TeacherConfig, build_component
+
+
+def test_each_distillation_loss_is_zero_when_student_equals_teacher() -> None:
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(5, 7, generator=g) * 4 + 1
+    s = torch.randn(5, 7, generator=g) * 3
+    f = torch.randn(5, 7, 6, generator=g)
+    torch.testing.assert_close(rating_kd(r, r), torch.zeros(5))
+    torch.testing.assert_close(ranking_kd(s, s, temperature=2.0), torch.zeros(5))
+    torch.testing.assert_close(feature_kd(f, f, scale=3.0), torch.zeros(5))
+    # ... and positive otherwise; ranking KD ignores a per-list shift of the scores.
+    assert bool((rating_kd(r + 0.1, r) > 0).all())
+    assert bool((ranking_kd(s.flip(-1), s, temperature=2.0) > 0).all())
+    torch.testing.assert_close(ranking_kd(s + 4.0, s, temperature=2.0), torch.zeros(5),
+                               atol=1e-5, rtol=0)
+    assert bool((feature_kd(f * 0.5, f) > 0).all())
+
+
+def test_distill_objective_is_zero_on_kd_terms_for_the_teacher_itself() -> None:
+    teacher = tiny_student(0)
+    ex = annotate(teacher, lists(6, 5))
+    k = teacher.shape.rating_factor + teacher.shape.score_factor
+    loss = DistillLoss(StudentConfig(), student_repr=k, teacher_repr=k)
+    with torch.no_grad():
+        loss.proj.weight.copy_(torch.eye(k))
+        loss.proj.bias.zero_()
+    # The student is the teacher (rating clipped the same way as the teacher's targets).
+    parts = loss.components(lambda *a: {**teacher.heads(*a),
+                                        "rating": teacher.heads(*a)["rating"].clamp(1, 5)}, ex)
+    for name in ("rating_kd", "ranking_kd", "feature_kd"):
+        torch.testing.assert_close(parts[name], torch.zeros(6), atol=1e-6, rtol=0)
+    assert bool((parts["gt_rating"] >= 0).all())
+
+
+def test_ground_truth_losses() -> None:
+    pred = torch.tensor([[3.0, 4.0, 1.0]])
+    rating = torch.tensor([[4.0, 4.0, 0.0]])
+    rated = torch.tensor([[True, True, False]])
+    torch.testing.assert_close(rating_loss(pred, rating, rated), torch.tensor([0.5]))
+    score = torch.tensor([[2.0, 0.0, 0.0]])
+    want = -(torch.log_softmax(score, -1)[0, 0] + torch.log_softmax(score, -1)[0, 1]) / 2
+    torch.testing.assert_close(ranking_loss(score, rating, rated), want.reshape(1))
+    # No liked item: no ranking signal rather than NaN.
+    none = ranking_loss(score, torch.tensor([[2.0, 3.0, 0.0]]), rated)
+    torch.testing.assert_close(none, torch.zeros(1))
+
+
+def test_list_sampler_draws_rated_positives_and_unseen_negatives(tmp_path: Path) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d"))
+    split = make_split(ds, split="u1")
+    sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=4, negatives=6,
+                          seed=0)
+    arrays = sampler.epoch_lists()
+    train_pairs = {(int(u), int(i)): float(r) for u, i, r in
+                   zip(split.train.user, split.train.item, split.train.rating, strict=True)}
+    assert arrays["item"].shape[1] == 10
+    for row in range(arrays["item"].shape[0]):
+        u = int(arrays["user"][row, 0])
+        assert (arrays["user"][row] == u).all()
+        for j in range(4):
+            assert train_pairs[(u, int(arrays["item"][row, j]))] == arrays["rating"][row, j]
+        assert arrays["rated"][row, :4].all() and not arrays["rated"][row, 4:].any()
+    negatives = [(int(u), int(i)) for u, i in
+                 zip(arrays["user"][:, 4:].ravel(), arrays["item"][:, 4:].ravel(), strict=True)]
+    clash = np.mean([p in train_pairs for p in negatives])
+    assert clash < 0.01  # redrawn until (almost) none is a rated item
+    counts = np.bincount(split.train.user)
+    assert arrays["item"].shape[0] == int(np.ceil(counts[counts > 0] / 4).sum())
+    ex = sampler.tensors(arrays)
+    assert ex["item_genres"].shape == (*arrays["item"].shape, ds.feature_map.n_genres)
+
+
+def test_schedule_and_initial_size() -> None:
+    cfg = StudentConfig(epochs=14, prune_start=2, prune_steps=6, finetune_epochs=4)
+    sched = prune_schedule(cfg)
+    assert len(sched) == 6 and sched[0] == 1 and sched[-1] == 9
+    assert sched == sorted(sched)
+    assert prune_schedule(replace(cfg, prune=False)) == []
+    fm = feature_map()
+    shape = initial_shape(fm, cfg, 50_000)
+    assert 0.8 * 50_000 < shape_params(fm, shape) <= 50_000
+    fixed = StudentShape(user_dim=3, item_dim=3, user_hidden=3, item_hidden=3,
+                         rating_factor=2, score_factor=2)
+    assert initial_shape(fm, replace(cfg, initial="shape", shape=fixed), 50_000) == fixed
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="prune_ratio"):
+        StudentConfig(prune_ratio=1.0).effective()
+    with pytest.raises(ValueError, match="temperature"):
+        StudentConfig(temperature=0.0).effective()
+    with pytest.raises(ValueError, match="non-negative"):
+        StudentConfig(w_rating_kd=-1.0).effective()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_distillation_runs_with_every_pruning_method(tmp_path: Path, method: str) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
+    split = make_split(ds, split="u1")
+    teacher = tiny_student(1)  # any TwoHeadModel with a 'repr' output can teach
+    teacher = type(teacher)(ds.feature_map, shape=teacher.shape)
+    cfg = StudentConfig(quick=True, progress=False, method=method, prune_ratio=0.5)  # type: ignore[arg-type]
+    student, info = distill_student(ds, split.train, teacher, config=cfg)
+    assert count_params(student) <= 0.5 * count_params(teacher) + 1
+    assert info["config"]["method"] == method
+    assert len(info["prune_steps"]) == 2
+
+
+def test_tower_scores_of_the_teacher_match_its_heads(tmp_path: Path) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=20, n_items=30, n_ratings=300))
+    split = make_split(ds, split="u1")
+    quick = TeacherConfig().quick()
+    torch.manual_seed(0)
+    teacher = EnsembleTeacher(*[
+        build_component(name, ds.feature_map, getattr(quick, name), global_mean=3.5)
+        for name in ("mf", "xdeepfm", "autoint")
+    ]).eval()
+    sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=3, negatives=5,
+                          seed=1)
+    ex = sampler.tensors(sampler.epoch_lists())
+    full = annotate(teacher, ex)
+    part = annotate(teacher, ex, kd_items=4)
+    torch.testing.assert_close(part["t_score"], full["t_score"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(part["t_rating"], full["t_rating"][:, :4])
+    torch.testing.assert_close(part["t_repr"], full["t_repr"][:, :4])
+    assert full["t_rating"].shape == ex["item"].shape

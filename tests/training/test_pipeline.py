@@ -1,0 +1,139 @@
+"""The one-command pipeline: real quick runs on generated data, resumption, --split none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from training import bundle as bundle_mod
+from training import export
+from training import pipeline as pipeline_mod
+from training.data import load_dataset
+from training.features import FeatureMap
+from training.pipeline import PipelineConfig, run_pipeline
+
+
+def _config(data: Path, out: Path, **changes: Any) -> PipelineConfig:
+    values: dict[str, Any] = {
+        "data_dir": data, "dataset": "ml-100k", "split": "u1", "out_dir": out, "quick": True,
+        "progress": False, "latency_runs": 3,
+    }
+    values.update(changes)
+    return PipelineConfig(**values)
+
+
+def test_bundle_models_match_their_pytorch_checkpoints(
+    models_root: Path, bundle_dir: Path
+) -> None:
+    # The exported teacher (all three components and the blend) and student equal the
+    # trained PyTorch models on fresh random inputs.
+    manifest = bundle_mod.verify_bundle(bundle_dir)
+    work = models_root / ".work" / manifest["training"]["run_key"]
+    fm = FeatureMap.load(bundle_dir / "feature_map.json")
+    for key in ("teacher", "student"):
+        model = torch.load(work / f"{key}.pt", weights_only=False)
+        parity = export.check_parity(model, bundle_dir / f"{key}.onnx", fm, batch_sizes=(1, 50))
+        assert parity.max_abs_diff <= 1e-4
+    assert type(torch.load(work / "teacher.pt", weights_only=False)).__name__ == "EnsembleTeacher"
+    assert manifest["models"]["student"]["params"] < manifest["models"]["teacher"]["params"]
+
+
+def test_report_and_metrics_describe_the_bundle(bundle_dir: Path) -> None:
+    report = (bundle_dir / "report.md").read_text()
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["version"] in report
+    for key in ("teacher", "student", "student_int8"):
+        assert f"| {key} |" in report
+    metrics = json.loads((bundle_dir / "metrics.json").read_text())
+    assert metrics["eval_on"] == "test"
+    teacher = metrics["models"]["teacher"]["metrics"]
+    assert teacher["rmse"] == pytest.approx(manifest["models"]["teacher"]["metrics"]["rmse"])
+    int8 = metrics["models"]["student_int8"]
+    assert int8["kept"] == ("student_int8" in manifest["models"])
+    assert int8["reason"]
+
+
+def test_pipeline_resumes_after_a_crash(
+    synthetic_ml100k: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "models"
+    config = _config(synthetic_ml100k, out)
+    ctx = run_pipeline(config, until="student")
+    for step in ("teacher", "fisher", "student"):
+        assert (ctx.work / f"{step}.json").is_file()
+    assert not (ctx.work / "export.json").exists()
+    assert bundle_mod.current_bundle(out) is None
+
+    calls: list[str] = []
+    real_evaluate = pipeline_mod.step_evaluate
+
+    def crash(ctx: pipeline_mod.Context) -> dict[str, Any]:
+        calls.append("evaluate")
+        raise RuntimeError("simulated crash in evaluate")
+
+    def must_not_run(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a finished step ran again")
+
+    monkeypatch.setattr(pipeline_mod, "train_teacher", must_not_run)
+    monkeypatch.setattr(pipeline_mod, "distill_student", must_not_run)
+    monkeypatch.setitem(pipeline_mod._STEP_FNS, "evaluate", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(config)
+    assert calls == ["evaluate"]
+    assert (ctx.work / "export.json").is_file()
+    assert bundle_mod.current_bundle(out) is None  # nothing half-done was published
+
+    monkeypatch.setitem(pipeline_mod._STEP_FNS, "evaluate", real_evaluate)
+    monkeypatch.setitem(pipeline_mod._STEP_FNS, "export", must_not_run)
+    resumed = run_pipeline(config)
+    published = pipeline_mod.bundle_path(resumed)
+    assert bundle_mod.current_bundle(out) == published.resolve()
+    manifest = bundle_mod.verify_bundle(published)
+    assert manifest["version"] == json.loads((ctx.work / "export.json").read_text())["version"]
+
+    # A third run finds everything done and re-verifies the same bundle.
+    again = run_pipeline(config)
+    assert pipeline_mod.bundle_path(again) == published
+    visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert visible == {"current", published.name}
+
+
+def test_split_none_builds_a_production_bundle(synthetic_ml100k: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    ctx = run_pipeline(_config(synthetic_ml100k, out, split="none", seed=1))
+    bundle = pipeline_mod.bundle_path(ctx)
+    manifest = bundle_mod.verify_bundle(bundle)
+    assert manifest["dataset"]["split"] == "none"
+    ds = load_dataset(synthetic_ml100k, dataset="ml-100k")
+    assert manifest["dataset"]["n_train"] == len(ds.ratings)
+    with np.load(bundle / "seen.npz") as seen:
+        assert seen["indices"].shape[0] == len(ds.ratings)  # every rating is "seen"
+    # No held-out test set: the manifest carries no (in-sample) quality numbers.
+    assert all(entry["metrics"] == {} for entry in manifest["models"].values())
+    assert "in-sample" in (bundle / "report.md").read_text()
+
+
+def test_work_dir_depends_on_inputs(synthetic_ml100k: Path, tmp_path: Path) -> None:
+    ds = load_dataset(synthetic_ml100k, dataset="ml-100k")
+    base = _config(synthetic_ml100k, tmp_path)
+    keys = {
+        pipeline_mod.run_key(base, ds),
+        pipeline_mod.run_key(_config(synthetic_ml100k, tmp_path, seed=3), ds),
+        pipeline_mod.run_key(_config(synthetic_ml100k, tmp_path, split="u2"), ds),
+        pipeline_mod.run_key(_config(synthetic_ml100k, tmp_path, quick=False), ds),
+        pipeline_mod.run_key(_config(synthetic_ml100k, tmp_path, prune_ratio=0.5), ds),
+    }
+    assert len(keys) == 5
+    assert pipeline_mod.run_key(base, ds) == pipeline_mod.run_key(
+        _config(synthetic_ml100k, tmp_path), ds
+    )
+
+
+def test_unknown_step_is_refused(synthetic_ml100k: Path, tmp_path: Path) -> None:
+    with pytest.raises(pipeline_mod.PipelineError, match="unknown step 'deploy'"):
+        run_pipeline(_config(synthetic_ml100k, tmp_path), until="deploy")

@@ -1,0 +1,181 @@
+"""Teacher training: determinism, cold-start learning, the ensemble fit, an end-to-end run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import Dataset, Ratings, holdout, load_dataset, make_split
+from training.evaluate import evaluate_model, evaluate_popularity, rating_metrics
+from training.models.ensemble import EnsembleTeacher
+from training.train import (
+    AutoIntConfig,
+    MFConfig,
+    TeacherConfig,
+    XDeepFMConfig,
+    _SeenIndex,
+    simplex_grid,
+    train_component,
+    train_teacher,
+)
+
+QUICK_MF = MFConfig(epochs=2, dim=8, score_dim=8, batch_size=128, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_ml100k: Path) -> Dataset:
+    return load_dataset(synthetic_ml100k)
+
+
+@pytest.fixture(scope="module")
+def train_ratings(dataset: Dataset, synthetic_ml100k: Path) -> Ratings:
+    return make_split(dataset, split="u1", data_dir=synthetic_ml100k).train
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("mf", QUICK_MF),
+        ("xdeepfm", XDeepFMConfig(epochs=1, dim=4, cin_layers=(4,), dnn_layers=(8,),
+                                  tower_layers=(8,), score_dim=4, batch_size=256)),
+        ("autoint", AutoIntConfig(epochs=1, dim=4, layers=1, d_head=4, score_dim=4,
+                                  batch_size=256)),
+    ],
+)
+def test_training_is_deterministic_under_a_seed(
+    dataset: Dataset, train_ratings: Ratings, name: str, config: object
+) -> None:
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        model, _ = train_component(name, dataset.feature_map, dataset.tables, train_ratings,
+                                   config=config, seed=seed, progress=False)  # type: ignore[arg-type]
+        return model.state_dict()
+
+    first, second, other = run(3), run(3), run(4)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+def test_id_dropout_trains_the_unknown_user_and_item(
+    dataset: Dataset, train_ratings: Ratings
+) -> None:
+    def rows(dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model, _ = train_component("mf", dataset.feature_map, dataset.tables, train_ratings,
+                                   config=replace(QUICK_MF, id_dropout=dropout), progress=False)
+        return model.user_factors.weight[0].detach(), model.item_rank.weight[0].detach()
+
+    plain = rows(0.0)
+    dropped = rows(0.2)
+    # Without id-dropout index 0 never occurs in training and keeps its initial values.
+    init_model, _ = train_component("mf", dataset.feature_map, dataset.tables, train_ratings,
+                                    config=replace(QUICK_MF, epochs=0), progress=False)
+    torch.testing.assert_close(plain[0], init_model.user_factors.weight[0].detach())
+    assert not torch.allclose(dropped[0], init_model.user_factors.weight[0].detach())
+    assert not torch.allclose(dropped[1], init_model.item_rank.weight[0].detach())
+
+
+def test_per_head_selection_records_each_heads_epoch(
+    dataset: Dataset, train_ratings: Ratings
+) -> None:
+    fit, valid = holdout(train_ratings, fraction=0.2, seed=0)
+    _, info = train_component("mf", dataset.feature_map, dataset.tables, fit,
+                              config=replace(QUICK_MF, epochs=3), valid=valid, progress=False)
+    assert len(info["curves"]) == 3
+    rmse = [p["valid_rmse"] for p in info["curves"]]
+    ndcg = [p["valid_ndcg@10"] for p in info["curves"]]
+    assert info["head_epochs"][0] == int(np.argmin(rmse)) + 1
+    assert info["head_epochs"][1] == int(np.argmax(ndcg)) + 1
+
+
+def test_seen_index_finds_training_pairs() -> None:
+    train = Ratings(user=np.array([1, 1, 2]), item=np.array([2, 5, 1]),
+                    rating=np.ones(3, dtype=np.float32), timestamp=np.zeros(3, dtype=np.int64))
+    seen = _SeenIndex(train, n_items=5)
+    got = seen.contains(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+    assert got.tolist() == [[False, True, True], [True, False, False], [False, False, False]]
+
+
+def test_simplex_grid_covers_the_simplex() -> None:
+    grid = simplex_grid(0.5)
+    assert len(grid) == 6
+    assert all(abs(sum(w) - 1.0) < 1e-9 and min(w) >= 0 for w in grid)
+    assert (0.5, 0.0, 0.5) in grid
+    assert len(simplex_grid(0.05)) == 231
+
+
+def test_quick_teacher_learns_on_synthetic_data(dataset: Dataset, synthetic_ml100k: Path) -> None:
+    split = make_split(dataset, split="u1", data_dir=synthetic_ml100k)
+    config = TeacherConfig(progress=False, threads=1, seed=0).quick()
+    teacher, report = train_teacher(dataset, split.train, config=config)
+    assert isinstance(teacher, EnsembleTeacher)
+    assert set(report["components"]) == {"mf", "xdeepfm", "autoint"}
+    for part in ("default", "fitted"):
+        assert np.isfinite(report["ensemble"][part]["rmse"])
+        assert sum(report["ensemble"][part]["score_weights"]) == pytest.approx(1.0)
+    assert min(report["ensemble"]["fitted"]["rating_weights"]) >= 0.0
+    # The blend is fitted on validation data, so it cannot be worse there than the default.
+    assert report["ensemble"]["fitted"]["rmse"] <= report["ensemble"]["default"]["rmse"] + 1e-9
+    assert report["ensemble"]["fitted"]["ndcg@10"] >= report["ensemble"]["default"]["ndcg@10"]
+
+    fm = dataset.feature_map
+    metrics = evaluate_model(teacher, dataset.tables, train=split.train, test=split.test,
+                             n_users=fm.n_users, n_items=fm.n_items)
+    constant = rating_metrics(np.full(len(split.test), split.train.rating.mean()),
+                              split.test.rating)
+    # The planted data has strong user and item effects: a teacher that learned beats the mean.
+    assert metrics["rmse"] < constant["rmse"] - 0.05
+    assert 0.0 < metrics["ndcg@10"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MOVIELENS_DIR"), reason="MOVIELENS_DIR is not set")
+def test_quick_teacher_on_real_movielens_beats_popularity() -> None:
+    data_dir = Path(os.environ["MOVIELENS_DIR"])
+    ds = load_dataset(data_dir)
+    split = make_split(ds, split="u1", data_dir=data_dir)
+    config = TeacherConfig(progress=False, threads=2, seed=0).quick()
+    teacher, _ = train_teacher(ds, split.train, config=config)
+    fm = ds.feature_map
+    metrics = evaluate_model(teacher, ds.tables, train=split.train, test=split.test,
+                             n_users=fm.n_users, n_items=fm.n_items)
+    pop = evaluate_popularity(split.train, split.test, n_users=fm.n_users, n_items=fm.n_items)
+    # Loose bounds that a broken model fails: quick mode is far from the benchmark numbers.
+    assert metrics["rmse"] < 0.98
+    assert metrics["ndcg@10"] > pop["ndcg@10"]
+
+
+def test_refit_on_all_training_data_keeps_the_fitted_blend(
+    dataset: Dataset, train_ratings: Ratings
+) -> None:
+    config = replace(TeacherConfig(progress=False, threads=1, seed=1).quick(), refit_full=True)
+    teacher, report = train_teacher(dataset, train_ratings, config=config)
+    fitted = report["ensemble"]["fitted"]
+    assert teacher.rating_weights.tolist() == pytest.approx(fitted["rating_weights"], abs=1e-6)
+    assert teacher.score_weights.tolist() == pytest.approx(fitted["score_weights"], abs=1e-6)
+    for info in report["components"].values():
+        assert info["refit_seconds"] > 0.0
+    # Re-standardised on the refitted components' own scores.
+    users = np.unique(train_ratings.user)
+    mats = teacher.component_score_matrices(users, dataset.tables)
+    assert float(mats[0].std()) == pytest.approx(float(teacher.score_std[0]), rel=0.5)
+
+
+def test_empty_training_data_gives_a_clear_error(dataset: Dataset) -> None:
+    with pytest.raises(ValueError, match="training split has no ratings"):
+        train_component("mf", dataset.feature_map, dataset.tables, Ratings.empty(),
+                        config=QUICK_MF, progress=False)
+    with pytest.raises(ValueError, match="unknown component 'svd'"):
+        train_component("svd", dataset.feature_map, dataset.tables, _one_rating(),
+                        config=QUICK_MF, progress=False)
+
+
+def _one_rating() -> Ratings:
+    return Ratings(user=np.array([1]), item=np.array([1]), rating=np.array([4.0], np.float32),
+                   timestamp=np.zeros(1, dtype=np.int64))

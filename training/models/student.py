@@ -1,0 +1,286 @@
+"""The distilled student: a light two-tower model with two heads and removable units.
+
+Why this shape: serving scores the whole catalogue for one user, so the student keeps the
+teacher's two-tower ranking head (one user vector against every item vector) and a biased
+MF rating head over tower outputs; the towers are one hidden layer with a linear skip, so
+side features still help cold users and items. Every structured unit can be removed by
+building new, smaller tensors (`prune`), which is what progressive pruning relies on.
+
+Unit kinds (see UNIT_KINDS): the embedding dimensions of each side, the hidden neurons of
+each tower, and the rating and score factors (the dot-product dimensions of each head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from training.features import FeatureMap, FeatureTables
+from training.models.base import TwoHeadModel
+
+UNIT_KINDS = (
+    "user_dim",
+    "item_dim",
+    "user_hidden",
+    "item_hidden",
+    "rating_factor",
+    "score_factor",
+)
+
+
+@dataclass(frozen=True)
+class StudentShape:
+    """Widths of a student; pruning only ever shrinks them."""
+
+    user_dim: int = 64
+    item_dim: int = 64
+    user_hidden: int = 128
+    item_hidden: int = 128
+    rating_factor: int = 32
+    score_factor: int = 64
+
+    def scaled(self, factor: float) -> StudentShape:
+        return StudentShape(**{k: max(2, round(v * factor)) for k, v in self.as_dict().items()})
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(getattr(self, k)) for k in UNIT_KINDS}
+
+
+def shape_params(fm: FeatureMap, shape: StudentShape) -> int:
+    """Parameter count of a student of this shape, without building it."""
+    du, di = shape.user_dim, shape.item_dim
+    hu, hi = shape.user_hidden, shape.item_hidden
+    k = shape.rating_factor + shape.score_factor
+    user_rows = fm.user_vocab + sum(fm.user_field_vocabs)
+    item_rows = fm.item_vocab + sum(fm.item_field_vocabs) + fm.n_genres
+    embeds = user_rows * du + item_rows * di
+    towers = (du * hu + hu) + (di * hi + hi) + (hu + du + 1) * k + (hi + di + 1) * k
+    biases = fm.user_vocab + 2 * fm.item_vocab
+    return embeds + towers + biases
+
+
+def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.weight = nn.Parameter(weight.detach().clone())
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach().clone())
+    return layer
+
+
+def _embedding(weight: Tensor) -> nn.Embedding:
+    return nn.Embedding.from_pretrained(weight.detach().clone(), freeze=False)
+
+
+class Tower(nn.Module):
+    """Embeddings of one side -> x [B, D]; h = relu(W x); p = A [h; x]; s = S [h; x]."""
+
+    def __init__(
+        self, vocabs: list[int], n_genres: int, *, dim: int, hidden: int, rating_factor: int,
+        score_factor: int, init_std: float = 0.05,
+    ) -> None:
+        super().__init__()
+        # vocabs[0] is the id table; the rest are side fields. n_genres = 0 for users.
+        self.tables = nn.ModuleList(nn.Embedding(v, dim) for v in vocabs)
+        self.genre: nn.Linear | None
+        self.genre = nn.Linear(n_genres, dim, bias=False) if n_genres > 0 else None
+        self.hidden = nn.Linear(dim, hidden)
+        self.rating_out = nn.Linear(hidden + dim, rating_factor)
+        self.score_out = nn.Linear(hidden + dim, score_factor)
+        for table in self.embeddings():
+            nn.init.normal_(table.weight, std=init_std)
+        if self.genre is not None:
+            nn.init.normal_(self.genre.weight, std=init_std)
+
+    def embeddings(self) -> list[nn.Embedding]:
+        return [cast(nn.Embedding, t) for t in self.tables]
+
+    @property
+    def dim(self) -> int:
+        return int(self.hidden.in_features)
+
+    def embed(self, ids: Tensor, feats: Tensor, genres: Tensor | None) -> Tensor:
+        x = self.tables[0](ids)  # [B, D]
+        for j, table in enumerate(self.tables[1:]):
+            x = x + table(feats[:, j])  # [B, D]
+        if self.genre is not None and genres is not None:
+            count = genres.sum(dim=1, keepdim=True).clamp(min=1.0)  # [B, 1]
+            x = x + self.genre(genres) / count  # [B, D]
+        return x
+
+    def forward(
+        self, x: Tensor, *, dim_mask: Tensor | None = None, hidden_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if dim_mask is not None:
+            x = x * dim_mask  # [B, D]
+        h = torch.relu(self.hidden(x))  # [B, H]
+        if hidden_mask is not None:
+            h = h * hidden_mask
+        z = torch.cat([h, x], dim=1)  # [B, H+D]
+        return self.rating_out(z), self.score_out(z)  # [B, Kr], [B, Ks]
+
+    # ---- structured pruning: each method replaces tensors by new, smaller ones
+
+    def prune_dim(self, keep: Tensor) -> None:
+        hidden = self.hidden.out_features
+        for j, table in enumerate(self.embeddings()):
+            self.tables[j] = _embedding(table.weight[:, keep])
+        if self.genre is not None:
+            self.genre = _linear(self.genre.weight[keep], None)
+        self.hidden = _linear(self.hidden.weight[:, keep], self.hidden.bias)
+        cols = torch.cat([torch.arange(hidden), hidden + keep])
+        self.rating_out = _linear(self.rating_out.weight[:, cols], self.rating_out.bias)
+        self.score_out = _linear(self.score_out.weight[:, cols], self.score_out.bias)
+
+    def prune_hidden(self, keep: Tensor) -> None:
+        hidden = self.hidden.out_features
+        self.hidden = _linear(self.hidden.weight[keep], self.hidden.bias[keep])
+        cols = torch.cat([keep, hidden + torch.arange(self.dim)])
+        self.rating_out = _linear(self.rating_out.weight[:, cols], self.rating_out.bias)
+        self.score_out = _linear(self.score_out.weight[:, cols], self.score_out.bias)
+
+    def prune_rating_factor(self, keep: Tensor) -> None:
+        self.rating_out = _linear(self.rating_out.weight[keep], self.rating_out.bias[keep])
+
+    def prune_score_factor(self, keep: Tensor) -> None:
+        self.score_out = _linear(self.score_out.weight[keep], self.score_out.bias[keep])
+
+
+class Student(TwoHeadModel):
+    """rating = mu + b_u + b_i + <p_u, q_i>; score = <s_u, t_i> + c_i.
+
+    (p, s) come from the user tower and (q, t) from the item tower; 'repr' is
+    [p*q, s*t], the per-factor interactions, which feature distillation projects onto the
+    teacher's AutoInt representation.
+    """
+
+    def __init__(
+        self, fm: FeatureMap, *, shape: StudentShape | None = None, global_mean: float = 3.5
+    ) -> None:
+        super().__init__()
+        shape = shape or StudentShape()
+        self.register_buffer("mu", torch.tensor(float(global_mean)))
+        self.user = Tower(
+            [fm.user_vocab, *fm.user_field_vocabs], 0, dim=shape.user_dim,
+            hidden=shape.user_hidden, rating_factor=shape.rating_factor,
+            score_factor=shape.score_factor,
+        )
+        self.item = Tower(
+            [fm.item_vocab, *fm.item_field_vocabs], fm.n_genres, dim=shape.item_dim,
+            hidden=shape.item_hidden, rating_factor=shape.rating_factor,
+            score_factor=shape.score_factor,
+        )
+        self.user_bias = nn.Embedding(fm.user_vocab, 1)
+        self.item_bias = nn.Embedding(fm.item_vocab, 1)
+        self.item_score_bias = nn.Embedding(fm.item_vocab, 1)
+        for emb in (self.user_bias, self.item_bias, self.item_score_bias):
+            nn.init.zeros_(emb.weight)
+
+    @property
+    def shape(self) -> StudentShape:
+        return StudentShape(
+            user_dim=self.user.dim,
+            item_dim=self.item.dim,
+            user_hidden=self.user.hidden.out_features,
+            item_hidden=self.item.hidden.out_features,
+            rating_factor=self.user.rating_out.out_features,
+            score_factor=self.user.score_out.out_features,
+        )
+
+    def heads(
+        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        item_genres: Tensor, *, masks: Mapping[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """`masks` (kind -> [B, n_units] multipliers) exist for group Fisher estimates."""
+        m = masks or {}
+        xu = self.user.embed(user, user_feats, None)  # [B, Du]
+        xi = self.item.embed(item, item_feats, item_genres)  # [B, Di]
+        p, s = self.user(xu, dim_mask=m.get("user_dim"), hidden_mask=m.get("user_hidden"))
+        q, t = self.item(xi, dim_mask=m.get("item_dim"), hidden_mask=m.get("item_hidden"))
+        if "rating_factor" in m:
+            p = p * m["rating_factor"]  # [B, Kr]
+        if "score_factor" in m:
+            s = s * m["score_factor"]  # [B, Ks]
+        pq = p * q  # [B, Kr]
+        st = s * t  # [B, Ks]
+        bias = self.user_bias(user).squeeze(1) + self.item_bias(item).squeeze(1)  # [B]
+        rating = self.mu + bias + pq.sum(dim=1)  # [B]
+        score = st.sum(dim=1) + self.item_score_bias(item).squeeze(1)  # [B]
+        return {"rating": rating, "score": score, "repr": torch.cat([pq, st], dim=1)}
+
+    def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
+        """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
+        user = torch.as_tensor(users, dtype=torch.long)
+        xu = self.user.embed(user, torch.as_tensor(tables.user_feats[users]), None)
+        _, s = self.user(xu)  # [b, Ks]
+        item = torch.arange(tables.item_feats.shape[0])
+        xi = self.item.embed(
+            item, torch.as_tensor(tables.item_feats), torch.as_tensor(tables.item_genres)
+        )
+        _, t = self.item(xi)  # [n_items+1, Ks]
+        return s @ t.T + self.item_score_bias.weight.T  # [b, n_items+1]
+
+    def unit_counts(self) -> dict[str, int]:
+        return self.shape.as_dict()
+
+    def prune(self, kind: str, keep: Tensor) -> None:
+        """Keeps only the units `keep` (sorted, unique indices) of one kind."""
+        if kind not in UNIT_KINDS:
+            raise ValueError(f"unknown unit kind {kind!r}; choose one of {UNIT_KINDS}")
+        keep = torch.as_tensor(keep, dtype=torch.long).unique(sorted=True)
+        n = self.unit_counts()[kind]
+        if keep.numel() == 0 or int(keep.min()) < 0 or int(keep.max()) >= n:
+            raise ValueError(f"keep indices for {kind} must be a non-empty subset of 0..{n - 1}")
+        if kind == "user_dim":
+            self.user.prune_dim(keep)
+        elif kind == "item_dim":
+            self.item.prune_dim(keep)
+        elif kind == "user_hidden":
+            self.user.prune_hidden(keep)
+        elif kind == "item_hidden":
+            self.item.prune_hidden(keep)
+        elif kind == "rating_factor":
+            self.user.prune_rating_factor(keep)
+            self.item.prune_rating_factor(keep)
+        else:
+            self.user.prune_score_factor(keep)
+            self.item.prune_score_factor(keep)
+
+    def unit_params(self, kind: str) -> list[Tensor]:
+        """The parameter slices that belong to each unit of `kind`, as [n_units, -1] views.
+
+        Used by magnitude pruning; the rows are the weights that `prune` removes.
+        """
+        u, i = self.user, self.item
+        if kind in ("user_dim", "item_dim"):
+            tower = u if kind == "user_dim" else i
+            parts: list[Tensor] = [t.weight.T for t in tower.embeddings()]
+            if tower.genre is not None:
+                parts.append(tower.genre.weight)
+            parts.append(tower.hidden.weight.T)
+            h = tower.hidden.out_features
+            parts += [tower.rating_out.weight[:, h:].T, tower.score_out.weight[:, h:].T]
+            return parts
+        if kind in ("user_hidden", "item_hidden"):
+            tower = u if kind == "user_hidden" else i
+            h = tower.hidden.out_features
+            return [
+                tower.hidden.weight, tower.hidden.bias.unsqueeze(1),
+                tower.rating_out.weight[:, :h].T, tower.score_out.weight[:, :h].T,
+            ]
+        layer = "rating_out" if kind == "rating_factor" else "score_out"
+        if kind not in UNIT_KINDS:
+            raise ValueError(f"unknown unit kind {kind!r}")
+        parts = []
+        for tower in (u, i):
+            lin: nn.Linear = getattr(tower, layer)
+            parts += [lin.weight, lin.bias.unsqueeze(1)]
+        return parts
+
+    def unit_cost(self, kind: str) -> int:
+        """Parameters removed with one unit of `kind`."""
+        return sum(int(p.shape[1]) for p in self.unit_params(kind))

@@ -1,0 +1,447 @@
+"""The one-command pipeline: data -> teacher -> fisher -> student -> export -> evaluate ->
+report -> bundle.
+
+Every step checkpoints its output under `<out-dir>/.work/<run-key>/`, where the run key
+hashes everything the result depends on (input files, split, seed, configs); a re-run
+with the same inputs skips finished steps, so an interrupted pipeline resumes where it
+stopped. The last step publishes the bundle and switches `models/current`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import bundle as bundle_mod
+from training import export as export_mod
+from training.data import Dataset, Split, holdout, load_dataset, make_split
+from training.distill import StudentConfig, distill_student
+from training.evaluate import format_table, ranking_metrics, rating_metrics
+from training.features import FeatureTables
+from training.fisher import fisher_report
+from training.models.base import TwoHeadModel, count_params
+from training.report import write_student_report
+from training.train import TeacherConfig, train_teacher
+
+log = logging.getLogger(__name__)
+
+STEPS = ("data", "teacher", "fisher", "student", "export", "evaluate", "report", "bundle")
+MODEL_KEYS = ("teacher", "student", "student_int8")
+
+
+class PipelineError(RuntimeError):
+    """A pipeline step cannot go on; the message says what to fix."""
+
+
+@dataclass
+class PipelineConfig:
+    data_dir: Path | None = None  # None downloads the official archive
+    dataset: str = "ml-100k"
+    split: str = "u1"
+    out_dir: Path = Path("models")
+    quick: bool = False
+    seed: int = 0
+    threads: int = 1
+    prune_ratio: float | None = None  # None keeps the student config's default
+    latency_runs: int = 30
+    make_current: bool = True
+    progress: bool = True
+    cache_dir: Path | None = None
+
+    def teacher_config(self) -> TeacherConfig:
+        config = TeacherConfig(seed=self.seed, threads=self.threads, progress=self.progress)
+        return config.quick() if self.quick else config
+
+    def student_config(self) -> StudentConfig:
+        config = StudentConfig(
+            seed=self.seed, threads=max(self.threads, 1), progress=self.progress,
+            quick=self.quick,
+        )
+        if self.prune_ratio is not None:
+            config = replace(config, prune_ratio=self.prune_ratio)
+        return config
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of configs and reports (dataclasses, paths, numpy values)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value) if isinstance(value, Path) else repr(value)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_plain(data), indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save_model(model: torch.nn.Module, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(model, tmp)
+    os.replace(tmp, path)
+
+
+def _load_model(path: Path) -> TwoHeadModel:
+    # Our own checkpoint from an earlier run of this step, never a downloaded file.
+    model = torch.load(path, weights_only=False)
+    if not isinstance(model, TwoHeadModel):
+        raise PipelineError(f"{path}: not a TwoHeadModel checkpoint; delete it to retrain")
+    model.eval()
+    return model
+
+
+@dataclass
+class Context:
+    """What the steps share; each step reads and extends it."""
+
+    config: PipelineConfig
+    dataset: Dataset
+    split: Split
+    eval_split: Split  # what metrics are computed on (see `_eval_split`)
+    work: Path
+    state: dict[str, Any] = field(default_factory=dict)
+    teacher: TwoHeadModel | None = None
+    student: TwoHeadModel | None = None
+
+
+def _eval_split(split: Split, *, seed: int) -> tuple[Split, str]:
+    """The split metrics and the INT8 decision are measured on.
+
+    With `--split none` there is no test set; the INT8 check then compares fp32 and INT8
+    on a 10 % part of the training data, which is in-sample and only good for that
+    relative comparison, so the manifest carries no metrics for such bundles.
+    """
+    if len(split.test) > 0:
+        return split, "test"
+    fit, held = holdout(split.train, fraction=0.1, seed=seed)
+    return Split(name=f"{split.name}-insample", train=fit, test=held), "in-sample"
+
+
+_NOT_IN_KEY = ("progress", "threads")
+
+
+def run_key(config: PipelineConfig, dataset: Dataset) -> str:
+    """Names the work folder: equal keys mean the checkpoints there can be reused.
+
+    Code changes are not part of the key: delete `<out-dir>/.work` to retrain after one.
+    """
+    teacher = {k: v for k, v in config.teacher_config().to_dict().items() if k not in _NOT_IN_KEY}
+    student = {k: v for k, v in config.student_config().to_json().items() if k not in _NOT_IN_KEY}
+    payload = {
+        "teacher": _plain(teacher),
+        "student": _plain(student),
+        "fingerprint": dataset.fingerprint,
+        "dataset": config.dataset,
+        "split": config.split,
+        "seed": config.seed,
+        "quick": config.quick,
+        "prune_ratio": config.prune_ratio,
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return f"{config.dataset}-{config.split}-{'quick-' if config.quick else ''}{digest[:12]}"
+
+
+# ---------------------------------------------------------------- steps
+
+
+def step_teacher(ctx: Context) -> dict[str, Any]:
+    path = ctx.work / "teacher.pt"
+    teacher, info = train_teacher(
+        ctx.dataset, ctx.split.train, config=ctx.config.teacher_config()
+    )
+    _save_model(teacher, path)
+    ctx.teacher = teacher
+    return {"checkpoint": path.name, "params": count_params(teacher), "info": info}
+
+
+def step_fisher(ctx: Context) -> dict[str, Any]:
+    report = fisher_report(
+        _need(ctx.teacher, "teacher"), ctx.dataset, ctx.split.train,
+        config=ctx.config.student_config().effective(),
+    )
+    return {"report": report}
+
+
+def step_student(ctx: Context) -> dict[str, Any]:
+    path = ctx.work / "student.pt"
+    student, info = distill_student(
+        ctx.dataset, ctx.split.train, _need(ctx.teacher, "teacher"),
+        config=ctx.config.student_config(),
+    )
+    _save_model(student, path)
+    ctx.student = student
+    return {"checkpoint": path.name, "params": count_params(student), "info": info}
+
+
+def step_export(ctx: Context) -> dict[str, Any]:
+    fm = ctx.dataset.feature_map
+    version = bundle_mod.make_version(ctx.config.dataset, ctx.config.split)
+    metadata = {"bundle_version": version, "dataset": ctx.config.dataset}
+    out: dict[str, Any] = {"version": version, "models": {}}
+    for key, model in (("teacher", ctx.teacher), ("student", ctx.student)):
+        path = ctx.work / bundle_mod.MODEL_FILES[key]
+        export_mod.export_onnx(
+            _need(model, key), fm, path, metadata={**metadata, "model": key}
+        )
+        parity = export_mod.check_parity(_need(model, key), path, fm)
+        out["models"][key] = {"file": path.name, "parity_max_abs_diff": parity.max_abs_diff}
+    int8 = ctx.work / bundle_mod.MODEL_FILES["student_int8"]
+    export_mod.quantize_int8(ctx.work / bundle_mod.MODEL_FILES["student"], int8)
+    drift = export_mod.compare_onnx(ctx.work / bundle_mod.MODEL_FILES["student"], int8, fm)
+    out["models"]["student_int8"] = {"file": int8.name, "rating_drift_vs_fp32": drift}
+    return out
+
+
+def onnx_metrics(path: Path, tables: FeatureTables, split: Split, *, n_users: int,
+                 n_items: int) -> dict[str, float]:
+    """Protocol P metrics of an exported model, computed with ONNX Runtime itself."""
+    session = export_mod.ort_session(path, threads=1)
+    pred, _ = export_mod.ort_pair_predict(session, tables, split.test.user, split.test.item)
+    out = rating_metrics(pred, split.test.rating)
+    out.update(
+        ranking_metrics(
+            export_mod.ort_catalogue_scorer(session, tables, n_items=n_items),
+            train=split.train, test=split.test, n_users=n_users, n_items=n_items,
+        )
+    )
+    return out
+
+
+def step_evaluate(ctx: Context) -> dict[str, Any]:
+    fm = ctx.dataset.feature_map
+    exported = ctx.state["export"]["models"]
+    results: dict[str, Any] = {}
+    for key in MODEL_KEYS:
+        path = ctx.work / exported[key]["file"]
+        metrics = onnx_metrics(
+            path, ctx.dataset.tables, ctx.eval_split, n_users=fm.n_users, n_items=fm.n_items
+        )
+        latency = export_mod.ort_latency_ms(
+            path, fm, ctx.dataset.tables, threads=1, runs=ctx.config.latency_runs
+        )
+        results[key] = {"metrics": metrics, "latency_ms": latency}
+        log.info("%s: %s, %.3f ms/user", key, _short(metrics), latency)
+    keep, reason = export_mod.int8_acceptable(
+        results["student_int8"]["metrics"], results["student"]["metrics"]
+    )
+    results["student_int8"]["kept"] = keep
+    results["student_int8"]["reason"] = reason
+    log.info("INT8 student %s: %s", "kept" if keep else "dropped", reason)
+    return {"eval_on": ctx.state["eval_on"], "models": results}
+
+
+def _short(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in ("rmse", "ndcg@10") if k in metrics)
+
+
+def step_report(ctx: Context) -> dict[str, Any]:
+    evaluation = ctx.state["evaluate"]
+    models = evaluation["models"]
+    columns = [*bundle_mod.METRIC_KEYS, "latency_ms", "params"]
+    params = {
+        "teacher": ctx.state["teacher"]["params"],
+        "student": ctx.state["student"]["params"],
+        "student_int8": ctx.state["student"]["params"],
+    }
+    rows = {
+        key: {**models[key]["metrics"], "latency_ms": models[key]["latency_ms"],
+              "params": params[key]}
+        for key in MODEL_KEYS
+    }
+    ds = ctx.dataset
+    lines = [
+        f"# Bundle {ctx.state['export']['version']}",
+        "",
+        f"Data set `{ds.name}` ({ds.feature_map.n_users} users, {ds.feature_map.n_items} "
+        f"items, {len(ds.ratings)} ratings), split `{ctx.split.name}`, "
+        f"{'quick' if ctx.config.quick else 'full'} configuration, seed {ctx.config.seed}.",
+        f"Metrics: protocol P on the {evaluation['eval_on']} set "
+        f"({len(ctx.eval_split.test)} ratings), computed with ONNX Runtime on the exported "
+        "files; latency is the median time to score the whole catalogue for one user "
+        "(CPU, one thread).",
+        "",
+        format_table(rows, columns=columns),
+        "",
+        f"INT8 student: {'kept' if models['student_int8']['kept'] else 'dropped'} "
+        f"({models['student_int8']['reason']}).",
+        "",
+        "Parity (max |ONNX - PyTorch| over random valid inputs): "
+        + ", ".join(
+            f"{k} {v['parity_max_abs_diff']:.2e}"
+            for k, v in ctx.state["export"]["models"].items()
+            if "parity_max_abs_diff" in v
+        ),
+    ]
+    if evaluation["eval_on"] != "test":
+        lines += ["", "This bundle was trained on all data (`--split none`): the metrics "
+                  "above are in-sample and only compare the models with each other."]
+    report = "\n".join(lines) + "\n"
+    (ctx.work / "report.md").write_text(report, encoding="utf-8")
+    student_report = _student_report(ctx)
+    return {"report": "report.md", "student_report": student_report}
+
+
+def _student_report(ctx: Context) -> str:
+    """The student engineer's Fisher/pruning report (Markdown and plots) of this run."""
+    results = {key: ctx.state.get(key) for key in ("teacher", "fisher", "student", "evaluate")}
+    written = write_student_report(results, ctx.work / "student_report")
+    return str(written)
+
+
+def step_bundle(ctx: Context) -> dict[str, Any]:
+    evaluation = ctx.state["evaluate"]["models"]
+    in_sample = ctx.state["evaluate"]["eval_on"] != "test"
+    exported = ctx.state["export"]["models"]
+    params = {"teacher": ctx.state["teacher"]["params"],
+              "student": ctx.state["student"]["params"]}
+    params["student_int8"] = params["student"]
+    artifacts: dict[str, bundle_mod.ModelArtifact] = {}
+    for key in MODEL_KEYS:
+        if key == "student_int8" and not evaluation[key]["kept"]:
+            continue
+        extra = {k: v for k, v in exported[key].items() if k != "file"}
+        if key == "student_int8":
+            extra["int8_check"] = {
+                "kept": True, "reason": evaluation[key]["reason"],
+                "against": "fp32 student", "on": ctx.state["evaluate"]["eval_on"],
+            }
+        artifacts[key] = bundle_mod.ModelArtifact(
+            source=ctx.work / exported[key]["file"],
+            params=int(params[key]),
+            metrics={} if in_sample else evaluation[key]["metrics"],
+            latency_ms=float(evaluation[key]["latency_ms"]),
+            extra=extra,
+        )
+    metrics_json = {
+        "eval_on": ctx.state["evaluate"]["eval_on"],
+        "n_eval_ratings": len(ctx.eval_split.test),
+        "models": evaluation,
+    }
+    contents = bundle_mod.BundleContents(
+        version=ctx.state["export"]["version"],
+        dataset=ctx.dataset,
+        split=ctx.split.name,
+        train=ctx.split.train,
+        models=artifacts,
+        training={
+            "teacher": _plain(ctx.config.teacher_config()),
+            "student": ctx.config.student_config().to_json(),
+            "quick": ctx.config.quick,
+            "seed": ctx.config.seed,
+            "run_key": ctx.work.name,
+        },
+        report_md=(ctx.work / "report.md").read_text(encoding="utf-8"),
+        metrics=metrics_json,
+    )
+    final = ctx.config.out_dir / contents.version
+    if final.is_dir():
+        bundle_mod.verify_bundle(final)
+        if ctx.config.make_current:
+            bundle_mod.switch_current(ctx.config.out_dir, final)
+    else:
+        final = bundle_mod.write_bundle(
+            ctx.config.out_dir, contents, make_current=ctx.config.make_current
+        )
+    return {"bundle": str(final)}
+
+
+def _need(model: TwoHeadModel | None, what: str) -> TwoHeadModel:
+    if model is None:
+        raise PipelineError(f"the {what} model is not available; run its step first")
+    return model
+
+
+StepFn = Callable[[Context], dict[str, Any]]
+_STEP_FNS: dict[str, StepFn] = {
+    "teacher": step_teacher,
+    "fisher": step_fisher,
+    "student": step_student,
+    "export": step_export,
+    "evaluate": step_evaluate,
+    "report": step_report,
+    "bundle": step_bundle,
+}
+
+
+# ---------------------------------------------------------------- driver
+
+
+def prepare(config: PipelineConfig) -> Context:
+    """The data step: loads the data set and split and finds the run's work folder."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    dataset = load_dataset(config.data_dir, dataset=config.dataset, cache_dir=config.cache_dir)
+    split = make_split(dataset, split=config.split, data_dir=config.data_dir, seed=config.seed)
+    if len(split.train) == 0:
+        raise PipelineError(f"split {config.split} leaves no training ratings")
+    eval_split, eval_on = _eval_split(split, seed=config.seed)
+    work = Path(config.out_dir) / ".work" / run_key(config, dataset)
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = Context(config=config, dataset=dataset, split=split, eval_split=eval_split, work=work)
+    ctx.state["eval_on"] = eval_on
+    ctx.state["data"] = {
+        "fingerprint": dataset.fingerprint,
+        "n_train": len(split.train),
+        "n_test": len(split.test),
+    }
+    return ctx
+
+
+def _load_state(ctx: Context, step: str) -> bool:
+    done = ctx.work / f"{step}.json"
+    if not done.is_file():
+        return False
+    ctx.state[step] = json.loads(done.read_text(encoding="utf-8"))
+    if step == "teacher":
+        ctx.teacher = _load_model(ctx.work / "teacher.pt")
+    elif step == "student":
+        ctx.student = _load_model(ctx.work / "student.pt")
+    elif step == "export":
+        for entry in ctx.state["export"]["models"].values():
+            if not (ctx.work / entry["file"]).is_file():
+                return False
+    return True
+
+
+def run_pipeline(config: PipelineConfig, *, until: str = "bundle") -> Context:
+    """Runs the steps up to and including `until`, skipping those already checkpointed."""
+    if until not in STEPS:
+        raise PipelineError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
+    started = time.perf_counter()
+    ctx = prepare(config)
+    log.info("[1/%d] data: %s (work dir %s)", len(STEPS), ctx.state["data"], ctx.work)
+    last = STEPS.index(until)
+    for number, step in enumerate(STEPS[1 : last + 1], start=2):
+        # The bundle step always runs: it re-verifies an already published bundle.
+        if step != "bundle" and _load_state(ctx, step):
+            log.info("[%d/%d] %s: done earlier, skipped", number, len(STEPS), step)
+            continue
+        t0 = time.perf_counter()
+        log.info("[%d/%d] %s ...", number, len(STEPS), step)
+        ctx.state[step] = _STEP_FNS[step](ctx)
+        _write_json_atomic(ctx.work / f"{step}.json", ctx.state[step])
+        log.info("[%d/%d] %s: %.1f s", number, len(STEPS), step, time.perf_counter() - t0)
+    log.info("pipeline finished in %.1f s", time.perf_counter() - started)
+    return ctx
+
+
+def bundle_path(ctx: Context) -> Path:
+    return Path(ctx.state["bundle"]["bundle"])
