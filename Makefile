@@ -9,6 +9,8 @@ PORT ?= 8000
 MOVIELENS_DIR ?=
 # Extras installed by `make install`: serving + training + tests.
 EXTRAS ?= train,dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving clean help
 
@@ -18,13 +20,11 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench-quality | bench-student | bench-serving - the committed benchmarks behind docs/"
 
-install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+install: $(STAMP)
 
-comma := ,
-$(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	@# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
@@ -59,13 +59,13 @@ typecheck: install
 
 bench-quality:
 	$(MAKE) install EXTRAS=train,dev,bench
-	$(PY) bench/quality.py $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
+	$(PY) -m bench.quality $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
 
 bench-student: install
-	$(PY) bench/student.py $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
+	$(PY) -m bench.student $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
 
 bench-serving: bundle
-	$(PY) bench/serving.py --model-dir $(MODELS)/current
+	$(PY) -m bench.serving --model-dir $(MODELS)/current --repeat 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

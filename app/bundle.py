@@ -333,7 +333,11 @@ def load_bundle(model_dir: Path) -> Bundle:
     )
     logger.info(
         "bundle loaded",
-        extra={"version": manifest.version, "directory": str(directory), "users": n_users,
-               "items": n_items},
+        extra={
+            "version": manifest.version,
+            "directory": str(directory),
+            "users": n_users,
+            "items": n_items,
+        },
     )
     return bundle

@@ -1,5 +1,11 @@
 """Cache-aside for /recommend: Redis or an in-process LRU, never a reason to fail a request.
 
+With Redis, a small in-process LRU (the near cache, L1) sits in front of it with its own
+short TTL (CACHE_LOCAL_TTL_SECONDS): a repeated key is answered from memory without a
+round trip. Keys carry the bundle version, variant and model file, so L1 can never serve a
+list from another model; it is only ever as old as its TTL. Without Redis the LRU backend
+is already the only, in-process tier and no second one is added.
+
 A Redis error or timeout counts as result="error" and the request is computed uncached.
 A circuit breaker stops waiting on a dead Redis after a few failures and lets one probe
 through now and then to notice its return. Concurrent misses of one key within a process
@@ -85,8 +91,9 @@ class CircuitBreaker:
     """closed -> open after `threshold` consecutive failures; after `reset_seconds` one
     caller probes (half-open); its success closes the circuit, its failure reopens it."""
 
-    def __init__(self, *, threshold: int, reset_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, threshold: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._threshold = threshold
         self._reset_seconds = reset_seconds
         self._clock = clock
@@ -128,8 +135,9 @@ class CircuitBreaker:
             self._probing = False
             if was_probing or (self._opened_at is None and self._failures >= self._threshold):
                 if self._opened_at is None:
-                    logger.warning("cache backend failing, circuit opened",
-                                   extra={"failures": self._failures})
+                    logger.warning(
+                        "cache backend failing, circuit opened", extra={"failures": self._failures}
+                    )
                 self._opened_at = self._clock()
 
 
@@ -196,8 +204,9 @@ class SingleFlight:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
 
-    def do(self, key: str, work: Callable[[], tuple[bytes, CacheResult]]
-           ) -> tuple[bytes, CacheResult]:
+    def do(
+        self, key: str, work: Callable[[], tuple[bytes, CacheResult]]
+    ) -> tuple[bytes, CacheResult]:
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None
@@ -223,16 +232,51 @@ class SingleFlight:
 
 
 class RecommendationCache:
-    """Cache-aside over a backend, with metrics and single-flight."""
+    """Cache-aside over a backend, with an optional near cache, metrics and single-flight.
 
-    def __init__(self, backend: CacheBackend, *, ttl_seconds: int, metrics: Metrics) -> None:
+    `local` is the near cache in front of a remote backend (None: no near cache); its
+    entries live `local_ttl_seconds`, at most `ttl_seconds`. `peek` reads only process
+    memory and never blocks on I/O, so it may run on the event loop; `get_or_compute` may
+    call the backend and compute, so it must run in a worker thread.
+    """
+
+    def __init__(
+        self,
+        backend: CacheBackend,
+        *,
+        ttl_seconds: int,
+        metrics: Metrics,
+        local: LocalLRUCache | None = None,
+        local_ttl_seconds: int = 0,
+    ) -> None:
         self.backend = backend
         self._ttl = ttl_seconds
         self._metrics = metrics
         self._flights = SingleFlight()
+        self._local_ttl = min(local_ttl_seconds, ttl_seconds)
+        self._local = local if self._local_ttl > 0 else None
+        # What `peek` may read without I/O: the near cache, or an in-process backend.
+        self._memory: LocalLRUCache | None = (
+            backend if isinstance(backend, LocalLRUCache) else self._local
+        )
+        self._hit = metrics.cache_requests_total.labels(result="hit")
+
+    def peek(self, key: str) -> bytes | None:
+        """The bytes for `key` if process memory holds them (counted as a hit), else None."""
+        memory = self._memory
+        if memory is None:
+            return None
+        value = memory.get(key)
+        if value is not None:
+            self._hit.inc()
+            self._metrics.cache_local_hits_total.inc()
+        return value
 
     def get_or_compute(self, key: str, compute: Callable[[], bytes]) -> tuple[bytes, bool]:
         """The cached bytes for `key`, or `compute()`'s (then stored); and whether it was a hit."""
+        value = self.peek(key)
+        if value is not None:
+            return value, True
         value, result = self._flights.do(key, lambda: self._lookup(key, compute))
         self._metrics.cache_requests_total.labels(result=result).inc()
         return value, result == "hit"
@@ -245,6 +289,7 @@ class RecommendationCache:
             logger.debug("cache read failed", extra={"reason": str(exc)})
             return compute(), "error"
         if cached is not None:
+            self._remember(key, cached)
             return cached, "hit"
         result = "miss"
         value = compute()
@@ -253,23 +298,44 @@ class RecommendationCache:
         except CacheUnavailableError as exc:
             logger.debug("cache write failed", extra={"reason": str(exc)})
             self._metrics.cache_write_errors_total.inc()
+        self._remember(key, value)
         return value, result
+
+    def _remember(self, key: str, value: bytes) -> None:
+        if self._local is not None:
+            self._local.set(key, value, ttl_seconds=self._local_ttl)
 
     def status(self) -> str:
         return self.backend.status()
 
     def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
         self.backend.close()
 
 
 def build_cache(
-    *, redis_url: str, ttl_seconds: int, max_entries: int, socket_timeout: float,
-    breaker_threshold: int, breaker_reset_seconds: float, metrics: Metrics
+    *,
+    redis_url: str,
+    ttl_seconds: int,
+    max_entries: int,
+    socket_timeout: float,
+    breaker_threshold: int,
+    breaker_reset_seconds: float,
+    metrics: Metrics,
+    local_ttl_seconds: int = 0,
 ) -> RecommendationCache:
-    backend: CacheBackend
+    """Redis (with a near cache unless `local_ttl_seconds` is 0) when `redis_url` is set,
+    else the in-process LRU alone."""
     if redis_url:
         breaker = CircuitBreaker(threshold=breaker_threshold, reset_seconds=breaker_reset_seconds)
-        backend = RedisCache(redis_url, socket_timeout=socket_timeout, breaker=breaker)
-    else:
-        backend = LocalLRUCache(max_entries=max_entries)
-    return RecommendationCache(backend, ttl_seconds=ttl_seconds, metrics=metrics)
+        return RecommendationCache(
+            RedisCache(redis_url, socket_timeout=socket_timeout, breaker=breaker),
+            ttl_seconds=ttl_seconds,
+            metrics=metrics,
+            local=LocalLRUCache(max_entries=max_entries) if local_ttl_seconds > 0 else None,
+            local_ttl_seconds=local_ttl_seconds,
+        )
+    return RecommendationCache(
+        LocalLRUCache(max_entries=max_entries), ttl_seconds=ttl_seconds, metrics=metrics
+    )

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     redis_url: str = ""
     cache_ttl_seconds: int = Field(default=300, ge=1)
     cache_max_entries: int = Field(default=10_000, ge=1)
+    # With Redis: how long a list stays in the in-process near cache in front of it
+    # (capped by CACHE_TTL_SECONDS; 0 turns the near cache off). Bounded by CACHE_MAX_ENTRIES.
+    cache_local_ttl_seconds: int = Field(default=5, ge=0)
     # Short on purpose: a slow Redis must cost a request milliseconds, not seconds.
     redis_socket_timeout_seconds: float = Field(default=0.05, gt=0)
     breaker_failure_threshold: int = Field(default=3, ge=1)

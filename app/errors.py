@@ -37,8 +37,10 @@ async def validation_error(request: Request, exc: Exception) -> Response:
         {
             "detail": "; ".join(messages),
             "errors": [
-                {"loc": [str(p) for p in e.get("loc", ())],
-                 "msg": str(e.get("msg")).removeprefix("Value error, ")}
+                {
+                    "loc": [str(p) for p in e.get("loc", ())],
+                    "msg": str(e.get("msg")).removeprefix("Value error, "),
+                }
                 for e in errors
             ],
         },

@@ -71,8 +71,10 @@ class ModelRunner:
                 "model runs on a fallback provider",
                 extra={"model": name, "requested": providers[0], "actual": self.provider},
             )
-        logger.info("model session ready", extra={"model": name, "file": self.file,
-                                                  "provider": self.provider})
+        logger.info(
+            "model session ready",
+            extra={"model": name, "file": self.file, "provider": self.provider},
+        )
 
     def _check_signature(self) -> None:
         inputs = {node.name: node.type for node in self.session.get_inputs()}
@@ -86,8 +88,10 @@ class ModelRunner:
         # field); feed only what the graph takes instead of failing on a valid model.
         self.input_names = tuple(name for name in INPUTS if name in inputs)
         if len(self.input_names) < len(INPUTS):
-            logger.info("model reads a subset of the inputs",
-                        extra={"model": self.name, "inputs": list(self.input_names)})
+            logger.info(
+                "model reads a subset of the inputs",
+                extra={"model": self.name, "inputs": list(self.input_names)},
+            )
         outputs = [node.name for node in self.session.get_outputs()]
         missing = [name for name in OUTPUTS if name not in outputs]
         if missing:

@@ -40,18 +40,24 @@ def _floor_bodies(state: ServingState) -> dict[int, bytes]:
     bodies: dict[int, bytes] = {}
     for n in range(1, 101):
         items = [
-            {"item_id": bundle.item_ids[p], "title": bundle.titles[p],
-             "score": round(1.0 - i / 100, 4), "rating": 3.5}
+            {
+                "item_id": bundle.item_ids[p],
+                "title": bundle.titles[p],
+                "score": round(1.0 - i / 100, 4),
+                "rating": 3.5,
+            }
             for i, p in enumerate(positions[:n])
         ]
-        bodies[n] = orjson.dumps({
-            "user_id": bundle.user_ids[0] if bundle.user_ids else "0",
-            "variant": "teacher",
-            "model_version": state.version,
-            "items": items,
-            "cached": False,
-            "fallback": None,
-        })
+        bodies[n] = orjson.dumps(
+            {
+                "user_id": bundle.user_ids[0] if bundle.user_ids else "0",
+                "variant": "teacher",
+                "model_version": state.version,
+                "items": items,
+                "cached": False,
+                "fallback": None,
+            }
+        )
     return bodies
 
 
@@ -70,6 +76,7 @@ def build_services(settings: Settings) -> Services:
             breaker_threshold=settings.breaker_failure_threshold,
             breaker_reset_seconds=settings.breaker_reset_seconds,
             metrics=metrics,
+            local_ttl_seconds=settings.cache_local_ttl_seconds,
         ),
     )
     if isinstance(services.cache.backend, RedisCache):
@@ -99,12 +106,17 @@ def make_lifespan(
             if services.routing_sync is not None:
                 # Adopt a split an admin already shared, so a new worker routes like the others.
                 await anyio.to_thread.run_sync(services.routing_sync.refresh)
-            sync = BackgroundSync(services, routing=services.routing_sync,
-                                  routing_every=config.routing_sync_seconds,
-                                  model_every=config.model_watch_seconds)
+            sync = BackgroundSync(
+                services,
+                routing=services.routing_sync,
+                routing_every=config.routing_sync_seconds,
+                model_every=config.model_watch_seconds,
+            )
             sync.start()
-            logger.info("service ready", extra={"version": state.version,
-                                                "cache": services.cache.backend.name})
+            logger.info(
+                "service ready",
+                extra={"version": state.version, "cache": services.cache.backend.name},
+            )
             yield
         finally:
             if sync is not None:
@@ -119,8 +131,9 @@ class ServiceApp(FastAPI):
     def openapi(self) -> dict[str, Any]:
         # Admin and bench routes are always mounted but closed without their setting;
         # the schema lists only what answers.
-        return hide_closed_routes(self, super().openapi(),
-                                  [*admin.router.routes, *bench.router.routes])
+        return hide_closed_routes(
+            self, super().openapi(), [*admin.router.routes, *bench.router.routes]
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -19,8 +19,24 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -53,6 +69,12 @@ class Metrics:
             "cache_requests_total",
             "Recommendation cache look-ups by result (hit, miss, error).",
             ["result"],
+            registry=self.registry,
+        )
+        self.cache_local_hits_total = Counter(
+            "cache_local_hits_total",
+            "Recommendation cache hits answered from process memory (no Redis round trip); "
+            'a subset of cache_requests_total{result="hit"}.',
             registry=self.registry,
         )
         self.cache_write_errors_total = Counter(

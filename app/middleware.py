@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.datastructures import MutableHeaders, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +22,9 @@ access_logger = logging.getLogger("app.access")
 logger = logging.getLogger(__name__)
 # A client-sent id is echoed into logs and headers; accept only a short, plain one.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Histogram children kept per label tuple, saving labels()'s lock and checks per request.
+# The method is client-controlled, so the memo is bounded; beyond it labels() is called.
+_MAX_MEMO_CHILDREN = 1024
 
 
 def _request_id(scope: Scope) -> str:
@@ -38,6 +42,25 @@ class RequestContextMiddleware:
         self.app = app
         # The app's state (app.state), where the lifespan puts `services`.
         self.state = state
+        self._children: dict[tuple[str, str, int, str], Any] = {}
+        self._children_of: object = None  # the Metrics the memo belongs to
+
+    def _observe(
+        self, services: Services, labels: tuple[str, str, int, str], elapsed: float
+    ) -> None:
+        metrics = services.metrics
+        if self._children_of is not metrics:  # a new lifespan built new metrics
+            self._children = {}
+            self._children_of = metrics
+        child = self._children.get(labels)
+        if child is None:
+            route, method, status, variant = labels
+            child = metrics.http_request_duration_seconds.labels(
+                route=route, method=method, status=str(status), variant=variant
+            )
+            if len(self._children) < _MAX_MEMO_CHILDREN:
+                self._children[labels] = child
+        child.observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,13 +92,18 @@ class RequestContextMiddleware:
             # None before the lifespan has built the services (or after it has ended).
             services: Services | None = getattr(self.state, "services", None)
             if services is not None:
-                services.metrics.http_request_duration_seconds.labels(
-                    route=template, method=scope["method"], status=str(status), variant=variant
-                ).observe(elapsed)
-            if services is None or services.settings.access_log:
+                self._observe(services, (template, scope["method"], status, variant), elapsed)
+            if (services is None or services.settings.access_log) and access_logger.isEnabledFor(
+                logging.INFO
+            ):
                 access_logger.info(
                     "request",
-                    extra={"method": scope["method"], "route": template, "status": status,
-                           "variant": variant, "duration_ms": round(elapsed * 1000, 3)},
+                    extra={
+                        "method": scope["method"],
+                        "route": template,
+                        "status": status,
+                        "variant": variant,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
                 )
             request_id_var.reset(token)

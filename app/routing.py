@@ -41,12 +41,14 @@ class ABRouter:
     def config(self) -> RoutingConfig:
         return self._config
 
-    def update(self, *, student_percent: float | None = None, salt: str | None = None
-               ) -> RoutingConfig:
+    def update(
+        self, *, student_percent: float | None = None, salt: str | None = None
+    ) -> RoutingConfig:
         with self._lock:
             current = self._config
             self._config = RoutingConfig(
-                student_percent=current.student_percent if student_percent is None
+                student_percent=current.student_percent
+                if student_percent is None
                 else student_percent,
                 salt=current.salt if salt is None else salt,
             )
@@ -70,8 +72,9 @@ class RoutingSync:
         try:
             self._store.set(ROUTING_KEY, payload, ttl_seconds=None)
         except CacheUnavailableError as exc:
-            logger.warning("routing change not shared, Redis unavailable",
-                           extra={"reason": str(exc)})
+            logger.warning(
+                "routing change not shared, Redis unavailable", extra={"reason": str(exc)}
+            )
             return False
         return True
 

@@ -106,8 +106,9 @@ class RoutingChange(RoutingView):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_dir: str | None = Field(default=None, min_length=1,
-                                  description="bundle to load; default MODEL_DIR")
+    model_dir: str | None = Field(
+        default=None, min_length=1, description="bundle to load; default MODEL_DIR"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -67,15 +67,19 @@ class Services:
             previous = self.holder.current
             self.holder.current = state
             self.metrics.set_model_info(
-                [(variant, state.version, runner.provider)
-                 for variant, runner in state.runners.items()]
+                [
+                    (variant, state.version, runner.provider)
+                    for variant, runner in state.runners.items()
+                ]
             )
             logger.info(
                 "bundle serving",
-                extra={"version": state.version,
-                       "previous": previous.version if previous else None,
-                       "providers": {v: r.provider for v, r in state.runners.items()},
-                       "student_file": state.runners["student"].file},
+                extra={
+                    "version": state.version,
+                    "previous": previous.version if previous else None,
+                    "providers": {v: r.provider for v, r in state.runners.items()},
+                    "student_file": state.runners["student"].file,
+                },
             )
             return state
         finally:

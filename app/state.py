@@ -80,8 +80,13 @@ class ServingState:
     ) -> Prediction:
         runner = self.runners[variant]
         started = time.perf_counter()
-        prediction = runner.run(user=user, item=item, user_feats=user_feats,
-                                item_feats=item_feats, item_genres=item_genres)
+        prediction = runner.run(
+            user=user,
+            item=item,
+            user_feats=user_feats,
+            item_feats=item_feats,
+            item_genres=item_genres,
+        )
         self.metrics.model_inference_seconds.labels(
             variant=variant, endpoint=endpoint, provider=runner.provider
         ).observe(time.perf_counter() - started)
@@ -116,8 +121,9 @@ class ServingState:
             for p, s, r in zip(positions.tolist(), scores, ratings, strict=True)
         ]
 
-    def recommend_known(self, variant: str, *, user: int, k: int, exclude_seen: bool
-                        ) -> Recommendation:
+    def recommend_known(
+        self, variant: str, *, user: int, k: int, exclude_seen: bool
+    ) -> Recommendation:
         bundle = self.bundle
         prediction = self._score_catalogue(
             variant, user=user, user_row=bundle.user_feats[user], endpoint="recommend"
@@ -128,19 +134,21 @@ class ServingState:
             exclude = bundle.seen_indices[start:stop] - 1
         positions = top_k(prediction.score, k, exclude=exclude)
         return Recommendation(
-            items=self._items(positions, score=prediction.score[positions],
-                              rating=prediction.rating[positions]),
+            items=self._items(
+                positions, score=prediction.score[positions], rating=prediction.rating[positions]
+            ),
             fallback=None,
         )
 
-    def recommend_cold_start(self, variant: str, *, user_row: npt.NDArray[np.int64], k: int
-                             ) -> Recommendation:
-        prediction = self._score_catalogue(variant, user=0, user_row=user_row,
-                                           endpoint="recommend")
+    def recommend_cold_start(
+        self, variant: str, *, user_row: npt.NDArray[np.int64], k: int
+    ) -> Recommendation:
+        prediction = self._score_catalogue(variant, user=0, user_row=user_row, endpoint="recommend")
         positions = top_k(prediction.score, k)
         return Recommendation(
-            items=self._items(positions, score=prediction.score[positions],
-                              rating=prediction.rating[positions]),
+            items=self._items(
+                positions, score=prediction.score[positions], rating=prediction.rating[positions]
+            ),
             fallback="cold_start",
         )
 
@@ -171,8 +179,9 @@ class ServingState:
             fallback="popular",
         )
 
-    def predict(self, variant: str, *, users: npt.NDArray[np.int64], items: npt.NDArray[np.int64]
-                ) -> npt.NDArray[np.float32]:
+    def predict(
+        self, variant: str, *, users: npt.NDArray[np.int64], items: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
         """Ratings for (user index, item index) pairs; user index 0 is the cold-start user."""
         bundle = self.bundle
         prediction = self._run(
@@ -212,6 +221,7 @@ class ServingState:
                 item_genres=bundle.item_genres[1:2],
             )
 
+
 def _frozen(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     # Shared by every request thread: a write would be a bug, so make it raise.
     array.setflags(write=False)
@@ -231,13 +241,22 @@ def load_state(
     chosen = choose_providers(providers)
     student_file = student_model if bundle.has_model(student_model) else "student"
     if student_file != student_model:
-        logger.warning("bundle has no %s model, serving the student from student.onnx",
-                       student_model)
+        logger.warning(
+            "bundle has no %s model, serving the student from student.onnx", student_model
+        )
     runners = {
-        "teacher": ModelRunner(bundle.model_path("teacher"), name="teacher", providers=chosen,
-                               intra_op_threads=intra_op_threads),
-        "student": ModelRunner(bundle.model_path(student_file), name=student_file,
-                               providers=chosen, intra_op_threads=intra_op_threads),
+        "teacher": ModelRunner(
+            bundle.model_path("teacher"),
+            name="teacher",
+            providers=chosen,
+            intra_op_threads=intra_op_threads,
+        ),
+        "student": ModelRunner(
+            bundle.model_path(student_file),
+            name=student_file,
+            providers=chosen,
+            intra_op_threads=intra_op_threads,
+        ),
     }
     state = ServingState(
         bundle=bundle,

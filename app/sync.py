@@ -27,8 +27,14 @@ logger = logging.getLogger(__name__)
 
 
 class BackgroundSync:
-    def __init__(self, services: Services, *, routing: RoutingSync | None,
-                 routing_every: float, model_every: float) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        routing: RoutingSync | None,
+        routing_every: float,
+        model_every: float,
+    ) -> None:
         self._services = services
         self._routing = routing
         self._routing_every = routing_every
@@ -80,7 +86,9 @@ class BackgroundSync:
             return
         except Exception as exc:
             self._failed_target = target
-            logger.error("automatic reload failed, still serving the old bundle",
-                         extra={"target": str(target), "reason": str(exc)})
+            logger.error(
+                "automatic reload failed, still serving the old bundle",
+                extra={"target": str(target), "reason": str(exc)},
+            )
             return
         self._failed_target = None

@@ -40,7 +40,9 @@ def _serve(port: int, body: bytes, cpus: frozenset[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
     response = (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-        + str(len(body)).encode() + b"\r\n\r\n" + body
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
 
     async def main() -> None:

@@ -203,8 +203,14 @@ async def _drive(
 
 
 def summarise(
-    latencies_ns: Sequence[int], *, elapsed_s: float, concurrency: int, statuses: dict[str, int],
-    errors: list[str], cached: int, body_bytes: int,
+    latencies_ns: Sequence[int],
+    *,
+    elapsed_s: float,
+    concurrency: int,
+    statuses: dict[str, int],
+    errors: list[str],
+    cached: int,
+    body_bytes: int,
 ) -> LoadResult:
     completed = len(latencies_ns)
     failed = sum(n for code, n in statuses.items() if code == "error" or int(code) >= 400)
@@ -237,14 +243,20 @@ async def run_load_async(spec: LoadSpec) -> LoadResult:
         raise ValueError("a load point needs at least one request")
     offset = spec.start_offset
     if spec.warmup_requests:
-        warm = await _drive(spec, n_requests=spec.warmup_requests, max_seconds=spec.max_seconds,
-                            offset=offset)
+        warm = await _drive(
+            spec, n_requests=spec.warmup_requests, max_seconds=spec.max_seconds, offset=offset
+        )
         offset += warm["issued"]
-    raw = await _drive(spec, n_requests=spec.max_requests, max_seconds=spec.max_seconds,
-                       offset=offset)
+    raw = await _drive(
+        spec, n_requests=spec.max_requests, max_seconds=spec.max_seconds, offset=offset
+    )
     result = summarise(
-        raw["latencies_ns"], elapsed_s=raw["elapsed_s"], concurrency=spec.concurrency,
-        statuses=raw["statuses"], errors=raw["errors"], cached=raw["cached"],
+        raw["latencies_ns"],
+        elapsed_s=raw["elapsed_s"],
+        concurrency=spec.concurrency,
+        statuses=raw["statuses"],
+        errors=raw["errors"],
+        cached=raw["cached"],
         body_bytes=raw["body_bytes"],
     )
     result.extra["next_offset"] = offset + raw["issued"]

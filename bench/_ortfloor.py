@@ -68,7 +68,10 @@ def pair_inputs(bundle: Bundle, users: np.ndarray, items: np.ndarray) -> dict[st
 
 
 def _time_runs(
-    session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], *, max_iterations: int,
+    session: ort.InferenceSession,
+    feeds: list[dict[str, np.ndarray]],
+    *,
+    max_iterations: int,
     max_seconds: float,
 ) -> tuple[np.ndarray, float]:
     outputs = ["rating", "score"]
@@ -149,8 +152,13 @@ def measure_service_floor(
 
     results: list[FloorResult] = []
     for student_model in student_models:
-        state = load_state(model_dir, metrics=Metrics(), providers=["CPUExecutionProvider"],
-                           intra_op_threads=intra_op_threads, student_model=student_model)
+        state = load_state(
+            model_dir,
+            metrics=Metrics(),
+            providers=["CPUExecutionProvider"],
+            intra_op_threads=intra_op_threads,
+            student_model=student_model,
+        )
         variants = ["teacher", "student"] if student_model == "student" else ["student"]
         for variant in variants:
             n_users = state.bundle.n_users

@@ -20,10 +20,21 @@ CACHED_FLOOR_RATIO = 1.5
 THROUGHPUT_RATIO = 4.0
 THROUGHPUT_GOAL = 10.0
 HTTP_OVERHEAD_MS = 1.0
-_COLORS = {"client": "grey", "framework": "black", "teacher": "tab:red", "student": "tab:blue",
-           "student_int8": "tab:green"}
-_MARKERS = {"loadgen_ceiling": "v", "floor": "^", "recommend_cached": "s",
-            "recommend_uncached": "o", "predict_single": "o", "predict_batch": "D"}
+_COLORS = {
+    "client": "grey",
+    "framework": "black",
+    "teacher": "tab:red",
+    "student": "tab:blue",
+    "student_int8": "tab:green",
+}
+_MARKERS = {
+    "loadgen_ceiling": "v",
+    "floor": "^",
+    "recommend_cached": "s",
+    "recommend_uncached": "o",
+    "predict_single": "o",
+    "predict_batch": "D",
+}
 _SCENARIO_TITLES = {
     "recommend_uncached": "/recommend, uncached",
     "recommend_cached": "/recommend, cached",
@@ -34,11 +45,14 @@ _SCENARIO_TITLES = {
 }
 
 
-def _point(run: dict[str, Any], scenario: str, model: str, concurrency: int
-           ) -> dict[str, Any] | None:
+def _point(
+    run: dict[str, Any], scenario: str, model: str, concurrency: int
+) -> dict[str, Any] | None:
     for point in run["points"]:
         if (point["scenario"], point["model"], point["concurrency"]) == (
-            scenario, model, concurrency
+            scenario,
+            model,
+            concurrency,
         ):
             return point
     return None
@@ -130,9 +144,14 @@ def _keys(runs: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
             seen[(point["scenario"], point["model"], point["concurrency"])] = None
     order = list(_SCENARIO_TITLES)
     model_order = ["client", "framework", *MODELS]
-    return sorted(seen, key=lambda k: (order.index(k[0]) if k[0] in order else 99,
-                                       model_order.index(k[1]) if k[1] in model_order else 99,
-                                       k[2]))
+    return sorted(
+        seen,
+        key=lambda k: (
+            order.index(k[0]) if k[0] in order else 99,
+            model_order.index(k[1]) if k[1] in model_order else 99,
+            k[2],
+        ),
+    )
 
 
 def _machine_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -152,7 +171,9 @@ def _machine_lines(runs: list[dict[str, Any]]) -> list[str]:
         f"ORT_INTRA_OP_THREADS={config['intra_op_threads']}, CPUExecutionProvider, access "
         f"log off; load generator on CPUs {config['load_cpus']} (separate process, raw "
         f"HTTP/1.1 keep-alive over loopback)",
-        f"- Cache of the cached scenarios: {config['cache']}; uncached scenarios run on a "
+        f"- Cache of the cached scenarios: {config['cache']} (with Redis, the service's "
+        f"default in-process near cache sits in front of it, so repeated keys are served "
+        f"from process memory); uncached scenarios run on a "
         f"server whose cache holds one entry while users cycle, so every request misses "
         f"(the `cached` column shows the measured hit fraction)",
         f"- Load points: closed loop, at most {config['max_requests']} requests or "
@@ -187,22 +208,24 @@ def _plot(runs: list[dict[str, Any]], img_dir: Path) -> list[str]:
                         series.append((level, values))
                 if not series:
                     continue
-                label = {"framework": "framework floor", "client": "load generator ceiling"
-                         }.get(model, f"{scenario} · {model}")
-                style = {"color": _COLORS.get(model, "grey"),
-                         "marker": _MARKERS.get(scenario, "o")}
+                label = {"framework": "framework floor", "client": "load generator ceiling"}.get(
+                    model, f"{scenario} · {model}"
+                )
+                style = {"color": _COLORS.get(model, "grey"), "marker": _MARKERS.get(scenario, "o")}
                 xs = [level for level, _ in series]
                 rps = [[v["throughput_rps"] for v in vs] for _, vs in series]
                 p50 = [[v["p50_ms"] for v in vs] for _, vs in series]
                 p99 = [[v["p99_ms"] for v in vs] for _, vs in series]
                 med = [statistics.median(r) for r in rps]
-                err = [[m - min(r) for m, r in zip(med, rps, strict=True)],
-                       [max(r) - m for m, r in zip(med, rps, strict=True)]]
+                err = [
+                    [m - min(r) for m, r in zip(med, rps, strict=True)],
+                    [max(r) - m for m, r in zip(med, rps, strict=True)],
+                ]
                 ax_rps.errorbar(xs, med, yerr=err, capsize=3, label=label, **style)
-                ax_lat.plot(xs, [statistics.median(v) for v in p50], label=f"{label} p50",
-                            **style)
-                ax_lat.plot(xs, [statistics.median(v) for v in p99], linestyle=":",
-                            linewidth=1, **style)
+                ax_lat.plot(xs, [statistics.median(v) for v in p50], label=f"{label} p50", **style)
+                ax_lat.plot(
+                    xs, [statistics.median(v) for v in p99], linestyle=":", linewidth=1, **style
+                )
         for axis in (ax_rps, ax_lat):
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
@@ -231,7 +254,11 @@ def write_report(
         "# Serving benchmarks",
         "",
         "Generated by `bench/serving.py` from the runs listed at the end; do not edit by hand.",
-        f"Command: `{runs[0]['command']}`",
+        "Command:",
+        "",
+        "```sh",
+        runs[0]["command"],
+        "```",
         "",
         f"Bundle `{runs[0]['bundle_version']}` ({runs[0]['n_users']} users, "
         f"{runs[0]['n_items']} items).",
@@ -254,8 +281,7 @@ def write_report(
     for key, target in target_keys.items():
         per_run = []
         for run in runs:
-            match = [t for t in run["targets"]
-                     if (t["id"], t["model"], t["concurrency"]) == key]
+            match = [t for t in run["targets"] if (t["id"], t["model"], t["concurrency"]) == key]
             per_run.append(match[0] if match else None)
         fmt = "d" if key[0] == "failed_requests" else ".2f"
         cells = [
@@ -264,44 +290,75 @@ def write_report(
         ]
         where = "" if key[1] == "all" else f"{key[1]}, c={key[2]}"
         rows.append([_TARGET_TEXT.get(key[0], key[0]), where, target["limit"], *cells])
-    lines += _table(["target", "model, concurrency", "limit",
-                     *[f"run {i}" for i in range(1, len(runs) + 1)]], rows)
+    lines += _table(
+        ["target", "model, concurrency", "limit", *[f"run {i}" for i in range(1, len(runs) + 1)]],
+        rows,
+    )
+    lines += ["", "Summary, per target, over every model, concurrency and run:", ""]
+    for target_id, text in _TARGET_TEXT.items():
+        outcomes = [t["met"] for run in runs for t in run["targets"] if t["id"] == target_id]
+        if outcomes:
+            lines.append(f"- {text}: met in {sum(outcomes)} of {len(outcomes)} measurements")
     lines += ["", "## HTTP results", ""]
     rows = []
     for scenario, model, level in _keys(runs):
         points = [p for run in runs if (p := _point(run, scenario, model, level))]
-        rows.append([
-            _SCENARIO_TITLES.get(scenario, scenario), model, str(level),
-            _spread([p["throughput_rps"] for p in points], ".0f"),
-            _spread([p["p50_ms"] for p in points], ".2f"),
-            _spread([p["p95_ms"] for p in points], ".2f"),
-            _spread([p["p99_ms"] for p in points], ".2f"),
-            str(sum(p["completed"] for p in points)),
-            str(sum(p["failed"] for p in points)),
-            _spread([p["cached_fraction"] for p in points], ".2f"),
-        ])
-    lines += _table(["endpoint", "model", "conc.", "req/s", "p50 ms", "p95 ms", "p99 ms",
-                     "requests", "failed", "cached"], rows)
+        rows.append(
+            [
+                _SCENARIO_TITLES.get(scenario, scenario),
+                model,
+                str(level),
+                _spread([p["throughput_rps"] for p in points], ".0f"),
+                _spread([p["p50_ms"] for p in points], ".2f"),
+                _spread([p["p95_ms"] for p in points], ".2f"),
+                _spread([p["p99_ms"] for p in points], ".2f"),
+                str(sum(p["completed"] for p in points)),
+                str(sum(p["failed"] for p in points)),
+                _spread([p["cached_fraction"] for p in points], ".2f"),
+            ]
+        )
+    lines += _table(
+        [
+            "endpoint",
+            "model",
+            "conc.",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "requests",
+            "failed",
+            "cached",
+        ],
+        rows,
+    )
     lines += [
-        "", "## Inference floor: raw ONNX Runtime session run (one thread, in-process)", "",
+        "",
+        "## Inference floor: raw ONNX Runtime session run (one thread, in-process)",
+        "",
         "`recommend_service` is the service's own scoring path for an uncached /recommend "
         "(features, session run, seen-item mask, top-k, item rows) called in-process without "
-        "HTTP; the rest of the HTTP latency is the web stack and its thread hand-offs.", "",
+        "HTTP; the rest of the HTTP latency is the web stack and its thread hand-offs.",
+        "",
     ]
     rows = []
-    floor_keys = dict.fromkeys((f["model"], f["work"], f["batch"])
-                               for run in runs for f in run["ort_floor"])
+    floor_keys = dict.fromkeys(
+        (f["model"], f["work"], f["batch"]) for run in runs for f in run["ort_floor"]
+    )
     for model, work, batch in floor_keys:
         floors = [f for run in runs if (f := _ort(run, model, work))]
-        rows.append([
-            model, work, str(batch),
-            _spread([f["throughput_rps"] for f in floors], ".0f"),
-            _spread([f["p50_ms"] for f in floors], ".3f"),
-            _spread([f["p95_ms"] for f in floors], ".3f"),
-            _spread([f["p99_ms"] for f in floors], ".3f"),
-        ])
-    lines += _table(["model", "work", "batch rows", "runs/s", "p50 ms", "p95 ms", "p99 ms"],
-                    rows)
+        rows.append(
+            [
+                model,
+                work,
+                str(batch),
+                _spread([f["throughput_rps"] for f in floors], ".0f"),
+                _spread([f["p50_ms"] for f in floors], ".3f"),
+                _spread([f["p95_ms"] for f in floors], ".3f"),
+                _spread([f["p99_ms"] for f in floors], ".3f"),
+            ]
+        )
+    lines += _table(["model", "work", "batch rows", "runs/s", "p50 ms", "p95 ms", "p99 ms"], rows)
     names = _plot(runs, img_dir)
     try:
         relative = img_dir.resolve().relative_to(docs_path.resolve().parent)
@@ -317,11 +374,10 @@ def write_report(
     ]
     lines += [
         "",
-        "Reproduce: `python -m bench.serving --model-dir models/current --repeat 2 "
-        "--docs docs/BENCHMARKS.md` (add `--redis-url redis://127.0.0.1:6379/14` to cache "
-        "in Redis, `--workers N` for several workers). Timings on a shared or small machine "
-        "vary between runs; compare ratios within one run, not absolute numbers across "
-        "machines.",
+        "Reproduce with the command above (`--redis-url` empty caches in-process, "
+        "`--workers N` runs several uvicorn workers, `python -m bench.serving --help` lists "
+        "the bounds). Timings on a shared or small machine vary between runs; compare "
+        "ratios within one run, not absolute numbers across machines.",
         "",
     ]
     docs_path.parent.mkdir(parents=True, exist_ok=True)

@@ -56,8 +56,9 @@ class RunningServer:
             return ""
 
 
-def wait_ready(base_url: str, *, timeout_s: float, process: subprocess.Popen[bytes] | None = None
-               ) -> None:
+def wait_ready(
+    base_url: str, *, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -122,7 +123,11 @@ def uvicorn_server(
         ]  # fmt: skip
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                command, cwd=_REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=_REPO_ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         server = RunningServer(host=HOST, port=port, process=process, log_path=log_path)

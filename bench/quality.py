@@ -28,32 +28,57 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ["rmse", "mae", "recall@10", "ndcg@10", "hr@10", "coverage@10"]
 PEERS = ("popularity", "surprise-svd", "surprise-svdpp", "implicit-als")
-TEACHER_ROWS = ("teacher (fitted weights)", "teacher (default 0.4/0.4/0.2)",
-                "component: mf", "component: xdeepfm", "component: autoint")
+TEACHER_ROWS = (
+    "teacher (fitted weights)",
+    "teacher (default 0.4/0.4/0.2)",
+    "component: mf",
+    "component: xdeepfm",
+    "component: autoint",
+)
 
 log = logging.getLogger("bench.quality")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=os.environ.get("MOVIELENS_DIR"),
-                        help="ml-100k folder (u.data, u.item, u.user, u1..u5); "
-                             "default $MOVIELENS_DIR")
-    parser.add_argument("--folds", default="u1,u2,u3,u4,u5",
-                        help="comma-separated canonical folds (default: u1..u5)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=os.environ.get("MOVIELENS_DIR"),
+        help="ml-100k folder (u.data, u.item, u.user, u1..u5); default $MOVIELENS_DIR",
+    )
+    parser.add_argument(
+        "--folds",
+        default="u1,u2,u3,u4,u5",
+        help="comma-separated canonical folds (default: u1..u5)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="folds trained in parallel processes (each with --threads)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads per fold (default: 2 // jobs, at least 1)")
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help=f"comma-separated subset of {','.join(PEERS)}")
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="only re-render the Markdown from a previous run's JSON")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="folds trained in parallel processes (each with --threads)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per fold (default: 2 // jobs, at least 1)",
+    )
+    parser.add_argument(
+        "--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}"
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="only re-render the Markdown from a previous run's JSON",
+    )
     parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "QUALITY.md")
-    parser.add_argument("--out-json", type=Path,
-                        default=ROOT / "bench" / "results" / "quality.json")
+    parser.add_argument(
+        "--out-json", type=Path, default=ROOT / "bench" / "results" / "quality.json"
+    )
     args = parser.parse_args(argv)
     if args.data_dir is None and args.from_json is None:
         parser.error("--data-dir is required (or set MOVIELENS_DIR)")
@@ -84,14 +109,17 @@ def run_fold(fold: str, args: argparse.Namespace) -> dict[str, Any]:
     if "popularity" in peers:
         rows["popularity"] = baselines.popularity(split.train, split.test, **kw)
     if "surprise-svd" in peers:
-        rows["surprise-svd"] = baselines.surprise_model("svd", split.train, split.test,
-                                                        seed=args.seed, **kw)
+        rows["surprise-svd"] = baselines.surprise_model(
+            "svd", split.train, split.test, seed=args.seed, **kw
+        )
     if "surprise-svdpp" in peers:
-        rows["surprise-svdpp"] = baselines.surprise_model("svdpp", split.train, split.test,
-                                                          seed=args.seed, **kw)
+        rows["surprise-svdpp"] = baselines.surprise_model(
+            "svdpp", split.train, split.test, seed=args.seed, **kw
+        )
     if "implicit-als" in peers:
-        rows["implicit-als"] = baselines.implicit_als(split.train, split.test, seed=args.seed,
-                                                      threads=args.threads, **kw)
+        rows["implicit-als"] = baselines.implicit_als(
+            split.train, split.test, seed=args.seed, threads=args.threads, **kw
+        )
     config = TeacherConfig(seed=args.seed, threads=args.threads, progress=False)
     if args.quick:
         config = config.quick()
@@ -115,8 +143,13 @@ def run_fold(fold: str, args: argparse.Namespace) -> dict[str, Any]:
     for info in report["components"].values():
         info.pop("curves", None)
         info["seconds"] = round(float(info["seconds"]), 1)
-    return {"fold": fold, "rows": rows, "teacher_report": report,
-            "n_train": len(split.train), "n_test": len(split.test)}
+    return {
+        "fold": fold,
+        "rows": rows,
+        "teacher_report": report,
+        "n_train": len(split.train),
+        "n_test": len(split.test),
+    }
 
 
 def _mean_rows(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -141,8 +174,9 @@ def _table(rows: dict[str, dict[str, float]], *, extra: str | None = None) -> li
     cols = METRICS + ([extra] if extra else [])
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, metrics in rows.items():
-        cells = [_fmt(metrics.get(c)) if c != "train_seconds" or c in metrics else "-"
-                 for c in cols]
+        cells = [
+            _fmt(metrics.get(c)) if c != "train_seconds" or c in metrics else "-" for c in cols
+        ]
         if extra == "train_seconds" and "train_seconds" in metrics:
             cells[-1] = f"{metrics['train_seconds']:.0f}"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -154,24 +188,32 @@ def _targets(mean: dict[str, dict[str, float]], run: dict[str, Any]) -> list[str
     lines = []
     if not teacher:
         return lines
-    lines.append(f"- Ensemble RMSE {teacher['rmse']:.4f} <= 0.900: "
-                 f"**{'met' if teacher['rmse'] <= 0.900 else 'NOT met'}**")
+    lines.append(
+        f"- Ensemble RMSE {teacher['rmse']:.4f} <= 0.900: "
+        f"**{'met' if teacher['rmse'] <= 0.900 else 'NOT met'}**"
+    )
     svd = mean.get("surprise-svd")
     if svd:
         for name in ("mf", "xdeepfm", "autoint"):
             rmse = mean[f"component: {name}"]["rmse"]
-            lines.append(f"- Component {name} RMSE {rmse:.4f} below Surprise SVD "
-                         f"{svd['rmse']:.4f}: **{'met' if rmse < svd['rmse'] else 'NOT met'}**")
+            lines.append(
+                f"- Component {name} RMSE {rmse:.4f} below Surprise SVD "
+                f"{svd['rmse']:.4f}: **{'met' if rmse < svd['rmse'] else 'NOT met'}**"
+            )
     als = mean.get("implicit-als")
     for metric in ("recall@10", "ndcg@10"):
         value = teacher[metric]
         if als:
             bar = 1.10 * als[metric]
-            lines.append(f"- Ensemble {metric} {value:.4f} >= 1.10 x ALS {als[metric]:.4f} "
-                         f"= {bar:.4f}: **{'met' if value >= bar else 'NOT met'}**")
+            lines.append(
+                f"- Ensemble {metric} {value:.4f} >= 1.10 x ALS {als[metric]:.4f} "
+                f"= {bar:.4f}: **{'met' if value >= bar else 'NOT met'}**"
+            )
         best = max(mean[f"component: {n}"][metric] for n in ("mf", "xdeepfm", "autoint"))
-        lines.append(f"- Ensemble {metric} {value:.4f} above every component (best "
-                     f"{best:.4f}): **{'met' if value > best else 'NOT met'}**")
+        lines.append(
+            f"- Ensemble {metric} {value:.4f} above every component (best "
+            f"{best:.4f}): **{'met' if value > best else 'NOT met'}**"
+        )
     seconds = teacher.get("train_seconds")
     if seconds is not None:
         lines.append(
@@ -182,8 +224,10 @@ def _targets(mean: dict[str, dict[str, float]], run: dict[str, Any]) -> list[str
         )
     cpu = teacher.get("train_cpu_seconds")
     if cpu is not None:
-        lines.append(f"- Teacher training CPU time per fold {cpu:.0f} s (process time; "
-                     "below 600 s means under 10 minutes on one otherwise idle core)")
+        lines.append(
+            f"- Teacher training CPU time per fold {cpu:.0f} s (process time; "
+            "below 600 s means under 10 minutes on one otherwise idle core)"
+        )
     return lines
 
 
@@ -238,8 +282,12 @@ def write_markdown(result: dict[str, Any], path: Path, *, command: str) -> None:
         )
     lines += ["", "## Per fold", ""]
     for f in folds:
-        lines += [f"### {f['fold']} ({f['n_train']} train / {f['n_test']} test ratings)", "",
-                  *_table(f["rows"], extra="train_seconds"), ""]
+        lines += [
+            f"### {f['fold']} ({f['n_train']} train / {f['n_test']} test ratings)",
+            "",
+            *_table(f["rows"], extra="train_seconds"),
+            "",
+        ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -254,9 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(args.from_json.read_text(encoding="utf-8"))
         run = result["run"]
         # Runs from before the command was recorded: rebuild it from the recorded options.
-        default = "python -m bench.quality --data-dir $MOVIELENS_DIR" + (
-            f" --jobs {run['jobs']}" if run["jobs"] > 1 else "") + (
-            " --quick" if run["quick"] else "")
+        default = (
+            "python -m bench.quality --data-dir $MOVIELENS_DIR"
+            + (f" --jobs {run['jobs']}" if run["jobs"] > 1 else "")
+            + (" --quick" if run["quick"] else "")
+        )
         write_markdown(result, args.out_md, command=run.get("command", default))
         log.info("re-rendered %s from %s", args.out_md, args.from_json)
         return 0
@@ -284,16 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "run": {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-            "jobs": args.jobs, "quick": args.quick, "seed": args.seed,
-            "seconds": time.perf_counter() - started, "command": command,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "jobs": args.jobs,
+            "quick": args.quick,
+            "seed": args.seed,
+            "seconds": time.perf_counter() - started,
+            "command": command,
         },
         "folds": results,
         "mean": _mean_rows(results),
     }
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(result, indent=2, default=float) + "\n",
-                             encoding="utf-8")
+    args.out_json.write_text(json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8")
     write_markdown(result, args.out_md, command=command)
     log.info("wrote %s and %s", args.out_md, args.out_json)
     return 0

@@ -25,6 +25,7 @@ import argparse
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -93,11 +94,14 @@ def _cpu_split(pin: bool) -> tuple[frozenset[int] | None, frozenset[int] | None]
     return frozenset(cpus[:-1]), frozenset(cpus[-1:])
 
 
-def _recommend_requests(bundle: Bundle, users: Sequence[str], *, variant: str, k: int
-                        ) -> list[bytes]:
+def _recommend_requests(
+    bundle: Bundle, users: Sequence[str], *, variant: str, k: int
+) -> list[bytes]:
     headers = {"X-Variant": variant}
-    return [build_get(f"/recommend?user_id={quote(u, safe='')}&k={k}", host=HOST,
-                      headers=headers) for u in users]
+    return [
+        build_get(f"/recommend?user_id={quote(u, safe='')}&k={k}", host=HOST, headers=headers)
+        for u in users
+    ]
 
 
 def _predict_requests(
@@ -108,8 +112,10 @@ def _predict_requests(
     for _ in range(n_bodies):
         users = rng.integers(0, bundle.n_users, size=batch)
         items = rng.integers(0, bundle.n_items, size=batch)
-        pairs = [{"user_id": bundle.user_ids[u], "item_id": bundle.item_ids[i]}
-                 for u, i in zip(users.tolist(), items.tolist(), strict=True)]
+        pairs = [
+            {"user_id": bundle.user_ids[u], "item_id": bundle.item_ids[i]}
+            for u, i in zip(users.tolist(), items.tolist(), strict=True)
+        ]
         body = orjson.dumps(pairs[0] if batch == 1 else {"pairs": pairs})
         requests.append(build_post_json("/predict_rating", body, host=HOST, headers=headers))
     return requests
@@ -208,18 +214,33 @@ def _machine() -> dict[str, Any]:
 
 def _ceiling_body(bundle: Bundle, *, k: int) -> bytes:
     """A JSON body of a /recommend answer's size, for the trivial server."""
-    items = [{"item_id": bundle.item_ids[i], "title": bundle.titles[i], "score": 0.5,
-              "rating": 3.5} for i in range(min(k, bundle.n_items))]
-    return orjson.dumps({"user_id": bundle.user_ids[0], "variant": "student",
-                         "model_version": bundle.version, "items": items, "cached": False,
-                         "fallback": None})
+    items = [
+        {"item_id": bundle.item_ids[i], "title": bundle.titles[i], "score": 0.5, "rating": 3.5}
+        for i in range(min(k, bundle.n_items))
+    ]
+    return orjson.dumps(
+        {
+            "user_id": bundle.user_ids[0],
+            "variant": "student",
+            "model_version": bundle.version,
+            "items": items,
+            "cached": False,
+            "fallback": None,
+        }
+    )
 
 
 def _log_point(scenario: str, model: str, result: LoadResult) -> None:
     logger.info(
         "%-18s %-12s c=%-3d %8.1f req/s  p50 %7.2f ms  p99 %7.2f ms  failed %d  cached %.2f",
-        scenario, model, result.concurrency, result.throughput_rps, result.p50_ms,
-        result.p99_ms, result.failed, result.cached_fraction,
+        scenario,
+        model,
+        result.concurrency,
+        result.throughput_rps,
+        result.p50_ms,
+        result.p99_ms,
+        result.failed,
+        result.cached_fraction,
     )
 
 
@@ -236,16 +257,21 @@ def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, server_cpus)
     try:
         floors = measure_floors(
-            bundle, models=list(MODELS), intra_op_threads=config.intra_op_threads,
-            batch_pairs=config.batch_pairs, max_iterations=config.max_requests,
+            bundle,
+            models=list(MODELS),
+            intra_op_threads=config.intra_op_threads,
+            batch_pairs=config.batch_pairs,
+            max_iterations=config.max_requests,
             max_seconds=config.max_seconds,
         )
         try:
             floors += measure_service_floor(
                 config.model_dir,
                 student_models=[m for m in ("student", "student_int8") if bundle.has_model(m)],
-                intra_op_threads=config.intra_op_threads, k=config.k,
-                max_iterations=config.max_requests, max_seconds=config.max_seconds,
+                intra_op_threads=config.intra_op_threads,
+                k=config.k,
+                max_iterations=config.max_requests,
+                max_seconds=config.max_seconds,
             )
         except (ImportError, TypeError, AttributeError) as exc:
             # It reaches into app.state; a changed internal API must not sink the benchmark.
@@ -254,11 +280,15 @@ def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
         if server_cpus:
             os.sched_setaffinity(0, previous)
 
-    servers = [ServerConfig("uncached-student", "student", cached=False),
-               ServerConfig("cached-student", "student", cached=True)]
+    servers = [
+        ServerConfig("uncached-student", "student", cached=False),
+        ServerConfig("cached-student", "student", cached=True),
+    ]
     if bundle.has_model("student_int8"):
-        servers += [ServerConfig("uncached-int8", "student_int8", cached=False),
-                    ServerConfig("cached-int8", "student_int8", cached=True)]
+        servers += [
+            ServerConfig("uncached-int8", "student_int8", cached=False),
+            ServerConfig("cached-int8", "student_int8", cached=True),
+        ]
     else:
         logger.warning("bundle has no student_int8 model; INT8 scenarios skipped")
 
@@ -266,16 +296,24 @@ def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
     with LoadRunner(load_cpus) as runner:
         logger.info("load generator ceiling: a trivial server with a fixed answer")
         with fixed_response_server(_ceiling_body(bundle, k=config.k), cpus=server_cpus) as port:
-            requests = [build_get(f"/recommend?user_id={u}&k={config.k}", host=HOST)
-                        for u in bundle.user_ids[:64]]
+            requests = [
+                build_get(f"/recommend?user_id={u}&k={config.k}", host=HOST)
+                for u in bundle.user_ids[:64]
+            ]
             for concurrency in config.concurrency:
                 result = runner.run(LoadSpec(
                     host=HOST, port=port, requests=requests, concurrency=concurrency,
                     max_requests=config.max_requests, max_seconds=config.max_seconds,
                     warmup_requests=config.warmup_requests,
                 ))  # fmt: skip
-                points.append({"scenario": "loadgen_ceiling", "model": "client",
-                               "server": "fixed-response", **result.to_dict()})
+                points.append(
+                    {
+                        "scenario": "loadgen_ceiling",
+                        "model": "client",
+                        "server": "fixed-response",
+                        **result.to_dict(),
+                    }
+                )
                 _log_point("loadgen_ceiling", "client", result)
         for server in servers:
             env = _server_env(server, config)
@@ -298,8 +336,12 @@ def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
                             warmup_requests=config.warmup_requests, start_offset=offset,
                         ))  # fmt: skip
                         offset = result.extra["next_offset"]
-                        point = {"scenario": scenario.name, "model": scenario.model,
-                                 "server": server.name, **result.to_dict()}
+                        point = {
+                            "scenario": scenario.name,
+                            "model": scenario.model,
+                            "server": server.name,
+                            **result.to_dict(),
+                        }
                         points.append(point)
                         _log_point(scenario.name, scenario.model, result)
     machine["loadavg_end"] = list(os.getloadavg())
@@ -307,16 +349,20 @@ def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
         "schema": 1,
         "started_at": started_at.isoformat(timespec="seconds"),
         "duration_s": round((datetime.now(UTC) - started_at).total_seconds(), 1),
-        "command": " ".join(["python -m bench.serving", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", "bench.serving", *sys.argv[1:]]),
         "bundle_version": bundle.version,
         "n_users": bundle.n_users,
         "n_items": bundle.n_items,
         "machine": machine,
         "config": {
-            "workers": config.workers, "concurrency": list(config.concurrency),
-            "max_requests": config.max_requests, "max_seconds": config.max_seconds,
-            "warmup_requests": config.warmup_requests, "batch_pairs": config.batch_pairs,
-            "k": config.k, "intra_op_threads": config.intra_op_threads,
+            "workers": config.workers,
+            "concurrency": list(config.concurrency),
+            "max_requests": config.max_requests,
+            "max_seconds": config.max_seconds,
+            "warmup_requests": config.warmup_requests,
+            "batch_pairs": config.batch_pairs,
+            "k": config.k,
+            "intra_op_threads": config.intra_op_threads,
             "cache": "redis" if config.redis_url else "in-process LRU",
             "server_cpus": sorted(server_cpus) if server_cpus else None,
             "load_cpus": sorted(load_cpus) if load_cpus else None,
@@ -335,37 +381,65 @@ def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model-dir", type=Path, default=Path("models/current"))
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    parser.add_argument("--concurrency", default="1,4,16",
-                        help="comma-separated numbers of concurrent connections")
-    parser.add_argument("--max-requests", type=int, default=3000,
-                        help="requests per load point, at most")
-    parser.add_argument("--max-seconds", type=float, default=3.0,
-                        help="seconds per load point, at most")
+    parser.add_argument(
+        "--concurrency", default="1,4,16", help="comma-separated numbers of concurrent connections"
+    )
+    parser.add_argument(
+        "--max-requests", type=int, default=3000, help="requests per load point, at most"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=3.0, help="seconds per load point, at most"
+    )
     parser.add_argument("--warmup-requests", type=int, default=20)
     parser.add_argument("--batch-pairs", type=int, default=100)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--intra-op-threads", type=int, default=1,
-                        help="ORT_INTRA_OP_THREADS of the server and of the session floor")
-    parser.add_argument("--redis-url", default="",
-                        help="cache the 'cached' servers in this Redis (default: in-process LRU)")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not give the load generator its own CPU")
+    parser.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=1,
+        help="ORT_INTRA_OP_THREADS of the server and of the session floor",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="",
+        help="cache the 'cached' servers in this Redis (default: in-process LRU)",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not give the load generator its own CPU"
+    )
     parser.add_argument("--cached-users", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="complete runs, one after another")
     parser.add_argument("--results-dir", type=Path, default=_REPO_ROOT / "bench" / "results")
-    parser.add_argument("--docs", type=Path, default=None,
-                        help="write the Markdown report here (e.g. docs/BENCHMARKS.md)")
-    parser.add_argument("--img-dir", type=Path, default=None,
-                        help="PNG plots go here (default: img/ next to --docs)")
-    parser.add_argument("--note", default="",
-                        help="a sentence for the report, e.g. what else ran on the machine")
-    parser.add_argument("--report-only", type=Path, nargs="+", default=None,
-                        help="write the report from these saved runs instead of running")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="write the Markdown report here (e.g. docs/BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--img-dir",
+        type=Path,
+        default=None,
+        help="PNG plots go here (default: img/ next to --docs)",
+    )
+    parser.add_argument(
+        "--note", default="", help="a sentence for the report, e.g. what else ran on the machine"
+    )
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="write the report from these saved runs instead of running",
+    )
     return parser.parse_args(argv)
 
 
@@ -373,8 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = _parse_args(argv)
     if args.report_only:
-        runs = [{**orjson.loads(path.read_bytes()), "_path": str(path)}
-                for path in args.report_only]
+        runs = [
+            {**orjson.loads(path.read_bytes()), "_path": str(path)} for path in args.report_only
+        ]
     else:
         config = Config(
             model_dir=args.model_dir,

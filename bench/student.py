@@ -13,6 +13,7 @@ docs/student/*.png and docs/student_results.json.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing
 import platform
@@ -38,31 +39,54 @@ log = logging.getLogger("bench.student")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, required=True, help="ml-100k folder (u.data ...)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, help="ml-100k folder (u.data ...)")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="only re-render the report from OUT/student_results.json",
+    )
     parser.add_argument("--folds", default="u1", help="comma-separated canonical folds")
-    parser.add_argument("--ratios", default="0,0.25,0.5,0.75,0.9",
-                        help="pruning curve: shares of the teacher's parameters removed")
-    parser.add_argument("--ratio", type=float, default=StudentConfig.prune_ratio,
-                        help="the chosen ratio (default: the StudentConfig default)")
-    parser.add_argument("--method", default="fisher", choices=["fisher", "magnitude", "random"],
-                        help="default pruning method of the curve")
+    parser.add_argument(
+        "--ratios",
+        default="0,0.25,0.5,0.75,0.9",
+        help="pruning curve: shares of the teacher's parameters removed",
+    )
+    parser.add_argument(
+        "--ratio",
+        type=float,
+        default=StudentConfig.prune_ratio,
+        help="the chosen ratio (default: the StudentConfig default)",
+    )
+    parser.add_argument(
+        "--method",
+        default="fisher",
+        choices=["fisher", "magnitude", "random"],
+        help="default pruning method of the curve",
+    )
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny budget: for tests only")
-    parser.add_argument("--teacher-cache", type=Path, default=None,
-                        help="folder to save/load trained teachers (torch.save of the module)")
+    parser.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=None,
+        help="folder to save/load trained teachers (torch.save of the module)",
+    )
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="distillation runs in parallel (forked processes)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="distillation runs in parallel (forked processes)"
+    )
     return parser.parse_args(argv)
 
 
-def get_teacher(args: argparse.Namespace, dataset: Any, train: Ratings, fold: str) -> tuple[
-        TwoHeadModel, float]:
+def get_teacher(
+    args: argparse.Namespace, dataset: Any, train: Ratings, fold: str
+) -> tuple[TwoHeadModel, float]:
     name = f"teacher-ml-100k-{fold}{'-quick' if args.quick else ''}-seed{args.seed}.pt"
     cached = args.teacher_cache / name if args.teacher_cache else None
     if cached is not None and cached.is_file():
@@ -83,21 +107,30 @@ def get_teacher(args: argparse.Namespace, dataset: Any, train: Ratings, fold: st
 _SHARED: dict[str, Any] = {}  # dataset, split, teacher: inherited by forked workers
 
 
-def _distil_job(job: tuple[str, StudentConfig]) -> tuple[str, TwoHeadModel, dict[str, Any],
-                                                          dict[str, float]]:
+def _distil_job(
+    job: tuple[str, StudentConfig],
+) -> tuple[str, TwoHeadModel, dict[str, Any], dict[str, float]]:
     name, config = job
     torch.set_num_threads(max(config.threads, 1))
     dataset, split, teacher = _SHARED["dataset"], _SHARED["split"], _SHARED["teacher"]
     fm = dataset.feature_map
-    student, info = distill_student(dataset, split.train, teacher, config=config,
-                                    pools=_SHARED["pools"])
-    metrics = evaluate_model(student, dataset.tables, train=split.train, test=split.test,
-                             n_users=fm.n_users, n_items=fm.n_items)
+    student, info = distill_student(
+        dataset, split.train, teacher, config=config, pools=_SHARED["pools"]
+    )
+    metrics = evaluate_model(
+        student,
+        dataset.tables,
+        train=split.train,
+        test=split.test,
+        n_users=fm.n_users,
+        n_items=fm.n_items,
+    )
     return name, student, info, {k: v for k, v in metrics.items() if k != "n_users"}
 
 
-def run_jobs(jobs: list[tuple[str, StudentConfig]], n_jobs: int) -> dict[str, tuple[
-        TwoHeadModel, dict[str, Any], dict[str, float]]]:
+def run_jobs(
+    jobs: list[tuple[str, StudentConfig]], n_jobs: int
+) -> dict[str, tuple[TwoHeadModel, dict[str, Any], dict[str, float]]]:
     """Distils every job, `n_jobs` at a time in forked processes (1 = in this process)."""
     if n_jobs <= 1 or len(jobs) <= 1:
         done = [_distil_job(job) for job in jobs]
@@ -107,8 +140,9 @@ def run_jobs(jobs: list[tuple[str, StudentConfig]], n_jobs: int) -> dict[str, tu
     return {name: (model, info, metrics) for name, model, info, metrics in done}
 
 
-def onnx_row(model: TwoHeadModel, dataset: Any, *, runs: int, tmp: Path,
-             name: str) -> dict[str, Any]:
+def onnx_row(
+    model: TwoHeadModel, dataset: Any, *, runs: int, tmp: Path, name: str
+) -> dict[str, Any]:
     """Size and catalogue latency; called for every model after training, one at a time."""
     fm = dataset.feature_map
     path = export_onnx(model, fm, tmp / f"{name}.onnx", metadata={"model": name})
@@ -120,17 +154,25 @@ def onnx_row(model: TwoHeadModel, dataset: Any, *, runs: int, tmp: Path,
     }
 
 
-def run_fold(args: argparse.Namespace, dataset: Any, fold: str, results: dict[str, Any],
-             tmp: Path) -> None:
+def run_fold(
+    args: argparse.Namespace, dataset: Any, fold: str, results: dict[str, Any], tmp: Path
+) -> None:
     split = make_split(dataset, split=fold)
     fm = dataset.feature_map
     teacher, teacher_seconds = get_teacher(args, dataset, split.train, fold)
     _SHARED.update(dataset=dataset, split=split, teacher=teacher)
-    t_metrics = evaluate_model(teacher, dataset.tables, train=split.train, test=split.test,
-                               n_users=fm.n_users, n_items=fm.n_items)
+    t_metrics = evaluate_model(
+        teacher,
+        dataset.tables,
+        train=split.train,
+        test=split.test,
+        n_users=fm.n_users,
+        n_items=fm.n_items,
+    )
     pop = evaluate_popularity(split.train, split.test, n_users=fm.n_users, n_items=fm.n_items)
-    base = StudentConfig(quick=args.quick, seed=args.seed, threads=args.threads,
-                         method=args.method, progress=False)
+    base = StudentConfig(
+        quick=args.quick, seed=args.seed, threads=args.threads, method=args.method, progress=False
+    )
     stage_started = time.perf_counter()
     if "fisher" not in results:
         results["fisher"] = fisher_report(teacher, dataset, split.train, config=base.effective())
@@ -147,30 +189,44 @@ def run_fold(args: argparse.Namespace, dataset: Any, fold: str, results: dict[st
         "small": "KD into the small shape, no pruning",
     }
     if not args.no_ablations:
-        jobs += [(names[m], replace(base, prune_ratio=args.ratio, method=m))  # type: ignore[arg-type]
-                 for m in ("magnitude", "random") if m != args.method]
+        jobs += [
+            (names[m], replace(base, prune_ratio=args.ratio, method=m))  # type: ignore[arg-type]
+            for m in ("magnitude", "random")
+            if m != args.method
+        ]
     done = run_jobs(jobs, args.jobs)
     chosen_model, chosen_info, chosen_metrics = done[f"ratio {args.ratio}"]
     if not args.no_ablations:
-        small = replace(base, prune_ratio=args.ratio, initial="shape",
-                        shape=chosen_model.shape, prune=False)  # type: ignore[attr-defined]
-        scratch = replace(small, w_rating_kd=0.0, w_ranking_kd=0.0, w_feature_kd=0.0,
-                          w_ground_truth=1.0)
+        small = replace(
+            base, prune_ratio=args.ratio, initial="shape", shape=chosen_model.shape, prune=False
+        )  # type: ignore[attr-defined]
+        scratch = replace(
+            small, w_rating_kd=0.0, w_ranking_kd=0.0, w_feature_kd=0.0, w_ground_truth=1.0
+        )
         done.update(run_jobs([(names["scratch"], scratch), (names["small"], small)], args.jobs))
 
     # Size and latency of every model, teacher included, measured one after the other here.
-    t_row = {"model": "teacher", "fold": fold, "train_seconds": teacher_seconds,
-             **{k: v for k, v in t_metrics.items() if k != "n_users"},
-             **onnx_row(teacher, dataset, runs=args.latency_runs, tmp=tmp, name="teacher")}
-    results["side_by_side"].append({"model": "popularity", "fold": fold,
-                                    **{k: v for k, v in pop.items() if k != "n_users"}})
+    t_row = {
+        "model": "teacher",
+        "fold": fold,
+        "train_seconds": teacher_seconds,
+        **{k: v for k, v in t_metrics.items() if k != "n_users"},
+        **onnx_row(teacher, dataset, runs=args.latency_runs, tmp=tmp, name="teacher"),
+    }
+    results["side_by_side"].append(
+        {"model": "popularity", "fold": fold, **{k: v for k, v in pop.items() if k != "n_users"}}
+    )
     results["side_by_side"].append(t_row)
     for ratio in ratios:
         model, info, metrics = done[f"ratio {ratio}"]
-        row = {"ratio": ratio, "fold": fold, "seconds": info["seconds"],
-               "param_share": info["params"] / info["teacher_params"], **metrics,
-               **onnx_row(model, dataset, runs=args.latency_runs, tmp=tmp,
-                          name=f"student-{ratio}")}
+        row = {
+            "ratio": ratio,
+            "fold": fold,
+            "seconds": info["seconds"],
+            "param_share": info["params"] / info["teacher_params"],
+            **metrics,
+            **onnx_row(model, dataset, runs=args.latency_runs, tmp=tmp, name=f"student-{ratio}"),
+        }
         results["curve"].append(row)
         log.info("%s ratio %.2f: %s", fold, ratio, row)
         if abs(ratio - args.ratio) < 1e-9:
@@ -182,16 +238,24 @@ def run_fold(args: argparse.Namespace, dataset: Any, fold: str, results: dict[st
     rows = [(f"PAKD, {args.method} pruning (default)", chosen_info, chosen_metrics)]
     rows += [(name, done[name][1], done[name][2]) for name in names.values() if name in done]
     for name, info, metrics in rows:
-        results["ablations"].append({"name": name, "fold": fold, "params": info["params"],
-                                     "seconds": info["seconds"], **metrics})
+        results["ablations"].append(
+            {
+                "name": name,
+                "fold": fold,
+                "params": info["params"],
+                "seconds": info["seconds"],
+                **metrics,
+            }
+        )
     scratch_row = done[names["scratch"]][2]
     summary = results["summary_rows"][-1]
     summary["rmse_vs_scratch"] = summary["_rmse"] / scratch_row["rmse"]
     summary["ndcg_vs_scratch"] = summary["_ndcg"] / scratch_row["ndcg@10"]
 
 
-def summary_row(teacher: dict[str, Any], student: dict[str, Any],
-                fisher_seconds: float) -> dict[str, Any]:
+def summary_row(
+    teacher: dict[str, Any], student: dict[str, Any], fisher_seconds: float
+) -> dict[str, Any]:
     return {
         "param_share": student["params"] / teacher["params"],
         "bytes_share": student["onnx_bytes"] / teacher["onnx_bytes"],
@@ -216,38 +280,54 @@ def ablation_note(rows: list[dict[str, Any]], method: str) -> str:
     for name, row in others.items():
         better_rmse = default["rmse"] < row["rmse"]
         better_ndcg = default["ndcg@10"] > row["ndcg@10"]
-        verdict = ("beats it on both" if better_rmse and better_ndcg else
-                   "loses to it on both" if not (better_rmse or better_ndcg) else
-                   f"is better on {'RMSE' if better_rmse else 'NDCG@10'} only")
-        lines.append(f"- {method} pruning {verdict} against {name} "
-                     f"(RMSE {default['rmse']:.4f} vs {row['rmse']:.4f}, NDCG@10 "
-                     f"{default['ndcg@10']:.4f} vs {row['ndcg@10']:.4f}).")
-    return "As measured (single seed; differences of a few 0.001 are within noise):\n\n" + \
-        "\n".join(lines)
+        verdict = (
+            "beats it on both"
+            if better_rmse and better_ndcg
+            else "loses to it on both"
+            if not (better_rmse or better_ndcg)
+            else f"is better on {'RMSE' if better_rmse else 'NDCG@10'} only"
+        )
+        lines.append(
+            f"- {method} pruning {verdict} against {name} "
+            f"(RMSE {default['rmse']:.4f} vs {row['rmse']:.4f}, NDCG@10 "
+            f"{default['ndcg@10']:.4f} vs {row['ndcg@10']:.4f})."
+        )
+    return (
+        "As measured (single seed; differences of a few 0.001 are within noise):\n\n"
+        + "\n".join(lines)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.render_only:
+        saved = json.loads((args.out / "student_results.json").read_text(encoding="utf-8"))
+        log.info("wrote %s", write_student_report(saved, args.out))
+        return 0
+    if args.data_dir is None:
+        raise SystemExit("--data-dir is required (the ml-100k folder)")
     logging.getLogger("training.train").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     dataset = load_dataset(args.data_dir, dataset="ml-100k")
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
-    results: dict[str, Any] = {"side_by_side": [], "curve": [], "ablations": [],
-                               "summary_rows": []}
+    results: dict[str, Any] = {"side_by_side": [], "curve": [], "ablations": [], "summary_rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         for fold in folds:
             run_fold(args, dataset, fold, results, Path(tmp))
     rows = results.pop("summary_rows")
     if rows:
         keys = sorted({k for r in rows for k in r if not k.startswith("_")})
-        results["summary"] = {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows)
-                              for k in keys}
+        results["summary"] = {
+            k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys
+        }
     results["ablation_note"] = ablation_note(results["ablations"], args.method)
     results["meta"] = {
         "command": "python -m bench.student " + " ".join(sys.argv[1:] if argv is None else argv),
-        "dataset": "ml-100k", "folds": folds, "quick": args.quick,
+        "dataset": "ml-100k",
+        "folds": folds,
+        "quick": args.quick,
         "seconds": time.perf_counter() - started,
         "cpu": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
     }

@@ -21,8 +21,9 @@ REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 @pytest.fixture(scope="session")
 def synthetic_ml100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder in the ml-100k format (u.data, u.user, u.item, u.genre, u1..u5, ua, ub)."""
-    return write_ml100k(tmp_path_factory.mktemp("ml-100k"), n_users=60, n_items=80,
-                        n_ratings=2000, seed=0)
+    return write_ml100k(
+        tmp_path_factory.mktemp("ml-100k"), n_users=60, n_items=80, n_ratings=2000, seed=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "--prune-ratio",
         type=float,
         default=None,
-        help="share of the student's structured units to prune (default: student config)",
+        help="share of the teacher's parameter count removed from the student (default 0.8)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -67,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     steps = {
-        "pipeline": ("bundle", "all steps: teacher, Fisher, student, export, evaluate, "
-                     "report, then publish models/<version> and switch models/current"),
+        "pipeline": (
+            "bundle",
+            "all steps: teacher, Fisher, student, export, evaluate, "
+            "report, then publish models/<version> and switch models/current",
+        ),
         "train-teacher": ("teacher", "train the ensemble teacher (checkpointed)"),
         "distill": ("student", "train the teacher if needed, then distil the pruned student"),
         "export": ("export", "export teacher, student and INT8 student to ONNX with parity"),
@@ -80,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_args(command)
         command.set_defaults(until=step)
     verify = sub.add_parser(
-        "verify", help="check a bundle's files, hashes and models", description=(
-            "Checks a bundle: manifest schema, every file's sha256, ONNX signatures."
-        ),
+        "verify",
+        help="check a bundle's files, hashes and models",
+        description=("Checks a bundle: manifest schema, every file's sha256, ONNX signatures."),
     )
     verify.add_argument("bundle", type=Path, help="bundle folder, e.g. models/current")
     verify.set_defaults(until=None)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from scipy.sparse import csr_matrix
 
 from training.evaluate import evaluate_popularity, ranking_metrics, rating_metrics
@@ -41,8 +42,9 @@ def popularity(train: Ratings, test: Ratings, *, n_users: int, n_items: int) -> 
     return evaluate_popularity(train, test, n_users=n_users, n_items=n_items)
 
 
-def _surprise_matrices(algo: Any, trainset: Any, *, n_users: int, n_items: int,
-                       plus_plus: bool) -> np.ndarray:
+def _surprise_matrices(
+    algo: Any, trainset: Any, *, n_users: int, n_items: int, plus_plus: bool
+) -> np.ndarray:
     """Rating predictions of a fitted Surprise SVD/SVD++ for every (user, item) index.
 
     Reproduces Surprise's own `estimate` (biases and factors only for known users and
@@ -74,19 +76,34 @@ def surprise_model(
 ) -> dict[str, float]:
     """scikit-surprise SVD or SVD++ with the library's defaults; ranks by predicted rating."""
     surprise = _require("surprise", "scikit-surprise")
-    frame = pd.DataFrame({"u": train.user, "i": train.item, "r": train.rating})
-    reader = surprise.Reader(rating_scale=(1, 5))
-    trainset = surprise.Dataset.load_from_df(frame, reader).build_full_trainset()
-    algo = (surprise.SVD(random_state=seed) if kind == "svd"
-            else surprise.SVDpp(random_state=seed, cache_ratings=True))
+    # Through a file in Surprise's own format rather than a DataFrame: no pandas needed.
+    reader = surprise.Reader(line_format="user item rating", sep="\t", rating_scale=(1, 5))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.tsv"
+        np.savetxt(
+            path,
+            np.column_stack([train.user, train.item, train.rating]),
+            fmt=["%d", "%d", "%g"],
+            delimiter="\t",
+        )
+        trainset = surprise.Dataset.load_from_file(str(path), reader).build_full_trainset()
+    algo = (
+        surprise.SVD(random_state=seed)
+        if kind == "svd"
+        else surprise.SVDpp(random_state=seed, cache_ratings=True)
+    )
     started = time.perf_counter()
     algo.fit(trainset)
     seconds = time.perf_counter() - started
-    pred = _surprise_matrices(algo, trainset, n_users=n_users, n_items=n_items,
-                                      plus_plus=kind == "svdpp")
+    pred = _surprise_matrices(
+        algo, trainset, n_users=n_users, n_items=n_items, plus_plus=kind == "svdpp"
+    )
     out = rating_metrics(pred[test.user, test.item], test.rating)
-    out.update(ranking_metrics(lambda us: pred[us, 1:], train=train, test=test,
-                               n_users=n_users, n_items=n_items))
+    out.update(
+        ranking_metrics(
+            lambda us: pred[us, 1:], train=train, test=test, n_users=n_users, n_items=n_items
+        )
+    )
     out["train_seconds"] = seconds
     return out
 
@@ -109,17 +126,30 @@ def implicit_als(
         (np.ones(len(train), dtype=np.float32), (train.user, train.item)),
         shape=(n_users + 1, n_items + 1),
     )
-    model = als_module.AlternatingLeastSquares(
-        factors=factors, regularization=regularization, iterations=iterations,
-        random_state=seed, num_threads=threads,
-    )
-    started = time.perf_counter()
-    model.fit(user_items, show_progress=False)
+    # implicit parallelises itself; a second thread pool inside BLAS only contends with it.
+    threadpoolctl = _require("threadpoolctl", "threadpoolctl")
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        model = als_module.AlternatingLeastSquares(
+            factors=factors,
+            regularization=regularization,
+            iterations=iterations,
+            random_state=seed,
+            num_threads=threads,
+        )
+        started = time.perf_counter()
+        model.fit(user_items, show_progress=False)
     seconds = time.perf_counter() - started
     user_f = np.asarray(model.user_factors)
     item_f = np.asarray(model.item_factors)
     out: dict[str, float] = {"rmse": float("nan"), "mae": float("nan")}
-    out.update(ranking_metrics(lambda us: user_f[us] @ item_f[1:].T, train=train, test=test,
-                               n_users=n_users, n_items=n_items))
+    out.update(
+        ranking_metrics(
+            lambda us: user_f[us] @ item_f[1:].T,
+            train=train,
+            test=test,
+            n_users=n_users,
+            n_items=n_items,
+        )
+    )
     out["train_seconds"] = seconds
     return out

@@ -155,8 +155,7 @@ def _stage_models(stage: Path, contents: BundleContents) -> None:
 def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
     ds = contents.dataset
     files = {
-        key: {"file": name, "sha256": sha256_file(stage / name)}
-        for key, name in DATA_FILES.items()
+        key: {"file": name, "sha256": sha256_file(stage / name)} for key, name in DATA_FILES.items()
     }
     models: dict[str, Any] = {}
     for key, art in contents.models.items():

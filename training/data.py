@@ -246,6 +246,17 @@ class _Raw:
     files: list[Path] = field(default_factory=list)
 
 
+def _read_users(path: Path, sep: str, columns: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Demographics by raw user id; `columns` names the file's fields in order."""
+    users: dict[str, dict[str, Any]] = {}
+    for number, line in _lines(path):
+        row = dict(zip(columns, _fields(path, number, line, sep, len(columns)), strict=False))
+        if not row["age"].strip().isdigit():
+            raise DataError(f"{path}:{number}: age {row['age']!r} is not an integer")
+        users[_raw_id(path, number, row.pop("id"), "user")] = {**row, "age": int(row["age"])}
+    return users
+
+
 def _read_ml100k(root: Path) -> _Raw:
     genre_path = root / "u.genre"
     genres: tuple[str, ...] = ML100K_GENRES
@@ -257,18 +268,8 @@ def _read_ml100k(root: Path) -> _Raw:
                 raise DataError(f"{genre_path}:{number}: expected 'name|index'")
             names.append(name)
         genres = tuple(names)
-    users: dict[str, dict[str, Any]] = {}
     user_path = root / "u.user"
-    for number, line in _lines(user_path):
-        uid, age, gender, occupation, zip_code = _fields(user_path, number, line, "|", 5)[:5]
-        if not age.strip().isdigit():
-            raise DataError(f"{user_path}:{number}: age {age!r} is not an integer")
-        users[_raw_id(user_path, number, uid, "user")] = {
-            "age": int(age),
-            "gender": gender,
-            "occupation": occupation,
-            "zip": zip_code,
-        }
+    users = _read_users(user_path, "|", ("id", "age", "gender", "occupation", "zip"))
     items: dict[str, dict[str, Any]] = {}
     item_path = root / "u.item"
     for number, line in _lines(item_path):
@@ -292,18 +293,8 @@ def _read_ml100k(root: Path) -> _Raw:
 
 
 def _read_ml1m(root: Path) -> _Raw:
-    users: dict[str, dict[str, Any]] = {}
     user_path = root / "users.dat"
-    for number, line in _lines(user_path):
-        uid, gender, age, occupation, zip_code = _fields(user_path, number, line, "::", 5)[:5]
-        if not age.strip().isdigit():
-            raise DataError(f"{user_path}:{number}: age {age!r} is not an integer")
-        users[_raw_id(user_path, number, uid, "user")] = {
-            "age": int(age),
-            "gender": gender,
-            "occupation": occupation,
-            "zip": zip_code,
-        }
+    users = _read_users(user_path, "::", ("id", "gender", "age", "occupation", "zip"))
     items: dict[str, dict[str, Any]] = {}
     movie_path = root / "movies.dat"
     for number, line in _lines(movie_path):

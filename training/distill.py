@@ -75,7 +75,7 @@ class StudentConfig:
     w_rating_kd: float = 0.4
     w_ranking_kd: float = 0.4
     w_feature_kd: float = 0.2
-    w_ground_truth: float = 0.5
+    w_ground_truth: float = 0.2
     temperature: float = 2.0
     importance_examples: int = 512
     fisher_examples: int = 256
@@ -122,8 +122,14 @@ class ListSampler:
     """Draws per-user item lists; arrays are [N, L] with L = positives + negatives."""
 
     def __init__(
-        self, fm: FeatureMap, tables: FeatureTables, train: Ratings, *, positives: int,
-        negatives: int, seed: int,
+        self,
+        fm: FeatureMap,
+        tables: FeatureTables,
+        train: Ratings,
+        *,
+        positives: int,
+        negatives: int,
+        seed: int,
     ) -> None:
         if len(train) == 0:
             raise ValueError("no training ratings to distil on")
@@ -161,8 +167,12 @@ class ListSampler:
                 break
             neg[clash] = self.rng.integers(1, self.fm.n_items + 1, size=int(clash.sum()))
         item[:, p:] = neg
-        return {"user": np.repeat(users[:, None], p + q, axis=1), "item": item,
-                "rating": rating, "rated": rated}
+        return {
+            "user": np.repeat(users[:, None], p + q, axis=1),
+            "item": item,
+            "rating": rating,
+            "rated": rated,
+        }
 
     def epoch_lists(self) -> dict[str, np.ndarray]:
         """Each user once per `positives` of their training ratings (rounded up), shuffled."""
@@ -259,13 +269,18 @@ def teacher_pools(
     """
     cfg = config.effective()
     sampler = ListSampler(
-        dataset.feature_map, dataset.tables, train, positives=cfg.list_positives,
-        negatives=cfg.list_negatives, seed=cfg.seed,
+        dataset.feature_map,
+        dataset.tables,
+        train,
+        positives=cfg.list_positives,
+        negatives=cfg.list_negatives,
+        seed=cfg.seed,
     )
     pools = []
     for _ in range(max(cfg.teacher_pools, 1)):
-        pools.append(annotate(teacher, sampler.tensors(sampler.epoch_lists()),
-                              kd_items=cfg.kd_items))
+        pools.append(
+            annotate(teacher, sampler.tensors(sampler.epoch_lists()), kd_items=cfg.kd_items)
+        )
     return pools
 
 
@@ -306,7 +321,11 @@ class DistillLoss(nn.Module):
     """The weighted PAKD objective; owns the feature-distillation projection."""
 
     def __init__(
-        self, config: StudentConfig, *, student_repr: int, teacher_repr: int | None,
+        self,
+        config: StudentConfig,
+        *,
+        student_repr: int,
+        teacher_repr: int | None,
         teacher_repr_scale: float = 1.0,
     ) -> None:
         super().__init__()
@@ -339,8 +358,10 @@ class DistillLoss(nn.Module):
     def total(self, parts: Mapping[str, Tensor]) -> Tensor:
         c = self.config
         weights = {
-            "gt_rating": c.w_ground_truth, "gt_ranking": c.w_ground_truth,
-            "rating_kd": c.w_rating_kd, "ranking_kd": c.w_ranking_kd,
+            "gt_rating": c.w_ground_truth,
+            "gt_ranking": c.w_ground_truth,
+            "rating_kd": c.w_rating_kd,
+            "ranking_kd": c.w_ranking_kd,
             "feature_kd": c.w_feature_kd,
         }
         return sum((weights[k] * v for k, v in parts.items()), torch.zeros(()))
@@ -482,8 +503,12 @@ def distill_student(
         perm = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
         batches = range(0, n, cfg.lists_per_batch)
-        bar = tqdm(batches, desc=f"student epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress)
+        bar = tqdm(
+            batches,
+            desc=f"student epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not cfg.progress,
+        )
         for start in bar:
             idx = perm[start : start + cfg.lists_per_batch]
             ex = {k: v[idx] for k, v in ex_all.items()}
@@ -503,23 +528,33 @@ def distill_student(
             done_steps += 1
             initial = max(initial_params, target)
             step_target = round(initial * (target / initial) ** (done_steps / n_steps))
-            imp_ex = {k: v[torch.randperm(n, generator=gen)[: cfg.importance_examples]]
-                      for k, v in ex_all.items()}
+            imp_ex = {
+                k: v[torch.randperm(n, generator=gen)[: cfg.importance_examples]]
+                for k, v in ex_all.items()
+            }
             imp_batches = [
                 {k: v[s : s + cfg.lists_per_batch] for k, v in imp_ex.items()}
                 for s in range(0, imp_ex["user"].shape[0], cfg.lists_per_batch)
             ]
             step: PruneStep = prune_step(
-                student, target_params=step_target, method=cfg.method,
-                loss_fn=loss.per_example, batches=imp_batches, generator=gen,
-                min_units=cfg.min_units, on_prune=on_prune,
+                student,
+                target_params=step_target,
+                method=cfg.method,
+                loss_fn=loss.per_example,
+                batches=imp_batches,
+                generator=gen,
+                min_units=cfg.min_units,
+                on_prune=on_prune,
             )
             steps.append({"epoch": epoch + 1, "target": step_target, **asdict(step)})
             opt = optimizer()
         curves["params"].append(count_params(student))
         log.info(
-            "student epoch %d/%d: loss %.4f, %d params", epoch + 1, cfg.epochs,
-            curves["total"][-1], curves["params"][-1],
+            "student epoch %d/%d: loss %.4f, %d params",
+            epoch + 1,
+            cfg.epochs,
+            curves["total"][-1],
+            curves["params"][-1],
         )
     student.eval()
     info = {

@@ -82,8 +82,13 @@ def ranking_metrics(
     users = np.flatnonzero(np.diff(relevant.indptr) > 0).astype(np.int64)
     users = users[users > 0]
     if users.size == 0:
-        return {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"),
-                f"hr@{k}": float("nan"), f"coverage@{k}": float("nan"), "n_users": 0.0}
+        return {
+            f"recall@{k}": float("nan"),
+            f"ndcg@{k}": float("nan"),
+            f"hr@{k}": float("nan"),
+            f"coverage@{k}": float("nan"),
+            "n_users": 0.0,
+        }
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     recall = np.zeros(users.size)
     ndcg = np.zeros(users.size)
@@ -183,7 +188,11 @@ def evaluate_model(
     out.update(
         ranking_metrics(
             catalogue_scorer(model, tables, n_items=n_items),
-            train=train, test=test, n_users=n_users, n_items=n_items, k=k,
+            train=train,
+            test=test,
+            n_users=n_users,
+            n_items=n_items,
+            k=k,
         )
     )
     return out
@@ -221,7 +230,11 @@ def evaluate_popularity(
     out.update(
         ranking_metrics(
             popularity_scorer(train, n_items=n_items),
-            train=train, test=test, n_users=n_users, n_items=n_items, k=k,
+            train=train,
+            test=test,
+            n_users=n_users,
+            n_items=n_items,
+            k=k,
         )
     )
     return out

@@ -307,9 +307,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
     return target
 
 
-def int8_acceptable(
-    int8: Mapping[str, float], reference: Mapping[str, float]
-) -> tuple[bool, str]:
+def int8_acceptable(int8: Mapping[str, float], reference: Mapping[str, float]) -> tuple[bool, str]:
     """Whether the INT8 model's quality stays within the student targets of `reference`.
 
     `reference` is the fp32 student under protocol P: quantisation may cost at most what

@@ -329,8 +329,12 @@ def fisher_report(
 
     torch.manual_seed(config.seed)
     sampler = ListSampler(
-        dataset.feature_map, dataset.tables, train, positives=config.list_positives,
-        negatives=config.list_negatives, seed=config.seed,
+        dataset.feature_map,
+        dataset.tables,
+        train,
+        positives=config.list_positives,
+        negatives=config.list_negatives,
+        seed=config.seed,
     )
     examples = sampler.fixed_examples(config.fisher_examples)
     losses = teacher_fisher_losses(teacher, examples, temperature=config.temperature)

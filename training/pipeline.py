@@ -64,7 +64,9 @@ class PipelineConfig:
 
     def student_config(self) -> StudentConfig:
         config = StudentConfig(
-            seed=self.seed, threads=max(self.threads, 1), progress=self.progress,
+            seed=self.seed,
+            threads=max(self.threads, 1),
+            progress=self.progress,
             quick=self.quick,
         )
         if self.prune_ratio is not None:
@@ -164,9 +166,7 @@ def run_key(config: PipelineConfig, dataset: Dataset) -> str:
 
 def step_teacher(ctx: Context) -> dict[str, Any]:
     path = ctx.work / "teacher.pt"
-    teacher, info = train_teacher(
-        ctx.dataset, ctx.split.train, config=ctx.config.teacher_config()
-    )
+    teacher, info = train_teacher(ctx.dataset, ctx.split.train, config=ctx.config.teacher_config())
     _save_model(teacher, path)
     ctx.teacher = teacher
     return {"checkpoint": path.name, "params": count_params(teacher), "info": info}
@@ -174,7 +174,9 @@ def step_teacher(ctx: Context) -> dict[str, Any]:
 
 def step_fisher(ctx: Context) -> dict[str, Any]:
     report = fisher_report(
-        _need(ctx.teacher, "teacher"), ctx.dataset, ctx.split.train,
+        _need(ctx.teacher, "teacher"),
+        ctx.dataset,
+        ctx.split.train,
         config=ctx.config.student_config().effective(),
     )
     return {"report": report}
@@ -183,7 +185,9 @@ def step_fisher(ctx: Context) -> dict[str, Any]:
 def step_student(ctx: Context) -> dict[str, Any]:
     path = ctx.work / "student.pt"
     student, info = distill_student(
-        ctx.dataset, ctx.split.train, _need(ctx.teacher, "teacher"),
+        ctx.dataset,
+        ctx.split.train,
+        _need(ctx.teacher, "teacher"),
         config=ctx.config.student_config(),
     )
     _save_model(student, path)
@@ -198,9 +202,7 @@ def step_export(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"version": version, "models": {}}
     for key, model in (("teacher", ctx.teacher), ("student", ctx.student)):
         path = ctx.work / bundle_mod.MODEL_FILES[key]
-        export_mod.export_onnx(
-            _need(model, key), fm, path, metadata={**metadata, "model": key}
-        )
+        export_mod.export_onnx(_need(model, key), fm, path, metadata={**metadata, "model": key})
         parity = export_mod.check_parity(_need(model, key), path, fm)
         out["models"][key] = {"file": path.name, "parity_max_abs_diff": parity.max_abs_diff}
     int8 = ctx.work / bundle_mod.MODEL_FILES["student_int8"]
@@ -210,8 +212,9 @@ def step_export(ctx: Context) -> dict[str, Any]:
     return out
 
 
-def onnx_metrics(path: Path, tables: FeatureTables, split: Split, *, n_users: int,
-                 n_items: int) -> dict[str, float]:
+def onnx_metrics(
+    path: Path, tables: FeatureTables, split: Split, *, n_users: int, n_items: int
+) -> dict[str, float]:
     """Protocol P metrics of an exported model, computed with ONNX Runtime itself."""
     session = export_mod.ort_session(path, threads=1)
     pred, _ = export_mod.ort_pair_predict(session, tables, split.test.user, split.test.item)
@@ -219,7 +222,10 @@ def onnx_metrics(path: Path, tables: FeatureTables, split: Split, *, n_users: in
     out.update(
         ranking_metrics(
             export_mod.ort_catalogue_scorer(session, tables, n_items=n_items),
-            train=split.train, test=split.test, n_users=n_users, n_items=n_items,
+            train=split.train,
+            test=split.test,
+            n_users=n_users,
+            n_items=n_items,
         )
     )
     return out
@@ -262,8 +268,11 @@ def step_report(ctx: Context) -> dict[str, Any]:
         "student_int8": ctx.state["student"]["params"],
     }
     rows = {
-        key: {**models[key]["metrics"], "latency_ms": models[key]["latency_ms"],
-              "params": params[key]}
+        key: {
+            **models[key]["metrics"],
+            "latency_ms": models[key]["latency_ms"],
+            "params": params[key],
+        }
         for key in MODEL_KEYS
     }
     ds = ctx.dataset
@@ -291,8 +300,11 @@ def step_report(ctx: Context) -> dict[str, Any]:
         ),
     ]
     if evaluation["eval_on"] != "test":
-        lines += ["", "This bundle was trained on all data (`--split none`): the metrics "
-                  "above are in-sample and only compare the models with each other."]
+        lines += [
+            "",
+            "This bundle was trained on all data (`--split none`): the metrics "
+            "above are in-sample and only compare the models with each other.",
+        ]
     report = "\n".join(lines) + "\n"
     (ctx.work / "report.md").write_text(report, encoding="utf-8")
     student_report = _student_report(ctx)
@@ -310,8 +322,7 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
     evaluation = ctx.state["evaluate"]["models"]
     in_sample = ctx.state["evaluate"]["eval_on"] != "test"
     exported = ctx.state["export"]["models"]
-    params = {"teacher": ctx.state["teacher"]["params"],
-              "student": ctx.state["student"]["params"]}
+    params = {"teacher": ctx.state["teacher"]["params"], "student": ctx.state["student"]["params"]}
     params["student_int8"] = params["student"]
     artifacts: dict[str, bundle_mod.ModelArtifact] = {}
     for key in MODEL_KEYS:
@@ -320,8 +331,10 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
         extra = {k: v for k, v in exported[key].items() if k != "file"}
         if key == "student_int8":
             extra["int8_check"] = {
-                "kept": True, "reason": evaluation[key]["reason"],
-                "against": "fp32 student", "on": ctx.state["evaluate"]["eval_on"],
+                "kept": True,
+                "reason": evaluation[key]["reason"],
+                "against": "fp32 student",
+                "on": ctx.state["evaluate"]["eval_on"],
             }
         artifacts[key] = bundle_mod.ModelArtifact(
             source=ctx.work / exported[key]["file"],

@@ -141,7 +141,10 @@ def prune_step(
             student, method=method, loss_fn=loss_fn, batches=batch_list, generator=generator
         )
         keep = select_keep(
-            student, importance, remove_params=now - target_params, min_units=min_units,
+            student,
+            importance,
+            remove_params=now - target_params,
+            min_units=min_units,
             normalise=method != "random",
         )
         removed = apply_keep(student, keep)

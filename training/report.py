@@ -42,21 +42,25 @@ TARGETS = (
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, bool) or value is None:
-        return "-" if value is None else str(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
     if isinstance(value, int):
         return f"{value:,}"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.{digits}f}"
-    return str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    # Fisher quantities span many orders of magnitude: small ones in scientific notation.
+    small = value != 0.0 and abs(value) < 10 ** -(digits - 1)
+    return f"{value:.2e}" if small else f"{value:.{digits}f}"
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
-          *, headers: Sequence[str] | None = None) -> str:
+def table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    headers: Sequence[str] | None = None,
+) -> str:
     head = headers or columns
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -75,8 +79,9 @@ def mean_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[dict[str, Any
         merged: dict[str, Any] = {key: name, "folds": folds}
         for col in group[0]:
             values = [r.get(col) for r in group]
-            if col != key and all(isinstance(v, int | float) and not isinstance(v, bool)
-                                  for v in values):
+            if col != key and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            ):
                 mean = sum(float(v) for v in values if v is not None) / len(values)
                 merged[col] = round(mean) if all(isinstance(v, int) for v in values) else mean
         out.append(merged)
@@ -121,7 +126,8 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
     keep = []
     for i, (x, y) in enumerate(points):
         dominated = any(
-            (x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points)
+            (x2 <= x and y2 >= y) and (x2 < x or y2 > y)
+            for j, (x2, y2) in enumerate(points)
             if j != i
         )
         if not dominated:
@@ -129,8 +135,9 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
     return keep
 
 
-def plot_curve(curve: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any] | None,
-               path: Path) -> Path:
+def plot_curve(
+    curve: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any] | None, path: Path
+) -> Path:
     """NDCG@10 and RMSE against latency and parameters, with the Pareto front."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     specs = [
@@ -145,17 +152,35 @@ def plot_curve(curve: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any] | 
         ys = [float(r[y_key]) for r in rows]
         ax.plot(xs, ys, "o", color="tab:blue", label="student")
         for r, x, y in zip(rows, xs, ys, strict=True):
-            ax.annotate(f"{100 * float(r['ratio']):.0f}%", (x, y), fontsize=8,
-                        textcoords="offset points", xytext=(4, 4))
+            ax.annotate(
+                f"{100 * float(r['ratio']):.0f}%",
+                (x, y),
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(4, 4),
+            )
         sign = 1.0 if y_key != "rmse" else -1.0
-        front = sorted(pareto([(x, sign * y) for x, y in zip(xs, ys, strict=True)]),
-                       key=lambda i: xs[i])
+        front = sorted(
+            pareto([(x, sign * y) for x, y in zip(xs, ys, strict=True)]), key=lambda i: xs[i]
+        )
         if front:
-            ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:blue",
-                    alpha=0.5, label="Pareto front")
+            ax.plot(
+                [xs[i] for i in front],
+                [ys[i] for i in front],
+                "-",
+                color="tab:blue",
+                alpha=0.5,
+                label="Pareto front",
+            )
         if teacher and x_key in teacher and y_key in teacher:
-            ax.plot([teacher[x_key]], [teacher[y_key]], "*", color="tab:red", markersize=12,
-                    label="teacher")
+            ax.plot(
+                [teacher[x_key]],
+                [teacher[y_key]],
+                "*",
+                color="tab:red",
+                markersize=12,
+                label="teacher",
+            )
         ax.set_xscale("log")
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_key)
@@ -168,8 +193,9 @@ def plot_curve(curve: Sequence[Mapping[str, Any]], teacher: Mapping[str, Any] | 
     return path
 
 
-def plot_losses(curves: Mapping[str, Sequence[float]], steps: Sequence[Mapping[str, Any]],
-                path: Path) -> Path:
+def plot_losses(
+    curves: Mapping[str, Sequence[float]], steps: Sequence[Mapping[str, Any]], path: Path
+) -> Path:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     epochs = list(curves.get("epoch", []))
     for name, values in curves.items():
@@ -203,10 +229,17 @@ def target_rows(summary: Mapping[str, float]) -> list[dict[str, Any]]:
         value = summary.get(key)
         if value is None:
             continue
-        ok = {"<=": value <= bound, ">=": value >= bound, "<": value < bound,
-              ">": value > bound}[op]
-        rows.append({"target": label, "measured": float(value), "bound": f"{op} {bound}",
-                     "met": "yes" if ok else "**no**"})
+        ok = {"<=": value <= bound, ">=": value >= bound, "<": value < bound, ">": value > bound}[
+            op
+        ]
+        rows.append(
+            {
+                "target": label,
+                "measured": float(value),
+                "bound": f"{op} {bound}",
+                "met": "yes" if ok else "**no**",
+            }
+        )
     return rows
 
 
@@ -230,8 +263,9 @@ def render(results: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         )
     summary = results.get("summary")
     if summary:
-        parts.append("### Targets\n\n" + table(target_rows(summary),
-                                                 ["target", "measured", "bound", "met"]))
+        parts.append(
+            "### Targets\n\n" + table(target_rows(summary), ["target", "measured", "bound", "met"])
+        )
     side = results.get("side_by_side")
     if side:
         cols = ["model", "params", "onnx_bytes", "latency_ms_1", "latency_ms_default", *QUALITY]
@@ -244,18 +278,43 @@ def render(results: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         )
     curve = results.get("curve")
     if curve:
-        cols = ["ratio", "folds", "params", "param_share", "onnx_bytes", "latency_ms_1",
-                "latency_ms_default", "rmse", "ndcg@10", "recall@10", "seconds"]
-        parts.append("### Pruning curve (method: Fisher, mean over folds)\n\n"
-                     + table(mean_rows(curve, "ratio"), cols))
+        cols = [
+            "ratio",
+            "folds",
+            "params",
+            "param_share",
+            "onnx_bytes",
+            "latency_ms_1",
+            "latency_ms_default",
+            "rmse",
+            "ndcg@10",
+            "recall@10",
+            "seconds",
+        ]
+        parts.append(
+            "### Pruning curve (method: Fisher, mean over folds)\n\n"
+            + table(mean_rows(curve, "ratio"), cols)
+        )
         if "curve" in plots:
             parts.append(f"![pruning curve]({plots['curve']})")
     ablations = results.get("ablations")
     if ablations:
-        cols = ["name", "folds", "params", "rmse", "mae", "ndcg@10", "recall@10", "hr@10",
-                "coverage@10", "seconds"]
-        parts.append("### Ablations at the chosen ratio (same data, epochs and size)\n\n"
-                     + table(mean_rows(ablations, "name"), cols))
+        cols = [
+            "name",
+            "folds",
+            "params",
+            "rmse",
+            "mae",
+            "ndcg@10",
+            "recall@10",
+            "hr@10",
+            "coverage@10",
+            "seconds",
+        ]
+        parts.append(
+            "### Ablations at the chosen ratio (same data, epochs and size)\n\n"
+            + table(mean_rows(ablations, "name"), cols)
+        )
         note = results.get("ablation_note")
         if note:
             parts.append(note)
@@ -270,10 +329,16 @@ def render(results: Mapping[str, Any], plots: Mapping[str, str]) -> str:
             f"pruning steps, in {_fmt(info.get('seconds'), 1)} s."
         )
         if steps:
-            rows = [{"epoch": s["epoch"], "target": s["target"], "before": s["params_before"],
-                     "after": s["params_after"],
-                     "removed": ", ".join(f"{k} {v}" for k, v in s["removed"].items() if v)}
-                    for s in steps]
+            rows = [
+                {
+                    "epoch": s["epoch"],
+                    "target": s["target"],
+                    "before": s["params_before"],
+                    "after": s["params_after"],
+                    "removed": ", ".join(f"{k} {v}" for k, v in s["removed"].items() if v),
+                }
+                for s in steps
+            ]
             parts.append(table(rows, ["epoch", "target", "before", "after", "removed"]))
         if "losses" in plots:
             parts.append(f"![distillation losses]({plots['losses']})")
@@ -299,16 +364,25 @@ def render_fisher(fisher: Mapping[str, Any]) -> str:
             c["params"] += r["params"]
             c["fisher_trace"] += r["fisher_trace"]
             c["removal"] += r["removal"]
-        comp_rows = [{"component": k, **v, "removal_per_param": v["removal"] / max(v["params"], 1)}
-                     for k, v in comp.items()]
-        out.append(f"**{loss} loss**, per component:\n\n"
-                   + table(comp_rows, ["component", "params", "fisher_trace", "removal",
-                                       "removal_per_param"]))
+        comp_rows = [
+            {"component": k, **v, "removal_per_param": v["removal"] / max(v["params"], 1)}
+            for k, v in comp.items()
+        ]
+        out.append(
+            f"**{loss} loss**, per component:\n\n"
+            + table(
+                comp_rows, ["component", "params", "fisher_trace", "removal", "removal_per_param"]
+            )
+        )
         ordered = sorted(rows, key=lambda r: (r["component"], r["layer"]))
-        out.append(f"<details><summary>{loss} loss, every layer</summary>\n\n"
-                   + table(ordered, ["component", "layer", "params", "fisher_trace", "removal",
-                                     "removal_per_param"])
-                   + "\n\n</details>")
+        out.append(
+            f"<details><summary>{loss} loss, every layer</summary>\n\n"
+            + table(
+                ordered,
+                ["component", "layer", "params", "fisher_trace", "removal", "removal_per_param"],
+            )
+            + "\n\n</details>"
+        )
     units = fisher.get("units", {})
     if units:
         rows = [{"loss": loss, **row} for loss, kinds in units.items() for row in kinds]

@@ -129,13 +129,32 @@ class TeacherConfig:
         """Few epochs and small models: for tests and CI, not for quality."""
         return replace(
             self,
-            mf=replace(self.mf, epochs=4, dim=16, score_dim=16, batch_size=512, lr=1e-2,
-                       tower_lr=1e-2),
-            xdeepfm=replace(self.xdeepfm, epochs=3, dim=8, cin_layers=(8,), dnn_layers=(32,),
-                            tower_layers=(32,), score_dim=16, batch_size=512, lr=1e-2,
-                            tower_lr=1e-2),
-            autoint=replace(self.autoint, epochs=3, dim=8, layers=1, d_head=8, score_dim=16,
-                            batch_size=512, lr=1e-2, tower_lr=1e-2),
+            mf=replace(
+                self.mf, epochs=4, dim=16, score_dim=16, batch_size=512, lr=1e-2, tower_lr=1e-2
+            ),
+            xdeepfm=replace(
+                self.xdeepfm,
+                epochs=3,
+                dim=8,
+                cin_layers=(8,),
+                dnn_layers=(32,),
+                tower_layers=(32,),
+                score_dim=16,
+                batch_size=512,
+                lr=1e-2,
+                tower_lr=1e-2,
+            ),
+            autoint=replace(
+                self.autoint,
+                epochs=3,
+                dim=8,
+                layers=1,
+                d_head=8,
+                score_dim=16,
+                batch_size=512,
+                lr=1e-2,
+                tower_lr=1e-2,
+            ),
             weight_step=0.25,
             refit_full=False,
         )
@@ -156,15 +175,25 @@ def build_component(
         return BiasedMF(fm, dim=config.dim, score_dim=config.score_dim, global_mean=global_mean)
     if name == "xdeepfm" and isinstance(config, XDeepFMConfig):
         return XDeepFM(
-            fm, dim=config.dim, cin_layers=config.cin_layers, dnn_layers=config.dnn_layers,
-            dropout=config.dropout, score_dim=config.score_dim,
-            tower_layers=config.tower_layers, global_mean=global_mean,
+            fm,
+            dim=config.dim,
+            cin_layers=config.cin_layers,
+            dnn_layers=config.dnn_layers,
+            dropout=config.dropout,
+            score_dim=config.score_dim,
+            tower_layers=config.tower_layers,
+            global_mean=global_mean,
         )
     if name == "autoint" and isinstance(config, AutoIntConfig):
         return AutoInt(
-            fm, dim=config.dim, layers=config.layers, heads=config.heads,
-            d_head=config.d_head, score_dim=config.score_dim,
-            tower_layers=config.tower_layers, global_mean=global_mean,
+            fm,
+            dim=config.dim,
+            layers=config.layers,
+            heads=config.heads,
+            d_head=config.d_head,
+            score_dim=config.score_dim,
+            tower_layers=config.tower_layers,
+            global_mean=global_mean,
         )
     raise ValueError(f"unknown component {name!r} or config {type(config).__name__}")
 
@@ -191,7 +220,10 @@ def evaluate_component(
     out.update(
         ranking_metrics(
             catalogue_scorer(model, tables, n_items=fm.n_items),
-            train=train, test=valid, n_users=fm.n_users, n_items=fm.n_items,
+            train=train,
+            test=valid,
+            n_users=fm.n_users,
+            n_items=fm.n_items,
         )
     )
     return out
@@ -233,10 +265,12 @@ def train_component(
     model = build_component(name, fm, config, global_mean=float(train.rating.mean()))
     tower = [p for n, p in model.named_parameters() if n.startswith(model.tower_prefixes)]
     rest = [p for n, p in model.named_parameters() if not n.startswith(model.tower_prefixes)]
-    opt = torch.optim.Adam([
-        {"params": rest, "lr": config.lr},
-        {"params": tower, "lr": config.tower_lr or config.lr},
-    ])
+    opt = torch.optim.Adam(
+        [
+            {"params": rest, "lr": config.lr},
+            {"params": tower, "lr": config.tower_lr or config.lr},
+        ]
+    )
     seen = _SeenIndex(train, n_items=fm.n_items)
     user_feats = torch.as_tensor(tables.user_feats)
     item_feats = torch.as_tensor(tables.item_feats)
@@ -256,8 +290,12 @@ def train_component(
         model.train()
         perm = torch.randperm(n, generator=gen)
         totals = {"loss": 0.0, "mse": 0.0, "rank": 0.0}
-        batches = tqdm(range(0, n, config.batch_size), desc=f"{name} e{epoch}",
-                       disable=not progress, leave=False)
+        batches = tqdm(
+            range(0, n, config.batch_size),
+            desc=f"{name} e{epoch}",
+            disable=not progress,
+            leave=False,
+        )
         for start in batches:
             idx = perm[start : start + config.batch_size]
             u, i, r = users[idx], items[idx], ratings[idx]
@@ -267,8 +305,11 @@ def train_component(
             out = model.heads(u_in, i_in, uf, itf, ig)
             mse = (out["rating"] - r).pow(2).mean()
             n_neg = config.n_negatives if 0 < config.n_negatives < fm.n_items else 0
-            neg = (torch.randint(1, fm.n_items + 1, (n_neg,), generator=gen) if n_neg
-                   else torch.arange(1, fm.n_items + 1))
+            neg = (
+                torch.randint(1, fm.n_items + 1, (n_neg,), generator=gen)
+                if n_neg
+                else torch.arange(1, fm.n_items + 1)
+            )
             user_vec = model.user_tower(u_in, uf)  # [B, D]
             pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
             neg_vec = model.item_tower(neg, item_feats[neg], item_genres[neg])  # [N, D]
@@ -296,23 +337,29 @@ def train_component(
                 if best_rating is None or -metrics["rmse"] > best_rating[0]:
                     best_rating = (-metrics["rmse"], epoch + 1, copy.deepcopy(model.state_dict()))
                 if best_ranking is None or metrics["ndcg@10"] > best_ranking[0]:
-                    best_ranking = (metrics["ndcg@10"], epoch + 1,
-                                    copy.deepcopy(model.state_dict()))
+                    best_ranking = (
+                        metrics["ndcg@10"],
+                        epoch + 1,
+                        copy.deepcopy(model.state_dict()),
+                    )
         elif head_epochs is not None:
             if epoch + 1 == head_epochs[0]:
                 best_rating = (0.0, epoch + 1, copy.deepcopy(model.state_dict()))
             if epoch + 1 == head_epochs[1]:
                 best_ranking = (0.0, epoch + 1, copy.deepcopy(model.state_dict()))
         curves.append(point)
-        log.info("%s epoch %d: %s", name, epoch + 1,
-                 ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"))
+        log.info(
+            "%s epoch %d: %s",
+            name,
+            epoch + 1,
+            ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"),
+        )
     epochs_kept = [config.epochs, config.epochs]
     if best_rating is not None and best_ranking is not None:
         epochs_kept = [best_rating[1], best_ranking[1]]
         model.load_state_dict(_merge_heads(model, best_rating[2], best_ranking[2]))
     model.eval()
-    info = {"curves": curves, "head_epochs": epochs_kept,
-            "seconds": time.perf_counter() - started}
+    info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}
     return model, info
 
 
@@ -335,14 +382,22 @@ def train_teacher(
             "ratings) has no rating >= 4 to fit the ensemble on; use more data"
         )
     configs: dict[str, ComponentConfig] = {
-        "mf": config.mf, "xdeepfm": config.xdeepfm, "autoint": config.autoint,
+        "mf": config.mf,
+        "xdeepfm": config.xdeepfm,
+        "autoint": config.autoint,
     }
     models: dict[str, TowerScoring] = {}
     report: dict[str, Any] = {"config": config.to_dict(), "components": {}}
     for k, name in enumerate(COMPONENTS):
         model, info = train_component(
-            name, fm, tables, fit, config=configs[name], valid=valid,
-            seed=config.seed + k, progress=config.progress,
+            name,
+            fm,
+            tables,
+            fit,
+            config=configs[name],
+            valid=valid,
+            seed=config.seed + k,
+            progress=config.progress,
         )
         info["valid"] = evaluate_component(model, tables, train=fit, valid=valid, fm=fm)
         models[name] = model
@@ -350,7 +405,12 @@ def train_teacher(
         log.info("%s valid: %s", name, info["valid"])
     teacher = EnsembleTeacher(models["mf"], models["xdeepfm"], models["autoint"])
     weights = fit_ensemble_weights(
-        teacher, tables, fit=fit, valid=valid, fm=fm, step=config.weight_step,
+        teacher,
+        tables,
+        fit=fit,
+        valid=valid,
+        fm=fm,
+        step=config.weight_step,
         seed=config.seed,
     )
     report["ensemble"] = weights
@@ -359,9 +419,14 @@ def train_teacher(
         for k, name in enumerate(COMPONENTS):
             kept = report["components"][name]["head_epochs"]
             model, info = train_component(
-                name, fm, tables, train, config=configs[name],
+                name,
+                fm,
+                tables,
+                train,
+                config=configs[name],
                 head_epochs=(int(kept[0]), int(kept[1])),
-                seed=config.seed + k, progress=config.progress,
+                seed=config.seed + k,
+                progress=config.progress,
             )
             refit[name] = model
             report["components"][name]["refit_seconds"] = info["seconds"]
@@ -426,8 +491,11 @@ def fit_ensemble_weights(
     def ranking(w: np.ndarray) -> dict[str, float]:
         blend = np.tensordot(w, z, axes=1)  # [n_users_eval, n_items]
         return ranking_metrics(
-            lambda us: blend[row_of[us]], train=fit, test=sub_valid,
-            n_users=fm.n_users, n_items=fm.n_items,
+            lambda us: blend[row_of[us]],
+            train=fit,
+            test=sub_valid,
+            n_users=fm.n_users,
+            n_items=fm.n_items,
         )
 
     best: tuple[float, float, tuple[float, ...]] | None = None
@@ -446,14 +514,18 @@ def fit_ensemble_weights(
 
     return {
         "default": {
-            "rating_weights": default.tolist(), "rating_bias": 0.0,
+            "rating_weights": default.tolist(),
+            "rating_bias": 0.0,
             "score_weights": default.tolist(),
-            **rating_of(default, 0.0), **_ranking_only(ranking(default)),
+            **rating_of(default, 0.0),
+            **_ranking_only(ranking(default)),
         },
         "fitted": {
-            "rating_weights": rating_w.tolist(), "rating_bias": rating_b,
+            "rating_weights": rating_w.tolist(),
+            "rating_bias": rating_b,
             "score_weights": score_w.tolist(),
-            **rating_of(rating_w, rating_b), **_ranking_only(ranking(score_w)),
+            **rating_of(rating_w, rating_b),
+            **_ranking_only(ranking(score_w)),
         },
         "valid_users": int(users.size),
     }

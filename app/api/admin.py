@@ -45,8 +45,7 @@ def require_admin(
             headers={"WWW-Authenticate": "Bearer"},
         )
     # Constant-time comparison: the time taken must not tell how much of a guess was right.
-    if not hmac.compare_digest(credentials.credentials.encode(),
-                               token.get_secret_value().encode()):
+    if not hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
         raise HTTPException(status_code=403, detail="invalid admin token")
 
 
@@ -71,10 +70,12 @@ def put_routing(request: Request, update: RoutingUpdate) -> Response:
     services = get_services(request)
     config = services.router.update(student_percent=update.student_percent, salt=update.salt)
     shared = services.routing_sync.publish(config) if services.routing_sync else False
-    logger.info("routing changed", extra={"student_percent": config.student_percent,
-                                          "shared": shared})
-    return JSONBytesResponse({"student_percent": config.student_percent, "salt": config.salt,
-                              "shared": shared})
+    logger.info(
+        "routing changed", extra={"student_percent": config.student_percent, "shared": shared}
+    )
+    return JSONBytesResponse(
+        {"student_percent": config.student_percent, "salt": config.salt, "shared": shared}
+    )
 
 
 @router.post("/reload", responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
@@ -96,10 +97,13 @@ def reload_bundle(request: Request, body: ReloadRequest | None = None) -> Respon
         raise HTTPException(
             status_code=422, detail=f"reload failed: {type(exc).__name__}: {exc}"
         ) from exc
-    return JSONBytesResponse({
-        "status": "reloaded",
-        "model_version": state.version,
-        "previous_version": previous.version if previous is not None else None,
-        "variants": {v: {"file": r.file, "provider": r.provider}
-                     for v, r in state.runners.items()},
-    })
+    return JSONBytesResponse(
+        {
+            "status": "reloaded",
+            "model_version": state.version,
+            "previous_version": previous.version if previous is not None else None,
+            "variants": {
+                v: {"file": r.file, "provider": r.provider} for v, r in state.runners.items()
+            },
+        }
+    )

@@ -25,15 +25,17 @@ def readyz(request: Request) -> Response:
     cache = {"backend": services.cache.backend.name, "status": services.cache.status()}
     if state is None:
         return JSONBytesResponse({"status": "loading", "cache": cache}, status_code=503)
-    return JSONBytesResponse({
-        "status": "ready",
-        "model_version": state.version,
-        "variants": {
-            variant: {"file": runner.file, "provider": runner.provider}
-            for variant, runner in state.runners.items()
-        },
-        "cache": cache,
-    })
+    return JSONBytesResponse(
+        {
+            "status": "ready",
+            "model_version": state.version,
+            "variants": {
+                variant: {"file": runner.file, "provider": runner.provider}
+                for variant, runner in state.runners.items()
+            },
+            "cache": cache,
+        }
+    )
 
 
 @router.get("/metrics")

@@ -54,13 +54,15 @@ def predict_rating(
             users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
             items=np.array([item], dtype=np.int64),
         )
-        return JSONBytesResponse({
-            "user_id": user_raw,
-            "item_id": item_raw,
-            "rating": round(float(rating[0]), _DECIMALS),
-            "variant": variant,
-            "model_version": state.version,
-        })
+        return JSONBytesResponse(
+            {
+                "user_id": user_raw,
+                "item_id": item_raw,
+                "rating": round(float(rating[0]), _DECIMALS),
+                "variant": variant,
+                "model_version": state.version,
+            }
+        )
 
     limit = services.settings.max_batch_pairs
     if len(body.pairs) > limit:
@@ -71,19 +73,24 @@ def predict_rating(
     user_index, item_index = state.bundle.user_index, state.bundle.item_index
     users_raw = [p.user_id for p in body.pairs]
     items_raw = [p.item_id for p in body.pairs]
-    items = np.fromiter((item_index.get(i, 0) for i in items_raw), dtype=np.int64,
-                        count=len(items_raw))
+    items = np.fromiter(
+        (item_index.get(i, 0) for i in items_raw), dtype=np.int64, count=len(items_raw)
+    )
     if not items.all():
-        missing = list(dict.fromkeys(i for i, pos in zip(items_raw, items.tolist(), strict=True)
-                                     if pos == 0))
+        missing = list(
+            dict.fromkeys(i for i, pos in zip(items_raw, items.tolist(), strict=True) if pos == 0)
+        )
         raise _unknown_items(missing)
-    users = np.fromiter((user_index.get(u, 0) for u in users_raw), dtype=np.int64,
-                        count=len(users_raw))
+    users = np.fromiter(
+        (user_index.get(u, 0) for u in users_raw), dtype=np.int64, count=len(users_raw)
+    )
     # One variant per response: the batch follows its first user's assignment.
     variant = choose_variant(request, services, user_id=users_raw[0], override=x_variant)
     ratings = state.predict(variant, users=users, items=items)
-    return JSONBytesResponse({
-        "ratings": np.round(ratings.astype(np.float64), _DECIMALS).tolist(),
-        "variant": variant,
-        "model_version": state.version,
-    })
+    return JSONBytesResponse(
+        {
+            "ratings": np.round(ratings.astype(np.float64), _DECIMALS).tolist(),
+            "variant": variant,
+            "model_version": state.version,
+        }
+    )

@@ -1,4 +1,9 @@
-"""GET /recommend: top-k items for a user, cached per (bundle, variant, user, k, flag)."""
+"""GET /recommend: top-k items for a user, cached per (bundle, variant, user, k, flag).
+
+An async handler: validation, variant choice (a hash), key building and the in-process
+cache lookup run on the event loop; only a miss there goes to a worker thread, where the
+Redis lookup and the model run (both blocking) happen.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated
 
+import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
@@ -24,8 +30,7 @@ def _fragment(recommendation: Recommendation) -> bytes:
     return body[1:-1]
 
 
-def _cache_key(state: ServingState, *, variant: str, who: str, k: int, exclude_seen: bool
-               ) -> str:
+def _cache_key(state: ServingState, *, variant: str, who: str, k: int, exclude_seen: bool) -> str:
     # The bundle version and the model file are part of the key, so a reload or a switch
     # to the INT8 student can never serve a list computed by another model.
     model_file = state.runner(variant).file
@@ -37,7 +42,7 @@ def _cache_key(state: ServingState, *, variant: str, who: str, k: int, exclude_s
     response_model=RecommendResponse,
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-def recommend(
+async def recommend(
     request: Request,
     *,
     user_id: Annotated[str, Query(min_length=1, max_length=128, description="raw user id")],
@@ -61,8 +66,9 @@ def recommend(
     compute: Callable[[], Recommendation]
     if position is not None:
         who = f"u{position}"
-        compute = partial(state.recommend_known, variant, user=position, k=k,
-                          exclude_seen=exclude_seen)
+        compute = partial(
+            state.recommend_known, variant, user=position, k=k, exclude_seen=exclude_seen
+        )
     else:
         row = state.encode_demographics(
             {"age": age, "gender": gender, "occupation": occupation, "zip": zip}
@@ -75,13 +81,28 @@ def recommend(
             compute = partial(state.recommend_cold_start, variant, user_row=row, k=k)
 
     key = _cache_key(state, variant=variant, who=who, k=k, exclude_seen=exclude_seen)
-    fragment, hit = services.cache.get_or_compute(key, lambda: _fragment(compute()))
-    body = b"".join((
-        b'{"user_id":', orjson.dumps(raw_user),
-        b',"variant":', orjson.dumps(variant),
-        b',"model_version":', orjson.dumps(state.version),
-        b",", fragment,
-        b',"cached":', b"true" if hit else b"false",
-        b"}",
-    ))
+    cache = services.cache
+    near = cache.peek(key)  # process memory only: safe on the event loop
+    if near is not None:
+        fragment, hit = near, True
+    else:
+        # Redis and the model block: off the loop.
+        fragment, hit = await anyio.to_thread.run_sync(
+            cache.get_or_compute, key, lambda: _fragment(compute())
+        )
+    body = b"".join(
+        (
+            b'{"user_id":',
+            orjson.dumps(raw_user),
+            b',"variant":',
+            orjson.dumps(variant),
+            b',"model_version":',
+            orjson.dumps(state.version),
+            b",",
+            fragment,
+            b',"cached":',
+            b"true" if hit else b"false",
+            b"}",
+        )
+    )
     return JSONBytesResponse(body)

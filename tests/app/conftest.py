@@ -7,7 +7,6 @@ Redis database) come from tests/conftest.py.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,22 +15,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
+from tests.helpers import copy_bundle, metric_total
 
-
-def copy_bundle(source: Path, target_root: Path, *, version: str) -> Path:
-    """A copy of a bundle under a new version (the manifest is not itself hashed)."""
-    source = source.resolve()
-    target = target_root / version
-    shutil.copytree(source, target)
-    manifest_path = target / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["version"] = version
-    manifest_path.write_text(json.dumps(manifest))
-    return target
+__all__ = ["copy_bundle"]
 
 
 def settings_for(**overrides: Any) -> Settings:
@@ -96,16 +85,18 @@ class Reference:
         return str(self.manifest["version"])
 
     def seen(self, user_index: int) -> set[str]:
-        rows = self.indices[self.indptr[user_index]: self.indptr[user_index + 1]]
+        rows = self.indices[self.indptr[user_index] : self.indptr[user_index + 1]]
         return {self.items[i - 1] for i in rows.tolist()}
 
-    def run(self, model: str, users: Any, items: Any, user_feats: Any | None = None
-            ) -> tuple[Any, Any]:
+    def run(
+        self, model: str, users: Any, items: Any, user_feats: Any | None = None
+    ) -> tuple[Any, Any]:
         np = self.np
         if model not in self._sessions:
             path = self.dir / self.manifest["models"][model]["file"]
             self._sessions[model] = ort.InferenceSession(
-                str(path), providers=["CPUExecutionProvider"])
+                str(path), providers=["CPUExecutionProvider"]
+            )
         session = self._sessions[model]
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
@@ -117,8 +108,9 @@ class Reference:
             "item_genres": self.item_genres[items],
         }
         names = {node.name for node in session.get_inputs()}
-        rating, score = session.run(["rating", "score"],
-                                    {k: v for k, v in feed.items() if k in names})
+        rating, score = session.run(
+            ["rating", "score"], {k: v for k, v in feed.items() if k in names}
+        )
         return rating, score
 
 
@@ -129,10 +121,4 @@ def reference(bundle_dir: Path) -> Reference:
 
 def metric_value(client: Any, name: str, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels`, from GET /metrics."""
-    text = client.get("/metrics").text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return metric_total(client.get("/metrics").text, name, **labels)

@@ -20,8 +20,9 @@ def admin(make_client: Callable[..., TestClient]) -> TestClient:
 
 
 @pytest.mark.parametrize("token", [None, ""])
-def test_admin_routes_absent_without_token(make_client: Callable[..., TestClient],
-                                           token: str | None) -> None:
+def test_admin_routes_absent_without_token(
+    make_client: Callable[..., TestClient], token: str | None
+) -> None:
     client = make_client(admin_token=token)
     unknown = client.get("/admin/no-such-route", headers=AUTH)
     assert unknown.status_code == 404
@@ -52,8 +53,7 @@ def test_admin_routes_in_schema_with_token(admin: TestClient) -> None:
         (AUTH, 200),
     ],
 )
-def test_bearer_token_is_required(admin: TestClient, headers: dict[str, str], status: int
-                                  ) -> None:
+def test_bearer_token_is_required(admin: TestClient, headers: dict[str, str], status: int) -> None:
     response = admin.get("/admin/routing", headers=headers)
     assert response.status_code == status
     if status != 200:
@@ -61,22 +61,35 @@ def test_bearer_token_is_required(admin: TestClient, headers: dict[str, str], st
 
 
 def test_routing_can_be_read_and_changed(admin: TestClient, reference: Reference) -> None:
-    assert admin.get("/admin/routing", headers=AUTH).json() == {"student_percent": 50.0,
-                                                                 "salt": "adm"}
+    assert admin.get("/admin/routing", headers=AUTH).json() == {
+        "student_percent": 50.0,
+        "salt": "adm",
+    }
     response = admin.put("/admin/routing", json={"student_percent": 100}, headers=AUTH)
     # No Redis in this app: the change stays in this process.
     assert response.json() == {"student_percent": 100.0, "salt": "adm", "shared": False}
-    variants = {admin.get("/recommend", params={"user_id": u, "k": 1}).json()["variant"]
-                for u in reference.users}
+    variants = {
+        admin.get("/recommend", params={"user_id": u, "k": 1}).json()["variant"]
+        for u in reference.users
+    }
     assert variants == {"student"}
     assert admin.put("/admin/routing", json={"salt": "other"}, headers=AUTH).json() == {
-        "student_percent": 100.0, "salt": "other", "shared": False}
+        "student_percent": 100.0,
+        "salt": "other",
+        "shared": False,
+    }
     assert metric_value(admin, "ab_assignments_total", variant="student") == len(reference.users)
 
 
 @pytest.mark.parametrize(
-    "body", [{"student_percent": 101}, {"student_percent": -1}, {"salt": ""},
-             {"student_percent": "half"}, {"percent": 10}],
+    "body",
+    [
+        {"student_percent": 101},
+        {"student_percent": -1},
+        {"salt": ""},
+        {"student_percent": "half"},
+        {"percent": 10},
+    ],
 )
 def test_bad_routing_updates_are_422(admin: TestClient, body: dict[str, object]) -> None:
     response = admin.put("/admin/routing", json=body, headers=AUTH)
@@ -85,8 +98,9 @@ def test_bad_routing_updates_are_422(admin: TestClient, body: dict[str, object])
     assert admin.get("/admin/routing", headers=AUTH).json()["student_percent"] == 50.0
 
 
-def test_reload_swaps_to_a_new_bundle(admin: TestClient, reference: Reference,
-                                      tmp_path: Path) -> None:
+def test_reload_swaps_to_a_new_bundle(
+    admin: TestClient, reference: Reference, tmp_path: Path
+) -> None:
     new = copy_bundle(reference.dir, tmp_path, version="test-v9")
     response = admin.post("/admin/reload", json={"model_dir": str(new)}, headers=AUTH)
     assert response.status_code == 200
@@ -100,8 +114,9 @@ def test_reload_swaps_to_a_new_bundle(admin: TestClient, reference: Reference,
     assert f'version="{reference.version}"' not in metrics
 
 
-def test_reload_without_body_rereads_model_dir(make_client: Callable[..., TestClient],
-                                               reference: Reference, tmp_path: Path) -> None:
+def test_reload_without_body_rereads_model_dir(
+    make_client: Callable[..., TestClient], reference: Reference, tmp_path: Path
+) -> None:
     models = tmp_path / "models"
     models.mkdir()
     copy_bundle(reference.dir, models, version="v-a")
@@ -132,9 +147,13 @@ def _corrupt(bundle: Path) -> None:
         (lambda b: (b / "seen.npz").unlink(), "missing"),
     ],
 )
-def test_failed_reload_keeps_the_old_bundle(admin: TestClient, reference: Reference,
-                                            tmp_path: Path, damage: Callable[[Path], object],
-                                            reason: str) -> None:
+def test_failed_reload_keeps_the_old_bundle(
+    admin: TestClient,
+    reference: Reference,
+    tmp_path: Path,
+    damage: Callable[[Path], object],
+    reason: str,
+) -> None:
     bad = copy_bundle(reference.dir, tmp_path, version="broken")
     damage(bad)
     response = admin.post("/admin/reload", json={"model_dir": str(bad)}, headers=AUTH)
@@ -146,7 +165,6 @@ def test_failed_reload_keeps_the_old_bundle(admin: TestClient, reference: Refere
 
 
 def test_reload_of_a_missing_directory_is_refused(admin: TestClient, tmp_path: Path) -> None:
-    response = admin.post("/admin/reload", json={"model_dir": str(tmp_path / "nope")},
-                          headers=AUTH)
+    response = admin.post("/admin/reload", json={"model_dir": str(tmp_path / "nope")}, headers=AUTH)
     assert response.status_code == 422
     assert "does not exist" in response.json()["detail"]

@@ -23,7 +23,8 @@ def test_loads_a_valid_bundle_through_a_symlink(reference: Reference, tmp_path: 
     assert bundle.user_index[reference.users[0]] == 1
     assert bundle.item_feats.shape[0] == len(reference.items) + 1
     assert [bundle.item_ids[p - 1] for p in bundle.popular.tolist()] == [
-        i for i in reference.popular if i in set(reference.items)]
+        i for i in reference.popular if i in set(reference.items)
+    ]
     start, stop = bundle.seen_indptr[2], bundle.seen_indptr[3]
     assert {bundle.item_ids[i - 1] for i in bundle.seen_indices[start:stop]} == reference.seen(2)
 
@@ -60,8 +61,9 @@ def test_manifest_must_name_every_file(reference: Reference, tmp_path: Path) -> 
         ({"models": {"teacher": {"file": "teacher.onnx", "sha256": "0" * 64}}}, "student"),
     ],
 )
-def test_invalid_manifests_are_refused(reference: Reference, tmp_path: Path,
-                                       change: dict[str, object], message: str) -> None:
+def test_invalid_manifests_are_refused(
+    reference: Reference, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
     bundle = copy_bundle(reference.dir, tmp_path, version="x")
     _edit_manifest(bundle, change)
     with pytest.raises(BundleError, match=message):
@@ -103,8 +105,9 @@ def test_field_encoding_follows_the_contract() -> None:
     assert age.encode("not a number") == 0
     gender = FieldSpec(name="gender", kind="categorical", vocab=3, values=["F", "M"])
     assert [gender.encode(v) for v in ("F", "M", "X", None)] == [1, 2, 0, 0]
-    zip_code = FieldSpec(name="zip", kind="prefix", vocab=11, length=1,
-                         values=[str(d) for d in range(10)])
+    zip_code = FieldSpec(
+        name="zip", kind="prefix", vocab=11, length=1, values=[str(d) for d in range(10)]
+    )
     assert [zip_code.encode(v) for v in ("55455", "0", "K1A", "")] == [6, 1, 0, 0]
     none = FieldSpec(name="none", kind="placeholder", vocab=1)
     assert none.encode("anything") == 0

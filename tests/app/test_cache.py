@@ -83,8 +83,9 @@ def test_single_flight_runs_concurrent_work_once() -> None:
         return b"value", "miss"
 
     results: list[tuple[bytes, str]] = []
-    threads = [threading.Thread(target=lambda: results.append(flights.do("k", work)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(flights.do("k", work))) for _ in range(8)
+    ]
     threads[0].start()
     started.wait(5)
     for thread in threads[1:]:
@@ -110,8 +111,11 @@ def test_single_flight_shares_the_error_and_forgets_the_key() -> None:
 
 def test_recommendation_cache_computes_concurrent_misses_once(redis_url: str) -> None:
     breaker = CircuitBreaker(threshold=3, reset_seconds=5)
-    cache = RecommendationCache(RedisCache(redis_url, socket_timeout=0.5, breaker=breaker),
-                                ttl_seconds=30, metrics=Metrics())
+    cache = RecommendationCache(
+        RedisCache(redis_url, socket_timeout=0.5, breaker=breaker),
+        ttl_seconds=30,
+        metrics=Metrics(),
+    )
     calls = 0
     lock = threading.Lock()
 
@@ -123,8 +127,10 @@ def test_recommendation_cache_computes_concurrent_misses_once(redis_url: str) ->
         return b"list"
 
     results: list[tuple[bytes, bool]] = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("key", compute)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_compute("key", compute)))
+        for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -139,8 +145,9 @@ def test_recommendation_cache_computes_concurrent_misses_once(redis_url: str) ->
 def test_redis_backend_round_trip_with_ttl(redis_url: str) -> None:
     import redis  # noqa: PLC0415
 
-    backend = RedisCache(redis_url, socket_timeout=0.5,
-                         breaker=CircuitBreaker(threshold=3, reset_seconds=5))
+    backend = RedisCache(
+        redis_url, socket_timeout=0.5, breaker=CircuitBreaker(threshold=3, reset_seconds=5)
+    )
     backend.set("rt", b"payload", ttl_seconds=30)
     assert backend.get("rt") == b"payload"
     assert backend.get("absent") is None
@@ -152,8 +159,11 @@ def test_redis_backend_round_trip_with_ttl(redis_url: str) -> None:
 
 def test_dead_redis_raises_unavailable_then_short_circuits() -> None:
     # Port 1 on localhost: nothing listens, connections are refused at once.
-    backend = RedisCache("redis://127.0.0.1:1/0", socket_timeout=0.05,
-                         breaker=CircuitBreaker(threshold=2, reset_seconds=60))
+    backend = RedisCache(
+        "redis://127.0.0.1:1/0",
+        socket_timeout=0.05,
+        breaker=CircuitBreaker(threshold=2, reset_seconds=60),
+    )
     for _ in range(2):
         with pytest.raises(CacheUnavailableError):
             backend.get("k")
@@ -162,3 +172,69 @@ def test_dead_redis_raises_unavailable_then_short_circuits() -> None:
     with pytest.raises(CacheUnavailableError, match="circuit open"):
         backend.get("k")
     assert backend.status() == "degraded"
+
+
+def test_near_cache_serves_repeats_without_the_backend(redis_url: str) -> None:
+    import redis  # noqa: PLC0415
+
+    metrics = Metrics()
+    backend = RedisCache(
+        redis_url, socket_timeout=0.5, breaker=CircuitBreaker(threshold=3, reset_seconds=5)
+    )
+    cache = RecommendationCache(
+        backend,
+        ttl_seconds=30,
+        metrics=metrics,
+        local=LocalLRUCache(max_entries=2),
+        local_ttl_seconds=60,
+    )
+    assert cache.peek("a") is None
+    assert cache.get_or_compute("a", lambda: b"A") == (b"A", False)
+    redis.Redis.from_url(redis_url).flushdb()
+    assert cache.peek("a") == b"A"
+    assert cache.get_or_compute("a", lambda: b"other") == (b"A", True)
+    # Bounded: two more keys push "a" out of the near cache (and Redis no longer has it).
+    cache.get_or_compute("b", lambda: b"B")
+    cache.get_or_compute("c", lambda: b"C")
+    assert cache.peek("a") is None
+    assert cache.get_or_compute("a", lambda: b"A2") == (b"A2", False)
+    assert metrics.cache_local_hits_total._value.get() == 2
+    cache.close()
+
+
+def test_near_cache_ttl_is_capped_and_zero_disables() -> None:
+    backend = LocalLRUCache(max_entries=10)
+    off = RecommendationCache(
+        backend,
+        ttl_seconds=30,
+        metrics=Metrics(),
+        local=LocalLRUCache(max_entries=10),
+        local_ttl_seconds=0,
+    )
+    assert off._local is None
+    capped = RecommendationCache(
+        backend,
+        ttl_seconds=3,
+        metrics=Metrics(),
+        local=LocalLRUCache(max_entries=10),
+        local_ttl_seconds=60,
+    )
+    assert capped._local_ttl == 3
+
+
+def test_memory_backend_is_the_only_tier() -> None:
+    from app.cache import build_cache  # noqa: PLC0415
+
+    cache = build_cache(
+        redis_url="",
+        ttl_seconds=30,
+        max_entries=10,
+        socket_timeout=0.05,
+        breaker_threshold=3,
+        breaker_reset_seconds=5,
+        metrics=Metrics(),
+        local_ttl_seconds=5,
+    )
+    assert isinstance(cache.backend, LocalLRUCache) and cache._local is None
+    assert cache.get_or_compute("k", lambda: b"v") == (b"v", False)
+    assert cache.peek("k") == b"v"

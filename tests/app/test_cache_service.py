@@ -17,14 +17,16 @@ from tests.app.conftest import Reference, copy_bundle, metric_value
 
 
 def _get(client: TestClient, user: str, **params: object) -> dict:
-    response = client.get("/recommend", params={"user_id": user, **params},
-                          headers={"X-Variant": "teacher"})
+    response = client.get(
+        "/recommend", params={"user_id": user, **params}, headers={"X-Variant": "teacher"}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def test_hit_after_miss_with_real_redis(make_client: Callable[..., TestClient],
-                                        reference: Reference, redis_url: str) -> None:
+def test_hit_after_miss_with_real_redis(
+    make_client: Callable[..., TestClient], reference: Reference, redis_url: str
+) -> None:
     client = make_client(redis_url=redis_url, cache_ttl_seconds=120)
     user = reference.users[0]
     first = _get(client, user, k=5)
@@ -42,13 +44,15 @@ def test_hit_after_miss_with_real_redis(make_client: Callable[..., TestClient],
     assert _get(client, user, k=6)["cached"] is False
     assert _get(client, user, k=5, exclude_seen="false")["cached"] is False
     assert _get(client, reference.users[1], k=5)["cached"] is False
-    student = client.get("/recommend", params={"user_id": user, "k": 5},
-                         headers={"X-Variant": "student"}).json()
+    student = client.get(
+        "/recommend", params={"user_id": user, "k": 5}, headers={"X-Variant": "student"}
+    ).json()
     assert student["cached"] is False
 
 
-def test_fallback_lists_are_cached_too(make_client: Callable[..., TestClient],
-                                       redis_url: str) -> None:
+def test_fallback_lists_are_cached_too(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
     client = make_client(redis_url=redis_url)
     first = _get(client, "newcomer", k=4)
     again = _get(client, "another-newcomer", k=4)
@@ -59,15 +63,17 @@ def test_fallback_lists_are_cached_too(make_client: Callable[..., TestClient],
     assert cold["fallback"] == "cold_start" and cold["cached"] is False
 
 
-def test_reload_uses_new_keys(make_client: Callable[..., TestClient], reference: Reference,
-                              redis_url: str, tmp_path: Path) -> None:
+def test_reload_uses_new_keys(
+    make_client: Callable[..., TestClient], reference: Reference, redis_url: str, tmp_path: Path
+) -> None:
     client = make_client(redis_url=redis_url, admin_token="secret")
     user = reference.users[2]
     assert _get(client, user)["cached"] is False
     assert _get(client, user)["cached"] is True
     new = copy_bundle(reference.dir, tmp_path, version="test-v2")
-    response = client.post("/admin/reload", json={"model_dir": str(new)},
-                           headers={"Authorization": "Bearer secret"})
+    response = client.post(
+        "/admin/reload", json={"model_dir": str(new)}, headers={"Authorization": "Bearer secret"}
+    )
     assert response.status_code == 200, response.text
     after = _get(client, user)
     assert after["model_version"] == "test-v2"
@@ -75,10 +81,12 @@ def test_reload_uses_new_keys(make_client: Callable[..., TestClient], reference:
     assert _get(client, user)["cached"] is True
 
 
-def test_unreachable_redis_never_fails_a_request(make_client: Callable[..., TestClient],
-                                                 reference: Reference) -> None:
-    client = make_client(redis_url="redis://127.0.0.1:1/0", breaker_failure_threshold=2,
-                         breaker_reset_seconds=60)
+def test_unreachable_redis_never_fails_a_request(
+    make_client: Callable[..., TestClient], reference: Reference
+) -> None:
+    client = make_client(
+        redis_url="redis://127.0.0.1:1/0", breaker_failure_threshold=2, breaker_reset_seconds=60
+    )
     for user in reference.users[:6]:
         body = _get(client, user, k=3)
         assert body["cached"] is False and len(body["items"]) == 3
@@ -97,9 +105,19 @@ def _free_port() -> int:
 
 def _start_redis(port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -125,12 +143,18 @@ def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
 
 
 def test_killed_redis_degrades_then_recovers(
-    make_client: Callable[..., TestClient], reference: Reference,
+    make_client: Callable[..., TestClient],
+    reference: Reference,
     own_redis: tuple[int, list[subprocess.Popen[bytes]]],
 ) -> None:
     port, processes = own_redis
-    client = make_client(redis_url=f"redis://127.0.0.1:{port}/0", breaker_failure_threshold=2,
-                         breaker_reset_seconds=0.5)
+    # The Redis tier alone: the near cache would (rightly) keep answering hits.
+    client = make_client(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        breaker_failure_threshold=2,
+        breaker_reset_seconds=0.5,
+        cache_local_ttl_seconds=0,
+    )
     user = reference.users[3]
     assert _get(client, user)["cached"] is False
     assert _get(client, user)["cached"] is True
@@ -155,3 +179,78 @@ def test_memory_cache_is_the_default(client: TestClient, reference: Reference) -
     assert _get(client, user)["cached"] is True
     assert client.get("/readyz").json()["cache"] == {"backend": "memory", "status": "up"}
     assert json.loads(client.get("/readyz").text)["status"] == "ready"
+
+
+def test_near_cache_answers_without_redis(
+    make_client: Callable[..., TestClient], reference: Reference, redis_url: str
+) -> None:
+    client = make_client(redis_url=redis_url, cache_local_ttl_seconds=60)
+    user = reference.users[5]
+    first = _get(client, user, k=5)
+    assert first["cached"] is False
+    # Redis no longer holds the list: only the in-process tier can answer.
+    redis.Redis.from_url(redis_url).flushdb()
+    again = _get(client, user, k=5)
+    assert again["cached"] is True and again["items"] == first["items"]
+    assert redis.Redis.from_url(redis_url).keys("rec:*") == []
+    assert metric_value(client, "cache_requests_total", result="hit") == 1
+    assert metric_value(client, "cache_local_hits_total") == 1
+    # Another key still goes to Redis (miss, then stored there).
+    assert _get(client, user, k=6)["cached"] is False
+    assert len(redis.Redis.from_url(redis_url).keys("rec:*")) == 1
+
+
+def test_redis_hit_fills_the_near_cache(
+    make_client: Callable[..., TestClient], reference: Reference, redis_url: str
+) -> None:
+    writer = make_client(redis_url=redis_url, cache_local_ttl_seconds=0)
+    reader = make_client(redis_url=redis_url, cache_local_ttl_seconds=60)
+    user = reference.users[6]
+    assert _get(writer, user)["cached"] is False
+    assert _get(reader, user)["cached"] is True  # from Redis, then kept in memory
+    assert metric_value(reader, "cache_local_hits_total") == 0
+    redis.Redis.from_url(redis_url).flushdb()
+    assert _get(reader, user)["cached"] is True
+    assert metric_value(reader, "cache_local_hits_total") == 1
+    assert metric_value(reader, "cache_requests_total", result="hit") == 2
+
+
+def test_near_cache_off_with_zero_ttl(
+    make_client: Callable[..., TestClient], reference: Reference, redis_url: str
+) -> None:
+    client = make_client(redis_url=redis_url, cache_local_ttl_seconds=0)
+    user = reference.users[7]
+    assert _get(client, user)["cached"] is False
+    assert _get(client, user)["cached"] is True  # from Redis
+    redis.Redis.from_url(redis_url).flushdb()
+    assert _get(client, user)["cached"] is False
+    assert metric_value(client, "cache_local_hits_total") == 0
+
+
+def test_near_cache_entries_expire(
+    make_client: Callable[..., TestClient], reference: Reference, redis_url: str
+) -> None:
+    client = make_client(redis_url=redis_url, cache_local_ttl_seconds=1)
+    user = reference.users[8]
+    assert _get(client, user)["cached"] is False
+    redis.Redis.from_url(redis_url).flushdb()
+    assert _get(client, user)["cached"] is True
+    time.sleep(1.1)
+    assert _get(client, user)["cached"] is False
+
+
+def test_reload_bypasses_the_near_cache(
+    make_client: Callable[..., TestClient], reference: Reference, redis_url: str, tmp_path: Path
+) -> None:
+    client = make_client(redis_url=redis_url, admin_token="secret", cache_local_ttl_seconds=60)
+    user = reference.users[9]
+    assert _get(client, user)["cached"] is False
+    assert _get(client, user)["cached"] is True
+    new = copy_bundle(reference.dir, tmp_path, version="test-v3")
+    response = client.post(
+        "/admin/reload", json={"model_dir": str(new)}, headers={"Authorization": "Bearer secret"}
+    )
+    assert response.status_code == 200, response.text
+    after = _get(client, user)
+    assert (after["model_version"], after["cached"]) == ("test-v3", False)
+    assert _get(client, user)["cached"] is True

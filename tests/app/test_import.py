@@ -20,8 +20,14 @@ def test_import_app_main_loads_no_torch_and_no_training() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'training'})\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
 
@@ -30,8 +36,9 @@ def test_no_app_module_mentions_torch_or_training_imports() -> None:
     for path in (ROOT / "app").rglob("*.py"):
         for line in path.read_text().splitlines():
             stripped = line.strip()
-            assert not stripped.startswith(("import torch", "from torch", "import training",
-                                            "from training")), f"{path}: {line}"
+            assert not stripped.startswith(
+                ("import torch", "from torch", "import training", "from training")
+            ), f"{path}: {line}"
 
 
 def test_import_reads_no_settings_and_builds_no_resources(tmp_path: Path) -> None:
@@ -39,8 +46,13 @@ def test_import_reads_no_settings_and_builds_no_resources(tmp_path: Path) -> Non
     the environment here is invalid (CACHE_TTL_SECONDS=0), Redis unroutable, MODEL_DIR
     missing, and the import must neither notice nor try to connect or open the bundle."""
     missing = tmp_path / "no-such-bundle"
-    env = {**os.environ, "REDIS_URL": "redis://10.255.255.1:6379/0",
-           "MODEL_DIR": str(missing), "CACHE_TTL_SECONDS": "0", "ADMIN_TOKEN": "tok"}
+    env = {
+        **os.environ,
+        "REDIS_URL": "redis://10.255.255.1:6379/0",
+        "MODEL_DIR": str(missing),
+        "CACHE_TTL_SECONDS": "0",
+        "ADMIN_TOKEN": "tok",
+    }
     code = (
         "import gc, sys, time\n"
         "events = []\n"
@@ -58,8 +70,15 @@ def test_import_reads_no_settings_and_builds_no_resources(tmp_path: Path) -> Non
         "assert not [o for o in gc.get_objects() if isinstance(o, redis.Redis)]\n"
         "print(round(elapsed, 3))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip()) < 30
 
@@ -73,14 +92,21 @@ def test_app_without_settings_reads_them_when_the_lifespan_starts(
     app = create_app()
     assert not hasattr(app.state, "services")
     # Changed after create_app: only the lifespan may have read it.
-    for name, value in {"MODEL_DIR": str(bundle_dir), "REDIS_URL": "", "ADMIN_TOKEN": "tok",
-                        "ORT_PROVIDERS": "CPUExecutionProvider", "ORT_INTRA_OP_THREADS": "1",
-                        "ACCESS_LOG": "false", "BENCH_FLOOR_ENABLED": "false"}.items():
+    for name, value in {
+        "MODEL_DIR": str(bundle_dir),
+        "REDIS_URL": "",
+        "ADMIN_TOKEN": "tok",
+        "ORT_PROVIDERS": "CPUExecutionProvider",
+        "ORT_INTRA_OP_THREADS": "1",
+        "ACCESS_LOG": "false",
+        "BENCH_FLOOR_ENABLED": "false",
+    }.items():
         monkeypatch.setenv(name, value)
     with TestClient(app) as client:
         assert client.get("/readyz").json()["status"] == "ready"
-        assert client.get("/admin/routing",
-                          headers={"Authorization": "Bearer tok"}).status_code == 200
+        assert (
+            client.get("/admin/routing", headers={"Authorization": "Bearer tok"}).status_code == 200
+        )
         assert client.get("/admin/routing").status_code == 401
         assert client.get("/_bench/floor").status_code == 404
         assert "/admin/routing" in client.get("/openapi.json").json()["paths"]
@@ -89,7 +115,7 @@ def test_app_without_settings_reads_them_when_the_lifespan_starts(
     # The same app object, started again without a token: the admin routes are gone.
     monkeypatch.delenv("ADMIN_TOKEN")
     with TestClient(app) as client:
-        assert client.get("/admin/routing",
-                          headers={"Authorization": "Bearer tok"}).json() == {
-            "detail": "Not Found"}
+        assert client.get("/admin/routing", headers={"Authorization": "Bearer tok"}).json() == {
+            "detail": "Not Found"
+        }
         assert "/admin/routing" not in client.get("/openapi.json").json()["paths"]

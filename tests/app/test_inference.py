@@ -33,9 +33,13 @@ def test_runner_reports_the_provider_that_really_runs(reference: Reference) -> N
 def test_runner_output_matches_a_plain_session(reference: Reference) -> None:
     runner = ModelRunner(reference.dir / "student.onnx", name="student", providers=[CPU])
     users, items = np.array([1, 2, 0]), np.array([3, 1, 2])
-    prediction = runner.run(user=users, item=items, user_feats=reference.user_feats[users],
-                            item_feats=reference.item_feats[items],
-                            item_genres=reference.item_genres[items])
+    prediction = runner.run(
+        user=users,
+        item=items,
+        user_feats=reference.user_feats[users],
+        item_feats=reference.item_feats[items],
+        item_genres=reference.item_genres[items],
+    )
     rating, score = reference.run("student", users, items)
     np.testing.assert_allclose(prediction.rating, rating, rtol=1e-6)
     np.testing.assert_allclose(prediction.score, score, rtol=1e-6)
@@ -47,8 +51,11 @@ def _write_model(path: Path, inputs: list[tuple[str, int]], outputs: list[str]) 
     first = inputs[0][0]
     nodes = [helper.make_node("Cast", [first], [out], to=TensorProto.FLOAT) for out in outputs]
     graph = helper.make_graph(
-        nodes, "g", graph_inputs,
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["B"]) for o in outputs])
+        nodes,
+        "g",
+        graph_inputs,
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["B"]) for o in outputs],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -56,17 +63,21 @@ def _write_model(path: Path, inputs: list[tuple[str, int]], outputs: list[str]) 
 
 
 def test_wrong_signature_is_refused(tmp_path: Path) -> None:
-    wrong_names = _write_model(tmp_path / "a.onnx", [("users", TensorProto.INT64)],
-                               ["rating", "score"])
+    wrong_names = _write_model(
+        tmp_path / "a.onnx", [("users", TensorProto.INT64)], ["rating", "score"]
+    )
     with pytest.raises(ModelLoadError, match="contract"):
         ModelRunner(wrong_names, name="a", providers=[CPU])
-    wrong_type = _write_model(tmp_path / "b.onnx", [("user", TensorProto.INT32),
-                                                    ("item", TensorProto.INT64)],
-                              ["rating", "score"])
+    wrong_type = _write_model(
+        tmp_path / "b.onnx",
+        [("user", TensorProto.INT32), ("item", TensorProto.INT64)],
+        ["rating", "score"],
+    )
     with pytest.raises(ModelLoadError, match="contract"):
         ModelRunner(wrong_type, name="b", providers=[CPU])
-    no_score = _write_model(tmp_path / "c.onnx", [("user", TensorProto.INT64),
-                                                  ("item", TensorProto.INT64)], ["rating"])
+    no_score = _write_model(
+        tmp_path / "c.onnx", [("user", TensorProto.INT64), ("item", TensorProto.INT64)], ["rating"]
+    )
     with pytest.raises(ModelLoadError, match="lacks outputs"):
         ModelRunner(no_score, name="c", providers=[CPU])
     garbage = tmp_path / "d.onnx"
@@ -76,14 +87,20 @@ def test_wrong_signature_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_model_reading_fewer_inputs_is_fed_only_those(tmp_path: Path) -> None:
-    path = _write_model(tmp_path / "m.onnx", [("user", TensorProto.INT64),
-                                              ("item", TensorProto.INT64)], ["rating", "score"])
+    path = _write_model(
+        tmp_path / "m.onnx",
+        [("user", TensorProto.INT64), ("item", TensorProto.INT64)],
+        ["rating", "score"],
+    )
     runner = ModelRunner(path, name="m", providers=[CPU])
     assert runner.input_names == ("user", "item")
-    out = runner.run(user=np.array([3, 9]), item=np.array([1, 1]),
-                     user_feats=np.zeros((2, 1), dtype=np.int64),
-                     item_feats=np.zeros((2, 1), dtype=np.int64),
-                     item_genres=np.zeros((2, 1), dtype=np.float32))
+    out = runner.run(
+        user=np.array([3, 9]),
+        item=np.array([1, 1]),
+        user_feats=np.zeros((2, 1), dtype=np.int64),
+        item_feats=np.zeros((2, 1), dtype=np.int64),
+        item_genres=np.zeros((2, 1), dtype=np.float32),
+    )
     np.testing.assert_array_equal(out.score, [3, 9])
     np.testing.assert_array_equal(out.rating, [3, 5])  # clipped to [1, 5]
 

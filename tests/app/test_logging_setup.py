@@ -36,14 +36,18 @@ def test_without_a_request_there_is_no_request_id() -> None:
     assert "request_id" not in json.loads(JsonFormatter().format(_record("start")))
 
 
-def test_access_log_names_the_request(make_client: Callable[..., TestClient],
-                                      reference: Reference,
-                                      capfd: pytest.CaptureFixture[str]) -> None:
+def test_access_log_names_the_request(
+    make_client: Callable[..., TestClient], reference: Reference, capfd: pytest.CaptureFixture[str]
+) -> None:
     client = make_client(access_log=True)
-    client.get("/recommend", params={"user_id": reference.users[0]},
-               headers={"X-Request-ID": "trace-7", "X-Variant": "teacher"})
-    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()
-             if line.startswith("{")]
+    client.get(
+        "/recommend",
+        params={"user_id": reference.users[0]},
+        headers={"X-Request-ID": "trace-7", "X-Variant": "teacher"},
+    )
+    lines = [
+        json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")
+    ]
     access = [e for e in lines if e.get("logger") == "app.access"]
     assert access and access[-1]["request_id"] == "trace-7"
     assert access[-1]["route"] == "/recommend" and access[-1]["variant"] == "teacher"

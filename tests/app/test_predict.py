@@ -13,8 +13,9 @@ from tests.app.conftest import Reference
 
 def test_single_pair_matches_the_onnx_file(client: TestClient, reference: Reference) -> None:
     user, item = reference.users[4], reference.items[9]
-    response = client.post("/predict_rating", json={"user_id": user, "item_id": item},
-                           headers={"X-Variant": "teacher"})
+    response = client.post(
+        "/predict_rating", json={"user_id": user, "item_id": item}, headers={"X-Variant": "teacher"}
+    )
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"user_id", "item_id", "rating", "variant", "model_version"}
@@ -25,30 +26,40 @@ def test_single_pair_matches_the_onnx_file(client: TestClient, reference: Refere
     assert 1.0 <= body["rating"] <= 5.0
 
 
-def test_integer_ids_are_accepted_and_returned_as_strings(client: TestClient,
-                                                          reference: Reference) -> None:
+def test_integer_ids_are_accepted_and_returned_as_strings(
+    client: TestClient, reference: Reference
+) -> None:
     user, item = reference.users[0], reference.items[0]
     assert user.isdigit() and item.isdigit()
-    as_int = client.post("/predict_rating", json={"user_id": int(user), "item_id": int(item)},
-                         headers={"X-Variant": "student"}).json()
-    as_text = client.post("/predict_rating", json={"user_id": user, "item_id": item},
-                          headers={"X-Variant": "student"}).json()
+    as_int = client.post(
+        "/predict_rating",
+        json={"user_id": int(user), "item_id": int(item)},
+        headers={"X-Variant": "student"},
+    ).json()
+    as_text = client.post(
+        "/predict_rating", json={"user_id": user, "item_id": item}, headers={"X-Variant": "student"}
+    ).json()
     assert as_int == as_text
     assert as_int["user_id"] == user and as_int["item_id"] == item
 
 
-def test_unknown_user_is_predicted_by_the_cold_start_path(client: TestClient,
-                                                          reference: Reference) -> None:
+def test_unknown_user_is_predicted_by_the_cold_start_path(
+    client: TestClient, reference: Reference
+) -> None:
     item = reference.items[2]
-    body = client.post("/predict_rating", json={"user_id": "stranger", "item_id": item},
-                       headers={"X-Variant": "teacher"}).json()
+    body = client.post(
+        "/predict_rating",
+        json={"user_id": "stranger", "item_id": item},
+        headers={"X-Variant": "teacher"},
+    ).json()
     rating, _ = reference.run("teacher", [0], [3])
     assert body["rating"] == pytest.approx(float(rating[0]), abs=1e-3)
 
 
 def test_unknown_item_is_a_404_naming_it(client: TestClient, reference: Reference) -> None:
-    response = client.post("/predict_rating",
-                           json={"user_id": reference.users[0], "item_id": "no-such-item"})
+    response = client.post(
+        "/predict_rating", json={"user_id": reference.users[0], "item_id": "no-such-item"}
+    )
     assert response.status_code == 404
     assert "no-such-item" in response.json()["detail"]
 
@@ -57,11 +68,14 @@ def test_batch_keeps_request_order(client: TestClient, reference: Reference) -> 
     rng = np.random.default_rng(7)
     users = rng.integers(1, len(reference.users) + 1, 25)
     items = rng.integers(1, len(reference.items) + 1, 25)
-    pairs = [{"user_id": reference.users[u - 1], "item_id": reference.items[i - 1]}
-             for u, i in zip(users, items, strict=True)]
+    pairs = [
+        {"user_id": reference.users[u - 1], "item_id": reference.items[i - 1]}
+        for u, i in zip(users, items, strict=True)
+    ]
     pairs.append({"user_id": "stranger", "item_id": reference.items[0]})
-    response = client.post("/predict_rating", json={"pairs": pairs},
-                           headers={"X-Variant": "student"})
+    response = client.post(
+        "/predict_rating", json={"pairs": pairs}, headers={"X-Variant": "student"}
+    )
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"ratings", "variant", "model_version"}
@@ -75,16 +89,19 @@ def test_batch_keeps_request_order(client: TestClient, reference: Reference) -> 
 
 
 def test_batch_with_unknown_items_names_them(client: TestClient, reference: Reference) -> None:
-    pairs = [{"user_id": reference.users[0], "item_id": reference.items[0]},
-             {"user_id": reference.users[0], "item_id": "ghost-1"},
-             {"user_id": reference.users[1], "item_id": "ghost-2"}]
+    pairs = [
+        {"user_id": reference.users[0], "item_id": reference.items[0]},
+        {"user_id": reference.users[0], "item_id": "ghost-1"},
+        {"user_id": reference.users[1], "item_id": "ghost-2"},
+    ]
     response = client.post("/predict_rating", json={"pairs": pairs})
     assert response.status_code == 404
     assert "ghost-1" in response.json()["detail"] and "ghost-2" in response.json()["detail"]
 
 
-def test_too_many_pairs_is_refused(make_client: Callable[..., TestClient],
-                                   reference: Reference) -> None:
+def test_too_many_pairs_is_refused(
+    make_client: Callable[..., TestClient], reference: Reference
+) -> None:
     client = make_client(max_batch_pairs=3)
     pair = {"user_id": reference.users[0], "item_id": reference.items[0]}
     assert client.post("/predict_rating", json={"pairs": [pair] * 3}).status_code == 200
@@ -104,8 +121,7 @@ def test_too_many_pairs_is_refused(make_client: Callable[..., TestClient],
         ({"pairs": []}, "pairs"),
         ({"pairs": "nope"}, "pairs"),
         ({"pairs": [{"user_id": "1"}]}, "item_id"),
-        ({"user_id": "1", "item_id": "1", "pairs": [{"user_id": "1", "item_id": "1"}]},
-         "not both"),
+        ({"user_id": "1", "item_id": "1", "pairs": [{"user_id": "1", "item_id": "1"}]}, "not both"),
         ({"user_id": "1", "item_id": "1", "extra": 1}, "extra"),
         ([1, 2], "body"),
     ],
@@ -118,8 +134,9 @@ def test_wrong_types_give_a_clear_422(client: TestClient, body: object, needle: 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b'{"user_id": "1", "item_id": '])
 def test_malformed_json_is_a_clear_422(client: TestClient, raw: bytes) -> None:
-    response = client.post("/predict_rating", content=raw,
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/predict_rating", content=raw, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "JSON" in detail or "body" in detail

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import Reference
+import app.api.recommend as recommend_module
+from tests.app.conftest import Reference, metric_value
 
 FIELDS = {"user_id", "variant", "model_version", "items", "cached", "fallback"}
 
@@ -14,8 +19,9 @@ FIELDS = {"user_id", "variant", "model_version", "items", "cached", "fallback"}
 def test_known_user_gets_ranked_unseen_items(client: TestClient, reference: Reference) -> None:
     user_index = 3
     user = reference.users[user_index - 1]
-    response = client.get("/recommend", params={"user_id": user, "k": 7},
-                          headers={"X-Variant": "teacher"})
+    response = client.get(
+        "/recommend", params={"user_id": user, "k": 7}, headers={"X-Variant": "teacher"}
+    )
     assert response.status_code == 200
     body = response.json()
     assert set(body) == FIELDS
@@ -43,13 +49,13 @@ def test_known_user_gets_ranked_unseen_items(client: TestClient, reference: Refe
     np.testing.assert_allclose(scores, np.sort(score)[::-1][:7], atol=1e-3)
 
 
-def test_exclude_seen_false_can_return_seen_items(client: TestClient, reference: Reference
-                                                  ) -> None:
+def test_exclude_seen_false_can_return_seen_items(client: TestClient, reference: Reference) -> None:
     user_index = 5
     user = reference.users[user_index - 1]
     k = len(reference.items)
-    body = client.get("/recommend", params={"user_id": user, "k": min(k, 100),
-                                            "exclude_seen": "false"}).json()
+    body = client.get(
+        "/recommend", params={"user_id": user, "k": min(k, 100), "exclude_seen": "false"}
+    ).json()
     ids = {item["item_id"] for item in body["items"]}
     assert reference.seen(user_index) <= ids
     assert len(body["items"]) == min(k, 100)
@@ -63,8 +69,9 @@ def test_integer_looking_ids_and_strings_agree(client: TestClient, reference: Re
     assert isinstance(as_text.json()["items"][0]["item_id"], str)
 
 
-def test_unknown_user_without_demographics_gets_popular(client: TestClient,
-                                                        reference: Reference) -> None:
+def test_unknown_user_without_demographics_gets_popular(
+    client: TestClient, reference: Reference
+) -> None:
     body = client.get("/recommend", params={"user_id": "no-such-user", "k": 5}).json()
     assert body["fallback"] == "popular"
     assert [item["item_id"] for item in body["items"]] == reference.popular[:5]
@@ -73,10 +80,17 @@ def test_unknown_user_without_demographics_gets_popular(client: TestClient,
     assert all(1.0 <= item["rating"] <= 5.0 for item in body["items"])
 
 
-def test_unknown_user_with_demographics_gets_cold_start(client: TestClient,
-                                                        reference: Reference) -> None:
-    params = {"user_id": "new-user", "k": 6, "age": 30, "gender": "F", "occupation": "writer",
-              "zip": "55455"}
+def test_unknown_user_with_demographics_gets_cold_start(
+    client: TestClient, reference: Reference
+) -> None:
+    params = {
+        "user_id": "new-user",
+        "k": 6,
+        "age": 30,
+        "gender": "F",
+        "occupation": "writer",
+        "zip": "55455",
+    }
     response = client.get("/recommend", params=params, headers={"X-Variant": "student"})
     assert response.status_code == 200
     body = response.json()
@@ -93,8 +107,12 @@ def test_unknown_user_with_demographics_gets_cold_start(client: TestClient,
             text = str(value)[: field.get("length", 1)] if field["kind"] == "prefix" else value
             row.append(field["values"].index(text) + 1 if text in field["values"] else 0)
     n = len(reference.items)
-    _, score = reference.run("student", np.zeros(n), np.arange(1, n + 1),
-                             user_feats=np.tile(np.array(row, dtype=np.int64), (n, 1)))
+    _, score = reference.run(
+        "student",
+        np.zeros(n),
+        np.arange(1, n + 1),
+        user_feats=np.tile(np.array(row, dtype=np.int64), (n, 1)),
+    )
     expected = [reference.items[p] for p in np.argsort(-score, kind="stable")[:6]]
     assert [item["item_id"] for item in body["items"]] == expected
 
@@ -113,29 +131,64 @@ def test_missing_user_id_is_a_clear_422(client: TestClient) -> None:
 
 
 def test_bad_variant_header_is_a_422(client: TestClient, reference: Reference) -> None:
-    response = client.get("/recommend", params={"user_id": reference.users[0]},
-                          headers={"X-Variant": "champion"})
+    response = client.get(
+        "/recommend", params={"user_id": reference.users[0]}, headers={"X-Variant": "champion"}
+    )
     assert response.status_code == 422
     assert "X-Variant" in response.json()["detail"] or "x-variant" in response.json()["detail"]
 
 
 def test_override_header_picks_the_model(client: TestClient, reference: Reference) -> None:
     user = reference.users[1]
-    teacher = client.get("/recommend", params={"user_id": user, "k": 5},
-                         headers={"X-Variant": "teacher"}).json()
-    student = client.get("/recommend", params={"user_id": user, "k": 5},
-                         headers={"X-Variant": "student"}).json()
+    teacher = client.get(
+        "/recommend", params={"user_id": user, "k": 5}, headers={"X-Variant": "teacher"}
+    ).json()
+    student = client.get(
+        "/recommend", params={"user_id": user, "k": 5}, headers={"X-Variant": "student"}
+    ).json()
     assert (teacher["variant"], student["variant"]) == ("teacher", "student")
     n = len(reference.items)
     _, score = reference.run("student", np.full(n, 2), np.arange(1, n + 1))
-    best_unseen = [reference.items[p] for p in np.argsort(-score, kind="stable")
-                   if reference.items[p] not in reference.seen(2)][:5]
+    best_unseen = [
+        reference.items[p]
+        for p in np.argsort(-score, kind="stable")
+        if reference.items[p] not in reference.seen(2)
+    ][:5]
     assert [item["item_id"] for item in student["items"]] == best_unseen
 
 
 def test_responses_carry_a_request_id(client: TestClient, reference: Reference) -> None:
-    response = client.get("/recommend", params={"user_id": reference.users[0]},
-                          headers={"X-Request-ID": "abc-123"})
+    response = client.get(
+        "/recommend", params={"user_id": reference.users[0]}, headers={"X-Request-ID": "abc-123"}
+    )
     assert response.headers["x-request-id"] == "abc-123"
     generated = client.get("/healthz").headers["x-request-id"]
     assert len(generated) == 32
+
+
+@pytest.mark.parametrize("redis", [False, True])
+def test_a_hit_in_memory_stays_on_the_event_loop(
+    make_client: Callable[..., TestClient],
+    reference: Reference,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    redis: bool,
+) -> None:
+    """Only a miss in process memory goes to a worker thread (Redis and the model block)."""
+    client = make_client(redis_url=redis_url if redis else "")
+    offloaded: list[Any] = []
+    original = anyio.to_thread.run_sync
+
+    async def counting(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        offloaded.append(function)
+        return await original(function, *args, **kwargs)
+
+    monkeypatch.setattr(recommend_module.anyio.to_thread, "run_sync", counting)
+    params = {"user_id": reference.users[0], "k": 4}
+    first = client.get("/recommend", params=params).json()
+    assert first["cached"] is False and len(offloaded) == 1
+    second = client.get("/recommend", params=params).json()
+    assert second["cached"] is True and second["items"] == first["items"]
+    assert len(offloaded) == 1, "a hit in memory must not take a thread hop"
+    assert metric_value(client, "cache_local_hits_total") == 1
+    assert metric_value(client, "cache_requests_total", result="hit") == 1

@@ -54,16 +54,20 @@ def test_raising_the_percentage_only_moves_teacher_users() -> None:
     assert all(router.assign(u) == "student" for u, v in before.items() if v == "student")
 
 
-def test_service_routes_each_user_stickily(make_client: Callable[..., TestClient],
-                                           reference: Reference) -> None:
+def test_service_routes_each_user_stickily(
+    make_client: Callable[..., TestClient], reference: Reference
+) -> None:
     client = make_client(ab_student_percent=50, ab_salt="svc")
     router = ABRouter(student_percent=50, salt="svc")
     for user in reference.users[:20]:
-        variants = {client.get("/recommend", params={"user_id": user, "k": 2}).json()["variant"]
-                    for _ in range(3)}
+        variants = {
+            client.get("/recommend", params={"user_id": user, "k": 2}).json()["variant"]
+            for _ in range(3)
+        }
         assert variants == {router.assign(user)}
-        rating = client.post("/predict_rating",
-                             json={"user_id": user, "item_id": reference.items[0]}).json()
+        rating = client.post(
+            "/predict_rating", json={"user_id": user, "item_id": reference.items[0]}
+        ).json()
         assert rating["variant"] == router.assign(user)
 
 
@@ -72,19 +76,33 @@ def test_extreme_percentages_send_everyone_one_way(
     make_client: Callable[..., TestClient], reference: Reference, percent: int, variant: str
 ) -> None:
     client = make_client(ab_student_percent=percent)
-    seen = {client.get("/recommend", params={"user_id": u, "k": 1}).json()["variant"]
-            for u in reference.users}
+    seen = {
+        client.get("/recommend", params={"user_id": u, "k": 1}).json()["variant"]
+        for u in reference.users
+    }
     assert seen == {variant}
 
 
-def test_header_overrides_the_assignment(make_client: Callable[..., TestClient],
-                                         reference: Reference) -> None:
+def test_header_overrides_the_assignment(
+    make_client: Callable[..., TestClient], reference: Reference
+) -> None:
     client = make_client(ab_student_percent=0)
     user, item = reference.users[0], reference.items[0]
-    assert client.get("/recommend", params={"user_id": user},
-                      headers={"X-Variant": "student"}).json()["variant"] == "student"
-    assert client.post("/predict_rating", json={"user_id": user, "item_id": item},
-                       headers={"X-Variant": "student"}).json()["variant"] == "student"
-    response = client.post("/predict_rating", json={"user_id": user, "item_id": item},
-                           headers={"X-Variant": "both"})
+    assert (
+        client.get("/recommend", params={"user_id": user}, headers={"X-Variant": "student"}).json()[
+            "variant"
+        ]
+        == "student"
+    )
+    assert (
+        client.post(
+            "/predict_rating",
+            json={"user_id": user, "item_id": item},
+            headers={"X-Variant": "student"},
+        ).json()["variant"]
+        == "student"
+    )
+    response = client.post(
+        "/predict_rating", json={"user_id": user, "item_id": item}, headers={"X-Variant": "both"}
+    )
     assert response.status_code == 422

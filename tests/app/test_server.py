@@ -30,8 +30,14 @@ def _free_port() -> int:
 
 def _env(bundle: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"MODEL_DIR": str(bundle), "ORT_PROVIDERS": "CPUExecutionProvider",
-                "ORT_INTRA_OP_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    env.update(
+        {
+            "MODEL_DIR": str(bundle),
+            "ORT_PROVIDERS": "CPUExecutionProvider",
+            "ORT_INTRA_OP_THREADS": "1",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update(extra)
     return env
 
@@ -55,8 +61,9 @@ def server() -> Iterator[Server]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         processes.append(process)
         return process
 
@@ -71,13 +78,24 @@ def server() -> Iterator[Server]:
                 process.wait(5)
 
 
-def test_uvicorn_process_serves_the_contract(server: Server, reference: Reference,
-                                             redis_url: str) -> None:
+def test_uvicorn_process_serves_the_contract(
+    server: Server, reference: Reference, redis_url: str
+) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    process = server([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                      "--port", str(port)],
-                     _env(reference.dir, REDIS_URL=redis_url, ADMIN_TOKEN="tok"))
+    process = server(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        _env(reference.dir, REDIS_URL=redis_url, ADMIN_TOKEN="tok"),
+    )
     _wait_ready(process, url)
     with httpx.Client(base_url=url, timeout=10) as client:
         user = reference.users[0]
@@ -86,15 +104,21 @@ def test_uvicorn_process_serves_the_contract(server: Server, reference: Referenc
         assert first.status_code == second.status_code == 200
         assert (first.json()["cached"], second.json()["cached"]) == (False, True)
         assert first.headers["content-type"] == "application/json"
-        rating = client.post("/predict_rating",
-                             json={"user_id": int(user), "item_id": reference.items[0]})
+        rating = client.post(
+            "/predict_rating", json={"user_id": int(user), "item_id": reference.items[0]}
+        )
         assert rating.status_code == 200 and 1 <= rating.json()["rating"] <= 5
         assert client.get("/recommend", params={"user_id": user, "k": 0}).status_code == 422
-        assert client.post("/predict_rating", content=b"{oops",
-                           headers={"content-type": "application/json"}).status_code == 422
+        assert (
+            client.post(
+                "/predict_rating", content=b"{oops", headers={"content-type": "application/json"}
+            ).status_code
+            == 422
+        )
         assert client.get("/admin/routing").status_code == 401
-        assert client.get("/admin/routing",
-                          headers={"Authorization": "Bearer tok"}).status_code == 200
+        assert (
+            client.get("/admin/routing", headers={"Authorization": "Bearer tok"}).status_code == 200
+        )
         assert "http_request_duration_seconds_bucket" in client.get("/metrics").text
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=30)[0].decode()
@@ -105,27 +129,34 @@ def test_uvicorn_process_serves_the_contract(server: Server, reference: Referenc
     assert "Traceback" not in output
 
 
-def test_a_corrupt_bundle_stops_start_up(server: Server, reference: Reference,
-                                         tmp_path: Path) -> None:
+def test_a_corrupt_bundle_stops_start_up(
+    server: Server, reference: Reference, tmp_path: Path
+) -> None:
     bad = copy_bundle(reference.dir, tmp_path, version="bad")
     (bad / "popular.json").write_text("[]")
-    process = server([sys.executable, "-m", "uvicorn", "app.main:app", "--port",
-                      str(_free_port())], _env(bad))
+    process = server(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(_free_port())], _env(bad)
+    )
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode != 0
     assert "sha256 mismatch for 'popular.json'" in output
 
 
-def test_gunicorn_workers_share_metrics(server: Server, reference: Reference,
-                                        tmp_path: Path) -> None:
+def test_gunicorn_workers_share_metrics(
+    server: Server, reference: Reference, tmp_path: Path
+) -> None:
     pytest.importorskip("gunicorn")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     multiproc = tmp_path / "prom"
     process = server(
         [sys.executable, "-m", "gunicorn", "-c", "app/gunicorn_conf.py", "app.main:app"],
-        _env(reference.dir, BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2",
-             PROMETHEUS_MULTIPROC_DIR=str(multiproc)),
+        _env(
+            reference.dir,
+            BIND=f"127.0.0.1:{port}",
+            WEB_CONCURRENCY="2",
+            PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+        ),
     )
     _wait_ready(process, url)
     n_requests = 30
@@ -149,6 +180,10 @@ def test_gunicorn_workers_share_metrics(server: Server, reference: Reference,
     )
     assert total == n_requests
     assert len(pids) == 2
-    info = [s for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "model_info" and s.value == 1]
+    info = [
+        s
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "model_info" and s.value == 1
+    ]
     assert {s.labels["variant"] for s in info} == {"teacher", "student"}

@@ -58,12 +58,18 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
     # A batch answer carries 7 ratings, a single one 1: bodies show the real work was done.
     assert min(p["mean_body_bytes"] for p in batch) > max(p["mean_body_bytes"] for p in single)
     floors = {(f["model"], f["work"]) for f in run["ort_floor"]}
-    assert floors == {(m, w) for m in ("teacher", "student", "student_int8")
-                      for w in ("recommend", "predict_single", "predict_batch",
-                                "recommend_service")}
+    assert floors == {
+        (m, w)
+        for m in ("teacher", "student", "student_int8")
+        for w in ("recommend", "predict_single", "predict_batch", "recommend_service")
+    }
     target_ids = {t["id"] for t in run["targets"]}
-    assert target_ids == {"cached_p50_over_floor", "uncached_throughput_over_teacher",
-                          "uncached_http_overhead_ms", "failed_requests"}
+    assert target_ids == {
+        "cached_p50_over_floor",
+        "uncached_throughput_over_teacher",
+        "uncached_http_overhead_ms",
+        "failed_requests",
+    }
 
     text = docs.read_text()
     assert "## Targets" in text and "## HTTP results" in text

@@ -17,9 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench._server import free_port
+from tests.helpers import copy_bundle
+from tests.helpers import metric_total as metric_value
+
+__all__ = ["copy_bundle", "metric_value"]
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -76,17 +79,6 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
         server.kill()
 
 
-def copy_bundle(source: Path, target_root: Path, *, version: str) -> Path:
-    """A copy of a bundle under a new version; the manifest itself carries no hash."""
-    target = target_root / version
-    shutil.copytree(source.resolve(), target)
-    manifest_path = target / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["version"] = version
-    manifest_path.write_text(json.dumps(manifest))
-    return target
-
-
 def bundle_users(bundle: Path) -> list[str]:
     manifest = json.loads((bundle / "manifest.json").read_text())
     ids = json.loads((bundle / manifest["files"]["id_maps"]["file"]).read_text())
@@ -109,16 +101,6 @@ def server_env(bundle: Path, **overrides: str) -> dict[str, str]:
     }
     env.update(overrides)
     return env
-
-
-def metric_value(metrics_text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @dataclass(frozen=True)
@@ -164,12 +146,14 @@ async def drive_load(
             payload = None
             with contextlib.suppress(ValueError):
                 payload = response.json()
-            outcomes.append(Outcome(index, started, time.monotonic(), response.status_code,
-                                    payload, None))
+            outcomes.append(
+                Outcome(index, started, time.monotonic(), response.status_code, payload, None)
+            )
 
     limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(base_url=base_url, timeout=request_timeout_s,
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=request_timeout_s, limits=limits
+    ) as client:
         tasks = [asyncio.create_task(worker(i, client)) for i in range(concurrency)]
         try:
             await during()

@@ -18,9 +18,14 @@ MAX_PAIRS = 50
 
 @pytest.fixture(scope="module")
 def client(bundle_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_dir=bundle_dir, redis_url="", max_batch_pairs=MAX_PAIRS,
-                        ort_providers="CPUExecutionProvider", ort_intra_op_threads=1,
-                        access_log=False)
+    settings = Settings(
+        model_dir=bundle_dir,
+        redis_url="",
+        max_batch_pairs=MAX_PAIRS,
+        ort_providers="CPUExecutionProvider",
+        ort_intra_op_threads=1,
+        access_log=False,
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -62,8 +67,9 @@ def test_huge_batch_body_is_refused(client: TestClient, pair: dict[str, str]) ->
 @pytest.mark.timeout(60)
 def test_huge_malformed_body_is_refused(client: TestClient) -> None:
     body = b'{"pairs": [' + b"x" * (8 << 20)
-    response = client.post("/predict_rating", content=body,
-                           headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/predict_rating", content=body, headers={"Content-Type": "application/json"}
+    )
     _refused(response.status_code, response.json())
 
 

@@ -35,6 +35,8 @@ def _redis_env(bundle: Path, redis_url: str) -> dict[str, str]:
         REDIS_SOCKET_TIMEOUT_SECONDS=str(SOCKET_TIMEOUT_S),
         BREAKER_FAILURE_THRESHOLD="3",
         BREAKER_RESET_SECONDS=str(BREAKER_RESET_S),
+        # These tests are about the Redis tier: no in-process near cache in front of it.
+        CACHE_LOCAL_TTL_SECONDS="0",
     )
 
 
@@ -63,16 +65,16 @@ def test_redis_killed_mid_load_fails_no_request_and_caching_resumes(
             # stored and read again; the load keeps running all the while.
             await asyncio.sleep(BREAKER_RESET_S * 2 + 2.0)
 
-        outcomes = asyncio.run(drive_load(server.base_url, make_request, concurrency=4,
-                                          during=scenario))
+        outcomes = asyncio.run(
+            drive_load(server.base_url, make_request, concurrency=4, during=scenario)
+        )
         metrics = httpx.get(f"{server.base_url}/metrics").text
 
     assert outcomes, "the load produced no requests"
     assert failures(outcomes) == [], f"failed requests: {failures(outcomes)[:5]}"
     assert marks["ready_status"] == 200, "the service must stay ready without Redis"
     assert metric_value(metrics, "cache_requests_total", result="error") > 0
-    during_outage = [o for o in outcomes
-                     if marks["killed"] + 0.2 < o.started < marks["restarted"]]
+    during_outage = [o for o in outcomes if marks["killed"] + 0.2 < o.started < marks["restarted"]]
     assert during_outage, "no request ran while Redis was down"
     assert not any(o.body and o.body["cached"] for o in during_outage), (
         "nothing can be a hit while the only cache is dead"
@@ -82,8 +84,7 @@ def test_redis_killed_mid_load_fails_no_request_and_caching_resumes(
     assert any(o.body and o.body["cached"] for o in after), "caching did not resume"
 
 
-def test_slow_redis_keeps_latency_bounded(bundle_dir: Path, redis_process: RedisProcess
-                                          ) -> None:
+def test_slow_redis_keeps_latency_bounded(bundle_dir: Path, redis_process: RedisProcess) -> None:
     users = bundle_users(bundle_dir)
     stall_s = 3.0
 
@@ -108,13 +109,15 @@ def test_slow_redis_keeps_latency_bounded(bundle_dir: Path, redis_process: Redis
             await asyncio.to_thread(thread.join)
             await asyncio.sleep(0.3)
 
-        outcomes = asyncio.run(drive_load(server.base_url, make_request, concurrency=4,
-                                          during=scenario))
+        outcomes = asyncio.run(
+            drive_load(server.base_url, make_request, concurrency=4, during=scenario)
+        )
         metrics = httpx.get(f"{server.base_url}/metrics").text
 
     assert failures(outcomes) == [], f"failed requests: {failures(outcomes)[:5]}"
-    stalled = [o for o in outcomes
-               if marks["stall_start"] + 0.05 < o.started < marks["stall_end"] - 0.5]
+    stalled = [
+        o for o in outcomes if marks["stall_start"] + 0.05 < o.started < marks["stall_end"] - 0.5
+    ]
     assert len(stalled) >= 10, "too few requests ran while Redis was stalled"
     worst = max(o.finished - o.started for o in stalled)
     # Without a timeout a request would wait for the whole stall; with the socket timeout

@@ -56,14 +56,16 @@ def test_reload_under_load_switches_version_once_without_failures(
             await asyncio.sleep(1.0)
             async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as admin:
                 marks["sent"] = time.monotonic()
-                response = await admin.post("/admin/reload", json={"model_dir": str(new_dir)},
-                                            headers=AUTH)
+                response = await admin.post(
+                    "/admin/reload", json={"model_dir": str(new_dir)}, headers=AUTH
+                )
                 marks["answered"] = time.monotonic()
             reload_answer.update(status=response.status_code, body=response.json())
             await asyncio.sleep(1.0)
 
-        outcomes = asyncio.run(drive_load(server.base_url, make_request, concurrency=4,
-                                          during=scenario))
+        outcomes = asyncio.run(
+            drive_load(server.base_url, make_request, concurrency=4, during=scenario)
+        )
 
     assert reload_answer["status"] == 200, reload_answer
     assert failures(outcomes) == [], f"failed requests: {failures(outcomes)[:5]}"
@@ -77,8 +79,11 @@ def test_reload_under_load_switches_version_once_without_failures(
             assert o.body["model_version"] == new, "old version served after the reload"
     # Each worker's requests are sequential: its versions must switch exactly once.
     for worker in range(4):
-        seq = [o.body["model_version"] for o in sorted(outcomes, key=lambda o: o.started)
-               if o.worker == worker and o.body]
+        seq = [
+            o.body["model_version"]
+            for o in sorted(outcomes, key=lambda o: o.started)
+            if o.worker == worker and o.body
+        ]
         switches = sum(1 for a, b in itertools.pairwise(seq) if a != b)
         assert switches == 1 and seq[0] == old and seq[-1] == new, (worker, seq)
 
@@ -91,9 +96,14 @@ def _first_item(bundle: Path) -> str:
 
 @pytest.fixture
 def admin_client(bundle_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_dir=bundle_dir, redis_url="", admin_token=TOKEN,
-                        ort_providers="CPUExecutionProvider", ort_intra_op_threads=1,
-                        access_log=False)
+    settings = Settings(
+        model_dir=bundle_dir,
+        redis_url="",
+        admin_token=TOKEN,
+        ort_providers="CPUExecutionProvider",
+        ort_intra_op_threads=1,
+        access_log=False,
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

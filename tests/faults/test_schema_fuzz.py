@@ -22,9 +22,16 @@ TOKEN = "fuzz-token"
 @pytest.fixture(scope="module")
 def api_schema(bundle_dir: Path) -> schemathesis.schemas.BaseSchema:
     # Admin routes mounted and authorised, so that reload and routing get fuzzed too.
-    app = create_app(Settings(model_dir=bundle_dir, redis_url="", admin_token=TOKEN,
-                              ort_providers="CPUExecutionProvider", ort_intra_op_threads=1,
-                              access_log=False))
+    app = create_app(
+        Settings(
+            model_dir=bundle_dir,
+            redis_url="",
+            admin_token=TOKEN,
+            ort_providers="CPUExecutionProvider",
+            ort_intra_op_threads=1,
+            access_log=False,
+        )
+    )
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -33,8 +40,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @pytest.mark.timeout(300)
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_no_server_error_on_any_generated_input(case: schemathesis.Case) -> None:
     response = case.call(headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code < 500, (
@@ -44,9 +50,14 @@ def test_no_server_error_on_any_generated_input(case: schemathesis.Case) -> None
 
 @pytest.fixture(scope="module")
 def fuzz_client(bundle_dir: Path) -> Iterator[tuple[TestClient, list[str], list[str]]]:
-    settings = Settings(model_dir=bundle_dir, redis_url="", max_batch_pairs=50,
-                        ort_providers="CPUExecutionProvider", ort_intra_op_threads=1,
-                        access_log=False)
+    settings = Settings(
+        model_dir=bundle_dir,
+        redis_url="",
+        max_batch_pairs=50,
+        ort_providers="CPUExecutionProvider",
+        ort_intra_op_threads=1,
+        access_log=False,
+    )
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     ids = json.loads((bundle_dir / manifest["files"]["id_maps"]["file"]).read_text())
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -55,8 +66,12 @@ def fuzz_client(bundle_dir: Path) -> Iterator[tuple[TestClient, list[str], list[
 
 def _ids(known: list[str]) -> st.SearchStrategy[str | int]:
     # Real ids (so that the scoring path runs), their integer forms, and arbitrary junk.
-    return st.one_of(st.sampled_from(known), st.sampled_from(known).map(_as_int),
-                     st.text(max_size=12), st.integers(-(2**70), 2**70))
+    return st.one_of(
+        st.sampled_from(known),
+        st.sampled_from(known).map(_as_int),
+        st.text(max_size=12),
+        st.integers(-(2**70), 2**70),
+    )
 
 
 def _as_int(raw: str) -> str | int:
@@ -64,8 +79,12 @@ def _as_int(raw: str) -> str | int:
 
 
 @pytest.mark.timeout(300)
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data())
 def test_deep_paths_never_fail_with_5xx(
     fuzz_client: tuple[TestClient, list[str], list[str]], data: st.DataObject
@@ -73,9 +92,13 @@ def test_deep_paths_never_fail_with_5xx(
     """The schema fuzzer rarely builds bodies that reach the models; this one mostly does."""
     client, users, items = fuzz_client
     user, item = data.draw(_ids(users)), data.draw(_ids(items))
-    pairs = data.draw(st.lists(st.fixed_dictionaries({"user_id": _ids(users),
-                                                      "item_id": _ids(items)}),
-                               min_size=1, max_size=60))
+    pairs = data.draw(
+        st.lists(
+            st.fixed_dictionaries({"user_id": _ids(users), "item_id": _ids(items)}),
+            min_size=1,
+            max_size=60,
+        )
+    )
     k = data.draw(st.integers(-5, 120))
     variant = data.draw(st.sampled_from([None, "teacher", "student", "bogus"]))
     headers = {"X-Variant": variant} if variant else {}

@@ -175,8 +175,14 @@ def _contents(ds: Dataset, work: Path, version: str) -> bundle_mod.BundleContent
             source=path, params=7, metrics=metrics, latency_ms=0.1
         )
     return bundle_mod.BundleContents(
-        version=version, dataset=ds, split="none", train=ds.ratings, models=models,
-        training={"teacher": {}, "student": {}}, report_md="# r\n", metrics={},
+        version=version,
+        dataset=ds,
+        split="none",
+        train=ds.ratings,
+        models=models,
+        training={"teacher": {}, "student": {}},
+        report_md="# r\n",
+        metrics={},
     )
 
 

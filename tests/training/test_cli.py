@@ -34,8 +34,16 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert f"usage: python -m training {command}" in out
     if command != "verify":
-        for option in ("--data-dir", "--dataset", "--split", "--out-dir", "--quick", "--seed",
-                       "--threads", "--prune-ratio"):
+        for option in (
+            "--data-dir",
+            "--dataset",
+            "--split",
+            "--out-dir",
+            "--quick",
+            "--seed",
+            "--threads",
+            "--prune-ratio",
+        ):
             assert option in out
 
 
@@ -66,16 +74,29 @@ def test_malformed_ratings_exit_2_naming_file_and_line(
     fields[2] = "five"
     lines[4] = "\t".join(fields)
     (data / "u.data").write_text("\n".join(lines) + "\n")
-    code = main(["train-teacher", "--data-dir", str(data), "--out-dir", str(tmp_path / "m"),
-                 "--quick", "--no-progress"])
+    code = main(
+        [
+            "train-teacher",
+            "--data-dir",
+            str(data),
+            "--out-dir",
+            str(tmp_path / "m"),
+            "--quick",
+            "--no-progress",
+        ]
+    )
     assert code == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "u.data:5:" in err and "'five' is not a number" in err
 
 
 def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["pipeline", "--prune-ratio", "1.5"], ["pipeline", "--dataset", "netflix"],
-                 ["pipeline", "--split", "u9"], ["nonsense"]):
+    for argv in (
+        ["pipeline", "--prune-ratio", "1.5"],
+        ["pipeline", "--dataset", "netflix"],
+        ["pipeline", "--split", "u9"],
+        ["nonsense"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
@@ -100,9 +121,22 @@ def test_verify_good_and_tampered_bundle(
 def test_real_process_reports_data_error_without_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "training", "pipeline", "--data-dir", str(tmp_path / "none"),
-         "--out-dir", str(tmp_path / "m")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "pipeline",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out-dir",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == EXIT_USER_ERROR
     assert "error:" in result.stderr and "no such file or directory" in result.stderr
@@ -112,8 +146,16 @@ def test_real_process_reports_data_error_without_traceback(tmp_path: Path) -> No
 def test_step_commands_share_checkpoints_then_publish(
     synthetic_ml100k: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    common = ["--data-dir", str(synthetic_ml100k), "--out-dir", str(tmp_path / "m"),
-              "--quick", "--no-progress", "--split", "u2"]
+    common = [
+        "--data-dir",
+        str(synthetic_ml100k),
+        "--out-dir",
+        str(tmp_path / "m"),
+        "--quick",
+        "--no-progress",
+        "--split",
+        "u2",
+    ]
     assert main(["distill", *common]) == 0
     work = Path(capsys.readouterr().out.strip())
     assert (work / "teacher.pt").is_file() and (work / "student.pt").is_file()

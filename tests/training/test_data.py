@@ -219,8 +219,10 @@ def test_split_none_trains_on_everything(synthetic_ml100k: Path) -> None:
 
 def test_seen_csr_and_popularity() -> None:
     ratings = Ratings(
-        user=np.array([2, 1, 2, 2, 1]), item=np.array([3, 1, 1, 3, 2]),
-        rating=np.ones(5, np.float32), timestamp=np.zeros(5, np.int64),
+        user=np.array([2, 1, 2, 2, 1]),
+        item=np.array([3, 1, 1, 3, 2]),
+        rating=np.ones(5, np.float32),
+        timestamp=np.zeros(5, np.int64),
     )
     indptr, indices = data.seen_csr(ratings, 3)
     assert indptr.tolist() == [0, 0, 2, 4, 4]

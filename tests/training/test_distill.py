@@ -44,8 +44,9 @@ def test_each_distillation_loss_is_zero_when_student_equals_teacher() -> None:
     # ... and positive otherwise; ranking KD ignores a per-list shift of the scores.
     assert bool((rating_kd(r + 0.1, r) > 0).all())
     assert bool((ranking_kd(s.flip(-1), s, temperature=2.0) > 0).all())
-    torch.testing.assert_close(ranking_kd(s + 4.0, s, temperature=2.0), torch.zeros(5),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ranking_kd(s + 4.0, s, temperature=2.0), torch.zeros(5), atol=1e-5, rtol=0
+    )
     assert bool((feature_kd(f * 0.5, f) > 0).all())
 
 
@@ -58,8 +59,9 @@ def test_distill_objective_is_zero_on_kd_terms_for_the_teacher_itself() -> None:
         loss.proj.weight.copy_(torch.eye(k))
         loss.proj.bias.zero_()
     # The student is the teacher (rating clipped the same way as the teacher's targets).
-    parts = loss.components(lambda *a: {**teacher.heads(*a),
-                                        "rating": teacher.heads(*a)["rating"].clamp(1, 5)}, ex)
+    parts = loss.components(
+        lambda *a: {**teacher.heads(*a), "rating": teacher.heads(*a)["rating"].clamp(1, 5)}, ex
+    )
     for name in ("rating_kd", "ranking_kd", "feature_kd"):
         torch.testing.assert_close(parts[name], torch.zeros(6), atol=1e-6, rtol=0)
     assert bool((parts["gt_rating"] >= 0).all())
@@ -81,11 +83,12 @@ def test_ground_truth_losses() -> None:
 def test_list_sampler_draws_rated_positives_and_unseen_negatives(tmp_path: Path) -> None:
     ds = load_dataset(write_ml100k(tmp_path / "d"))
     split = make_split(ds, split="u1")
-    sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=4, negatives=6,
-                          seed=0)
+    sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=4, negatives=6, seed=0)
     arrays = sampler.epoch_lists()
-    train_pairs = {(int(u), int(i)): float(r) for u, i, r in
-                   zip(split.train.user, split.train.item, split.train.rating, strict=True)}
+    train_pairs = {
+        (int(u), int(i)): float(r)
+        for u, i, r in zip(split.train.user, split.train.item, split.train.rating, strict=True)
+    }
     assert arrays["item"].shape[1] == 10
     for row in range(arrays["item"].shape[0]):
         u = int(arrays["user"][row, 0])
@@ -93,8 +96,10 @@ def test_list_sampler_draws_rated_positives_and_unseen_negatives(tmp_path: Path)
         for j in range(4):
             assert train_pairs[(u, int(arrays["item"][row, j]))] == arrays["rating"][row, j]
         assert arrays["rated"][row, :4].all() and not arrays["rated"][row, 4:].any()
-    negatives = [(int(u), int(i)) for u, i in
-                 zip(arrays["user"][:, 4:].ravel(), arrays["item"][:, 4:].ravel(), strict=True)]
+    negatives = [
+        (int(u), int(i))
+        for u, i in zip(arrays["user"][:, 4:].ravel(), arrays["item"][:, 4:].ravel(), strict=True)
+    ]
     clash = np.mean([p in train_pairs for p in negatives])
     assert clash < 0.01  # redrawn until (almost) none is a rated item
     counts = np.bincount(split.train.user)
@@ -112,8 +117,9 @@ def test_schedule_and_initial_size() -> None:
     fm = feature_map()
     shape = initial_shape(fm, cfg, 50_000)
     assert 0.8 * 50_000 < shape_params(fm, shape) <= 50_000
-    fixed = StudentShape(user_dim=3, item_dim=3, user_hidden=3, item_hidden=3,
-                         rating_factor=2, score_factor=2)
+    fixed = StudentShape(
+        user_dim=3, item_dim=3, user_hidden=3, item_hidden=3, rating_factor=2, score_factor=2
+    )
     assert initial_shape(fm, replace(cfg, initial="shape", shape=fixed), 50_000) == fixed
 
 
@@ -144,12 +150,13 @@ def test_tower_scores_of_the_teacher_match_its_heads(tmp_path: Path) -> None:
     split = make_split(ds, split="u1")
     quick = TeacherConfig().quick()
     torch.manual_seed(0)
-    teacher = EnsembleTeacher(*[
-        build_component(name, ds.feature_map, getattr(quick, name), global_mean=3.5)
-        for name in ("mf", "xdeepfm", "autoint")
-    ]).eval()
-    sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=3, negatives=5,
-                          seed=1)
+    teacher = EnsembleTeacher(
+        *[
+            build_component(name, ds.feature_map, getattr(quick, name), global_mean=3.5)
+            for name in ("mf", "xdeepfm", "autoint")
+        ]
+    ).eval()
+    sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=3, negatives=5, seed=1)
     ex = sampler.tensors(sampler.epoch_lists())
     full = annotate(teacher, ex)
     part = annotate(teacher, ex, kd_items=4)

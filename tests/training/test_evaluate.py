@@ -73,7 +73,11 @@ def test_recall_divides_by_all_relevant_items_and_ndcg_uses_binary_gains() -> No
     scores = {1: [0.0, 0.0, 1.0, 3.0, 2.0]}  # unseen ranking [4, 5, 3]
     out = ranking_metrics(
         lambda us: np.array([scores[int(u)] for u in us]),
-        train=TRAIN, test=test, n_users=3, n_items=5, k=2,
+        train=TRAIN,
+        test=test,
+        n_users=3,
+        n_items=5,
+        k=2,
     )
     assert out["recall@2"] == pytest.approx(2 / 3)
     assert out["ndcg@2"] == pytest.approx(1.0)  # both slots hit, ideal has 2 slots
@@ -84,7 +88,11 @@ def test_items_seen_in_training_are_never_recommended() -> None:
     scores = {1: [100.0, 50.0, 0.0, 0.0, 0.0]}
     out = ranking_metrics(
         lambda us: np.array([scores[int(u)] for u in us]),
-        train=TRAIN, test=test, n_users=3, n_items=5, k=1,
+        train=TRAIN,
+        test=test,
+        n_users=3,
+        n_items=5,
+        k=1,
     )
     # Items 1 and 2 are masked; the tie among 3, 4, 5 goes to item 3: a hit.
     assert out["recall@1"] == pytest.approx(1 / 2)

@@ -34,9 +34,7 @@ def _student(fm: FeatureMap, seed: int = 0) -> Student:
 
 
 @pytest.mark.parametrize("kind", ["student", "mf"])
-def test_export_signature_metadata_and_parity(
-    dataset: Dataset, tmp_path: Path, kind: str
-) -> None:
+def test_export_signature_metadata_and_parity(dataset: Dataset, tmp_path: Path, kind: str) -> None:
     fm = dataset.feature_map
     model: TwoHeadModel = _student(fm) if kind == "student" else BiasedMF(fm, dim=8, score_dim=8)
     path = export.export_onnx(model, fm, tmp_path / "m.onnx", metadata={"bundle_version": "v-1"})
@@ -60,9 +58,7 @@ def test_export_signature_metadata_and_parity(
     assert parity.max_abs_diff <= export.PARITY_ATOL
 
 
-def test_mf_ignoring_side_features_still_takes_all_inputs(
-    dataset: Dataset, tmp_path: Path
-) -> None:
+def test_mf_ignoring_side_features_still_takes_all_inputs(dataset: Dataset, tmp_path: Path) -> None:
     # BiasedMF reads only user and item; the tracer would drop the other three inputs.
     fm = dataset.feature_map
     path = export.export_onnx(BiasedMF(fm), fm, tmp_path / "mf.onnx", metadata={})
@@ -90,7 +86,11 @@ class _Drifting(TwoHeadModel):
         self.offset = nn.Parameter(torch.zeros(1))
 
     def heads(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> dict[str, Tensor]:
         base = 3.0 + self.offset + 0.001 * (user + item).float()  # [B]
@@ -148,7 +148,9 @@ def test_catalogue_scorer_matches_pairwise_scores(dataset: Dataset, tmp_path: Pa
     matrix = export.ort_catalogue_scorer(session, dataset.tables, n_items=fm.n_items)(users)
     assert matrix.shape == (3, fm.n_items)
     _, pair = export.ort_pair_predict(
-        session, dataset.tables, np.full(fm.n_items, 5, np.int64),
+        session,
+        dataset.tables,
+        np.full(fm.n_items, 5, np.int64),
         np.arange(1, fm.n_items + 1, dtype=np.int64),
     )
     np.testing.assert_allclose(matrix[1], pair, rtol=0, atol=1e-6)

@@ -79,9 +79,7 @@ def test_diagonal_fisher_matches_brute_force() -> None:
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-7)
     # The estimate is not the squared mean gradient: per-example squares differ from it.
-    mean_grad = torch.autograd.grad(
-        loss_fn(model.heads, ex).mean(), [model.user.hidden.weight]
-    )[0]
+    mean_grad = torch.autograd.grad(loss_fn(model.heads, ex).mean(), [model.user.hidden.weight])[0]
     assert float(want["user.hidden.weight"].sum()) > float(mean_grad.pow(2).sum()) * 1.01
 
 
@@ -137,8 +135,9 @@ def test_layer_sensitivity_and_units_aggregate_the_diagonal() -> None:
     want = float(fisher["user.hidden.weight"].sum() + fisher["user.hidden.bias"].sum())
     assert abs(hidden.fisher_trace - want) < 1e-6 * max(want, 1.0)
     w, b = model.user.hidden.weight.detach(), model.user.hidden.bias.detach()
-    removal = 0.5 * float((fisher["user.hidden.weight"] * w**2).sum()
-                          + (fisher["user.hidden.bias"] * b**2).sum())
+    removal = 0.5 * float(
+        (fisher["user.hidden.weight"] * w**2).sum() + (fisher["user.hidden.bias"] * b**2).sum()
+    )
     assert abs(hidden.removal - removal) < 1e-6 * max(removal, 1.0)
     units = unit_importance_diag(model, fisher)
     neuron = units["user.hidden"]["neuron"]
@@ -159,8 +158,15 @@ class TinyAttention(TwoHeadModel):
         self.conv = nn.Conv1d(2, 5, kernel_size=1)
         self.out = nn.Linear(5 * 6, 1)
 
-    def heads(self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
-              item_genres: Tensor, **_: object) -> dict[str, Tensor]:
+    def heads(
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+        **_: object,
+    ) -> dict[str, Tensor]:
         x = torch.stack([self.emb(user), self.emb(item + 10)], dim=1)  # [B, 2, 4]
         q, k, v = self.qkv(x).reshape(-1, 2, 3, 2, 3).unbind(2)  # [B, 2, H, 3] each
         att = torch.softmax(torch.einsum("bfhd,bghd->bhfg", q, k), dim=-1)  # [B, H, 2, 2]

@@ -27,8 +27,9 @@ def _models(ds: Dataset) -> dict[str, TowerScoring]:
     torch.manual_seed(0)
     return {
         "mf": BiasedMF(fm, dim=8, score_dim=6),
-        "xdeepfm": XDeepFM(fm, dim=4, cin_layers=(5, 3), dnn_layers=(7,), score_dim=6,
-                           tower_layers=(9,)),
+        "xdeepfm": XDeepFM(
+            fm, dim=4, cin_layers=(5, 3), dnn_layers=(7,), score_dim=6, tower_layers=(9,)
+        ),
         "autoint": AutoInt(fm, dim=4, layers=2, heads=2, d_head=3, score_dim=6),
     }
 
@@ -38,8 +39,13 @@ def _inputs(ds: Dataset, batch: int = 7) -> tuple[torch.Tensor, ...]:
     users = rng.integers(0, ds.feature_map.n_users + 1, batch)
     items = rng.integers(0, ds.feature_map.n_items + 1, batch)
     b = make_batch(ds.tables, users, items)
-    return (torch.as_tensor(b.user), torch.as_tensor(b.item), torch.as_tensor(b.user_feats),
-            torch.as_tensor(b.item_feats), torch.as_tensor(b.item_genres))
+    return (
+        torch.as_tensor(b.user),
+        torch.as_tensor(b.item),
+        torch.as_tensor(b.user_feats),
+        torch.as_tensor(b.item_feats),
+        torch.as_tensor(b.item_genres),
+    )
 
 
 @pytest.mark.parametrize("name", ["mf", "xdeepfm", "autoint"])
@@ -57,8 +63,9 @@ def test_component_shapes_and_gradients(dataset: Dataset, name: str) -> None:
     loss = out["rating"].pow(2).mean() + out["score"].pow(2).mean()
     loss = loss + model.regularizer(*inputs).mean()
     loss.backward()
-    grads = {n for n, p in model.named_parameters()
-             if p.grad is not None and p.grad.abs().sum() > 0}
+    grads = {
+        n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+    }
     assert any(n.startswith(model.tower_prefixes) for n in grads)
     assert any(not n.startswith(model.tower_prefixes) for n in grads)
 
@@ -83,14 +90,16 @@ def test_ensemble_blends_standardised_component_outputs(dataset: Dataset) -> Non
         expected_rating = 0.2 + sum(
             w * c["rating"].clamp(1, 5) for w, c in zip([0.5, 0.3, 0.1], comps, strict=True)
         )
-        z = [(c["score"] - teacher.score_mean[k]) / teacher.score_std[k]
-             for k, c in enumerate(comps)]
+        z = [
+            (c["score"] - teacher.score_mean[k]) / teacher.score_std[k] for k, c in enumerate(comps)
+        ]
         expected_score = 0.2 * z[0] + 0.3 * z[1] + 0.5 * z[2]
         matrix = teacher.score_matrix(inputs[0].numpy(), dataset.tables)
     torch.testing.assert_close(out["rating"], expected_rating)
     torch.testing.assert_close(out["score"], expected_score, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(matrix[torch.arange(7), inputs[1]], expected_score,
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        matrix[torch.arange(7), inputs[1]], expected_score, rtol=1e-4, atol=1e-4
+    )
     assert out["repr"].shape[0] == 7
 
 
@@ -112,8 +121,10 @@ def test_ensemble_exports_as_one_onnx_graph(dataset: Dataset, tmp_path: Path) ->
     rating, score = export.ort_predict(export.ort_session(path), batch)
     with torch.no_grad():
         ref_rating, ref_score = teacher(
-            torch.as_tensor(batch.user), torch.as_tensor(batch.item),
-            torch.as_tensor(batch.user_feats), torch.as_tensor(batch.item_feats),
+            torch.as_tensor(batch.user),
+            torch.as_tensor(batch.item),
+            torch.as_tensor(batch.user_feats),
+            torch.as_tensor(batch.item_feats),
             torch.as_tensor(batch.item_genres),
         )
     np.testing.assert_allclose(rating, ref_rating.numpy(), rtol=1e-4, atol=1e-4)

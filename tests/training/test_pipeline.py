@@ -20,16 +20,19 @@ from training.pipeline import PipelineConfig, run_pipeline
 
 def _config(data: Path, out: Path, **changes: Any) -> PipelineConfig:
     values: dict[str, Any] = {
-        "data_dir": data, "dataset": "ml-100k", "split": "u1", "out_dir": out, "quick": True,
-        "progress": False, "latency_runs": 3,
+        "data_dir": data,
+        "dataset": "ml-100k",
+        "split": "u1",
+        "out_dir": out,
+        "quick": True,
+        "progress": False,
+        "latency_runs": 3,
     }
     values.update(changes)
     return PipelineConfig(**values)
 
 
-def test_bundle_models_match_their_pytorch_checkpoints(
-    models_root: Path, bundle_dir: Path
-) -> None:
+def test_bundle_models_match_their_pytorch_checkpoints(models_root: Path, bundle_dir: Path) -> None:
     # The exported teacher (all three components and the blend) and student equal the
     # trained PyTorch models on fresh random inputs.
     manifest = bundle_mod.verify_bundle(bundle_dir)

@@ -57,8 +57,12 @@ def test_prune_step_reaches_target_with_smaller_tensors() -> None:
     target = before // 2
     seen: list[tuple[str, int]] = []
     step = prune_step(
-        model, target_params=target, method="fisher", loss_fn=loss_fn,
-        batches=[lists(8, 4, seed=1)], on_prune=lambda k, keep: seen.append((k, keep.numel())),
+        model,
+        target_params=target,
+        method="fisher",
+        loss_fn=loss_fn,
+        batches=[lists(8, 4, seed=1)],
+        on_prune=lambda k, keep: seen.append((k, keep.numel())),
     )
     assert step.params_before == before
     assert step.params_after == count_params(model) <= target
@@ -68,8 +72,13 @@ def test_prune_step_reaches_target_with_smaller_tensors() -> None:
         assert model.unit_counts()[kind] <= kept
     assert all(n >= 2 for n in model.unit_counts().values())
     # Still a working model with the new shapes.
-    out = model.heads(*[v.reshape(-1, *v.shape[2:]) for k, v in lists(2, 3).items()
-                        if k in ("user", "item", "user_feats", "item_feats", "item_genres")])
+    out = model.heads(
+        *[
+            v.reshape(-1, *v.shape[2:])
+            for k, v in lists(2, 3).items()
+            if k in ("user", "item", "user_feats", "item_feats", "item_genres")
+        ]
+    )
     assert out["repr"].shape[1] == model.shape.rating_factor + model.shape.score_factor
 
 

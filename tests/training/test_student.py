@@ -22,15 +22,19 @@ from training.models.student import UNIT_KINDS, Student, StudentShape, shape_par
 from training.report import RESULTS_BEGIN, RESULTS_END, write_student_report
 from training.train import TeacherConfig, train_teacher
 
-SMALL = StudentShape(user_dim=6, item_dim=5, user_hidden=7, item_hidden=4,
-                     rating_factor=3, score_factor=4)
+SMALL = StudentShape(
+    user_dim=6, item_dim=5, user_hidden=7, item_hidden=4, rating_factor=3, score_factor=4
+)
 
 
 def feature_map() -> FeatureMap:
     return FeatureMap(
-        n_users=9, n_items=11,
-        user_fields=(FieldSpec("gender", "categorical", ("F", "M")),
-                     FieldSpec("age", "bucket", edges=(18.0, 30.0))),
+        n_users=9,
+        n_items=11,
+        user_fields=(
+            FieldSpec("gender", "categorical", ("F", "M")),
+            FieldSpec("age", "bucket", edges=(18.0, 30.0)),
+        ),
         item_fields=(FieldSpec("year", "bucket", edges=(1980.0,)),),
         genres=("a", "b", "c"),
     )
@@ -150,8 +154,11 @@ def test_pruned_student_exports_to_onnx_with_parity(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = make_batch(ds.tables, np.array([0, 3, 12, 7]), np.array([15, 0, 2, 9]))
     feed = {
-        "user": batch.user, "item": batch.item, "user_feats": batch.user_feats,
-        "item_feats": batch.item_feats, "item_genres": batch.item_genres,
+        "user": batch.user,
+        "item": batch.item,
+        "user_feats": batch.user_feats,
+        "item_feats": batch.item_feats,
+        "item_genres": batch.item_genres,
     }
     rating, score = session.run(["rating", "score"], feed)
     want_rating, want_score = model(*to_inputs(batch))
@@ -182,10 +189,17 @@ def test_student_stage_end_to_end_quick(tmp_path: Path) -> None:
     assert {"rating_kd", "ranking_kd", "feature_kd", "gt_rating"} <= set(info["curves"])
 
     fm = ds.feature_map
-    metrics = evaluate_model(student, ds.tables, train=split.train, test=split.test,
-                             n_users=fm.n_users, n_items=fm.n_items)
-    constant = rating_metrics(np.full(len(split.test), split.train.rating.mean()),
-                              split.test.rating)
+    metrics = evaluate_model(
+        student,
+        ds.tables,
+        train=split.train,
+        test=split.test,
+        n_users=fm.n_users,
+        n_items=fm.n_items,
+    )
+    constant = rating_metrics(
+        np.full(len(split.test), split.train.rating.mean()), split.test.rating
+    )
     # The planted data has strong user/item effects: anything that learned beats the mean.
     assert metrics["rmse"] < constant["rmse"]
     assert 0.0 <= metrics["ndcg@10"] <= 1.0
@@ -201,10 +215,20 @@ def test_student_stage_end_to_end_quick(tmp_path: Path) -> None:
 
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "student.md").write_text(f"# Hand-written\n\nkeep me\n\n{RESULTS_BEGIN}\nOLD-SECTION\n"
-                                     f"{RESULTS_END}\n\ntail\n")
-    curve = [{"ratio": r, "fold": "u1", "params": 100 - 50 * r, "latency_ms_1": 1.0 - r,
-              "rmse": 0.9 + r / 10, "ndcg@10": 0.3 - r / 10} for r in (0.0, 0.5, 0.9)]
+    (docs / "student.md").write_text(
+        f"# Hand-written\n\nkeep me\n\n{RESULTS_BEGIN}\nOLD-SECTION\n{RESULTS_END}\n\ntail\n"
+    )
+    curve = [
+        {
+            "ratio": r,
+            "fold": "u1",
+            "params": 100 - 50 * r,
+            "latency_ms_1": 1.0 - r,
+            "rmse": 0.9 + r / 10,
+            "ndcg@10": 0.3 - r / 10,
+        }
+        for r in (0.0, 0.5, 0.9)
+    ]
     path = write_student_report(
         {"fisher": {"report": report}, "student": {"info": info}, "curve": curve}, docs
     )

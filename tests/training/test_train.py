@@ -41,18 +41,37 @@ def train_ratings(dataset: Dataset, synthetic_ml100k: Path) -> Ratings:
     ("name", "config"),
     [
         ("mf", QUICK_MF),
-        ("xdeepfm", XDeepFMConfig(epochs=1, dim=4, cin_layers=(4,), dnn_layers=(8,),
-                                  tower_layers=(8,), score_dim=4, batch_size=256)),
-        ("autoint", AutoIntConfig(epochs=1, dim=4, layers=1, d_head=4, score_dim=4,
-                                  batch_size=256)),
+        (
+            "xdeepfm",
+            XDeepFMConfig(
+                epochs=1,
+                dim=4,
+                cin_layers=(4,),
+                dnn_layers=(8,),
+                tower_layers=(8,),
+                score_dim=4,
+                batch_size=256,
+            ),
+        ),
+        (
+            "autoint",
+            AutoIntConfig(epochs=1, dim=4, layers=1, d_head=4, score_dim=4, batch_size=256),
+        ),
     ],
 )
 def test_training_is_deterministic_under_a_seed(
     dataset: Dataset, train_ratings: Ratings, name: str, config: object
 ) -> None:
     def run(seed: int) -> dict[str, torch.Tensor]:
-        model, _ = train_component(name, dataset.feature_map, dataset.tables, train_ratings,
-                                   config=config, seed=seed, progress=False)  # type: ignore[arg-type]
+        model, _ = train_component(
+            name,
+            dataset.feature_map,
+            dataset.tables,
+            train_ratings,
+            config=config,
+            seed=seed,
+            progress=False,
+        )  # type: ignore[arg-type]
         return model.state_dict()
 
     first, second, other = run(3), run(3), run(4)
@@ -67,15 +86,27 @@ def test_id_dropout_trains_the_unknown_user_and_item(
 ) -> None:
     def rows(dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
-        model, _ = train_component("mf", dataset.feature_map, dataset.tables, train_ratings,
-                                   config=replace(QUICK_MF, id_dropout=dropout), progress=False)
+        model, _ = train_component(
+            "mf",
+            dataset.feature_map,
+            dataset.tables,
+            train_ratings,
+            config=replace(QUICK_MF, id_dropout=dropout),
+            progress=False,
+        )
         return model.user_factors.weight[0].detach(), model.item_rank.weight[0].detach()
 
     plain = rows(0.0)
     dropped = rows(0.2)
     # Without id-dropout index 0 never occurs in training and keeps its initial values.
-    init_model, _ = train_component("mf", dataset.feature_map, dataset.tables, train_ratings,
-                                    config=replace(QUICK_MF, epochs=0), progress=False)
+    init_model, _ = train_component(
+        "mf",
+        dataset.feature_map,
+        dataset.tables,
+        train_ratings,
+        config=replace(QUICK_MF, epochs=0),
+        progress=False,
+    )
     torch.testing.assert_close(plain[0], init_model.user_factors.weight[0].detach())
     assert not torch.allclose(dropped[0], init_model.user_factors.weight[0].detach())
     assert not torch.allclose(dropped[1], init_model.item_rank.weight[0].detach())
@@ -85,8 +116,15 @@ def test_per_head_selection_records_each_heads_epoch(
     dataset: Dataset, train_ratings: Ratings
 ) -> None:
     fit, valid = holdout(train_ratings, fraction=0.2, seed=0)
-    _, info = train_component("mf", dataset.feature_map, dataset.tables, fit,
-                              config=replace(QUICK_MF, epochs=3), valid=valid, progress=False)
+    _, info = train_component(
+        "mf",
+        dataset.feature_map,
+        dataset.tables,
+        fit,
+        config=replace(QUICK_MF, epochs=3),
+        valid=valid,
+        progress=False,
+    )
     assert len(info["curves"]) == 3
     rmse = [p["valid_rmse"] for p in info["curves"]]
     ndcg = [p["valid_ndcg@10"] for p in info["curves"]]
@@ -95,8 +133,12 @@ def test_per_head_selection_records_each_heads_epoch(
 
 
 def test_seen_index_finds_training_pairs() -> None:
-    train = Ratings(user=np.array([1, 1, 2]), item=np.array([2, 5, 1]),
-                    rating=np.ones(3, dtype=np.float32), timestamp=np.zeros(3, dtype=np.int64))
+    train = Ratings(
+        user=np.array([1, 1, 2]),
+        item=np.array([2, 5, 1]),
+        rating=np.ones(3, dtype=np.float32),
+        timestamp=np.zeros(3, dtype=np.int64),
+    )
     seen = _SeenIndex(train, n_items=5)
     got = seen.contains(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
     assert got.tolist() == [[False, True, True], [True, False, False], [False, False, False]]
@@ -125,10 +167,17 @@ def test_quick_teacher_learns_on_synthetic_data(dataset: Dataset, synthetic_ml10
     assert report["ensemble"]["fitted"]["ndcg@10"] >= report["ensemble"]["default"]["ndcg@10"]
 
     fm = dataset.feature_map
-    metrics = evaluate_model(teacher, dataset.tables, train=split.train, test=split.test,
-                             n_users=fm.n_users, n_items=fm.n_items)
-    constant = rating_metrics(np.full(len(split.test), split.train.rating.mean()),
-                              split.test.rating)
+    metrics = evaluate_model(
+        teacher,
+        dataset.tables,
+        train=split.train,
+        test=split.test,
+        n_users=fm.n_users,
+        n_items=fm.n_items,
+    )
+    constant = rating_metrics(
+        np.full(len(split.test), split.train.rating.mean()), split.test.rating
+    )
     # The planted data has strong user and item effects: a teacher that learned beats the mean.
     assert metrics["rmse"] < constant["rmse"] - 0.05
     assert 0.0 < metrics["ndcg@10"] <= 1.0
@@ -140,11 +189,18 @@ def test_quick_teacher_on_real_movielens_beats_popularity() -> None:
     data_dir = Path(os.environ["MOVIELENS_DIR"])
     ds = load_dataset(data_dir)
     split = make_split(ds, split="u1", data_dir=data_dir)
-    config = TeacherConfig(progress=False, threads=2, seed=0).quick()
+    # One thread: on a shared 2-core CI runner a second OpenMP thread mostly spins.
+    config = TeacherConfig(progress=False, threads=1, seed=0).quick()
     teacher, _ = train_teacher(ds, split.train, config=config)
     fm = ds.feature_map
-    metrics = evaluate_model(teacher, ds.tables, train=split.train, test=split.test,
-                             n_users=fm.n_users, n_items=fm.n_items)
+    metrics = evaluate_model(
+        teacher,
+        ds.tables,
+        train=split.train,
+        test=split.test,
+        n_users=fm.n_users,
+        n_items=fm.n_items,
+    )
     pop = evaluate_popularity(split.train, split.test, n_users=fm.n_users, n_items=fm.n_items)
     # Loose bounds that a broken model fails: quick mode is far from the benchmark numbers.
     assert metrics["rmse"] < 0.98
@@ -169,13 +225,29 @@ def test_refit_on_all_training_data_keeps_the_fitted_blend(
 
 def test_empty_training_data_gives_a_clear_error(dataset: Dataset) -> None:
     with pytest.raises(ValueError, match="training split has no ratings"):
-        train_component("mf", dataset.feature_map, dataset.tables, Ratings.empty(),
-                        config=QUICK_MF, progress=False)
+        train_component(
+            "mf",
+            dataset.feature_map,
+            dataset.tables,
+            Ratings.empty(),
+            config=QUICK_MF,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="unknown component 'svd'"):
-        train_component("svd", dataset.feature_map, dataset.tables, _one_rating(),
-                        config=QUICK_MF, progress=False)
+        train_component(
+            "svd",
+            dataset.feature_map,
+            dataset.tables,
+            _one_rating(),
+            config=QUICK_MF,
+            progress=False,
+        )
 
 
 def _one_rating() -> Ratings:
-    return Ratings(user=np.array([1]), item=np.array([1]), rating=np.array([4.0], np.float32),
-                   timestamp=np.zeros(1, dtype=np.int64))
+    return Ratings(
+        user=np.array([1]),
+        item=np.array([1]),
+        rating=np.array([4.0], np.float32),
+        timestamp=np.zeros(1, dtype=np.int64),
+    )

@@ -74,7 +74,11 @@ class AutoInt(TowerScoring):
         self.item_proj = nn.Linear(heads * d_head, score_dim)
 
     def heads(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> dict[str, Tensor]:
         e = self.embed(user, item, user_feats, item_feats, item_genres)  # [B, F, d]
@@ -93,7 +97,11 @@ class AutoInt(TowerScoring):
         return self.item_proj(self.tower_attention(side).mean(dim=1))  # [N, D]
 
     def regularizer(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         args = (user, item, user_feats, item_feats, item_genres)

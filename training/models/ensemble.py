@@ -43,7 +43,11 @@ class EnsembleTeacher(TowerScoring):
         return (self.mf, self.xdeepfm, self.autoint)
 
     def heads(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> dict[str, Tensor]:
         outs = [c.heads(user, item, user_feats, item_feats, item_genres) for c in self.components]
@@ -64,7 +68,11 @@ class EnsembleTeacher(TowerScoring):
         return torch.cat([*parts, shift.expand(item.shape[0], 1)], dim=1)  # [N, D+1]
 
     def regularizer(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         args = (user, item, user_feats, item_feats, item_genres)

@@ -63,7 +63,11 @@ class FieldEmbedding(nn.Module):
         return torch.cat([single, bag.unsqueeze(1)], dim=1)  # [N, 2+Fi, d]
 
     def forward(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         u = self.user_side(user, user_feats)  # [B, 1+Fu, d]
@@ -71,7 +75,11 @@ class FieldEmbedding(nn.Module):
         return torch.cat([u, i], dim=1)  # [B, F, d]
 
     def squared_norm(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         """Per-example squared norm of the rows this batch uses (L2 on used rows only)."""
@@ -112,7 +120,11 @@ class TowerScoring(TwoHeadModel):
         raise NotImplementedError
 
     def tower_score(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         u = self.user_tower(user, user_feats)  # [B, D]
@@ -131,7 +143,11 @@ class TowerScoring(TwoHeadModel):
         return u @ v.T  # [b, n_items+1]
 
     def regularizer(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         """Per-example L2 penalty of the parameters the rating head used: [B]."""
@@ -148,7 +164,12 @@ class BiasedMF(TowerScoring):
     mu: Tensor
 
     def __init__(
-        self, fm: FeatureMap, *, dim: int = 64, score_dim: int = 64, global_mean: float = 3.5,
+        self,
+        fm: FeatureMap,
+        *,
+        dim: int = 64,
+        score_dim: int = 64,
+        global_mean: float = 3.5,
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
@@ -174,7 +195,11 @@ class BiasedMF(TowerScoring):
         return torch.cat([self.item_rank(item), self.item_rank_bias(item)], dim=1)  # [N, D+1]
 
     def heads(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> dict[str, Tensor]:
         p = self.user_factors(user)  # [B, d]
@@ -185,7 +210,11 @@ class BiasedMF(TowerScoring):
         return {"rating": rating, "score": score}
 
     def regularizer(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         p = self.user_factors(user).pow(2).sum(1) + self.item_factors(item).pow(2).sum(1)

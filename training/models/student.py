@@ -80,8 +80,15 @@ class Tower(nn.Module):
     """Embeddings of one side -> x [B, D]; h = relu(W x); p = A [h; x]; s = S [h; x]."""
 
     def __init__(
-        self, vocabs: list[int], n_genres: int, *, dim: int, hidden: int, rating_factor: int,
-        score_factor: int, init_std: float = 0.05,
+        self,
+        vocabs: list[int],
+        n_genres: int,
+        *,
+        dim: int,
+        hidden: int,
+        rating_factor: int,
+        score_factor: int,
+        init_std: float = 0.05,
     ) -> None:
         super().__init__()
         # vocabs[0] is the id table; the rest are side fields. n_genres = 0 for users.
@@ -165,13 +172,19 @@ class Student(TwoHeadModel):
         shape = shape or StudentShape()
         self.register_buffer("mu", torch.tensor(float(global_mean)))
         self.user = Tower(
-            [fm.user_vocab, *fm.user_field_vocabs], 0, dim=shape.user_dim,
-            hidden=shape.user_hidden, rating_factor=shape.rating_factor,
+            [fm.user_vocab, *fm.user_field_vocabs],
+            0,
+            dim=shape.user_dim,
+            hidden=shape.user_hidden,
+            rating_factor=shape.rating_factor,
             score_factor=shape.score_factor,
         )
         self.item = Tower(
-            [fm.item_vocab, *fm.item_field_vocabs], fm.n_genres, dim=shape.item_dim,
-            hidden=shape.item_hidden, rating_factor=shape.rating_factor,
+            [fm.item_vocab, *fm.item_field_vocabs],
+            fm.n_genres,
+            dim=shape.item_dim,
+            hidden=shape.item_hidden,
+            rating_factor=shape.rating_factor,
             score_factor=shape.score_factor,
         )
         self.user_bias = nn.Embedding(fm.user_vocab, 1)
@@ -192,8 +205,14 @@ class Student(TwoHeadModel):
         )
 
     def heads(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
-        item_genres: Tensor, *, masks: Mapping[str, Tensor] | None = None,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+        *,
+        masks: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """`masks` (kind -> [B, n_units] multipliers) exist for group Fisher estimates."""
         m = masks or {}
@@ -269,8 +288,10 @@ class Student(TwoHeadModel):
             tower = u if kind == "user_hidden" else i
             h = tower.hidden.out_features
             return [
-                tower.hidden.weight, tower.hidden.bias.unsqueeze(1),
-                tower.rating_out.weight[:, :h].T, tower.score_out.weight[:, :h].T,
+                tower.hidden.weight,
+                tower.hidden.bias.unsqueeze(1),
+                tower.rating_out.weight[:, :h].T,
+                tower.score_out.weight[:, :h].T,
             ]
         layer = "rating_out" if kind == "rating_factor" else "score_out"
         if kind not in UNIT_KINDS:

@@ -68,7 +68,11 @@ class XDeepFM(TowerScoring):
         self.item_mlp = mlp([self.rank_embed.n_item_fields * dim, *tower_layers, score_dim])
 
     def heads(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> dict[str, Tensor]:
         e = self.embed(user, item, user_feats, item_feats, item_genres)  # [B, F, d]
@@ -87,7 +91,11 @@ class XDeepFM(TowerScoring):
         return self.item_mlp(side.flatten(1))  # [N, D]
 
     def regularizer(
-        self, user: Tensor, item: Tensor, user_feats: Tensor, item_feats: Tensor,
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
         args = (user, item, user_feats, item_feats, item_genres)

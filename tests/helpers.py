@@ -1,0 +1,30 @@
+"""Small helpers shared by the service, fault and deployment tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def copy_bundle(source: Path, target_root: Path, *, version: str) -> Path:
+    """A copy of a bundle under a new version; the manifest itself carries no hash."""
+    target = target_root / version
+    shutil.copytree(source.resolve(), target)
+    manifest_path = target / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = version
+    manifest_path.write_text(json.dumps(manifest))
+    return target
+
+
+def metric_total(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`, from exposition text."""
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
