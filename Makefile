@@ -65,7 +65,8 @@ bench-student: install
 	$(PY) -m bench.student $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
 
 bench-serving: bundle
-	$(PY) -m bench.serving --model-dir $(MODELS)/current --repeat 2
+	$(PY) -m bench.serving --model-dir $(MODELS)/current --repeat 3 \
+		--redis-url redis://127.0.0.1:6379/12 --docs docs/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.bundle import Bundle
+from app.inference import ModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +35,6 @@ class FloorResult:
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-def _session(path: Path, *, intra_op_threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads > 0:
-        options.intra_op_num_threads = intra_op_threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def catalogue_inputs(bundle: Bundle, user: int) -> dict[str, np.ndarray]:
@@ -119,7 +112,13 @@ def measure_floors(
         if not bundle.has_model(model):
             logger.warning("bundle has no %s model; no floor for it", model)
             continue
-        session = _session(bundle.model_path(model), intra_op_threads=intra_op_threads)
+        # The service's own session set-up, so the floor runs with the same options.
+        session = ModelRunner(
+            bundle.model_path(model),
+            name=model,
+            providers=["CPUExecutionProvider"],
+            intra_op_threads=intra_op_threads,
+        ).session
         for name, (batch, feeds) in work.items():
             ms, elapsed = _time_runs(
                 session, feeds, max_iterations=max_iterations, max_seconds=max_seconds
