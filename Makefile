@@ -7,6 +7,8 @@ MODELS ?= models
 HOST ?= 0.0.0.0
 PORT ?= 8000
 MOVIELENS_DIR ?=
+# Teachers trained by bench-quality, reused by bench-student for the same folds.
+TEACHERS ?= $(MODELS)/.teachers
 # Extras installed by `make install`: serving + training + tests.
 EXTRAS ?= train,dev
 comma := ,
@@ -59,10 +61,12 @@ typecheck: install
 
 bench-quality:
 	$(MAKE) install EXTRAS=train,dev,bench
-	$(PY) -m bench.quality $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
+	$(PY) -m bench.quality $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)") \
+		--jobs 2 --save-teachers $(TEACHERS)
 
 bench-student: install
-	$(PY) -m bench.student $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)")
+	$(PY) -m bench.student $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)") \
+		--folds u1,u2 --teacher-cache $(TEACHERS) --jobs 2
 
 bench-serving: bundle
 	$(PY) -m bench.serving --model-dir $(MODELS)/current --repeat 3 \

@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="only re-render the Markdown from a previous run's JSON",
     )
+    parser.add_argument(
+        "--save-teachers",
+        type=Path,
+        default=None,
+        help="folder to save each fold's trained teacher in (bench.student --teacher-cache)",
+    )
     parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "QUALITY.md")
     parser.add_argument(
         "--out-json", type=Path, default=ROOT / "bench" / "results" / "quality.json"
@@ -128,6 +134,12 @@ def run_fold(fold: str, args: argparse.Namespace) -> dict[str, Any]:
     train_seconds = time.perf_counter() - started
     # CPU time of this process: comparable across runs whatever else shares the machine.
     train_cpu_seconds = time.process_time() - cpu_started
+    if args.save_teachers is not None:
+        from bench._teacher_cache import teacher_cache_path  # noqa: PLC0415
+
+        path = teacher_cache_path(args.save_teachers, fold, quick=args.quick, seed=args.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(teacher, path)
 
     def measure(model: Any) -> dict[str, float]:
         return evaluate_model(model, ds.tables, train=split.train, test=split.test, **kw)
@@ -280,6 +292,13 @@ def write_markdown(result: dict[str, Any], path: Path, *, command: str) -> None:
             f"| {f['fold']} | {rw} + {ft['rating_bias']:.3f} | {sw} | "
             f"{d['rmse']:.4f} -> {ft['rmse']:.4f} | {d['ndcg@10']:.4f} -> {ft['ndcg@10']:.4f} |"
         )
+    if folds and folds[0]["teacher_report"]["config"].get("refit_full"):
+        lines += [
+            "",
+            "The validation split also chooses each component's epochs (per head); the "
+            "components are then retrained on all of the fold's training data with those "
+            "epochs and these weights, and that retrained teacher is the one measured above.",
+        ]
     lines += ["", "## Per fold", ""]
     for f in folds:
         lines += [
@@ -325,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         if skip:
             skip = False
             continue
-        if arg in ("--data-dir", "--out-md", "--out-json"):
+        if arg in ("--data-dir", "--out-md", "--out-json", "--save-teachers"):
             skip = True
             continue
-        if not arg.startswith(("--data-dir=", "--out-md=", "--out-json=")):
+        if not arg.startswith(("--data-dir=", "--out-md=", "--out-json=", "--save-teachers=")):
             shown.append(arg)
     command = " ".join(["python -m bench.quality --data-dir $MOVIELENS_DIR", *shown])
     result = {

@@ -85,10 +85,12 @@ class XDeepFMConfig(ComponentConfig):
     # no better on validation over the epochs we could afford to compare.
     cin_layers: tuple[int, ...] = (32, 32)
     dnn_layers: tuple[int, ...] = (128, 64)
-    dropout: float = 0.1
+    # The DNN's rating fit peaks around epoch ten of twenty; dropout keeps it from
+    # overfitting until the ranking towers, which keep improving, are done.
+    dropout: float = 0.2
     score_dim: int = 64
     tower_layers: tuple[int, ...] = (128,)
-    epochs: int = 10
+    epochs: int = 20
     tower_lr: float = 5e-3  # the MLP towers start slower than MF's plain embeddings
     rating_l2: float = 0.01
     tower_l2: float = 1e-3
@@ -104,7 +106,7 @@ class AutoIntConfig(ComponentConfig):
     d_head: int = 16
     score_dim: int = 64
     tower_layers: int = 1
-    epochs: int = 10
+    epochs: int = 20
     tower_lr: float = 5e-3
     rating_l2: float = 0.01
     tower_l2: float = 1e-3
@@ -121,8 +123,10 @@ class TeacherConfig:
     threads: int = 0  # torch.set_num_threads; 0 leaves torch's default
     valid_fraction: float = 0.1
     weight_step: float = 0.05  # grid step of the score-weight search over the simplex
-    # Retrain on all training data with the selected epochs: better models, twice the time.
-    refit_full: bool = False
+    # Retrain on all training data with the selected epochs. Twice the time, and worth it
+    # on ml-100k: the 10% held out for selection is too much data to leave unused, and
+    # both RMSE and NDCG@10 gain clearly from it.
+    refit_full: bool = True
     progress: bool = True
 
     def quick(self) -> TeacherConfig:

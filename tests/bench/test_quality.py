@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import quality
+from bench._teacher_cache import teacher_cache_path
 
 
 @pytest.mark.slow
@@ -19,6 +21,7 @@ def test_quality_benchmark_writes_its_table_and_json(
         "--data-dir", str(synthetic_ml100k), "--folds", "u1,u2", "--quick",
         "--peers", "popularity", "--threads", "1",
         "--out-md", str(out_md), "--out-json", str(out_json),
+        "--save-teachers", str(tmp_path / "teachers"),
     ])  # fmt: skip
     assert code == 0
     result = json.loads(out_json.read_text())
@@ -33,3 +36,9 @@ def test_quality_benchmark_writes_its_table_and_json(
     assert "| teacher (fitted weights) |" in text
     assert "## Targets" in text
     assert "Ensemble recall@10" in text
+    assert str(tmp_path) not in text  # this machine's paths are not part of the recipe
+    # The saved teachers are what bench.student --teacher-cache loads for the same folds.
+    for fold in ("u1", "u2"):
+        path = teacher_cache_path(tmp_path / "teachers", fold, quick=True, seed=0)
+        teacher = torch.load(path, weights_only=False)  # written by this test just above
+        assert hasattr(teacher, "components") and len(teacher.components) == 3
