@@ -36,6 +36,9 @@ TEACHER_ROWS = (
     "component: autoint",
 )
 
+# Options whose values are paths of this machine: left out of the recorded command.
+_PATH_OPTIONS = ("--data-dir", "--out-md", "--out-json", "--save-teachers")
+
 log = logging.getLogger("bench.quality")
 
 
@@ -98,11 +101,16 @@ def run_fold(fold: str, args: argparse.Namespace) -> dict[str, Any]:
     # Imported here: main() first makes the checkout importable when run as a file.
     import torch  # noqa: PLC0415
 
+    from bench._teacher_cache import (  # noqa: PLC0415
+        save_teacher,
+        teacher_cache_path,
+        teacher_config,
+    )
     from training import baselines  # noqa: PLC0415
     from training.data import load_dataset, make_split  # noqa: PLC0415
     from training.evaluate import evaluate_model  # noqa: PLC0415
     from training.models.ensemble import DEFAULT_WEIGHTS  # noqa: PLC0415
-    from training.train import TeacherConfig, train_teacher  # noqa: PLC0415
+    from training.train import train_teacher  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {fold} %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -126,20 +134,17 @@ def run_fold(fold: str, args: argparse.Namespace) -> dict[str, Any]:
         rows["implicit-als"] = baselines.implicit_als(
             split.train, split.test, seed=args.seed, threads=args.threads, **kw
         )
-    config = TeacherConfig(seed=args.seed, threads=args.threads, progress=False)
-    if args.quick:
-        config = config.quick()
+    config = teacher_config(seed=args.seed, threads=args.threads, quick=args.quick)
     started, cpu_started = time.perf_counter(), time.process_time()
     teacher, report = train_teacher(ds, split.train, config=config)
     train_seconds = time.perf_counter() - started
     # CPU time of this process: comparable across runs whatever else shares the machine.
     train_cpu_seconds = time.process_time() - cpu_started
     if args.save_teachers is not None:
-        from bench._teacher_cache import teacher_cache_path  # noqa: PLC0415
-
-        path = teacher_cache_path(args.save_teachers, fold, quick=args.quick, seed=args.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(teacher, path)
+        save_teacher(
+            teacher,
+            teacher_cache_path(args.save_teachers, fold, quick=args.quick, seed=args.seed),
+        )
 
     def measure(model: Any) -> dict[str, float]:
         return evaluate_model(model, ds.tables, train=split.train, test=split.test, **kw)
@@ -344,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         if skip:
             skip = False
             continue
-        if arg in ("--data-dir", "--out-md", "--out-json", "--save-teachers"):
+        if arg in _PATH_OPTIONS:
             skip = True
             continue
-        if not arg.startswith(("--data-dir=", "--out-md=", "--out-json=", "--save-teachers=")):
+        if not arg.startswith(tuple(f"{option}=" for option in _PATH_OPTIONS)):
             shown.append(arg)
     command = " ".join(["python -m bench.quality --data-dir $MOVIELENS_DIR", *shown])
     result = {

@@ -22,12 +22,12 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from bench._teacher_cache import teacher_cache_path
+from bench._teacher_cache import load_teacher, save_teacher, teacher_cache_path, teacher_config
 from training.data import Ratings, load_dataset, make_split
 from training.distill import StudentConfig, distill_student, teacher_pools
 from training.evaluate import evaluate_model, evaluate_popularity
@@ -35,7 +35,7 @@ from training.export import export_onnx, ort_latency_ms
 from training.fisher import fisher_report
 from training.models.base import TwoHeadModel, count_params
 from training.report import write_student_report
-from training.train import TeacherConfig, train_teacher
+from training.train import train_teacher
 
 log = logging.getLogger("bench.student")
 
@@ -96,16 +96,13 @@ def get_teacher(
     )
     if cached is not None and cached.is_file():
         log.info("loading the teacher from %s", cached)
-        # Our own checkpoint written below, never a downloaded file.
-        model: TwoHeadModel = torch.load(cached, weights_only=False)
-        return model.eval(), 0.0
-    config = TeacherConfig(progress=False, threads=args.threads, seed=args.seed)
+        return cast(TwoHeadModel, load_teacher(cached)), 0.0
+    config = teacher_config(seed=args.seed, threads=args.threads, quick=args.quick)
     started = time.perf_counter()
-    teacher, _ = train_teacher(dataset, train, config=config.quick() if args.quick else config)
+    teacher, _ = train_teacher(dataset, train, config=config)
     seconds = time.perf_counter() - started
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(teacher, cached)
+        save_teacher(teacher, cached)
     return teacher.eval(), seconds
 
 

@@ -123,9 +123,8 @@ class TeacherConfig:
     threads: int = 0  # torch.set_num_threads; 0 leaves torch's default
     valid_fraction: float = 0.1
     weight_step: float = 0.05  # grid step of the score-weight search over the simplex
-    # Retrain on all training data with the selected epochs. Twice the time, and worth it
-    # on ml-100k: the 10% held out for selection is too much data to leave unused, and
-    # both RMSE and NDCG@10 gain clearly from it.
+    # Retrain on all training data with the selected epochs: twice the time, but on data
+    # the size of ml-100k the 10% held out for selection is too much to leave unused.
     refit_full: bool = True
     progress: bool = True
 
