@@ -191,6 +191,7 @@ def run_fold(
         "small": "KD into the small shape, no pruning",
         "gt_high": "PAKD, ground-truth weight 0.2",
         "gt_none": "PAKD, KD only (ground-truth weight 0)",
+        "list_kd": "PAKD, ranking KD over the sampled list only",
     }
     if not args.no_ablations:
         jobs += [
@@ -202,6 +203,7 @@ def run_fold(
         jobs += [
             (names["gt_high"], replace(base, prune_ratio=args.ratio, w_ground_truth=0.2)),
             (names["gt_none"], replace(base, prune_ratio=args.ratio, w_ground_truth=0.0)),
+            (names["list_kd"], replace(base, prune_ratio=args.ratio, ranking_kd_scope="list")),
         ]
     done = run_jobs(jobs, args.jobs)
     chosen_model, chosen_info, chosen_metrics = done[f"ratio {args.ratio}"]

@@ -7,8 +7,9 @@ is fitted to
   that puts the liked (>= 4) items on top, weight `w_ground_truth`;
 - rating distillation: squared error against the teacher's clipped rating on every item of
   the list (unrated ones included: that is where the teacher adds information), 0.4;
-- ranking distillation: T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the
-  list, 0.4;
+- ranking distillation: T^2 * KL(softmax(teacher / T) || softmax(student / T)) over every
+  item the user has not rated in training (the ranking protocol P scores; the two-tower
+  scores of both models make the whole catalogue cheap), or over the list only, 0.4;
 - feature distillation: the student's per-factor interactions, through a learned linear
   projection, against the teacher's AutoInt representation (over its mean square), 0.2.
 
@@ -81,6 +82,10 @@ class StudentConfig:
     # The teacher's blended scores are standardised (unit variance over the catalogue):
     # T = 1 keeps its top items distinct, which is where NDCG@10 is decided.
     temperature: float = 1.0
+    # "catalogue": ranking distillation over every item the user has not rated in
+    # training, which is the ranking protocol P scores; "list": over the sampled list only
+    # (for teachers without two-tower scores, or catalogues too large to score per batch).
+    ranking_kd_scope: Literal["catalogue", "list"] = "catalogue"
     importance_examples: int = 512
     fisher_examples: int = 256
     fisher_chunk: int = 16
@@ -288,6 +293,53 @@ def teacher_pools(
     return pools
 
 
+class CatalogueTargets:
+    """The teacher's scores over the whole catalogue for a batch of users.
+
+    The teacher is frozen, so its item-tower outputs are computed once; a batch then costs
+    one user-tower pass and one matrix product. `rankable` marks, per user, the items
+    protocol P ranks: every real item the user has not rated in training.
+    """
+
+    def __init__(self, teacher: nn.Module, tables: FeatureTables, train: Ratings) -> None:
+        self.teacher = teacher
+        self.item_feats = torch.as_tensor(tables.item_feats)
+        self.item_genres = torch.as_tensor(tables.item_genres)
+        n_items = self.item_feats.shape[0]
+        with torch.no_grad():
+            was_training = teacher.training
+            teacher.eval()
+            self.item_vectors = teacher.item_tower(  # type: ignore[operator]
+                torch.arange(n_items), self.item_feats, self.item_genres
+            )  # [M, D]
+            teacher.train(was_training)
+        order = np.argsort(train.user, kind="stable")
+        self.rated_items = torch.as_tensor(train.item[order].astype(np.int64))
+        counts = np.bincount(train.user, minlength=tables.user_feats.shape[0])
+        self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    @staticmethod
+    def supports(teacher: nn.Module) -> bool:
+        return hasattr(teacher, "user_tower") and hasattr(teacher, "item_tower")
+
+    @torch.no_grad()
+    def __call__(self, user: Tensor, user_feats: Tensor) -> tuple[Tensor, Tensor]:
+        """[N] users, [N, Fu] feats -> teacher scores [N, M], rankable mask [N, M]."""
+        was_training = self.teacher.training
+        self.teacher.eval()
+        u = self.teacher.user_tower(user, user_feats)  # type: ignore[operator]
+        self.teacher.train(was_training)
+        scores = u @ self.item_vectors.T  # [N, M]
+        rankable = torch.ones_like(scores, dtype=torch.bool)
+        rankable[:, 0] = False  # the unknown-item index is not a real item
+        lo, hi = self.indptr[user.numpy()], self.indptr[user.numpy() + 1]
+        rows = torch.as_tensor(np.repeat(np.arange(user.numel()), hi - lo))
+        spans = [np.arange(a, b) for a, b in zip(lo, hi, strict=True)]
+        cols = self.rated_items[np.concatenate(spans)]
+        rankable[rows, cols] = False
+        return scores, rankable
+
+
 # ---------------------------------------------------------------- losses, per list [N]
 
 
@@ -301,6 +353,19 @@ def ranking_kd(student: Tensor, teacher: Tensor, *, temperature: float) -> Tenso
     log_p_t = F.log_softmax(teacher / temperature, dim=-1)
     log_p_s = F.log_softmax(student / temperature, dim=-1)
     return temperature**2 * (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+
+
+def catalogue_ranking_kd(
+    student: Tensor, teacher: Tensor, rankable: Tensor, *, temperature: float
+) -> Tensor:
+    """ranking_kd over the rankable items of each row only: [N, M] x3 -> [N]."""
+    # A finite fill, not -inf: exp() of it is exactly 0 and no gradient turns into NaN.
+    hidden = torch.tensor(-1e4)
+    return ranking_kd(
+        torch.where(rankable, student, hidden),
+        torch.where(rankable, teacher, hidden),
+        temperature=temperature,
+    )
 
 
 def feature_kd(projected: Tensor, teacher: Tensor, *, scale: float = 1.0) -> Tensor:
@@ -331,16 +396,23 @@ class DistillLoss(nn.Module):
         student_repr: int,
         teacher_repr: int | None,
         teacher_repr_scale: float = 1.0,
+        catalogue: CatalogueTargets | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self.catalogue = catalogue
         self.use_feature = teacher_repr is not None and config.w_feature_kd > 0
         self.proj = nn.Linear(student_repr, teacher_repr or 1)
         nn.init.zeros_(self.proj.bias)  # starts at loss 1: the scale below is the target's
         # Mean square of the teacher representation: the loss of predicting zeros is 1.
         self.repr_scale = max(float(teacher_repr_scale), 1e-8)
 
-    def components(self, heads: HeadsFn, ex: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def components(
+        self, heads: HeadsFn, ex: Mapping[str, Tensor], *, student: Student | None = None
+    ) -> dict[str, Tensor]:
+        """Each loss per list [N]. With `student` (training) and catalogue targets, ranking
+        distillation covers the whole catalogue; without (the per-example importance
+        estimates, where scoring every item for every list is too dear) the list."""
         c = self.config
         out = run_heads(heads, ex)
         parts = {
@@ -350,7 +422,16 @@ class DistillLoss(nn.Module):
         if c.w_rating_kd > 0:
             k = ex["t_rating"].shape[1]  # the teacher rated the first k items of each list
             parts["rating_kd"] = rating_kd(out["rating"][:, :k], ex["t_rating"])
-        if c.w_ranking_kd > 0:
+        if c.w_ranking_kd > 0 and student is not None and self.catalogue is not None:
+            user, user_feats = ex["user"][:, 0], ex["user_feats"][:, 0]
+            t_scores, rankable = self.catalogue(user, user_feats)
+            s_scores = student.catalogue_scores(
+                user, user_feats, self.catalogue.item_feats, self.catalogue.item_genres
+            )
+            parts["ranking_kd"] = catalogue_ranking_kd(
+                s_scores, t_scores, rankable, temperature=c.temperature
+            )
+        elif c.w_ranking_kd > 0:
             parts["ranking_kd"] = ranking_kd(out["score"], ex["t_score"], temperature=c.temperature)
         if self.use_feature and "t_repr" in ex:
             k = ex["t_repr"].shape[1]
@@ -471,11 +552,18 @@ def distill_student(
     if pools is None:
         pools = teacher_pools(dataset, train, teacher, config=cfg)
     t_repr = pools[0].get("t_repr")
+    catalogue: CatalogueTargets | None = None
+    if cfg.ranking_kd_scope == "catalogue":
+        if CatalogueTargets.supports(teacher):
+            catalogue = CatalogueTargets(teacher, dataset.tables, train)
+        else:
+            log.warning("the teacher has no two-tower scores: ranking distillation uses lists")
     loss = DistillLoss(
         cfg,
         student_repr=shape.rating_factor + shape.score_factor,
         teacher_repr=None if t_repr is None else int(t_repr.shape[-1]),
         teacher_repr_scale=1.0 if t_repr is None else float(t_repr.pow(2).mean()),
+        catalogue=catalogue,
     )
     if t_repr is None and cfg.w_feature_kd > 0:
         log.warning("the teacher has no 'repr' output: feature distillation is off")
@@ -516,7 +604,7 @@ def distill_student(
         for start in bar:
             idx = perm[start : start + cfg.lists_per_batch]
             ex = {k: v[idx] for k, v in ex_all.items()}
-            parts = loss.components(student.heads, ex)
+            parts = loss.components(student.heads, ex, student=student)
             means = {k: v.mean() for k, v in parts.items()}
             total = loss.total(means) + cfg.l2 * _l2(student, ex)
             opt.zero_grad(set_to_none=True)

@@ -136,7 +136,7 @@ def export_onnx(
 def _complete_inputs(proto: onnx.ModelProto, feature_map: FeatureMap) -> None:
     """Restores inputs the tracer dropped because the model ignores them, in contract order.
 
-    A model without side features (biased MF) still has to accept all five inputs: the
+    A model that ignores some side features still has to accept all five inputs: the
     service feeds every model the same way.
     """
     widths = {

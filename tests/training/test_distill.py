@@ -12,12 +12,14 @@ import torch
 from tests.datagen import write_ml100k
 from tests.training.test_fisher import lists, tiny_student
 from tests.training.test_student import feature_map
-from training.data import load_dataset, make_split
+from training.data import Dataset, load_dataset, make_split
 from training.distill import (
+    CatalogueTargets,
     DistillLoss,
     ListSampler,
     StudentConfig,
     annotate,
+    catalogue_ranking_kd,
     distill_student,
     feature_kd,
     initial_shape,
@@ -48,6 +50,44 @@ def test_each_distillation_loss_is_zero_when_student_equals_teacher() -> None:
         ranking_kd(s + 4.0, s, temperature=2.0), torch.zeros(5), atol=1e-5, rtol=0
     )
     assert bool((feature_kd(f * 0.5, f) > 0).all())
+
+
+def test_catalogue_ranking_kd_sees_only_rankable_items() -> None:
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 9, generator=g, requires_grad=True)
+    t = torch.randn(4, 9, generator=g)
+    rankable = torch.rand(4, 9, generator=g) < 0.6
+    rankable[:, 0] = True
+    got = catalogue_ranking_kd(s, t, rankable, temperature=0.7)
+    for row in range(4):
+        keep = rankable[row]
+        want = ranking_kd(s[row, keep], t[row, keep], temperature=0.7)
+        torch.testing.assert_close(got[row], want)
+    # Hidden items neither count nor receive gradient (and no NaN comes from hiding them).
+    moved = torch.where(rankable, s, s + 100.0)
+    torch.testing.assert_close(catalogue_ranking_kd(moved, t, rankable, temperature=0.7), got)
+    got.sum().backward()
+    assert s.grad is not None and bool(torch.isfinite(s.grad).all())
+    assert bool((s.grad[~rankable] == 0).all())
+    torch.testing.assert_close(
+        catalogue_ranking_kd(t, t, rankable, temperature=0.7), torch.zeros(4), atol=1e-6, rtol=0
+    )
+
+
+def test_catalogue_targets_are_the_teacher_scores_over_unrated_items(tmp_path: Path) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=20, n_items=30, n_ratings=300))
+    split = make_split(ds, split="u1")
+    teacher = quick_teacher(ds)
+    targets = CatalogueTargets(teacher, ds.tables, split.train)
+    users = np.unique(split.train.user)[:7]
+    scores, rankable = targets(torch.as_tensor(users), torch.as_tensor(ds.tables.user_feats[users]))
+    want = teacher.score_matrix(users, ds.tables).detach()
+    torch.testing.assert_close(scores, want, rtol=1e-4, atol=1e-5)
+    rated = {(int(u), int(i)) for u, i in zip(split.train.user, split.train.item, strict=True)}
+    for row, u in enumerate(users):
+        assert not rankable[row, 0]
+        for i in range(1, scores.shape[1]):
+            assert bool(rankable[row, i]) == ((int(u), i) not in rated)
 
 
 def test_distill_objective_is_zero_on_kd_terms_for_the_teacher_itself() -> None:
@@ -145,17 +185,22 @@ def test_distillation_runs_with_every_pruning_method(tmp_path: Path, method: str
     assert len(info["prune_steps"]) == 2
 
 
-def test_tower_scores_of_the_teacher_match_its_heads(tmp_path: Path) -> None:
-    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=20, n_items=30, n_ratings=300))
-    split = make_split(ds, split="u1")
+def quick_teacher(ds: Dataset) -> EnsembleTeacher:
+    """An untrained ensemble of quick-sized components: real shapes, random weights."""
     quick = TeacherConfig().quick()
     torch.manual_seed(0)
-    teacher = EnsembleTeacher(
+    return EnsembleTeacher(
         *[
             build_component(name, ds.feature_map, getattr(quick, name), global_mean=3.5)
             for name in ("mf", "xdeepfm", "autoint")
         ]
     ).eval()
+
+
+def test_tower_scores_of_the_teacher_match_its_heads(tmp_path: Path) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=20, n_items=30, n_ratings=300))
+    split = make_split(ds, split="u1")
+    teacher = quick_teacher(ds)
     sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=3, negatives=5, seed=1)
     ex = sampler.tensors(sampler.epoch_lists())
     full = annotate(teacher, ex)

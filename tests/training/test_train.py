@@ -94,7 +94,7 @@ def test_id_dropout_trains_the_unknown_user_and_item(
             config=replace(QUICK_MF, id_dropout=dropout),
             progress=False,
         )
-        return model.user_factors.weight[0].detach(), model.item_rank.weight[0].detach()
+        return model.factors.table.weight[0].detach(), model.item_rank.weight[0].detach()
 
     plain = rows(0.0)
     dropped = rows(0.2)
@@ -107,8 +107,8 @@ def test_id_dropout_trains_the_unknown_user_and_item(
         config=replace(QUICK_MF, epochs=0),
         progress=False,
     )
-    torch.testing.assert_close(plain[0], init_model.user_factors.weight[0].detach())
-    assert not torch.allclose(dropped[0], init_model.user_factors.weight[0].detach())
+    torch.testing.assert_close(plain[0], init_model.factors.table.weight[0].detach())
+    assert not torch.allclose(dropped[0], init_model.factors.table.weight[0].detach())
     assert not torch.allclose(dropped[1], init_model.item_rank.weight[0].detach())
 
 

@@ -157,6 +157,11 @@ class TowerScoring(TwoHeadModel):
 class BiasedMF(TowerScoring):
     """r(u, i) = mu + b_u + b_i + <p_u, q_i>; score(u, i) = <x_u, y_i> + c_i.
 
+    Feature-based biased MF (as in SVDFeature, Chen et al., 2012): a user's factor p_u and
+    bias b_u are the sums of the rows of the user id and of each user field (age, gender,
+    occupation, zip prefix); items likewise, with the genre bag. The side rows are shared
+    by many users or items, so they pull the factors of sparsely rated ones towards their
+    group (docs/QUALITY.md measures the component with them).
     The ranking embeddings x, y are separate from the rating factors p, q: the sampled
     softmax pulls embedding norms towards popularity, which hurts the rating fit.
     """
@@ -175,17 +180,14 @@ class BiasedMF(TowerScoring):
         super().__init__()
         self.tower_prefixes = ("user_rank.", "item_rank.", "item_rank_bias.")
         self.register_buffer("mu", torch.tensor(float(global_mean)))
-        self.user_factors = nn.Embedding(fm.user_vocab, dim)
-        self.item_factors = nn.Embedding(fm.item_vocab, dim)
-        self.user_bias = nn.Embedding(fm.user_vocab, 1)
-        self.item_bias = nn.Embedding(fm.item_vocab, 1)
+        self.factors = FieldEmbedding(fm, dim, init_std=init_std)
+        self.biases = FieldEmbedding(fm, 1, init_std=0.0)
         self.user_rank = nn.Embedding(fm.user_vocab, score_dim)
         self.item_rank = nn.Embedding(fm.item_vocab, score_dim)
         self.item_rank_bias = nn.Embedding(fm.item_vocab, 1)
-        for emb in (self.user_factors, self.item_factors, self.user_rank, self.item_rank):
+        for emb in (self.user_rank, self.item_rank):
             nn.init.normal_(emb.weight, std=init_std)
-        for emb in (self.user_bias, self.item_bias, self.item_rank_bias):
-            nn.init.zeros_(emb.weight)
+        nn.init.zeros_(self.item_rank_bias.weight)
 
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
         x = self.user_rank(user)  # [B, D]
@@ -202,9 +204,9 @@ class BiasedMF(TowerScoring):
         item_feats: Tensor,
         item_genres: Tensor,
     ) -> dict[str, Tensor]:
-        p = self.user_factors(user)  # [B, d]
-        q = self.item_factors(item)  # [B, d]
-        bias = self.user_bias(user).squeeze(1) + self.item_bias(item).squeeze(1)  # [B]
+        p = self.factors.user_side(user, user_feats).sum(dim=1)  # [B, d]
+        q = self.factors.item_side(item, item_feats, item_genres).sum(dim=1)  # [B, d]
+        bias = self.biases(user, item, user_feats, item_feats, item_genres).sum(dim=(1, 2))  # [B]
         rating = self.mu + bias + (p * q).sum(dim=1)  # [B]
         score = self.tower_score(user, item, user_feats, item_feats, item_genres)  # [B]
         return {"rating": rating, "score": score}
@@ -217,6 +219,5 @@ class BiasedMF(TowerScoring):
         item_feats: Tensor,
         item_genres: Tensor,
     ) -> Tensor:
-        p = self.user_factors(user).pow(2).sum(1) + self.item_factors(item).pow(2).sum(1)
-        b = self.user_bias(user).pow(2).sum(1) + self.item_bias(item).pow(2).sum(1)
-        return p + b  # [B]
+        args = (user, item, user_feats, item_feats, item_genres)
+        return self.factors.squared_norm(*args) + self.biases.squared_norm(*args)  # [B]

@@ -231,17 +231,24 @@ class Student(TwoHeadModel):
         score = st.sum(dim=1) + self.item_score_bias(item).squeeze(1)  # [B]
         return {"rating": rating, "score": score, "repr": torch.cat([pq, st], dim=1)}
 
+    def catalogue_scores(
+        self, user: Tensor, user_feats: Tensor, item_feats: Tensor, item_genres: Tensor
+    ) -> Tensor:
+        """Scores of every item (row j of the item tables is item index j): [B, M]."""
+        xu = self.user.embed(user, user_feats, None)  # [B, Du]
+        _, s = self.user(xu)  # [B, Ks]
+        xi = self.item.embed(torch.arange(item_feats.shape[0]), item_feats, item_genres)
+        _, t = self.item(xi)  # [M, Ks]
+        return s @ t.T + self.item_score_bias.weight.T  # [B, M]
+
     def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
         """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
-        user = torch.as_tensor(users, dtype=torch.long)
-        xu = self.user.embed(user, torch.as_tensor(tables.user_feats[users]), None)
-        _, s = self.user(xu)  # [b, Ks]
-        item = torch.arange(tables.item_feats.shape[0])
-        xi = self.item.embed(
-            item, torch.as_tensor(tables.item_feats), torch.as_tensor(tables.item_genres)
+        return self.catalogue_scores(
+            torch.as_tensor(users, dtype=torch.long),
+            torch.as_tensor(tables.user_feats[users]),
+            torch.as_tensor(tables.item_feats),
+            torch.as_tensor(tables.item_genres),
         )
-        _, t = self.item(xi)  # [n_items+1, Ks]
-        return s @ t.T + self.item_score_bias.weight.T  # [b, n_items+1]
 
     def unit_counts(self) -> dict[str, int]:
         return self.shape.as_dict()
