@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.data import seen_csr
 from training.features import FeatureMap, FeatureTables
 from training.fisher import ExampleLoss, HeadsFn
 from training.models.base import count_params
@@ -313,10 +314,8 @@ class CatalogueTargets:
                 torch.arange(n_items), self.item_feats, self.item_genres
             )  # [M, D]
             teacher.train(was_training)
-        order = np.argsort(train.user, kind="stable")
-        self.rated_items = torch.as_tensor(train.item[order].astype(np.int64))
-        counts = np.bincount(train.user, minlength=tables.user_feats.shape[0])
-        self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.indptr, rated = seen_csr(train, tables.user_feats.shape[0] - 1)
+        self.rated_items = torch.as_tensor(rated)
 
     @staticmethod
     def supports(teacher: nn.Module) -> bool:
