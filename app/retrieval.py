@@ -1,0 +1,142 @@
+"""First stage of /recommend: top-N items by inner product with the user's tower vector.
+
+Both variants score `user_vector · item_vector`, so ranking the catalogue is a
+maximum-inner-product search over the bundle's precomputed item matrix. Small catalogues
+use an exact search (one matrix-vector product and `argpartition`); large ones an IVF
+index (FAISS) shipped in the bundle, over-fetching so that seen items can be dropped and
+falling back to the exact search in the rare case that leaves fewer than k items.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["auto", "exact", "ann"]
+Floats = npt.NDArray[np.float32]
+Positions = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Catalogue positions (item index - 1), best first, and their inner products."""
+
+    positions: Positions
+    scores: Floats
+    exact: bool
+
+
+class Searcher(Protocol):
+    def search(self, query: Floats, n: int) -> tuple[Positions, Floats]:
+        """The n best positions for one [D] query, best first."""
+        ...
+
+
+def top_k(score: Floats, k: int, *, exclude: Positions | None = None) -> Positions:
+    """Positions of the k best finite scores, best first; `exclude` are never returned.
+
+    `score` is modified in place when `exclude` is given (callers pass a fresh array).
+    """
+    if exclude is not None and exclude.size:
+        score[exclude] = -np.inf
+    k = min(k, score.shape[0])
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k < score.shape[0]:
+        candidates = np.argpartition(-score, k - 1)[:k]
+    else:
+        candidates = np.arange(score.shape[0])
+    order = candidates[np.argsort(-score[candidates], kind="stable")]
+    return order[np.isfinite(score[order])].astype(np.int64)
+
+
+class ExactSearcher:
+    """Brute force: one BLAS matrix-vector product over the item matrix."""
+
+    def __init__(self, vectors: Floats) -> None:
+        self.vectors = vectors  # [N, D], read-only, shared by all requests
+
+    def scores(self, query: Floats) -> Floats:
+        return np.asarray(self.vectors @ query, dtype=np.float32)  # [N]
+
+    def search(self, query: Floats, n: int) -> tuple[Positions, Floats]:
+        score = self.scores(query)
+        positions = top_k(score, n)
+        return positions, score[positions]
+
+
+class FaissSearcher:
+    """An inner-product FAISS index read from the bundle; `nprobe` from the manifest."""
+
+    def __init__(self, path: Path, *, nprobe: int, dim: int, rows: int) -> None:
+        import faiss  # noqa: PLC0415 - only bundles with an ANN index need FAISS loaded
+
+        index = faiss.read_index(str(path))
+        if index.d != dim or index.ntotal != rows:
+            raise ValueError(
+                f"{path.name} holds {index.ntotal} vectors of dimension {index.d}, "
+                f"the item matrix {rows} of {dim}"
+            )
+        if hasattr(index, "nprobe"):
+            index.nprobe = nprobe
+        self.index = index
+
+    def search(self, query: Floats, n: int) -> tuple[Positions, Floats]:
+        scores, ids = self.index.search(query.reshape(1, -1), n)
+        valid = ids[0] >= 0
+        return ids[0][valid].astype(np.int64), scores[0][valid].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Retriever:
+    """Exact search plus an optional ANN index over one variant's item matrix."""
+
+    exact: ExactSearcher
+    ann: Searcher | None
+    use_ann: bool
+    candidates: int
+
+    @property
+    def n_items(self) -> int:
+        return int(self.exact.vectors.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.exact.vectors.nbytes)
+
+    def retrieve(self, query: Floats, k: int, *, exclude: Positions | None = None) -> Hits:
+        """The k best positions not in `exclude` (sorted or not), best first.
+
+        Never fewer than k when the catalogue has k items outside `exclude`.
+        """
+        n_excluded = 0 if exclude is None else int(exclude.size)
+        if self.ann is not None and self.use_ann:
+            fetch = min(self.n_items, max(self.candidates, k + n_excluded))
+            positions, scores = self.ann.search(query, fetch)
+            if n_excluded:
+                keep = ~np.isin(positions, exclude)
+                positions, scores = positions[keep], scores[keep]
+            if positions.size >= min(k, self.n_items - n_excluded):
+                return Hits(positions=positions[:k], scores=scores[:k], exact=False)
+            logger.debug("ANN left fewer than k unseen items; exact search instead")
+        score = self.exact.scores(query)
+        positions = top_k(score, k, exclude=exclude)
+        return Hits(positions=positions, scores=score[positions], exact=True)
+
+
+def choose_ann(mode: Mode, *, n_items: int, threshold: int, has_index: bool) -> bool:
+    """Whether to search with the ANN index: `auto` uses it above `threshold` items."""
+    if mode == "exact":
+        return False
+    if mode == "ann":
+        if not has_index:
+            logger.warning("RETRIEVAL=ann but the bundle has no ANN index: exact search")
+        return has_index
+    return has_index and n_items > threshold

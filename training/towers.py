@@ -1,0 +1,183 @@
+"""The two-stage form of a model for serving: user tower graph, item matrix, ANN index.
+
+Every bundled model scores a pair as `user_tower(user) · item_tower(item)`, so the service
+retrieves with one user-tower run and an inner-product search over the item matrix
+computed here once, and runs the full pair graph only on the k items it returns.
+Parity is checked against the full model's score output before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from training.ann import AnnInfo, build_ivf, write_index
+from training.export import OPSET, PARITY_ATOL, ExportError, ort_session, random_batch
+from training.features import FeatureMap, FeatureTables
+from training.models.base import TwoHeadModel, to_inputs
+
+log = logging.getLogger(__name__)
+
+TOWER_INPUTS = ("user", "user_feats")
+TOWER_OUTPUT = "user_vector"
+ITEM_CHUNK = 65536
+# Above this many items a bundle ships an IVF index; below it exact search is as fast.
+ANN_MIN_ITEMS = 50_000
+_PARITY_USERS = 64
+_QUERY_SAMPLE = 512
+
+
+class _UserTower(nn.Module):
+    def __init__(self, model: TwoHeadModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, user: Tensor, user_feats: Tensor) -> Tensor:
+        return self.model.user_tower(user, user_feats)  # [B, D]
+
+
+@dataclass(frozen=True)
+class TowerArtifacts:
+    user_tower: Path
+    items: Path
+    ann: Path | None
+    dim: int
+    ann_info: AnnInfo | None
+    parity_max_abs_diff: float
+
+    def manifest_extra(self) -> dict[str, Any]:
+        return {"tower_dim": self.dim, "tower_parity_max_abs_diff": self.parity_max_abs_diff}
+
+
+@torch.no_grad()
+def item_matrix(model: TwoHeadModel, tables: FeatureTables) -> np.ndarray:
+    """Item vectors of item indices 1..n_items as float32 [n_items, D] (row j: item j+1)."""
+    n_items = tables.item_feats.shape[0] - 1
+    parts = []
+    for start in range(1, n_items + 1, ITEM_CHUNK):
+        items = np.arange(start, min(start + ITEM_CHUNK, n_items + 1), dtype=np.int64)
+        parts.append(
+            model.item_tower(
+                torch.as_tensor(items),
+                torch.as_tensor(tables.item_feats[items]),
+                torch.as_tensor(tables.item_genres[items]),
+            ).numpy()
+        )
+    return np.ascontiguousarray(np.concatenate(parts).astype(np.float32))
+
+
+def export_user_tower(
+    model: TwoHeadModel, feature_map: FeatureMap, path: Path, *, metadata: Mapping[str, str]
+) -> Path:
+    batch = random_batch(feature_map, 4, rng=np.random.default_rng(0))
+    example = (torch.as_tensor(batch.user), torch.as_tensor(batch.user_feats))
+    axes = {name: {0: "batch"} for name in (*TOWER_INPUTS, TOWER_OUTPUT)}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                _UserTower(model),
+                example,
+                str(path),
+                input_names=list(TOWER_INPUTS),
+                output_names=[TOWER_OUTPUT],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    finally:
+        model.train(was_training)
+    proto = onnx.load(str(path))
+    for key, value in sorted(metadata.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def tower_parity(
+    model: TwoHeadModel,
+    tower: Path,
+    items: np.ndarray,
+    tables: FeatureTables,
+    feature_map: FeatureMap,
+    *,
+    seed: int,
+) -> float:
+    """Max |ONNX user tower · item matrix - full model score| on random users and items."""
+    rng = np.random.default_rng(seed)
+    batch = random_batch(feature_map, _PARITY_USERS, rng=rng)
+    # The item side must be the catalogue's own rows for the item matrix to apply.
+    batch.item = rng.integers(1, feature_map.n_items + 1, _PARITY_USERS).astype(np.int64)
+    batch.item_feats = tables.item_feats[batch.item]
+    batch.item_genres = tables.item_genres[batch.item]
+    session = ort_session(tower)
+    (vectors,) = session.run([TOWER_OUTPUT], {"user": batch.user, "user_feats": batch.user_feats})
+    return _compare(model, vectors, items, batch)
+
+
+@torch.no_grad()
+def _compare(model: TwoHeadModel, vectors: np.ndarray, items: np.ndarray, batch: Any) -> float:
+    model.eval()
+    tables_item = items[batch.item - 1]  # [B, D]
+    got = np.einsum("bd,bd->b", vectors.astype(np.float64), tables_item.astype(np.float64))
+    _, want = model(*to_inputs(batch))
+    return float(np.max(np.abs(got - want.numpy().astype(np.float64))))
+
+
+def export_towers(
+    model: TwoHeadModel,
+    tables: FeatureTables,
+    feature_map: FeatureMap,
+    *,
+    out_dir: Path,
+    stem: str,
+    metadata: Mapping[str, str],
+    ann_min_items: int = ANN_MIN_ITEMS,
+    seed: int = 0,
+) -> TowerArtifacts:
+    """Writes `<stem>.user_tower.onnx`, `<stem>.items.npy` and, when large, `<stem>.ivf`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = item_matrix(model, tables)
+    items_path = out_dir / f"{stem}.items.npy"
+    np.save(items_path, items, allow_pickle=False)
+    tower = export_user_tower(
+        model, feature_map, out_dir / f"{stem}.user_tower.onnx", metadata=metadata
+    )
+    diff = tower_parity(model, tower, items, tables, feature_map, seed=seed)
+    if not diff <= PARITY_ATOL:
+        raise ExportError(f"{tower}: tower score differs from the full model by {diff:.3g}")
+    ann_path, info = None, None
+    if items.shape[0] > ann_min_items:
+        queries = _sample_queries(tower, tables, feature_map, seed=seed)
+        index, info = build_ivf(items, queries)
+        ann_path = out_dir / f"{stem}.ivf"
+        write_index(index, ann_path)
+    log.info("%s towers: dim %d, parity %.3g, ann %s", stem, items.shape[1], diff, info)
+    return TowerArtifacts(tower, items_path, ann_path, items.shape[1], info, diff)
+
+
+def _sample_queries(
+    tower: Path, tables: FeatureTables, feature_map: FeatureMap, *, seed: int
+) -> np.ndarray:
+    """User vectors of real users of the data set: the queries the index will answer."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1, feature_map.n_users + 1, _QUERY_SAMPLE).astype(np.int64)
+    session = ort_session(tower)
+    (vectors,) = session.run(
+        [TOWER_OUTPUT], {"user": users, "user_feats": tables.user_feats[users]}
+    )
+    return np.asarray(vectors, np.float32)
