@@ -29,10 +29,12 @@ import torch
 
 from bench._teacher_cache import load_teacher, save_teacher, teacher_cache_path, teacher_config
 from training.data import Ratings, load_dataset, make_split
-from training.distill import StudentConfig, distill_student, teacher_pools
+from training.distill import distill_student
+from training.distill_config import StudentConfig
 from training.evaluate import evaluate_model, evaluate_popularity
 from training.export import export_onnx, ort_latency_ms
-from training.fisher import fisher_report
+from training.fisher_analysis import fisher_report
+from training.kd_targets import teacher_pools
 from training.models.base import TwoHeadModel, count_params
 from training.report import write_student_report
 from training.train import train_teacher
@@ -177,7 +179,18 @@ def run_fold(
     )
     stage_started = time.perf_counter()
     if "fisher" not in results:
-        results["fisher"] = fisher_report(teacher, dataset, split.train, config=base.effective())
+        eff = base.effective()
+        results["fisher"] = fisher_report(
+            teacher,
+            dataset,
+            split.train,
+            examples=eff.fisher_examples,
+            positives=eff.list_positives,
+            negatives=eff.list_negatives,
+            temperature=eff.temperature,
+            chunk=eff.fisher_chunk,
+            seed=eff.seed,
+        )
     # The teacher's outputs on the training lists, computed once and shared by every run.
     _SHARED["pools"] = teacher_pools(dataset, split.train, teacher, config=base)
     fisher_seconds = time.perf_counter() - stage_started

@@ -15,23 +15,16 @@ unit were removed (Liu et al., 2021, "Group Fisher pruning").
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from training.data import Dataset, Ratings
-    from training.distill import StudentConfig
+from training.heads import ExampleLoss
 
 log = logging.getLogger(__name__)
-
-# heads(user, item, user_feats, item_feats, item_genres, **kw) -> {"rating", "score", ...}
-HeadsFn = Callable[..., dict[str, Tensor]]
-# (heads, examples: name -> [N, L, ...]) -> per-example losses [N]
-ExampleLoss = Callable[[HeadsFn, Mapping[str, Tensor]], Tensor]
 
 
 class _Heads(nn.Module):
@@ -222,47 +215,48 @@ def unit_importance_diag(
     """
     out: dict[str, dict[str, Tensor]] = {}
     for mod_name, module in model.named_modules():
-        owned = dict(module.named_parameters(recurse=False))
-
-        def term(
-            n: str, _m: str = mod_name, owned: dict[str, nn.Parameter] = owned
-        ) -> Tensor | None:
-            key = f"{_m}.{n}" if _m else n
-            if key not in fisher:
-                return None
-            return 0.5 * fisher[key] * owned[n].detach().pow(2)
-
-        if isinstance(module, nn.Embedding):
-            t = term("weight")
-            if t is not None:
-                out.setdefault(mod_name, {})["embedding_dim"] = t.sum(dim=0)
-        elif isinstance(module, nn.Linear):
-            t = term("weight")
-            if t is not None:
-                neuron = t.sum(dim=1)
-                b = term("bias") if module.bias is not None else None
-                if b is not None:
-                    neuron = neuron + b
-                out.setdefault(mod_name, {})["neuron"] = neuron
-        elif isinstance(module, nn.Conv1d):
-            t = term("weight")
-            if t is not None:
-                fmap = t.flatten(1).sum(dim=1)
-                b = term("bias") if module.bias is not None else None
-                if b is not None:
-                    fmap = fmap + b
-                out.setdefault(mod_name, {})["feature_map"] = fmap
-        elif owned:
-            for n, p in owned.items():
-                t = term(n)
-                if t is not None and p.dim() == 2:
-                    out.setdefault(mod_name, {})[f"{n}_column"] = t.sum(dim=0)
+        units = _parameter_units(module, mod_name, fisher)
         heads = getattr(module, "n_heads", getattr(module, "heads", None))
         if isinstance(heads, int) and heads > 1:
             per_head = _attention_heads(module, mod_name, fisher, heads)
             if per_head is not None:
-                out.setdefault(mod_name, {})["attention_head"] = per_head
+                units["attention_head"] = per_head
+        if units:
+            out[mod_name] = units
     return out
+
+
+def _parameter_units(
+    module: nn.Module, mod_name: str, fisher: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """kind -> [n_units] 0.5 F theta^2 of the module's own parameters, by module type."""
+    owned = dict(module.named_parameters(recurse=False))
+
+    def term(n: str) -> Tensor | None:
+        key = f"{mod_name}.{n}" if mod_name else n
+        if key not in fisher:
+            return None
+        return 0.5 * fisher[key] * owned[n].detach().pow(2)
+
+    if isinstance(module, nn.Embedding):
+        t = term("weight")
+        return {} if t is None else {"embedding_dim": t.sum(dim=0)}
+    if isinstance(module, nn.Linear | nn.Conv1d):
+        t = term("weight")
+        if t is None:
+            return {}
+        # A Linear weight is [out, in], a Conv1d one [out, in, k]: a unit is an output row.
+        unit = t.flatten(1).sum(dim=1)
+        b = term("bias") if module.bias is not None else None
+        if b is not None:
+            unit = unit + b
+        return {"neuron" if isinstance(module, nn.Linear) else "feature_map": unit}
+    units: dict[str, Tensor] = {}
+    for n, p in owned.items():
+        t = term(n)
+        if t is not None and p.dim() == 2:
+            units[f"{n}_column"] = t.sum(dim=0)
+    return units
 
 
 def _attention_heads(
@@ -309,50 +303,3 @@ def summarise_units(units: Mapping[str, Mapping[str, Tensor]]) -> list[dict[str,
             }
         )
     return rows
-
-
-# ---------------------------------------------------------------- teacher report
-
-
-def fisher_report(
-    teacher: nn.Module, dataset: Dataset, train: Ratings, *, config: StudentConfig
-) -> dict[str, Any]:
-    """Measured per-layer Fisher sensitivity of each teacher component, for three losses.
-
-    rating: 0.5 (r - y)^2 on training pairs; ranking: listwise softmax cross-entropy of a
-    user's rated-and-liked items against sampled items; distill: the Fisher of the
-    teacher's own predictive distributions (labels drawn from the teacher: y ~ N(r, 1) and
-    one item ~ softmax(score / T)), which is the curvature of the distillation loss at
-    student = teacher.
-    """
-    from training.distill import ListSampler, teacher_fisher_losses  # noqa: PLC0415 (cycle)
-
-    torch.manual_seed(config.seed)
-    sampler = ListSampler(
-        dataset.feature_map,
-        dataset.tables,
-        train,
-        positives=config.list_positives,
-        negatives=config.list_negatives,
-        seed=config.seed,
-    )
-    examples = sampler.fixed_examples(config.fisher_examples)
-    losses = teacher_fisher_losses(teacher, examples, temperature=config.temperature)
-    tables: dict[str, list[dict[str, Any]]] = {}
-    units: dict[str, list[dict[str, Any]]] = {}
-    for loss_name, (loss_fn, batch) in losses.items():
-        fisher = diagonal_fisher(teacher, loss_fn, [batch], chunk=config.fisher_chunk)
-        tables[loss_name] = [
-            {
-                "component": r.component,
-                "layer": r.layer,
-                "params": r.params,
-                "fisher_trace": r.fisher_trace,
-                "removal": r.removal,
-                "removal_per_param": r.removal_per_param,
-            }
-            for r in layer_sensitivity(teacher, fisher)
-        ]
-        units[loss_name] = summarise_units(unit_importance_diag(teacher, fisher))
-        log.info("teacher Fisher (%s): %d layers", loss_name, len(tables[loss_name]))
-    return {"examples": int(examples["user"].shape[0]), "layers": tables, "units": units}

@@ -25,10 +25,11 @@ import torch
 from training import bundle as bundle_mod
 from training import export as export_mod
 from training.data import Dataset, Split, holdout, load_dataset, make_split
-from training.distill import StudentConfig, distill_student
+from training.distill import distill_student
+from training.distill_config import StudentConfig
 from training.evaluate import format_table, ranking_metrics, rating_metrics
 from training.features import FeatureTables
-from training.fisher import fisher_report
+from training.fisher_analysis import fisher_report
 from training.models.base import TwoHeadModel, count_params
 from training.report import write_student_report
 from training.train import TeacherConfig, train_teacher
@@ -173,11 +174,17 @@ def step_teacher(ctx: Context) -> dict[str, Any]:
 
 
 def step_fisher(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.config.student_config().effective()
     report = fisher_report(
         _need(ctx.teacher, "teacher"),
         ctx.dataset,
         ctx.split.train,
-        config=ctx.config.student_config().effective(),
+        examples=cfg.fisher_examples,
+        positives=cfg.list_positives,
+        negatives=cfg.list_negatives,
+        temperature=cfg.temperature,
+        chunk=cfg.fisher_chunk,
+        seed=cfg.seed,
     )
     return {"report": report}
 

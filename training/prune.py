@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from training.fisher import ExampleLoss, group_fisher
+from training.fisher import group_fisher
+from training.heads import ExampleLoss
 from training.models.base import count_params
 from training.models.student import UNIT_KINDS, Student
 

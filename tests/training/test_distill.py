@@ -13,17 +13,13 @@ from tests.datagen import write_ml100k
 from tests.training.test_fisher import lists, tiny_student
 from tests.training.test_student import feature_map
 from training.data import Dataset, load_dataset, make_split
-from training.distill import (
-    CatalogueTargets,
+from training.distill import distill_student
+from training.distill_config import StudentConfig
+from training.kd_targets import CatalogueTargets, annotate
+from training.losses import (
     DistillLoss,
-    ListSampler,
-    StudentConfig,
-    annotate,
     catalogue_ranking_kd,
-    distill_student,
     feature_kd,
-    initial_shape,
-    prune_schedule,
     ranking_kd,
     ranking_loss,
     rating_kd,
@@ -32,6 +28,8 @@ from training.distill import (
 from training.models.base import count_params
 from training.models.ensemble import EnsembleTeacher
 from training.models.student import StudentShape, shape_params
+from training.prune_schedule import initial_shape, prune_schedule, step_target
+from training.sampling import ListSampler
 from training.train import TeacherConfig, build_component
 
 
@@ -161,6 +159,16 @@ def test_schedule_and_initial_size() -> None:
         user_dim=3, item_dim=3, user_hidden=3, item_hidden=3, rating_factor=2, score_factor=2
     )
     assert initial_shape(fm, replace(cfg, initial="shape", shape=fixed), 50_000) == fixed
+
+
+def test_step_targets_shrink_geometrically_to_the_final_target() -> None:
+    targets = [step_target(10_000, 1_000, s, 4) for s in range(1, 5)]
+    assert targets[-1] == 1_000
+    assert targets == sorted(targets, reverse=True)
+    ratios = [b / a for a, b in zip([10_000, *targets], targets, strict=False)]
+    assert max(ratios) - min(ratios) < 1e-3
+    # A student already below the target is never asked to grow.
+    assert step_target(500, 1_000, 1, 2) == 1_000
 
 
 def test_config_validation() -> None:

@@ -8,9 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from tests.training.test_student import SMALL, feature_map, inputs
-from training.distill import ranking_loss, rating_loss, run_heads
 from training.fisher import (
-    HeadsFn,
     diagonal_fisher,
     group_fisher,
     layer_sensitivity,
@@ -18,6 +16,8 @@ from training.fisher import (
     per_example_grads_vmap,
     unit_importance_diag,
 )
+from training.heads import HeadsFn, run_heads
+from training.losses import ranking_loss, rating_loss
 from training.models.base import TwoHeadModel
 from training.models.student import Student
 

@@ -12,11 +12,12 @@ import torch
 
 from tests.datagen import write_ml100k
 from training.data import load_dataset, make_split
-from training.distill import StudentConfig, distill_student
+from training.distill import distill_student
+from training.distill_config import StudentConfig
 from training.evaluate import evaluate_model, rating_metrics
 from training.export import export_onnx
 from training.features import FeatureMap, FieldSpec, make_batch
-from training.fisher import fisher_report
+from training.fisher_analysis import fisher_report
 from training.models.base import count_params, to_inputs
 from training.models.student import UNIT_KINDS, Student, StudentShape, shape_params
 from training.report import RESULTS_BEGIN, RESULTS_END, write_student_report
@@ -204,7 +205,17 @@ def test_student_stage_end_to_end_quick(tmp_path: Path) -> None:
     assert metrics["rmse"] < constant["rmse"]
     assert 0.0 <= metrics["ndcg@10"] <= 1.0
 
-    report = fisher_report(teacher, ds, split.train, config=config)
+    report = fisher_report(
+        teacher,
+        ds,
+        split.train,
+        examples=config.fisher_examples,
+        positives=config.list_positives,
+        negatives=config.list_negatives,
+        temperature=config.temperature,
+        chunk=config.fisher_chunk,
+        seed=config.seed,
+    )
     for loss in ("rating", "ranking", "distill"):
         components = {row["component"] for row in report["layers"][loss]}
         assert components == {"mf", "xdeepfm", "autoint"}

@@ -1,0 +1,85 @@
+"""The student run's configuration: widths, pruning schedule, list sizes and loss weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from training.models.student import StudentShape
+from training.prune import Method
+
+
+@dataclass
+class StudentConfig:
+    """Everything that defines a student run; `quick` shrinks it for tests."""
+
+    shape: StudentShape = field(default_factory=StudentShape)
+    # "teacher": scale `shape` so that the unpruned student has the teacher's parameter
+    # count (then prune_ratio is exactly the share of parameters removed); "shape": as given.
+    initial: Literal["teacher", "shape"] = "teacher"
+    # Share of the *teacher's* parameters the student must lose: 0.8 so that the ONNX file,
+    # which is mostly weights, is at most 20% of the teacher's (the issue asks >= 0.75).
+    prune_ratio: float = 0.8
+    prune: bool = True
+    method: Method = "fisher"
+    epochs: int = 10
+    prune_start: int = 2  # epochs of plain distillation before the first pruning step
+    prune_steps: int = 5
+    finetune_epochs: int = 3
+    lists_per_batch: int = 64
+    list_positives: int = 16
+    list_negatives: int = 96
+    # Items per list (the first ones) that get the teacher's full per-pair forward for
+    # rating and feature distillation; ranking distillation covers the whole list.
+    kd_items: int = 32
+    lr: float = 3e-3
+    l2: float = 1e-5  # on the embedding rows a batch uses
+    w_rating_kd: float = 0.4
+    w_ranking_kd: float = 0.4
+    w_feature_kd: float = 0.2
+    # The ground truth gets a small weight: the teacher's targets carry more than the
+    # labels they were fitted to; bench.student's ablations compare 0.2 and 0 with it.
+    w_ground_truth: float = 0.05
+    # The teacher's blended scores are standardised (unit variance over the catalogue):
+    # T = 1 keeps its top items distinct, which is where NDCG@10 is decided.
+    temperature: float = 1.0
+    # "catalogue": ranking distillation over every item the user has not rated in
+    # training, which is the ranking protocol P scores; "list": over the sampled list only
+    # (for teachers without two-tower scores, or catalogues too large to score per batch).
+    ranking_kd_scope: Literal["catalogue", "list"] = "catalogue"
+    importance_examples: int = 512
+    fisher_examples: int = 256
+    fisher_chunk: int = 16
+    teacher_pools: int = 2  # distinct list samplings whose teacher outputs are cached
+    min_units: int = 2
+    quick: bool = False
+    seed: int = 0
+    threads: int = 1
+    progress: bool = True
+
+    def effective(self) -> StudentConfig:
+        """The configuration actually run: `quick` caps the work for tests and smoke runs."""
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio must lie in [0, 1), got {self.prune_ratio}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if min(self.w_rating_kd, self.w_ranking_kd, self.w_feature_kd, self.w_ground_truth) < 0:
+            raise ValueError("loss weights must be non-negative")
+        if not self.quick:
+            return self
+        return replace(
+            self,
+            epochs=min(self.epochs, 6),
+            prune_start=1,
+            prune_steps=min(self.prune_steps, 2),
+            finetune_epochs=min(self.finetune_epochs, 2),
+            lists_per_batch=min(self.lists_per_batch, 16),
+            importance_examples=min(self.importance_examples, 64),
+            fisher_examples=min(self.fisher_examples, 32),
+            teacher_pools=1,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["shape"] = self.shape.as_dict()
+        return out

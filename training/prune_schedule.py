@@ -1,0 +1,42 @@
+"""When the student is pruned and to what size: the unpruned shape, the epochs after which
+a pruning step runs, and each step's parameter target."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from training.distill_config import StudentConfig
+from training.features import FeatureMap
+from training.models.student import StudentShape, shape_params
+
+
+def initial_shape(fm: FeatureMap, config: StudentConfig, teacher_params: int) -> StudentShape:
+    """The unpruned student's widths: `config.shape`, or scaled to the teacher's size."""
+    if config.initial == "shape":
+        return config.shape
+    lo, hi = 0.02, 64.0
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        if shape_params(fm, config.shape.scaled(mid)) > teacher_params:
+            hi = mid
+        else:
+            lo = mid
+    return config.shape.scaled(lo)
+
+
+def prune_schedule(config: StudentConfig) -> list[int]:
+    """Epoch (0-based, pruning after it) of each pruning step."""
+    if not config.prune or config.prune_steps <= 0:
+        return []
+    first = max(config.prune_start - 1, 0)
+    last = max(config.epochs - config.finetune_epochs - 1, first)
+    return [round(e) for e in np.linspace(first, last, config.prune_steps)]
+
+
+def step_target(initial_params: int, target_params: int, step: int, n_steps: int) -> int:
+    """Parameters left after pruning step `step` (1-based) of `n_steps`: a geometric path
+    from the unpruned size (at least the final target) down to the final target."""
+    initial = max(initial_params, target_params)
+    return round(initial * (target_params / initial) ** (step / n_steps))
