@@ -154,12 +154,10 @@ class Distillation:
     def _importance_batches(self, pool: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         cfg = self.cfg
         n = pool["user"].shape[0]
-        # Kept as the loop has always drawn them: one permutation per field, so the fields
-        # of an importance example come from different lists (reported, not changed here).
-        examples = {
-            k: v[torch.randperm(n, generator=self.gen)[: cfg.importance_examples]]
-            for k, v in pool.items()
-        }
+        # One permutation for every field: an importance example must keep its user, items,
+        # ratings and teacher targets together (an earlier version drew one per field).
+        pick = torch.randperm(n, generator=self.gen)[: cfg.importance_examples]
+        examples = {k: v[pick] for k, v in pool.items()}
         return [
             {k: v[s : s + cfg.lists_per_batch] for k, v in examples.items()}
             for s in range(0, examples["user"].shape[0], cfg.lists_per_batch)
