@@ -2,6 +2,9 @@
 
 `teacher_config` is the one recipe of both, so a teacher saved by `bench.quality
 --save-teachers` is the teacher `bench.student --teacher-cache` would have trained.
+Teachers are kept as checkpoints (training/checkpoint.py); the file name carries the
+model code's version, so after a code change the benchmarks train afresh instead of
+measuring a teacher the old code trained.
 Imported lazily by bench.quality, whose parent process stays free of torch.
 """
 
@@ -9,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
-
+from training import checkpoint
+from training.features import FeatureMap
+from training.models.ensemble import EnsembleTeacher
 from training.train import TeacherConfig
 
 
@@ -21,15 +24,20 @@ def teacher_config(*, seed: int, threads: int, quick: bool) -> TeacherConfig:
 
 
 def teacher_cache_path(cache_dir: Path, fold: str, *, quick: bool, seed: int) -> Path:
-    return Path(cache_dir) / f"teacher-ml-100k-{fold}{'-quick' if quick else ''}-seed{seed}.pt"
+    code = checkpoint.code_version()[:12]
+    return (
+        Path(cache_dir) / f"teacher-ml-100k-{fold}{'-quick' if quick else ''}-seed{seed}-{code}.pt"
+    )
 
 
-def save_teacher(teacher: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(teacher, path)
+def save_teacher(
+    teacher: EnsembleTeacher, path: Path, *, config: TeacherConfig, fm: FeatureMap
+) -> None:
+    checkpoint.save_teacher(teacher, path, config=config, fm=fm)
 
 
-def load_teacher(path: Path) -> nn.Module:
-    # Only ever a checkpoint these benchmarks wrote, never a downloaded file.
-    model: nn.Module = torch.load(path, weights_only=False)
-    return model.eval()
+def load_teacher(path: Path, *, fm: FeatureMap | None = None) -> EnsembleTeacher:
+    """The cached teacher; a checkpoint.CheckpointError when it cannot be used."""
+    teacher = checkpoint.load_model(path, fm=fm, kind="ensemble")
+    assert isinstance(teacher, EnsembleTeacher)
+    return teacher

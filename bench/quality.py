@@ -144,6 +144,8 @@ def run_fold(fold: str, args: argparse.Namespace) -> dict[str, Any]:
         save_teacher(
             teacher,
             teacher_cache_path(args.save_teachers, fold, quick=args.quick, seed=args.seed),
+            config=config,
+            fm=fm,
         )
 
     def measure(model: Any) -> dict[str, float]:

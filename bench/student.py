@@ -22,12 +22,13 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
 from bench._teacher_cache import load_teacher, save_teacher, teacher_cache_path, teacher_config
+from training.checkpoint import CheckpointError
 from training.data import Ratings, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
@@ -76,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--teacher-cache",
         type=Path,
         default=None,
-        help="folder to save/load trained teachers (torch.save of the module)",
+        help="folder to save/load trained teachers (checkpoints keyed by the model code)",
     )
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("docs"))
@@ -98,13 +99,16 @@ def get_teacher(
     )
     if cached is not None and cached.is_file():
         log.info("loading the teacher from %s", cached)
-        return cast(TwoHeadModel, load_teacher(cached)), 0.0
+        try:
+            return load_teacher(cached, fm=dataset.feature_map), 0.0
+        except CheckpointError as err:
+            log.warning("not using the cached teacher (%s); training it again", err)
     config = teacher_config(seed=args.seed, threads=args.threads, quick=args.quick)
     started = time.perf_counter()
     teacher, _ = train_teacher(dataset, train, config=config)
     seconds = time.perf_counter() - started
     if cached is not None:
-        save_teacher(teacher, cached)
+        save_teacher(teacher, cached, config=config, fm=dataset.feature_map)
     return teacher.eval(), seconds
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from training.features import FeatureTables, make_batch
 from training.models.base import TwoHeadModel, to_inputs
+from training.seen import SeenIndex
 
 if TYPE_CHECKING:
     from training.data import Ratings
@@ -32,6 +32,8 @@ RATING_MAX = 5.0
 
 # users -> scores [len(users), n_items]; column j is item index j + 1.
 Scorer = Callable[[np.ndarray], np.ndarray]
+# (users, items) -> predicted ratings of those pairs (clipped or not: metrics clip).
+PairPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -46,25 +48,6 @@ def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
-@dataclass(frozen=True)
-class UserItems:
-    """Per-user item lists as CSR over user indices 0..n_users."""
-
-    indptr: np.ndarray  # int64 [n_users + 2]
-    indices: np.ndarray  # int64 item indices
-
-    @classmethod
-    def build(cls, users: np.ndarray, items: np.ndarray, *, n_users: int) -> UserItems:
-        order = np.lexsort((items, users))
-        counts = np.bincount(users, minlength=n_users + 1)
-        indptr = np.zeros(n_users + 2, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        return cls(indptr=indptr, indices=np.asarray(items, dtype=np.int64)[order])
-
-    def of(self, user: int) -> np.ndarray:
-        return self.indices[self.indptr[user] : self.indptr[user + 1]]
-
-
 def ranking_metrics(
     scorer: Scorer,
     *,
@@ -74,12 +57,20 @@ def ranking_metrics(
     n_items: int,
     k: int = 10,
     chunk: int = 256,
+    seen: SeenIndex | None = None,
 ) -> dict[str, float]:
-    """Protocol P ranking metrics of a catalogue scorer."""
-    seen = UserItems.build(train.user, train.item, n_users=n_users)
+    """Protocol P ranking metrics of a catalogue scorer.
+
+    `seen` is the index of `train`; callers that rank many times against the same
+    training data (the ensemble weight search) pass it to build it once.
+    """
+    if seen is None:
+        seen = SeenIndex.from_ratings(train, n_users=n_users, n_items=n_items)
     rel_mask = test.rating >= RELEVANT_MIN_RATING
-    relevant = UserItems.build(test.user[rel_mask], test.item[rel_mask], n_users=n_users)
-    users = np.flatnonzero(np.diff(relevant.indptr) > 0).astype(np.int64)
+    relevant = SeenIndex.build(
+        test.user[rel_mask], test.item[rel_mask], n_users=n_users, n_items=n_items
+    )
+    users = np.flatnonzero(relevant.counts() > 0).astype(np.int64)
     users = users[users > 0]
     if users.size == 0:
         return {
@@ -120,6 +111,32 @@ def ranking_metrics(
         f"coverage@{k}": float(recommended[1:].sum() / n_items),
         "n_users": float(users.size),
     }
+
+
+def protocol_p(
+    predict: PairPredictor | None,
+    scorer: Scorer,
+    *,
+    train: Ratings,
+    test: Ratings,
+    n_users: int,
+    n_items: int,
+    k: int = 10,
+) -> dict[str, float]:
+    """All protocol P metrics of one model on one split: the one evaluation of the project.
+
+    `predict` rates the test pairs (None for a model without a rating head: RMSE and MAE
+    are NaN); `scorer` scores the catalogue for ranking. Training, the pipeline (on the
+    exported ONNX files) and the benchmarks all measure through here.
+    """
+    if predict is None:
+        out = {"rmse": float("nan"), "mae": float("nan")}
+    else:
+        out = rating_metrics(predict(test.user, test.item), test.rating)
+    out.update(
+        ranking_metrics(scorer, train=train, test=test, n_users=n_users, n_items=n_items, k=k)
+    )
+    return out
 
 
 @torch.no_grad()
@@ -172,6 +189,15 @@ def catalogue_scorer(
     return score
 
 
+def pair_predictor(model: TwoHeadModel, tables: FeatureTables) -> PairPredictor:
+    """The clipped rating head of a PyTorch model as a PairPredictor."""
+
+    def predict(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return predict_pairs(model, tables, users, items)[0]
+
+    return predict
+
+
 def evaluate_model(
     model: TwoHeadModel,
     tables: FeatureTables,
@@ -182,20 +208,16 @@ def evaluate_model(
     n_items: int,
     k: int = 10,
 ) -> dict[str, float]:
-    """All protocol P metrics of one model on one split."""
-    pred, _ = predict_pairs(model, tables, test.user, test.item)
-    out: dict[str, float] = rating_metrics(pred, test.rating)
-    out.update(
-        ranking_metrics(
-            catalogue_scorer(model, tables, n_items=n_items),
-            train=train,
-            test=test,
-            n_users=n_users,
-            n_items=n_items,
-            k=k,
-        )
+    """All protocol P metrics of one PyTorch model on one split."""
+    return protocol_p(
+        pair_predictor(model, tables),
+        catalogue_scorer(model, tables, n_items=n_items),
+        train=train,
+        test=test,
+        n_users=n_users,
+        n_items=n_items,
+        k=k,
     )
-    return out
 
 
 def popularity_counts(train: Ratings, *, n_items: int) -> np.ndarray:
@@ -226,18 +248,16 @@ def evaluate_popularity(
     train: Ratings, test: Ratings, *, n_users: int, n_items: int, k: int = 10
 ) -> dict[str, float]:
     """The popularity baseline: ranks by training count, rates by damped item mean."""
-    out = rating_metrics(damped_item_means(train, n_items=n_items)[test.item], test.rating)
-    out.update(
-        ranking_metrics(
-            popularity_scorer(train, n_items=n_items),
-            train=train,
-            test=test,
-            n_users=n_users,
-            n_items=n_items,
-            k=k,
-        )
+    means = damped_item_means(train, n_items=n_items)
+    return protocol_p(
+        lambda _users, items: means[items],
+        popularity_scorer(train, n_items=n_items),
+        train=train,
+        test=test,
+        n_users=n_users,
+        n_items=n_items,
+        k=k,
     )
-    return out
 
 
 def format_table(rows: dict[str, dict[str, Any]], *, columns: list[str]) -> str:

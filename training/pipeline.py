@@ -2,9 +2,10 @@
 report -> bundle.
 
 Every step checkpoints its output under `<out-dir>/.work/<run-key>/`, where the run key
-hashes everything the result depends on (input files, split, seed, configs); a re-run
-with the same inputs skips finished steps, so an interrupted pipeline resumes where it
-stopped. The last step publishes the bundle and switches `models/current`.
+hashes everything the result depends on (input files, split, seed, configs and the
+version of the model code); a re-run with the same inputs skips finished steps, so an
+interrupted pipeline resumes where it stopped. The last step publishes the bundle and
+switches `models/current`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import numpy as np
 import torch
 
 from training import bundle as bundle_mod
+from training import checkpoint
 from training import export as export_mod
 from training.data import Dataset, Split, holdout, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
-from training.evaluate import format_table, ranking_metrics, rating_metrics
+from training.evaluate import format_table, protocol_p
 from training.features import FeatureTables
 from training.fisher_analysis import fisher_report
 from training.models.base import TwoHeadModel, count_params
@@ -96,21 +98,6 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _save_model(model: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model, tmp)
-    os.replace(tmp, path)
-
-
-def _load_model(path: Path) -> TwoHeadModel:
-    # Our own checkpoint from an earlier run of this step, never a downloaded file.
-    model = torch.load(path, weights_only=False)
-    if not isinstance(model, TwoHeadModel):
-        raise PipelineError(f"{path}: not a TwoHeadModel checkpoint; delete it to retrain")
-    model.eval()
-    return model
-
-
 @dataclass
 class Context:
     """What the steps share; each step reads and extends it."""
@@ -144,7 +131,8 @@ _NOT_IN_KEY = ("progress", "threads")
 def run_key(config: PipelineConfig, dataset: Dataset) -> str:
     """Names the work folder: equal keys mean the checkpoints there can be reused.
 
-    Code changes are not part of the key: delete `<out-dir>/.work` to retrain after one.
+    The model code's version is part of the key, so a code change trains afresh instead
+    of reusing checkpoints the old code wrote.
     """
     teacher = {k: v for k, v in config.teacher_config().to_dict().items() if k not in _NOT_IN_KEY}
     student = {k: v for k, v in config.student_config().to_json().items() if k not in _NOT_IN_KEY}
@@ -157,6 +145,7 @@ def run_key(config: PipelineConfig, dataset: Dataset) -> str:
         "seed": config.seed,
         "quick": config.quick,
         "prune_ratio": config.prune_ratio,
+        "code_version": checkpoint.code_version(),
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return f"{config.dataset}-{config.split}-{'quick-' if config.quick else ''}{digest[:12]}"
@@ -167,8 +156,9 @@ def run_key(config: PipelineConfig, dataset: Dataset) -> str:
 
 def step_teacher(ctx: Context) -> dict[str, Any]:
     path = ctx.work / "teacher.pt"
-    teacher, info = train_teacher(ctx.dataset, ctx.split.train, config=ctx.config.teacher_config())
-    _save_model(teacher, path)
+    config = ctx.config.teacher_config()
+    teacher, info = train_teacher(ctx.dataset, ctx.split.train, config=config)
+    checkpoint.save_teacher(teacher, path, config=config, fm=ctx.dataset.feature_map)
     ctx.teacher = teacher
     return {"checkpoint": path.name, "params": count_params(teacher), "info": info}
 
@@ -197,7 +187,7 @@ def step_student(ctx: Context) -> dict[str, Any]:
         _need(ctx.teacher, "teacher"),
         config=ctx.config.student_config(),
     )
-    _save_model(student, path)
+    checkpoint.save_student(student, path, fm=ctx.dataset.feature_map)
     ctx.student = student
     return {"checkpoint": path.name, "params": count_params(student), "info": info}
 
@@ -224,18 +214,18 @@ def onnx_metrics(
 ) -> dict[str, float]:
     """Protocol P metrics of an exported model, computed with ONNX Runtime itself."""
     session = export_mod.ort_session(path, threads=1)
-    pred, _ = export_mod.ort_pair_predict(session, tables, split.test.user, split.test.item)
-    out = rating_metrics(pred, split.test.rating)
-    out.update(
-        ranking_metrics(
-            export_mod.ort_catalogue_scorer(session, tables, n_items=n_items),
-            train=split.train,
-            test=split.test,
-            n_users=n_users,
-            n_items=n_items,
-        )
+
+    def predict(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return export_mod.ort_pair_predict(session, tables, users, items)[0]
+
+    return protocol_p(
+        predict,
+        export_mod.ort_catalogue_scorer(session, tables, n_items=n_items),
+        train=split.train,
+        test=split.test,
+        n_users=n_users,
+        n_items=n_items,
     )
-    return out
 
 
 def step_evaluate(ctx: Context) -> dict[str, Any]:
@@ -430,10 +420,20 @@ def _load_state(ctx: Context, step: str) -> bool:
     if not done.is_file():
         return False
     ctx.state[step] = json.loads(done.read_text(encoding="utf-8"))
-    if step == "teacher":
-        ctx.teacher = _load_model(ctx.work / "teacher.pt")
-    elif step == "student":
-        ctx.student = _load_model(ctx.work / "student.pt")
+    if step in ("teacher", "student"):
+        try:
+            model = checkpoint.load_model(
+                ctx.work / f"{step}.pt",
+                fm=ctx.dataset.feature_map,
+                kind="ensemble" if step == "teacher" else "student",
+            )
+        except (checkpoint.CheckpointError, FileNotFoundError) as err:
+            log.warning("%s: checkpoint not reused (%s); running the step again", step, err)
+            return False
+        if step == "teacher":
+            ctx.teacher = model
+        else:
+            ctx.student = model
     elif step == "export":
         for entry in ctx.state["export"]["models"].values():
             if not (ctx.work / entry["file"]).is_file():
@@ -449,11 +449,13 @@ def run_pipeline(config: PipelineConfig, *, until: str = "bundle") -> Context:
     ctx = prepare(config)
     log.info("[1/%d] data: %s (work dir %s)", len(STEPS), ctx.state["data"], ctx.work)
     last = STEPS.index(until)
+    rerun = False  # once a step runs, every later step depends on its new output
     for number, step in enumerate(STEPS[1 : last + 1], start=2):
         # The bundle step always runs: it re-verifies an already published bundle.
-        if step != "bundle" and _load_state(ctx, step):
+        if not rerun and step != "bundle" and _load_state(ctx, step):
             log.info("[%d/%d] %s: done earlier, skipped", number, len(STEPS), step)
             continue
+        rerun = True
         t0 = time.perf_counter()
         log.info("[%d/%d] %s ...", number, len(STEPS), step)
         ctx.state[step] = _STEP_FNS[step](ctx)

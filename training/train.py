@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from training.data import Ratings, holdout
 from training.evaluate import (
     RELEVANT_MIN_RATING,
-    catalogue_scorer,
+    evaluate_model,
     predict_pairs,
     ranking_metrics,
     rating_metrics,
@@ -35,6 +36,7 @@ from training.models.autoint import AutoInt
 from training.models.ensemble import COMPONENTS, DEFAULT_WEIGHTS, EnsembleTeacher
 from training.models.mf import BiasedMF, TowerScoring
 from training.models.xdeepfm import XDeepFM
+from training.seen import SeenIndex
 
 if TYPE_CHECKING:
     from training.data import Dataset
@@ -201,35 +203,198 @@ def build_component(
     raise ValueError(f"unknown component {name!r} or config {type(config).__name__}")
 
 
-class _SeenIndex:
-    """Membership test for (user, item) training pairs, vectorised with searchsorted."""
-
-    def __init__(self, train: Ratings, *, n_items: int) -> None:
-        self.stride = n_items + 1
-        keys = np.unique(train.user.astype(np.int64) * self.stride + train.item)
-        self.keys = torch.as_tensor(keys, dtype=torch.long)
-
-    def contains(self, users: Tensor, items: Tensor) -> Tensor:
-        keys = users.unsqueeze(1) * self.stride + items.unsqueeze(0)  # [B, N]
-        pos = torch.searchsorted(self.keys, keys).clamp(max=self.keys.numel() - 1)
-        return self.keys[pos] == keys  # [B, N]
-
-
 def evaluate_component(
     model: TowerScoring, tables: FeatureTables, *, train: Ratings, valid: Ratings, fm: FeatureMap
 ) -> dict[str, float]:
-    pred, _ = predict_pairs(model, tables, valid.user, valid.item)
-    out = rating_metrics(pred, valid.rating)
-    out.update(
-        ranking_metrics(
-            catalogue_scorer(model, tables, n_items=fm.n_items),
-            train=train,
-            test=valid,
-            n_users=fm.n_users,
+    """Protocol P on the validation split (the project's one evaluation, `evaluate_model`)."""
+    return evaluate_model(
+        model, tables, train=train, test=valid, n_users=fm.n_users, n_items=fm.n_items
+    )
+
+
+# ---------------------------------------------------------------- one component's training
+# Split the way FuxiCTR's BaseModel splits fit / train_epoch / train_step / evaluate and its
+# checkpoint-and-early-stop rule; the random draws happen in the same order as ever, so a
+# seed gives the same model.
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The training ratings and feature tables as tensors, built once per component."""
+
+    users: Tensor  # long [n]
+    items: Tensor  # long [n]
+    ratings: Tensor  # float32 [n]
+    user_feats: Tensor
+    item_feats: Tensor
+    item_genres: Tensor
+    seen_keys: Tensor  # long, sorted: SeenIndex.keys of the training pairs
+    stride: int  # SeenIndex.stride
+    n_items: int
+
+    @classmethod
+    def build(cls, train: Ratings, tables: FeatureTables, fm: FeatureMap) -> TrainData:
+        seen = SeenIndex.from_ratings(train, n_users=fm.n_users, n_items=fm.n_items)
+        return cls(
+            users=torch.as_tensor(train.user, dtype=torch.long),
+            items=torch.as_tensor(train.item, dtype=torch.long),
+            ratings=torch.as_tensor(train.rating, dtype=torch.float32),
+            user_feats=torch.as_tensor(tables.user_feats),
+            item_feats=torch.as_tensor(tables.item_feats),
+            item_genres=torch.as_tensor(tables.item_genres),
+            seen_keys=torch.as_tensor(seen.keys),
+            stride=seen.stride,
             n_items=fm.n_items,
         )
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def seen(self, users: Tensor, items: Tensor) -> Tensor:
+        """[B, N]: whether user `users[b]` rated item `items[n]` in training.
+
+        SeenIndex.contains in torch: the sampled-softmax negatives are masked every batch,
+        and a round trip through numpy there would cost more than the lookup itself.
+        """
+        keys = users.unsqueeze(1) * self.stride + items.unsqueeze(0)  # [B, N]
+        pos = torch.searchsorted(self.seen_keys, keys).clamp(max=self.seen_keys.numel() - 1)
+        return self.seen_keys[pos] == keys  # [B, N]
+
+
+@dataclass
+class Trainer:
+    """One component being trained: model, optimiser, data and the training generator."""
+
+    name: str
+    model: TowerScoring
+    config: ComponentConfig
+    data: TrainData
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    progress: bool = True
+
+
+def make_optimizer(model: TowerScoring, config: ComponentConfig) -> torch.optim.Optimizer:
+    """Adam with its own learning rate for the ranking towers."""
+    tower = [p for n, p in model.named_parameters() if n.startswith(model.tower_prefixes)]
+    rest = [p for n, p in model.named_parameters() if not n.startswith(model.tower_prefixes)]
+    return torch.optim.Adam(
+        [
+            {"params": rest, "lr": config.lr},
+            {"params": tower, "lr": config.tower_lr or config.lr},
+        ]
     )
-    return out
+
+
+def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(total loss, rating MSE, ranking loss) of one batch of training pairs."""
+    model, config, data, gen = t.model, t.config, t.data, t.gen
+    u_in = u.masked_fill(torch.rand(u.shape, generator=gen) < config.id_dropout, 0)
+    i_in = i.masked_fill(torch.rand(i.shape, generator=gen) < config.id_dropout, 0)
+    uf, itf, ig = data.user_feats[u], data.item_feats[i], data.item_genres[i]
+    out = model.heads(u_in, i_in, uf, itf, ig)
+    mse = (out["rating"] - r).pow(2).mean()
+    n_neg = config.n_negatives if 0 < config.n_negatives < data.n_items else 0
+    neg = (
+        torch.randint(1, data.n_items + 1, (n_neg,), generator=gen)
+        if n_neg
+        else torch.arange(1, data.n_items + 1)
+    )
+    user_vec = model.user_tower(u_in, uf)  # [B, D]
+    pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
+    neg_vec = model.item_tower(neg, data.item_feats[neg], data.item_genres[neg])  # [N, D]
+    pos_logit = (user_vec * pos_vec).sum(dim=1, keepdim=True)  # [B, 1]
+    neg_logit = (user_vec @ neg_vec.T).masked_fill(data.seen(u, neg), float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=1)  # [B, 1+N]
+    pos_weight = torch.where(r >= RELEVANT_MIN_RATING, 1.0, config.low_rating_weight)
+    rank_each = torch.logsumexp(logits, dim=1) - logits[:, 0]  # [B]
+    rank = (rank_each * pos_weight).sum() / pos_weight.sum().clamp(min=1e-12)
+    reg = config.rating_l2 * model.regularizer(u_in, i_in, uf, itf, ig).mean()
+    reg = reg + config.tower_l2 * (user_vec.pow(2).sum(1) + pos_vec.pow(2).sum(1)).mean()
+    loss = config.rating_weight * mse + config.ranking_weight * rank + reg
+    return loss, mse, rank
+
+
+def train_step(t: Trainer, idx: Tensor) -> tuple[float, float, float]:
+    """One optimiser step on the training pairs `idx`; returns (loss, mse, rank)."""
+    data = t.data
+    loss, mse, rank = component_loss(t, data.users[idx], data.items[idx], data.ratings[idx])
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    t.opt.step()
+    return float(loss.detach()), float(mse.detach()), float(rank.detach())
+
+
+def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
+    """One pass over the training pairs in a seeded order; the example-weighted mean losses."""
+    t.model.train()
+    n = len(t.data)
+    perm = torch.randperm(n, generator=t.gen)
+    totals = {"loss": 0.0, "mse": 0.0, "rank": 0.0}
+    batches = tqdm(
+        range(0, n, t.config.batch_size),
+        desc=f"{t.name} e{epoch}",
+        disable=not t.progress,
+        leave=False,
+    )
+    for start in batches:
+        idx = perm[start : start + t.config.batch_size]
+        loss, mse, rank = train_step(t, idx)
+        weight = len(idx) / n
+        totals["loss"] += loss * weight
+        totals["mse"] += mse * weight
+        totals["rank"] += rank * weight
+    return totals
+
+
+@dataclass
+class Snapshot:
+    """A head's best value so far, the epoch it came from and the model state then."""
+
+    value: float
+    epoch: int
+    state: dict[str, Tensor]
+
+
+@dataclass
+class HeadSelector:
+    """The checkpoint-and-early-stop rule, one head at a time.
+
+    With validation metrics and select="heads" the rating head is kept from the epoch of
+    the best RMSE and the ranking towers from that of the best NDCG@10; without them,
+    `head_epochs` names both epochs (a refit repeating an earlier selection); otherwise the
+    last epoch is kept.
+    """
+
+    select: Select
+    head_epochs: tuple[int, int] | None = None
+    rating: Snapshot | None = None
+    ranking: Snapshot | None = None
+
+    def observe(self, model: TowerScoring, epoch: int, metrics: dict[str, float] | None) -> None:
+        """Called after each epoch (1-based) with its validation metrics, if any."""
+        if metrics is not None:
+            if self.select == "heads":
+                if self.rating is None or -metrics["rmse"] > self.rating.value:
+                    self.rating = Snapshot(-metrics["rmse"], epoch, _state(model))
+                if self.ranking is None or metrics["ndcg@10"] > self.ranking.value:
+                    self.ranking = Snapshot(metrics["ndcg@10"], epoch, _state(model))
+        elif self.head_epochs is not None:
+            if epoch == self.head_epochs[0]:
+                self.rating = Snapshot(0.0, epoch, _state(model))
+            if epoch == self.head_epochs[1]:
+                self.ranking = Snapshot(0.0, epoch, _state(model))
+
+    def restore(self, model: TowerScoring, *, last_epoch: int) -> list[int]:
+        """Loads the kept heads into `model`; returns [rating epoch, ranking epoch]."""
+        if self.rating is None or self.ranking is None:
+            return [last_epoch, last_epoch]
+        model.load_state_dict(_merge_heads(model, self.rating.state, self.ranking.state))
+        return [self.rating.epoch, self.ranking.epoch]
+
+
+def _state(model: TowerScoring) -> dict[str, Tensor]:
+    return copy.deepcopy(model.state_dict())
 
 
 def _merge_heads(
@@ -254,7 +419,7 @@ def train_component(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[TowerScoring, dict[str, Any]]:
-    """Trains one component.
+    """Trains one component (the `fit` of FuxiCTR's BaseModel).
 
     With `valid` and `config.select == "heads"`, each head is kept at its best validation
     epoch (RMSE for the rating head, NDCG@10 for the towers). Without `valid`,
@@ -266,90 +431,29 @@ def train_component(
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_component(name, fm, config, global_mean=float(train.rating.mean()))
-    tower = [p for n, p in model.named_parameters() if n.startswith(model.tower_prefixes)]
-    rest = [p for n, p in model.named_parameters() if not n.startswith(model.tower_prefixes)]
-    opt = torch.optim.Adam(
-        [
-            {"params": rest, "lr": config.lr},
-            {"params": tower, "lr": config.tower_lr or config.lr},
-        ]
-    )
-    seen = _SeenIndex(train, n_items=fm.n_items)
-    user_feats = torch.as_tensor(tables.user_feats)
-    item_feats = torch.as_tensor(tables.item_feats)
-    item_genres = torch.as_tensor(tables.item_genres)
-    users = torch.as_tensor(train.user, dtype=torch.long)
-    items = torch.as_tensor(train.item, dtype=torch.long)
-    ratings = torch.as_tensor(train.rating, dtype=torch.float32)
-    n = len(train)
-    curves: list[dict[str, float]] = []
-    best_rating: tuple[float, int, dict[str, Tensor]] | None = None
-    best_ranking: tuple[float, int, dict[str, Tensor]] | None = None
     if head_epochs is not None:
         config = replace(config, epochs=max(head_epochs))
+    t = Trainer(
+        name=name,
+        model=model,
+        config=config,
+        data=TrainData.build(train, tables, fm),
+        opt=make_optimizer(model, config),
+        gen=gen,
+        progress=progress,
+    )
+    selector = HeadSelector(select=config.select, head_epochs=head_epochs)
+    # An empty validation split selects nothing: head_epochs, or the last epoch, then apply.
+    valid = valid if valid is not None and len(valid) > 0 else None
+    curves: list[dict[str, float]] = []
     started = time.perf_counter()
-    epochs = tqdm(range(config.epochs), desc=name, disable=not progress, leave=False)
-    for epoch in epochs:
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        totals = {"loss": 0.0, "mse": 0.0, "rank": 0.0}
-        batches = tqdm(
-            range(0, n, config.batch_size),
-            desc=f"{name} e{epoch}",
-            disable=not progress,
-            leave=False,
-        )
-        for start in batches:
-            idx = perm[start : start + config.batch_size]
-            u, i, r = users[idx], items[idx], ratings[idx]
-            u_in = u.masked_fill(torch.rand(u.shape, generator=gen) < config.id_dropout, 0)
-            i_in = i.masked_fill(torch.rand(i.shape, generator=gen) < config.id_dropout, 0)
-            uf, itf, ig = user_feats[u], item_feats[i], item_genres[i]
-            out = model.heads(u_in, i_in, uf, itf, ig)
-            mse = (out["rating"] - r).pow(2).mean()
-            n_neg = config.n_negatives if 0 < config.n_negatives < fm.n_items else 0
-            neg = (
-                torch.randint(1, fm.n_items + 1, (n_neg,), generator=gen)
-                if n_neg
-                else torch.arange(1, fm.n_items + 1)
-            )
-            user_vec = model.user_tower(u_in, uf)  # [B, D]
-            pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
-            neg_vec = model.item_tower(neg, item_feats[neg], item_genres[neg])  # [N, D]
-            pos_logit = (user_vec * pos_vec).sum(dim=1, keepdim=True)  # [B, 1]
-            neg_logit = (user_vec @ neg_vec.T).masked_fill(seen.contains(u, neg), float("-inf"))
-            logits = torch.cat([pos_logit, neg_logit], dim=1)  # [B, 1+N]
-            pos_weight = torch.where(r >= RELEVANT_MIN_RATING, 1.0, config.low_rating_weight)
-            rank_each = torch.logsumexp(logits, dim=1) - logits[:, 0]  # [B]
-            rank = (rank_each * pos_weight).sum() / pos_weight.sum().clamp(min=1e-12)
-            reg = config.rating_l2 * model.regularizer(u_in, i_in, uf, itf, ig).mean()
-            reg = reg + config.tower_l2 * (user_vec.pow(2).sum(1) + pos_vec.pow(2).sum(1)).mean()
-            loss = config.rating_weight * mse + config.ranking_weight * rank + reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            weight = len(idx) / n
-            totals["loss"] += float(loss.detach()) * weight
-            totals["mse"] += float(mse.detach()) * weight
-            totals["rank"] += float(rank.detach()) * weight
-        point: dict[str, float] = {"epoch": float(epoch + 1), **totals}
-        if valid is not None and len(valid) > 0:
+    for epoch in tqdm(range(config.epochs), desc=name, disable=not progress, leave=False):
+        point: dict[str, float] = {"epoch": float(epoch + 1), **train_epoch(t, epoch)}
+        metrics = None
+        if valid is not None:
             metrics = evaluate_component(model, tables, train=train, valid=valid, fm=fm)
             point.update({f"valid_{k}": v for k, v in metrics.items() if k != "n_users"})
-            if config.select == "heads":
-                if best_rating is None or -metrics["rmse"] > best_rating[0]:
-                    best_rating = (-metrics["rmse"], epoch + 1, copy.deepcopy(model.state_dict()))
-                if best_ranking is None or metrics["ndcg@10"] > best_ranking[0]:
-                    best_ranking = (
-                        metrics["ndcg@10"],
-                        epoch + 1,
-                        copy.deepcopy(model.state_dict()),
-                    )
-        elif head_epochs is not None:
-            if epoch + 1 == head_epochs[0]:
-                best_rating = (0.0, epoch + 1, copy.deepcopy(model.state_dict()))
-            if epoch + 1 == head_epochs[1]:
-                best_ranking = (0.0, epoch + 1, copy.deepcopy(model.state_dict()))
+        selector.observe(model, epoch + 1, metrics)
         curves.append(point)
         log.info(
             "%s epoch %d: %s",
@@ -357,10 +461,7 @@ def train_component(
             epoch + 1,
             ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"),
         )
-    epochs_kept = [config.epochs, config.epochs]
-    if best_rating is not None and best_ranking is not None:
-        epochs_kept = [best_rating[1], best_ranking[1]]
-        model.load_state_dict(_merge_heads(model, best_rating[2], best_ranking[2]))
+    epochs_kept = selector.restore(model, last_epoch=config.epochs)
     model.eval()
     info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}
     return model, info
@@ -483,13 +584,47 @@ def fit_ensemble_weights(
     users = np.unique(valid.user[valid.rating >= 4.0])
     if users.size > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    ranking = _blend_ranking(teacher, tables, users, fit=fit, valid=valid, fm=fm)
+    score_w = _best_score_weights(ranking, step=step, default=default)
+    teacher.set_weights(rating=rating_w.tolist(), rating_bias=rating_b, score=score_w.tolist())
+
+    def blend(rating: np.ndarray, bias: float, score: np.ndarray) -> dict[str, Any]:
+        return {
+            "rating_weights": rating.tolist(),
+            "rating_bias": bias,
+            "score_weights": score.tolist(),
+            **rating_metrics(preds @ rating + bias, y),
+            **_ranking_only(ranking(score)),
+        }
+
+    return {
+        "default": blend(default, 0.0, default),
+        "fitted": blend(rating_w, rating_b, score_w),
+        "valid_users": int(users.size),
+    }
+
+
+def _blend_ranking(
+    teacher: EnsembleTeacher,
+    tables: FeatureTables,
+    users: np.ndarray,
+    *,
+    fit: Ratings,
+    valid: Ratings,
+    fm: FeatureMap,
+) -> Callable[[np.ndarray], dict[str, float]]:
+    """Score weights -> validation ranking metrics of the blend over `users`.
+
+    Standardises the teacher's component scores on `users` and computes each component's
+    score matrix once; every weight vector then only costs a weighted sum and a ranking.
+    """
     teacher.standardise(users, tables)
     mats = teacher.component_score_matrices(users, tables)
     z = np.stack([((m - m.mean()) / m.std().clamp(min=1e-6)).numpy() for m in mats])
     row_of = np.full(fm.n_users + 1, -1, dtype=np.int64)
     row_of[users] = np.arange(users.size)
-    keep = np.isin(valid.user, users)
-    sub_valid = valid.subset(keep)
+    sub_valid = valid.subset(np.isin(valid.user, users))
+    seen = SeenIndex.from_ratings(fit, n_users=fm.n_users, n_items=fm.n_items)
 
     def ranking(w: np.ndarray) -> dict[str, float]:
         blend = np.tensordot(w, z, axes=1)  # [n_users_eval, n_items]
@@ -499,8 +634,16 @@ def fit_ensemble_weights(
             test=sub_valid,
             n_users=fm.n_users,
             n_items=fm.n_items,
+            seen=seen,
         )
 
+    return ranking
+
+
+def _best_score_weights(
+    ranking: Callable[[np.ndarray], dict[str, float]], *, step: float, default: np.ndarray
+) -> np.ndarray:
+    """The simplex grid point with the best NDCG@10; ties go to the one nearest `default`."""
     best: tuple[float, float, tuple[float, ...]] | None = None
     for point in simplex_grid(step):
         w = np.asarray(point)
@@ -509,29 +652,7 @@ def fit_ensemble_weights(
         if best is None or key[:2] > best[:2]:
             best = key
     assert best is not None
-    score_w = np.asarray(best[2])
-    teacher.set_weights(rating=rating_w.tolist(), rating_bias=rating_b, score=score_w.tolist())
-
-    def rating_of(w: np.ndarray, b: float) -> dict[str, float]:
-        return rating_metrics(preds @ w + b, y)
-
-    return {
-        "default": {
-            "rating_weights": default.tolist(),
-            "rating_bias": 0.0,
-            "score_weights": default.tolist(),
-            **rating_of(default, 0.0),
-            **_ranking_only(ranking(default)),
-        },
-        "fitted": {
-            "rating_weights": rating_w.tolist(),
-            "rating_bias": rating_b,
-            "score_weights": score_w.tolist(),
-            **rating_of(rating_w, rating_b),
-            **_ranking_only(ranking(score_w)),
-        },
-        "valid_users": int(users.size),
-    }
+    return np.asarray(best[2])
 
 
 def _ranking_only(metrics: dict[str, float]) -> dict[str, float]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training import bundle as bundle_mod
-from training import export
+from training import checkpoint, export
 from training import pipeline as pipeline_mod
 from training.data import load_dataset
 from training.features import FeatureMap
@@ -39,10 +39,10 @@ def test_bundle_models_match_their_pytorch_checkpoints(models_root: Path, bundle
     work = models_root / ".work" / manifest["training"]["run_key"]
     fm = FeatureMap.load(bundle_dir / "feature_map.json")
     for key in ("teacher", "student"):
-        model = torch.load(work / f"{key}.pt", weights_only=False)
+        model = checkpoint.load_model(work / f"{key}.pt", fm=fm)
         parity = export.check_parity(model, bundle_dir / f"{key}.onnx", fm, batch_sizes=(1, 50))
         assert parity.max_abs_diff <= 1e-4
-    assert type(torch.load(work / "teacher.pt", weights_only=False)).__name__ == "EnsembleTeacher"
+    assert type(checkpoint.load_model(work / "teacher.pt")).__name__ == "EnsembleTeacher"
     assert manifest["models"]["student"]["params"] < manifest["models"]["teacher"]["params"]
 
 
@@ -140,3 +140,43 @@ def test_work_dir_depends_on_inputs(synthetic_ml100k: Path, tmp_path: Path) -> N
 def test_unknown_step_is_refused(synthetic_ml100k: Path, tmp_path: Path) -> None:
     with pytest.raises(pipeline_mod.PipelineError, match="unknown step 'deploy'"):
         run_pipeline(_config(synthetic_ml100k, tmp_path), until="deploy")
+
+
+def test_work_dir_depends_on_the_model_code_version(
+    synthetic_ml100k: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = load_dataset(synthetic_ml100k, dataset="ml-100k")
+    config = _config(synthetic_ml100k, tmp_path)
+    before = pipeline_mod.run_key(config, ds)
+    monkeypatch.setattr(checkpoint, "code_version", lambda: "0" * 64)
+    assert pipeline_mod.run_key(config, ds) != before
+
+
+def test_a_stale_checkpoint_is_logged_and_retrained(
+    synthetic_ml100k: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = _config(synthetic_ml100k, tmp_path / "models")
+    ctx = run_pipeline(config, until="teacher")
+    path = ctx.work / "teacher.pt"
+    # As if older model code had written the checkpoint into this work folder.
+    stale = torch.load(path, weights_only=True)
+    stale["code_version"] = "0" * 64
+    torch.save(stale, path)
+
+    trained: list[int] = []
+    real_train = pipeline_mod.train_teacher
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        trained.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_mod, "train_teacher", counting)
+    with caplog.at_level("WARNING", logger="training.pipeline"):
+        run_pipeline(config, until="teacher")
+    assert trained == [1]
+    warning = "\n".join(r.getMessage() for r in caplog.records)
+    assert "0" * 64 in warning and checkpoint.code_version() in warning
+    assert checkpoint.read_checkpoint(path)["code_version"] == checkpoint.code_version()

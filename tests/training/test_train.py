@@ -12,13 +12,15 @@ import torch
 
 from training.data import Dataset, Ratings, holdout, load_dataset, make_split
 from training.evaluate import evaluate_model, evaluate_popularity, rating_metrics
+from training.features import FeatureMap, FeatureTables
 from training.models.ensemble import EnsembleTeacher
+from training.seen import SeenIndex
 from training.train import (
     AutoIntConfig,
     MFConfig,
     TeacherConfig,
+    TrainData,
     XDeepFMConfig,
-    _SeenIndex,
     simplex_grid,
     train_component,
     train_teacher,
@@ -139,9 +141,19 @@ def test_seen_index_finds_training_pairs() -> None:
         rating=np.ones(3, dtype=np.float32),
         timestamp=np.zeros(3, dtype=np.int64),
     )
-    seen = _SeenIndex(train, n_items=5)
-    got = seen.contains(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
+    fm = FeatureMap(n_users=3, n_items=5)
+    tables = FeatureTables(
+        user_feats=np.zeros((4, 1), np.int64),
+        item_feats=np.zeros((6, 1), np.int64),
+        item_genres=np.zeros((6, 1), np.float32),
+    )
+    seen = TrainData.build(train, tables, fm)
+    got = seen.seen(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5]))
     assert got.tolist() == [[False, True, True], [True, False, False], [False, False, False]]
+    # The torch lookup of the training loop answers as the one SeenIndex does.
+    index = SeenIndex.from_ratings(train, n_users=3, n_items=5)
+    expected = index.contains(np.array([[1], [2], [3]]), np.array([[1, 2, 5]]))
+    assert got.tolist() == expected.tolist()
 
 
 def test_simplex_grid_covers_the_simplex() -> None:
