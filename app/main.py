@@ -3,7 +3,8 @@
 Importing this module builds the FastAPI object only: no settings are read, no client
 made, no file opened. The lifespan reads Settings (unless create_app was given them),
 builds metrics, cache, router and services, puts them on app.state, and loads the bundle;
-handlers and middleware find them there at request time.
+at request time handlers receive them through the dependencies of app/api/deps.py, route
+gates and middleware through `app.services.services_of`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ from fastapi import FastAPI
 
 from app.api import admin, bench, health, predict, recommend
 from app.api.gate import hide_closed_routes
-from app.cache import RedisCache, build_cache
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.logging_setup import configure_logging
-from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
-from app.routing import ABRouter, RoutingSync
-from app.services import Services
+from app.services import attach, build_services, detach
 from app.state import ServingState
 from app.sync import BackgroundSync
 
@@ -61,29 +59,6 @@ def _floor_bodies(state: ServingState) -> dict[int, bytes]:
     return bodies
 
 
-def build_services(settings: Settings) -> Services:
-    """Metrics, cache (a Redis client when REDIS_URL is set), A/B router and services."""
-    metrics = Metrics()
-    services = Services(
-        settings=settings,
-        metrics=metrics,
-        router=ABRouter(student_percent=settings.ab_student_percent, salt=settings.ab_salt),
-        cache=build_cache(
-            redis_url=settings.redis_url,
-            ttl_seconds=settings.cache_ttl_seconds,
-            max_entries=settings.cache_max_entries,
-            socket_timeout=settings.redis_socket_timeout_seconds,
-            breaker_threshold=settings.breaker_failure_threshold,
-            breaker_reset_seconds=settings.breaker_reset_seconds,
-            metrics=metrics,
-            local_ttl_seconds=settings.cache_local_ttl_seconds,
-        ),
-    )
-    if isinstance(services.cache.backend, RedisCache):
-        services.routing_sync = RoutingSync(services.router, services.cache.backend)
-    return services
-
-
 def make_lifespan(
     settings: Settings | None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -94,7 +69,7 @@ def make_lifespan(
         config = settings if settings is not None else Settings()
         configure_logging(config.log_level)
         services = build_services(config)
-        app.state.services = services
+        attach(app.state, services)
         sync: BackgroundSync | None = None
         try:
             # Loading hashes files and warms sessions: seconds of blocking work, kept off
@@ -121,7 +96,7 @@ def make_lifespan(
         finally:
             if sync is not None:
                 await anyio.to_thread.run_sync(sync.stop)
-            del app.state.services
+            detach(app.state)
             services.cache.close()
 
     return lifespan

@@ -16,7 +16,7 @@ from starlette.datastructures import MutableHeaders, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logging_setup import request_id_var
-from app.services import Services
+from app.services import Services, services_of
 
 access_logger = logging.getLogger("app.access")
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             variant = scope.get("state", {}).get("variant", "none")
             # None before the lifespan has built the services (or after it has ended).
-            services: Services | None = getattr(self.state, "services", None)
+            services = services_of(self.state)
             if services is not None:
                 self._observe(services, (template, scope["method"], status, variant), elapsed)
             if (services is None or services.settings.access_log) and access_logger.isEnabledFor(

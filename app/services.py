@@ -1,4 +1,8 @@
-"""The per-app objects handlers need, built once by the app factory."""
+"""The per-app objects handlers need, built once per lifespan and kept on app.state.
+
+Routes reach them through the dependencies in app/api/deps.py; the route gates and the
+middleware, which run outside dependency injection, through `services_of`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,17 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from app.cache import RecommendationCache
+from app.cache import RecommendationCache, RedisCache, build_cache
 from app.config import Settings
 from app.metrics import Metrics
 from app.routing import ABRouter, RoutingSync
 from app.state import ServingState, load_state
 
 logger = logging.getLogger(__name__)
+# The one attribute of app.state the lifespan fills.
+_ATTRIBUTE = "services"
 
 
 class NotReadyError(Exception):
@@ -84,3 +91,41 @@ class Services:
             return state
         finally:
             self.holder.reload_lock.release()
+
+
+def build_services(settings: Settings) -> Services:
+    """Metrics, cache (a Redis client when REDIS_URL is set), A/B router and services."""
+    metrics = Metrics()
+    services = Services(
+        settings=settings,
+        metrics=metrics,
+        router=ABRouter(student_percent=settings.ab_student_percent, salt=settings.ab_salt),
+        cache=build_cache(
+            redis_url=settings.redis_url,
+            ttl_seconds=settings.cache_ttl_seconds,
+            max_entries=settings.cache_max_entries,
+            socket_timeout=settings.redis_socket_timeout_seconds,
+            breaker_threshold=settings.breaker_failure_threshold,
+            breaker_reset_seconds=settings.breaker_reset_seconds,
+            metrics=metrics,
+            local_ttl_seconds=settings.cache_local_ttl_seconds,
+        ),
+    )
+    if isinstance(services.cache.backend, RedisCache):
+        services.routing_sync = RoutingSync(services.router, services.cache.backend)
+    return services
+
+
+def attach(app_state: Any, services: Services) -> None:
+    """Put `services` on an app's state (starlette's State), where requests find them."""
+    setattr(app_state, _ATTRIBUTE, services)
+
+
+def detach(app_state: Any) -> None:
+    delattr(app_state, _ATTRIBUTE)
+
+
+def services_of(app_state: Any) -> Services | None:
+    """The services on an app's state; None before the lifespan has run or after it ended."""
+    services: Services | None = getattr(app_state, _ATTRIBUTE, None)
+    return services

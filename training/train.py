@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from training.evaluate import (
 )
 from training.features import FeatureMap, FeatureTables
 from training.models.autoint import AutoInt
+from training.models.configs import AutoIntConfig, ComponentConfig, MFConfig, XDeepFMConfig
 from training.models.ensemble import COMPONENTS, DEFAULT_WEIGHTS, EnsembleTeacher
 from training.models.mf import BiasedMF, TowerScoring
 from training.models.xdeepfm import XDeepFM
@@ -42,78 +43,6 @@ if TYPE_CHECKING:
     from training.data import Dataset
 
 log = logging.getLogger(__name__)
-
-Select = Literal["heads", "last"]
-
-
-@dataclass
-class ComponentConfig:
-    """Optimisation settings shared by every component."""
-
-    epochs: int = 20
-    batch_size: int = 1024
-    lr: float = 2e-3
-    tower_lr: float = 0.0  # learning rate of the ranking towers; 0 = same as lr
-    rating_l2: float = 0.0  # per-example L2 on the rows the rating head used
-    tower_l2: float = 0.0  # per-example L2 on the user and positive-item tower outputs
-    rating_weight: float = 1.0
-    ranking_weight: float = 1.0
-    n_negatives: int = 256  # 0 = the whole catalogue
-    # Weight in the ranking loss of positives rated below 4: protocol P counts only items
-    # rated >= 4 as relevant, so a watched-but-disliked item is a weaker positive.
-    low_rating_weight: float = 0.3
-    id_dropout: float = 0.05
-    # "heads": keep the rating head of the epoch with the best validation RMSE and the
-    # ranking towers of the epoch with the best validation NDCG@10; "last": the last epoch.
-    select: Select = "heads"
-
-
-@dataclass
-class MFConfig(ComponentConfig):
-    dim: int = 64
-    score_dim: int = 64
-    epochs: int = 20
-    lr: float = 3e-3
-    rating_l2: float = 0.05
-    tower_l2: float = 1e-3
-    rating_weight: float = 0.5  # ranking emphasis
-    ranking_weight: float = 1.0
-
-
-@dataclass
-class XDeepFMConfig(ComponentConfig):
-    dim: int = 16
-    # Two CIN layers of 32: (64, 64) costs about 3x the time per batch on this CPU and was
-    # no better on validation over the epochs we could afford to compare.
-    cin_layers: tuple[int, ...] = (32, 32)
-    dnn_layers: tuple[int, ...] = (128, 64)
-    # The DNN's rating fit peaks around epoch ten of twenty; dropout keeps it from
-    # overfitting until the ranking towers, which keep improving, are done.
-    dropout: float = 0.2
-    score_dim: int = 64
-    tower_layers: tuple[int, ...] = (128,)
-    epochs: int = 20
-    tower_lr: float = 5e-3  # the MLP towers start slower than MF's plain embeddings
-    rating_l2: float = 0.01
-    tower_l2: float = 1e-3
-    rating_weight: float = 1.0  # rating emphasis
-    ranking_weight: float = 0.5
-
-
-@dataclass
-class AutoIntConfig(ComponentConfig):
-    dim: int = 16
-    layers: int = 3
-    heads: int = 2
-    d_head: int = 16
-    score_dim: int = 64
-    tower_layers: int = 1
-    epochs: int = 20
-    tower_lr: float = 5e-3
-    rating_l2: float = 0.01
-    tower_l2: float = 1e-3
-    rating_weight: float = 1.0  # balanced
-    ranking_weight: float = 1.0
 
 
 @dataclass

@@ -6,11 +6,11 @@ import hmac
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
-from app.api.deps import get_services
+from app.api.deps import HolderDep, RouterDep, RoutingSyncDep, ServicesDep, SettingsDep
 from app.api.gate import GatedRoute
 from app.bundle import BundleError
 from app.config import Settings
@@ -31,11 +31,11 @@ class AdminRoute(GatedRoute):
         return settings.admin_token is not None
 
 
-def require_admin(
-    request: Request,
+async def require_admin(
+    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    token = get_services(request).settings.admin_token
+    token = settings.admin_token
     if token is None:  # AdminRoute already answers 404 then; kept as a second lock
         raise HTTPException(status_code=404, detail="Not Found")
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -58,18 +58,19 @@ router = APIRouter(
 
 
 @router.get("/routing", response_model=RoutingView)
-def get_routing(request: Request) -> Response:
-    config = get_services(request).router.config
+def get_routing(ab_router: RouterDep) -> Response:
+    config = ab_router.config
     return JSONBytesResponse({"student_percent": config.student_percent, "salt": config.salt})
 
 
 @router.put("/routing", response_model=RoutingChange)
-def put_routing(request: Request, update: RoutingUpdate) -> Response:
+def put_routing(
+    update: RoutingUpdate, ab_router: RouterDep, routing_sync: RoutingSyncDep
+) -> Response:
     """Change the split; `shared` says whether the other workers got it through Redis
     (false without Redis, or when Redis is down: then only this worker changed)."""
-    services = get_services(request)
-    config = services.router.update(student_percent=update.student_percent, salt=update.salt)
-    shared = services.routing_sync.publish(config) if services.routing_sync else False
+    config = ab_router.update(student_percent=update.student_percent, salt=update.salt)
+    shared = routing_sync.publish(config) if routing_sync is not None else False
     logger.info(
         "routing changed", extra={"student_percent": config.student_percent, "shared": shared}
     )
@@ -79,11 +80,12 @@ def put_routing(request: Request, update: RoutingUpdate) -> Response:
 
 
 @router.post("/reload", responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-def reload_bundle(request: Request, body: ReloadRequest | None = None) -> Response:
+def reload_bundle(
+    services: ServicesDep, holder: HolderDep, body: ReloadRequest | None = None
+) -> Response:
     """Load, verify and warm up a bundle, then swap it in; on failure the old one keeps
     serving and the answer says why."""
-    services = get_services(request)
-    previous = services.holder.current
+    previous = holder.current
     try:
         state = services.load(body.model_dir if body is not None else None)
     except ReloadInProgressError as exc:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from starlette.responses import Response
 
-from app.api.deps import get_services
+from app.api.deps import FloorBodiesDep
 from app.api.gate import GatedRoute
 from app.config import Settings
 from app.responses import JSONBytesResponse
@@ -29,8 +29,8 @@ router = APIRouter(include_in_schema=False, route_class=BenchRoute)
 
 
 @router.get("/_bench/floor")
-async def floor(request: Request, n: Annotated[int, Query(ge=1, le=100)] = 10) -> Response:
-    body = get_services(request).floor_bodies.get(n)
+async def floor(bodies: FloorBodiesDep, n: Annotated[int, Query(ge=1, le=100)] = 10) -> Response:
+    body = bodies.get(n)
     if body is None:
         raise HTTPException(status_code=503, detail="floor bodies not built yet")
     return JSONBytesResponse(body)

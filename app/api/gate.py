@@ -16,6 +16,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from app.config import Settings
+from app.services import services_of
 
 
 class GatedRoute(APIRoute):
@@ -26,7 +27,7 @@ class GatedRoute(APIRoute):
         raise NotImplementedError
 
     def is_open(self, app: Any) -> bool:
-        services = getattr(app.state, "services", None)
+        services = services_of(app.state)
         return services is not None and self.enabled(services.settings)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from app.api.deps import get_services
+from app.api.deps import CacheDep, HolderDep, MetricsDep
 from app.responses import JSONBytesResponse
 
 router = APIRouter()
@@ -17,14 +17,13 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz")
-def readyz(request: Request) -> Response:
+def readyz(holder: HolderDep, cache: CacheDep) -> Response:
     """Ready once a bundle serves; the cache is reported but never makes the service unready,
     because requests are answered without it."""
-    services = get_services(request)
-    state = services.holder.current
-    cache = {"backend": services.cache.backend.name, "status": services.cache.status()}
+    state = holder.current
+    cache_view = {"backend": cache.backend.name, "status": cache.status()}
     if state is None:
-        return JSONBytesResponse({"status": "loading", "cache": cache}, status_code=503)
+        return JSONBytesResponse({"status": "loading", "cache": cache_view}, status_code=503)
     return JSONBytesResponse(
         {
             "status": "ready",
@@ -33,12 +32,12 @@ def readyz(request: Request) -> Response:
                 variant: {"file": runner.file, "provider": runner.provider}
                 for variant, runner in state.runners.items()
             },
-            "cache": cache,
+            "cache": cache_view,
         }
     )
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
-    body, content_type = get_services(request).metrics.render()
+def metrics(registry: MetricsDep) -> Response:
+    body, content_type = registry.render()
     return Response(body, media_type=content_type)

@@ -7,10 +7,10 @@ unknown demographics); an unknown item is a 404, since nothing about it is known
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from starlette.responses import Response
 
-from app.api.deps import VariantOverride, choose_variant, get_services, get_state
+from app.api.deps import SettingsDep, StateDep, VariantChooserDep, VariantOverride
 from app.responses import JSONBytesResponse
 from app.schemas import (
     BatchRatingResponse,
@@ -37,18 +37,20 @@ def _unknown_items(unknown: list[str]) -> HTTPException:
     responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 def predict_rating(
-    request: Request, body: PredictRequest, *, x_variant: VariantOverride = None
+    body: PredictRequest,
+    state: StateDep,
+    settings: SettingsDep,
+    choose_variant: VariantChooserDep,
+    *,
+    x_variant: VariantOverride = None,
 ) -> Response:
-    services = get_services(request)
-    state = get_state(services)
-
     if body.pairs is None:
         assert body.user_id is not None and body.item_id is not None
         user_raw, item_raw = body.user_id, body.item_id
         item = state.item_position(item_raw)
         if item is None:
             raise _unknown_items([item_raw])
-        variant = choose_variant(request, services, user_id=user_raw, override=x_variant)
+        variant = choose_variant(user_raw, override=x_variant)
         rating = state.predict(
             variant,
             users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
@@ -64,7 +66,7 @@ def predict_rating(
             }
         )
 
-    limit = services.settings.max_batch_pairs
+    limit = settings.max_batch_pairs
     if len(body.pairs) > limit:
         raise HTTPException(
             status_code=422,
@@ -85,7 +87,7 @@ def predict_rating(
         (user_index.get(u, 0) for u in users_raw), dtype=np.int64, count=len(users_raw)
     )
     # One variant per response: the batch follows its first user's assignment.
-    variant = choose_variant(request, services, user_id=users_raw[0], override=x_variant)
+    variant = choose_variant(users_raw[0], override=x_variant)
     ratings = state.predict(variant, users=users, items=items)
     return JSONBytesResponse(
         {

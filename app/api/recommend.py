@@ -13,10 +13,10 @@ from typing import Annotated
 
 import anyio.to_thread
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from app.api.deps import VariantOverride, choose_variant, get_services, get_state
+from app.api.deps import CacheDep, StateDep, VariantChooserDep, VariantOverride
 from app.responses import JSONBytesResponse
 from app.schemas import ErrorBody, RecommendResponse
 from app.state import Recommendation, ServingState
@@ -43,7 +43,9 @@ def _cache_key(state: ServingState, *, variant: str, who: str, k: int, exclude_s
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def recommend(
-    request: Request,
+    state: StateDep,
+    cache: CacheDep,
+    choose_variant: VariantChooserDep,
     *,
     user_id: Annotated[str, Query(min_length=1, max_length=128, description="raw user id")],
     k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -57,10 +59,8 @@ async def recommend(
     """Known user: the catalogue minus seen items, ranked by the model.
     Unknown user with demographics: the model's cold-start path (`fallback: cold_start`).
     Unknown user without them: the popularity list (`fallback: popular`)."""
-    services = get_services(request)
-    state = get_state(services)
     raw_user = user_id.strip()
-    variant = choose_variant(request, services, user_id=raw_user, override=x_variant)
+    variant = choose_variant(raw_user, override=x_variant)
 
     position = state.user_position(raw_user)
     compute: Callable[[], Recommendation]
@@ -81,7 +81,6 @@ async def recommend(
             compute = partial(state.recommend_cold_start, variant, user_row=row, k=k)
 
     key = _cache_key(state, variant=variant, who=who, k=k, exclude_seen=exclude_seen)
-    cache = services.cache
     near = cache.peek(key)  # process memory only: safe on the event loop
     if near is not None:
         fragment, hit = near, True

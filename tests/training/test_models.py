@@ -1,19 +1,24 @@
-"""Forward/backward shapes of every teacher model, and the ensemble as one ONNX graph."""
+"""Forward/backward shapes of every teacher model, their construction from configs, their
+parameter names, and the ensemble as one ONNX graph."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from training import export
 from training.data import Dataset, load_dataset
 from training.features import make_batch
 from training.models.autoint import AutoInt
+from training.models.configs import AutoIntConfig, MFConfig, XDeepFMConfig
 from training.models.ensemble import DEFAULT_WEIGHTS, EnsembleTeacher
-from training.models.mf import BiasedMF, TowerScoring
+from training.models.layers import TowerScoring
+from training.models.mf import BiasedMF
 from training.models.xdeepfm import XDeepFM
 
 
@@ -68,6 +73,112 @@ def test_component_shapes_and_gradients(dataset: Dataset, name: str) -> None:
     }
     assert any(n.startswith(model.tower_prefixes) for n in grads)
     assert any(not n.startswith(model.tower_prefixes) for n in grads)
+
+
+def test_each_component_is_built_from_its_config(dataset: Dataset) -> None:
+    fm = dataset.feature_map
+    mf = MFConfig(dim=8, score_dim=6)
+    xdeepfm = XDeepFMConfig(
+        dim=4, cin_layers=(5, 3), dnn_layers=(7,), dropout=0.2, score_dim=6, tower_layers=(9,)
+    )
+    autoint = AutoIntConfig(dim=4, layers=2, heads=2, d_head=3, score_dim=6, tower_layers=1)
+    builds: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module]]] = {
+        "mf": (
+            lambda: BiasedMF.from_config(mf, fm, global_mean=3.7),
+            lambda: BiasedMF(fm, dim=8, score_dim=6, global_mean=3.7),
+        ),
+        "xdeepfm": (
+            lambda: XDeepFM.from_config(xdeepfm, fm, global_mean=3.7),
+            lambda: XDeepFM(
+                fm,
+                dim=4,
+                cin_layers=(5, 3),
+                dnn_layers=(7,),
+                dropout=0.2,
+                score_dim=6,
+                tower_layers=(9,),
+                global_mean=3.7,
+            ),
+        ),
+        "autoint": (
+            lambda: AutoInt.from_config(autoint, fm, global_mean=3.7),
+            lambda: AutoInt(
+                fm, dim=4, layers=2, heads=2, d_head=3, score_dim=6, tower_layers=1, global_mean=3.7
+            ),
+        ),
+    }
+    # Same seed, same widths: from_config and the keywords build one and the same model.
+    for name, (from_config, by_keywords) in builds.items():
+        torch.manual_seed(0)
+        built = from_config().state_dict()
+        torch.manual_seed(0)
+        reference = by_keywords().state_dict()
+        assert list(built) == list(reference)
+        for key, value in built.items():
+            assert torch.equal(value, reference[key]), (name, key)
+        assert float(built["mu"]) == pytest.approx(3.7)
+
+    model = XDeepFM.from_config(xdeepfm, fm)
+    assert model.cin.out_dim == 8
+    assert [m.out_features for m in model.dnn if isinstance(m, nn.Linear)] == [7, 1]
+    assert [m.p for m in model.dnn if isinstance(m, nn.Dropout)] == [0.2]
+    attention = AutoInt.from_config(autoint, fm)
+    assert (len(attention.attention), len(attention.tower_attention)) == (2, 1)
+    assert attention.repr_dim == attention.embed.n_fields * 2 * 3
+
+
+def test_parameter_names_are_stable(dataset: Dataset) -> None:
+    """Checkpoints, tower_prefixes and the bundle refer to these names."""
+    models = _models(dataset)
+    embed = [f"{{}}.{n}" for n in ("genre", "user_offsets", "item_offsets", "table.weight")]
+
+    def field_embedding(prefix: str) -> list[str]:
+        return [e.format(prefix) for e in embed]
+
+    def params(prefix: str, *indices: object) -> list[str]:
+        return [f"{prefix}.{i}{kind}" for i in indices for kind in (".weight", ".bias")]
+
+    assert list(models["mf"].state_dict()) == [
+        "mu",
+        *field_embedding("factors"),
+        *field_embedding("biases"),
+        "user_rank.weight",
+        "item_rank.weight",
+        "item_rank_bias.weight",
+    ]
+    assert list(models["xdeepfm"].state_dict()) == [
+        "mu",
+        *field_embedding("embed"),
+        *field_embedding("linear"),
+        *params("cin.convs", 0, 1),
+        "cin_out.weight",
+        "cin_out.bias",
+        *params("dnn", 0, 3),
+        *field_embedding("rank_embed"),
+        *params("user_mlp", 0, 2),
+        *params("item_mlp", 0, 2),
+    ]
+    assert list(models["autoint"].state_dict()) == [
+        "mu",
+        *field_embedding("embed"),
+        *field_embedding("linear"),
+        "attention.0.qkv.weight",
+        "attention.0.residual.weight",
+        "attention.1.qkv.weight",
+        "attention.1.residual.weight",
+        "out.weight",
+        "out.bias",
+        *field_embedding("rank_embed"),
+        "tower_attention.0.qkv.weight",
+        "tower_attention.0.residual.weight",
+        "user_proj.weight",
+        "user_proj.bias",
+        "item_proj.weight",
+        "item_proj.bias",
+    ]
+    for model in models.values():
+        towers = {n for n in model.state_dict() if n.startswith(model.tower_prefixes)}
+        assert towers and "mu" not in towers
 
 
 def test_autoint_exposes_its_pair_representation(dataset: Dataset) -> None:

@@ -12,40 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from training.features import FeatureMap
-from training.models.mf import FieldEmbedding, TowerScoring
-
-
-class InteractingLayer(nn.Module):
-    """One multi-head self-attention layer with a residual projection and ReLU."""
-
-    def __init__(self, d_in: int, *, heads: int, d_head: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.d_head = d_head
-        d_out = heads * d_head
-        self.qkv = nn.Linear(d_in, 3 * d_out, bias=False)
-        self.residual = nn.Linear(d_in, d_out, bias=False)
-        self.scale = float(d_head) ** -0.5
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, n_fields, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, n_fields, 3, self.heads, self.d_head)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, F, dh]
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        att = torch.softmax((q @ k.transpose(-1, -2)) * self.scale, dim=-1)  # [B, H, F, F]
-        out = (att @ v).transpose(1, 2).reshape(batch, n_fields, -1)  # [B, F, H*dh]
-        return torch.relu(out + self.residual(x))  # [B, F, H*dh]
-
-
-def attention_stack(d_in: int, *, layers: int, heads: int, d_head: int) -> nn.Sequential:
-    blocks: list[nn.Module] = []
-    for k in range(layers):
-        width = d_in if k == 0 else heads * d_head
-        blocks.append(InteractingLayer(width, heads=heads, d_head=d_head))
-    return nn.Sequential(*blocks)
+from training.models.configs import AutoIntConfig
+from training.models.layers import FieldEmbedding, TowerScoring, attention_stack
 
 
 class AutoInt(TowerScoring):
+    """rating = mu + linear + attention over every field; score = attention towers' dot
+    product; 'repr' = the rating head's flattened attention output."""
+
     mu: Tensor
 
     def __init__(
@@ -73,13 +47,28 @@ class AutoInt(TowerScoring):
         self.user_proj = nn.Linear(heads * d_head, score_dim)
         self.item_proj = nn.Linear(heads * d_head, score_dim)
 
+    @classmethod
+    def from_config(
+        cls, config: AutoIntConfig, fm: FeatureMap, *, global_mean: float = 3.5
+    ) -> AutoInt:
+        return cls(
+            fm,
+            dim=config.dim,
+            layers=config.layers,
+            heads=config.heads,
+            d_head=config.d_head,
+            score_dim=config.score_dim,
+            tower_layers=config.tower_layers,
+            global_mean=global_mean,
+        )
+
     def heads(
         self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
         e = self.embed(user, item, user_feats, item_feats, item_genres)  # [B, F, d]
         rep = self.attention(e).flatten(1)  # [B, F*H*dh]

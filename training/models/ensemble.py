@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from training.features import FeatureTables
-from training.models.mf import TowerScoring
+from training.models.layers import TowerScoring
 
 COMPONENTS = ("mf", "xdeepfm", "autoint")
 DEFAULT_WEIGHTS = (0.4, 0.4, 0.2)
@@ -44,11 +44,11 @@ class EnsembleTeacher(TowerScoring):
 
     def heads(
         self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
         outs = [c.heads(user, item, user_feats, item_feats, item_genres) for c in self.components]
         ratings = torch.stack([o["rating"].clamp(1.0, 5.0) for o in outs], dim=1)  # [B, 3]

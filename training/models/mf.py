@@ -1,157 +1,13 @@
-"""Biased matrix factorisation ("SVD"), plus the building blocks every teacher component shares.
-
-All three teacher components score rankings with a two-tower head: score(u, i) =
-<U(u), V(i)>. Ranking is evaluated over the whole catalogue, so the ranking loss needs the
-score of many items per user; towers make that one matrix product for training (sampled
-softmax) and for scoring a catalogue.
-"""
+"""Biased matrix factorisation ("SVD") with side features, the first teacher component."""
 
 from __future__ import annotations
 
-from itertools import pairwise
-from typing import TYPE_CHECKING
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from training.features import FeatureMap, FeatureTables
-from training.models.base import TwoHeadModel
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-
-class FieldEmbedding(nn.Module):
-    """Embeds every field of a (user, item) pair: [user, user fields, item, item fields, genres].
-
-    The single-valued fields share one table with per-field offsets (one gather in ONNX);
-    the genre bag is the mean of its genre embeddings.
-    """
-
-    user_offsets: Tensor
-    item_offsets: Tensor
-
-    def __init__(self, fm: FeatureMap, dim: int, *, init_std: float = 0.01) -> None:
-        super().__init__()
-        user_sizes = [fm.user_vocab, *fm.user_field_vocabs]
-        item_sizes = [fm.item_vocab, *fm.item_field_vocabs]
-        self.n_user_fields = len(user_sizes)
-        self.n_item_fields = len(item_sizes) + 1  # + genre bag
-        self.dim = dim
-        user_off = np.concatenate([[0], np.cumsum(user_sizes)[:-1]])
-        item_off = np.concatenate([[0], np.cumsum(item_sizes)[:-1]]) + sum(user_sizes)
-        self.register_buffer("user_offsets", torch.as_tensor(user_off, dtype=torch.long))
-        self.register_buffer("item_offsets", torch.as_tensor(item_off, dtype=torch.long))
-        self.table = nn.Embedding(sum(user_sizes) + sum(item_sizes), dim)
-        self.genre = nn.Parameter(torch.randn(fm.n_genres, dim) * init_std)
-        nn.init.normal_(self.table.weight, std=init_std)
-
-    @property
-    def n_fields(self) -> int:
-        return self.n_user_fields + self.n_item_fields
-
-    def user_side(self, user: Tensor, user_feats: Tensor) -> Tensor:
-        idx = torch.cat([user.unsqueeze(1), user_feats], dim=1)  # [B, 1+Fu]
-        return self.table(idx + self.user_offsets)  # [B, 1+Fu, d]
-
-    def item_side(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
-        idx = torch.cat([item.unsqueeze(1), item_feats], dim=1)  # [N, 1+Fi]
-        single = self.table(idx + self.item_offsets)  # [N, 1+Fi, d]
-        count = item_genres.sum(dim=1, keepdim=True).clamp(min=1.0)  # [N, 1]
-        bag = (item_genres @ self.genre) / count  # [N, d]
-        return torch.cat([single, bag.unsqueeze(1)], dim=1)  # [N, 2+Fi, d]
-
-    def forward(
-        self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
-    ) -> Tensor:
-        u = self.user_side(user, user_feats)  # [B, 1+Fu, d]
-        i = self.item_side(item, item_feats, item_genres)  # [B, 2+Fi, d]
-        return torch.cat([u, i], dim=1)  # [B, F, d]
-
-    def squared_norm(
-        self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
-    ) -> Tensor:
-        """Per-example squared norm of the rows this batch uses (L2 on used rows only)."""
-        e = self(user, item, user_feats, item_feats, item_genres)  # [B, F, d]
-        return e.pow(2).sum(dim=(1, 2))  # [B]
-
-
-def mlp(
-    sizes: Sequence[int], *, dropout: float = 0.0, last_activation: bool = False
-) -> nn.Sequential:
-    """Linear layers with ReLU between them (and after the last one if asked)."""
-    layers: list[nn.Module] = []
-    for k, (a, b) in enumerate(pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if k < len(sizes) - 2 or last_activation:
-            layers.append(nn.ReLU())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
-
-
-class TowerScoring(TwoHeadModel):
-    """A TwoHeadModel whose ranking score is the dot product of a user and an item tower.
-
-    `tower_prefixes` names the parameters only the ranking towers use; every other
-    parameter belongs to the rating head. Keeping the two disjoint lets training stop each
-    head at its own best epoch.
-    """
-
-    tower_prefixes: tuple[str, ...] = ()
-
-    def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
-        """[B] user, [B, Fu] feats -> [B, D]."""
-        raise NotImplementedError
-
-    def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
-        """[N] item, [N, Fi] feats, [N, G] genres -> [N, D]."""
-        raise NotImplementedError
-
-    def tower_score(
-        self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
-    ) -> Tensor:
-        u = self.user_tower(user, user_feats)  # [B, D]
-        v = self.item_tower(item, item_feats, item_genres)  # [B, D]
-        return (u * v).sum(dim=1)  # [B]
-
-    def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
-        """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
-        user = torch.as_tensor(users, dtype=torch.long)
-        u = self.user_tower(user, torch.as_tensor(tables.user_feats[users]))  # [b, D]
-        v = self.item_tower(
-            torch.arange(tables.item_feats.shape[0]),
-            torch.as_tensor(tables.item_feats),
-            torch.as_tensor(tables.item_genres),
-        )  # [n_items+1, D]
-        return u @ v.T  # [b, n_items+1]
-
-    def regularizer(
-        self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
-    ) -> Tensor:
-        """Per-example L2 penalty of the parameters the rating head used: [B]."""
-        raise NotImplementedError
+from training.features import FeatureMap
+from training.models.configs import MFConfig
+from training.models.layers import FieldEmbedding, TowerScoring
 
 
 class BiasedMF(TowerScoring):
@@ -189,6 +45,10 @@ class BiasedMF(TowerScoring):
             nn.init.normal_(emb.weight, std=init_std)
         nn.init.zeros_(self.item_rank_bias.weight)
 
+    @classmethod
+    def from_config(cls, config: MFConfig, fm: FeatureMap, *, global_mean: float = 3.5) -> BiasedMF:
+        return cls(fm, dim=config.dim, score_dim=config.score_dim, global_mean=global_mean)
+
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
         x = self.user_rank(user)  # [B, D]
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [B, D+1]
@@ -198,11 +58,11 @@ class BiasedMF(TowerScoring):
 
     def heads(
         self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
         p = self.factors.user_side(user, user_feats).sum(dim=1)  # [B, d]
         q = self.factors.item_side(item, item_feats, item_genres).sum(dim=1)  # [B, d]

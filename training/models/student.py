@@ -111,6 +111,7 @@ class Tower(nn.Module):
         return int(self.hidden.in_features)
 
     def embed(self, ids: Tensor, feats: Tensor, genres: Tensor | None) -> Tensor:
+        """[B] ids, [B, F] side fields, [B, G] genres (item side) -> [B, D]."""
         x = self.tables[0](ids)  # [B, D]
         for j, table in enumerate(self.tables[1:]):
             x = x + table(feats[:, j])  # [B, D]
@@ -206,11 +207,11 @@ class Student(TwoHeadModel):
 
     def heads(
         self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
         *,
         masks: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:

@@ -13,33 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from training.features import FeatureMap
-from training.models.mf import FieldEmbedding, TowerScoring, mlp
-
-
-class CIN(nn.Module):
-    """Compressed Interaction Network: explicit vector-wise feature interactions."""
-
-    def __init__(self, n_fields: int, layer_sizes: Sequence[int]) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList()
-        prev = n_fields
-        for size in layer_sizes:
-            self.convs.append(nn.Conv1d(prev * n_fields, size, kernel_size=1))
-            prev = size
-        self.out_dim = sum(layer_sizes)
-
-    def forward(self, x0: Tensor) -> Tensor:
-        batch, _, dim = x0.shape
-        xk = x0  # [B, H_k, d]
-        pooled = []
-        for conv in self.convs:
-            z = (xk.unsqueeze(2) * x0.unsqueeze(1)).reshape(batch, -1, dim)  # [B, H_k*F, d]
-            xk = torch.relu(conv(z))  # [B, H_k+1, d]
-            pooled.append(xk.sum(dim=2))  # [B, H_k+1]
-        return torch.cat(pooled, dim=1)  # [B, sum H]
+from training.models.configs import XDeepFMConfig
+from training.models.layers import CIN, FieldEmbedding, TowerScoring, mlp
 
 
 class XDeepFM(TowerScoring):
+    """rating = mu + linear + CIN + DNN over every field; score = MLP towers' dot product."""
+
     mu: Tensor
 
     def __init__(
@@ -67,13 +47,28 @@ class XDeepFM(TowerScoring):
         self.user_mlp = mlp([self.rank_embed.n_user_fields * dim, *tower_layers, score_dim])
         self.item_mlp = mlp([self.rank_embed.n_item_fields * dim, *tower_layers, score_dim])
 
+    @classmethod
+    def from_config(
+        cls, config: XDeepFMConfig, fm: FeatureMap, *, global_mean: float = 3.5
+    ) -> XDeepFM:
+        return cls(
+            fm,
+            dim=config.dim,
+            cin_layers=config.cin_layers,
+            dnn_layers=config.dnn_layers,
+            dropout=config.dropout,
+            score_dim=config.score_dim,
+            tower_layers=config.tower_layers,
+            global_mean=global_mean,
+        )
+
     def heads(
         self,
-        user: Tensor,
-        item: Tensor,
-        user_feats: Tensor,
-        item_feats: Tensor,
-        item_genres: Tensor,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
         e = self.embed(user, item, user_feats, item_feats, item_genres)  # [B, F, d]
         lin = self.linear(user, item, user_feats, item_feats, item_genres).sum(dim=(1, 2))  # [B]

@@ -1,0 +1,218 @@
+"""Layers shared by the teacher components; the model files only compose them.
+
+* `FieldEmbedding`: every field of a (user, item) pair as one [B, F, d] tensor.
+* `mlp`: Linear/ReLU(/Dropout) stacks (xDeepFM's DNN and towers).
+* `CIN`: xDeepFM's Compressed Interaction Network.
+* `InteractingLayer`, `attention_stack`: AutoInt's multi-head self-attention.
+* `TowerScoring`: the two-tower ranking base all three components (and the ensemble)
+  share. score(u, i) = <U(u), V(i)>: ranking is evaluated over the whole catalogue, so the
+  ranking loss needs the score of many items per user; towers make that one matrix
+  product for training (sampled softmax) and for scoring a catalogue.
+
+Parameter names are part of the checkpoints and of the bundle's provenance: attribute
+names and the order in which layers are built must not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from training.features import FeatureMap, FeatureTables
+from training.models.base import TwoHeadModel
+
+
+class FieldEmbedding(nn.Module):
+    """Embeds every field of a (user, item) pair: [user, user fields, item, item fields, genres].
+
+    The single-valued fields share one table with per-field offsets (one gather in ONNX);
+    the genre bag is the mean of its genre embeddings.
+    """
+
+    user_offsets: Tensor
+    item_offsets: Tensor
+
+    def __init__(self, fm: FeatureMap, dim: int, *, init_std: float = 0.01) -> None:
+        super().__init__()
+        user_sizes = [fm.user_vocab, *fm.user_field_vocabs]
+        item_sizes = [fm.item_vocab, *fm.item_field_vocabs]
+        self.n_user_fields = len(user_sizes)
+        self.n_item_fields = len(item_sizes) + 1  # + genre bag
+        self.dim = dim
+        user_off = np.concatenate([[0], np.cumsum(user_sizes)[:-1]])
+        item_off = np.concatenate([[0], np.cumsum(item_sizes)[:-1]]) + sum(user_sizes)
+        self.register_buffer("user_offsets", torch.as_tensor(user_off, dtype=torch.long))
+        self.register_buffer("item_offsets", torch.as_tensor(item_off, dtype=torch.long))
+        self.table = nn.Embedding(sum(user_sizes) + sum(item_sizes), dim)
+        self.genre = nn.Parameter(torch.randn(fm.n_genres, dim) * init_std)
+        nn.init.normal_(self.table.weight, std=init_std)
+
+    @property
+    def n_fields(self) -> int:
+        return self.n_user_fields + self.n_item_fields
+
+    def user_side(self, user: Tensor, user_feats: Tensor) -> Tensor:
+        idx = torch.cat([user.unsqueeze(1), user_feats], dim=1)  # [B, 1+Fu]
+        return self.table(idx + self.user_offsets)  # [B, 1+Fu, d]
+
+    def item_side(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
+        idx = torch.cat([item.unsqueeze(1), item_feats], dim=1)  # [N, 1+Fi]
+        single = self.table(idx + self.item_offsets)  # [N, 1+Fi, d]
+        count = item_genres.sum(dim=1, keepdim=True).clamp(min=1.0)  # [N, 1]
+        bag = (item_genres @ self.genre) / count  # [N, d]
+        return torch.cat([single, bag.unsqueeze(1)], dim=1)  # [N, 2+Fi, d]
+
+    def forward(
+        self,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
+    ) -> Tensor:
+        u = self.user_side(user, user_feats)  # [B, 1+Fu, d]
+        i = self.item_side(item, item_feats, item_genres)  # [B, 2+Fi, d]
+        return torch.cat([u, i], dim=1)  # [B, F, d]
+
+    def squared_norm(
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+    ) -> Tensor:
+        """Per-example squared norm of the rows this batch uses (L2 on used rows only)."""
+        e = self(user, item, user_feats, item_feats, item_genres)  # [B, F, d]
+        return e.pow(2).sum(dim=(1, 2))  # [B]
+
+
+def mlp(
+    sizes: Sequence[int], *, dropout: float = 0.0, last_activation: bool = False
+) -> nn.Sequential:
+    """Linear layers with ReLU between them (and after the last one if asked).
+
+    [B, sizes[0]] -> [B, sizes[-1]]. Dropout follows each ReLU when `dropout` > 0, which
+    shifts the Sequential's indices (and so the parameter names).
+    """
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if k < len(sizes) - 2 or last_activation:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class CIN(nn.Module):
+    """Compressed Interaction Network (Lian et al., 2018): explicit vector-wise feature
+    interactions, [B, F, d] -> [B, sum(layer_sizes)]."""
+
+    def __init__(self, n_fields: int, layer_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList()
+        prev = n_fields
+        for size in layer_sizes:
+            self.convs.append(nn.Conv1d(prev * n_fields, size, kernel_size=1))
+            prev = size
+        self.out_dim = sum(layer_sizes)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        batch, _, dim = x0.shape  # x0: [B, F, d]
+        xk = x0  # [B, H_k, d]
+        pooled = []
+        for conv in self.convs:
+            z = (xk.unsqueeze(2) * x0.unsqueeze(1)).reshape(batch, -1, dim)  # [B, H_k*F, d]
+            xk = torch.relu(conv(z))  # [B, H_k+1, d]
+            pooled.append(xk.sum(dim=2))  # [B, H_k+1]
+        return torch.cat(pooled, dim=1)  # [B, sum H]
+
+
+class InteractingLayer(nn.Module):
+    """One multi-head self-attention layer over fields (AutoInt, Song et al., 2019), with a
+    residual projection and ReLU: [B, F, d_in] -> [B, F, heads*d_head]."""
+
+    def __init__(self, d_in: int, *, heads: int, d_head: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.d_head = d_head
+        d_out = heads * d_head
+        self.qkv = nn.Linear(d_in, 3 * d_out, bias=False)
+        self.residual = nn.Linear(d_in, d_out, bias=False)
+        self.scale = float(d_head) ** -0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, n_fields, _ = x.shape  # x: [B, F, d_in]
+        qkv = self.qkv(x).reshape(batch, n_fields, 3, self.heads, self.d_head)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, F, dh]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = torch.softmax((q @ k.transpose(-1, -2)) * self.scale, dim=-1)  # [B, H, F, F]
+        out = (att @ v).transpose(1, 2).reshape(batch, n_fields, -1)  # [B, F, H*dh]
+        return torch.relu(out + self.residual(x))  # [B, F, H*dh]
+
+
+def attention_stack(d_in: int, *, layers: int, heads: int, d_head: int) -> nn.Sequential:
+    """`layers` InteractingLayers: [B, F, d_in] -> [B, F, heads*d_head]."""
+    blocks: list[nn.Module] = []
+    for k in range(layers):
+        width = d_in if k == 0 else heads * d_head
+        blocks.append(InteractingLayer(width, heads=heads, d_head=d_head))
+    return nn.Sequential(*blocks)
+
+
+class TowerScoring(TwoHeadModel):
+    """A TwoHeadModel whose ranking score is the dot product of a user and an item tower.
+
+    `tower_prefixes` names the parameters only the ranking towers use; every other
+    parameter belongs to the rating head. Keeping the two disjoint lets training stop each
+    head at its own best epoch.
+    """
+
+    tower_prefixes: tuple[str, ...] = ()
+
+    def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
+        """[B] user, [B, Fu] feats -> [B, D]."""
+        raise NotImplementedError
+
+    def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
+        """[N] item, [N, Fi] feats, [N, G] genres -> [N, D]."""
+        raise NotImplementedError
+
+    def tower_score(
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+    ) -> Tensor:
+        u = self.user_tower(user, user_feats)  # [B, D]
+        v = self.item_tower(item, item_feats, item_genres)  # [B, D]
+        return (u * v).sum(dim=1)  # [B]
+
+    def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
+        """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
+        user = torch.as_tensor(users, dtype=torch.long)
+        u = self.user_tower(user, torch.as_tensor(tables.user_feats[users]))  # [b, D]
+        v = self.item_tower(
+            torch.arange(tables.item_feats.shape[0]),
+            torch.as_tensor(tables.item_feats),
+            torch.as_tensor(tables.item_genres),
+        )  # [n_items+1, D]
+        return u @ v.T  # [b, n_items+1]
+
+    def regularizer(
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+    ) -> Tensor:
+        """Per-example L2 penalty of the parameters the rating head used: [B]."""
+        raise NotImplementedError
