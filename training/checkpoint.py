@@ -32,7 +32,7 @@ import torch
 from training.features import FeatureMap
 from training.models.base import TwoHeadModel
 from training.models.ensemble import COMPONENTS, EnsembleTeacher
-from training.models.mf import TowerScoring
+from training.models.layers import TowerScoring
 from training.models.student import Student, StudentShape
 from training.train import (
     AutoIntConfig,

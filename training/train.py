@@ -33,9 +33,16 @@ from training.evaluate import (
 )
 from training.features import FeatureMap, FeatureTables
 from training.models.autoint import AutoInt
-from training.models.configs import AutoIntConfig, ComponentConfig, MFConfig, XDeepFMConfig
+from training.models.configs import (
+    AutoIntConfig,
+    ComponentConfig,
+    MFConfig,
+    Select,
+    XDeepFMConfig,
+)
 from training.models.ensemble import COMPONENTS, DEFAULT_WEIGHTS, EnsembleTeacher
-from training.models.mf import BiasedMF, TowerScoring
+from training.models.layers import TowerScoring
+from training.models.mf import BiasedMF
 from training.models.xdeepfm import XDeepFM
 from training.seen import SeenIndex
 
@@ -102,34 +109,20 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_COMPONENTS: dict[str, tuple[type[TowerScoring], type[ComponentConfig]]] = {
+    "mf": (BiasedMF, MFConfig),
+    "xdeepfm": (XDeepFM, XDeepFMConfig),
+    "autoint": (AutoInt, AutoIntConfig),
+}
+
+
 def build_component(
     name: str, fm: FeatureMap, config: ComponentConfig, *, global_mean: float
 ) -> TowerScoring:
-    if name == "mf" and isinstance(config, MFConfig):
-        return BiasedMF(fm, dim=config.dim, score_dim=config.score_dim, global_mean=global_mean)
-    if name == "xdeepfm" and isinstance(config, XDeepFMConfig):
-        return XDeepFM(
-            fm,
-            dim=config.dim,
-            cin_layers=config.cin_layers,
-            dnn_layers=config.dnn_layers,
-            dropout=config.dropout,
-            score_dim=config.score_dim,
-            tower_layers=config.tower_layers,
-            global_mean=global_mean,
-        )
-    if name == "autoint" and isinstance(config, AutoIntConfig):
-        return AutoInt(
-            fm,
-            dim=config.dim,
-            layers=config.layers,
-            heads=config.heads,
-            d_head=config.d_head,
-            score_dim=config.score_dim,
-            tower_layers=config.tower_layers,
-            global_mean=global_mean,
-        )
-    raise ValueError(f"unknown component {name!r} or config {type(config).__name__}")
+    model_cls, config_cls = _COMPONENTS.get(name, (None, None))
+    if model_cls is None or config_cls is None or not isinstance(config, config_cls):
+        raise ValueError(f"unknown component {name!r} or config {type(config).__name__}")
+    return model_cls.from_config(config, fm, global_mean=global_mean)  # type: ignore[attr-defined]
 
 
 def evaluate_component(

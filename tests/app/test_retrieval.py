@@ -61,7 +61,7 @@ def ivf(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, Path]:
     faiss = pytest.importorskip("faiss")
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(50, 16))
-    vectors = (centers[rng.integers(0, 50, 20_000)] + 0.3 * rng.normal(size=(20_000, 16)))
+    vectors = centers[rng.integers(0, 50, 20_000)] + 0.3 * rng.normal(size=(20_000, 16))
     vectors = vectors.astype(np.float32)
     quantizer = faiss.IndexFlatIP(16)
     index = faiss.IndexIVFFlat(quantizer, 16, 64, faiss.METRIC_INNER_PRODUCT)

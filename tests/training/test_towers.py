@@ -40,8 +40,13 @@ def _teacher(ds: Dataset) -> EnsembleTeacher:
 def test_tower_scores_equal_the_full_graph(dataset: Dataset, tmp_path: Path) -> None:
     teacher = _teacher(dataset)
     art = export_towers(
-        teacher, dataset.tables, dataset.feature_map, out_dir=tmp_path, stem="teacher",
-        metadata={"bundle_version": "v"}, ann_min_items=10,
+        teacher,
+        dataset.tables,
+        dataset.feature_map,
+        out_dir=tmp_path,
+        stem="teacher",
+        metadata={"bundle_version": "v"},
+        ann_min_items=10,
     )
     items = np.load(art.items)
     assert items.shape == (dataset.feature_map.n_items, art.dim)
@@ -69,3 +74,29 @@ def test_ivf_recall_on_a_generated_matrix() -> None:
     fresh = rng.normal(size=(200, 16)).astype(np.float32)
     assert recall_at(index, exact_top(vectors, fresh, 10), fresh, 10) >= 0.95
     assert info.recall_at_10 >= 0.98 and 1 <= info.nprobe <= info.nlist
+
+
+def test_student_towers_equal_its_score_head(dataset: Dataset, tmp_path: Path) -> None:
+    from training.models.student import Student, StudentShape
+
+    torch.manual_seed(1)
+    student = Student(dataset.feature_map, shape=StudentShape()).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(student.item_score_bias.weight)
+    art = export_towers(
+        student,
+        dataset.tables,
+        dataset.feature_map,
+        out_dir=tmp_path,
+        stem="student",
+        metadata={},
+        ann_min_items=10**9,
+    )
+    assert art.ann is None and art.parity_max_abs_diff <= 1e-4
+    users = np.array([1, 5], np.int64)
+    with torch.no_grad():
+        full = student.score_matrix(users, dataset.tables).numpy()[:, 1:]
+        vectors = student.user_tower(
+            torch.as_tensor(users), torch.as_tensor(dataset.tables.user_feats[users])
+        ).numpy()
+    np.testing.assert_allclose(vectors @ np.load(art.items).T, full, atol=1e-4)

@@ -28,6 +28,14 @@ class TwoHeadModel(nn.Module):
         """Returns at least 'rating' [B] (unclipped) and 'score' [B]; may add 'repr' [B, D]."""
         raise NotImplementedError
 
+    def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
+        """[B] user, [B, Fu] feats -> [B, D]; `score` is user_tower · item_tower."""
+        raise NotImplementedError
+
+    def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
+        """[N] item, [N, Fi] feats, [N, G] genres -> [N, D]."""
+        raise NotImplementedError
+
     def forward(
         self,
         user: Tensor,  # [B]

@@ -175,14 +175,6 @@ class TowerScoring(TwoHeadModel):
 
     tower_prefixes: tuple[str, ...] = ()
 
-    def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
-        """[B] user, [B, Fu] feats -> [B, D]."""
-        raise NotImplementedError
-
-    def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
-        """[N] item, [N, Fi] feats, [N, G] genres -> [N, D]."""
-        raise NotImplementedError
-
     def tower_score(
         self,
         user: Tensor,

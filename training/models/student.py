@@ -232,6 +232,14 @@ class Student(TwoHeadModel):
         score = st.sum(dim=1) + self.item_score_bias(item).squeeze(1)  # [B]
         return {"rating": rating, "score": score, "repr": torch.cat([pq, st], dim=1)}
 
+    def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
+        _, s = self.user(self.user.embed(user, user_feats, None))  # [B, Ks]
+        return torch.cat([s, torch.ones_like(s[:, :1])], dim=1)  # [B, Ks+1]
+
+    def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
+        _, t = self.item(self.item.embed(item, item_feats, item_genres))  # [N, Ks]
+        return torch.cat([t, self.item_score_bias(item)], dim=1)  # [N, Ks+1]
+
     def catalogue_scores(
         self, user: Tensor, user_feats: Tensor, item_feats: Tensor, item_genres: Tensor
     ) -> Tensor:
