@@ -120,7 +120,7 @@ class Retriever:
         if self.ann is not None and self.use_ann:
             fetch = min(self.n_items, max(self.candidates, k + n_excluded))
             positions, scores = self.ann.search(query, fetch)
-            if n_excluded:
+            if exclude is not None and n_excluded:
                 keep = ~np.isin(positions, exclude)
                 positions, scores = positions[keep], scores[keep]
             if positions.size >= min(k, self.n_items - n_excluded):

@@ -15,6 +15,7 @@ from training.data import Dataset, load_dataset
 from training.models.autoint import AutoInt
 from training.models.ensemble import EnsembleTeacher
 from training.models.mf import BiasedMF
+from training.models.student import Student, StudentShape
 from training.models.xdeepfm import XDeepFM
 from training.towers import TOWER_OUTPUT, export_towers
 
@@ -77,8 +78,6 @@ def test_ivf_recall_on_a_generated_matrix() -> None:
 
 
 def test_student_towers_equal_its_score_head(dataset: Dataset, tmp_path: Path) -> None:
-    from training.models.student import Student, StudentShape
-
     torch.manual_seed(1)
     student = Student(dataset.feature_map, shape=StudentShape()).eval()
     with torch.no_grad():
