@@ -29,6 +29,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY contract ./contract
 # No extras: the serving image must not carry torch.
 RUN pip install .
 
@@ -72,6 +73,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY contract ./contract
 RUN pip install ".[gpu]" \
     && pip uninstall -y onnxruntime onnxruntime-gpu \
     && pip install "onnxruntime-gpu>=1.18" \
@@ -103,6 +105,7 @@ ARG TORCH_VERSION
 RUN pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY training ./training
 RUN pip install ".[train]" && rm -rf /src
 # The download cache exists in the image so a volume mounted there (docker-compose.yml)

@@ -53,11 +53,11 @@ test-fast: install
 
 lint: install
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check app training
-	$(PY) -m mypy app training
+	$(PY) -m ruff format --check app contract training
+	$(PY) -m mypy app contract training
 
 typecheck: install
-	$(PY) -m mypy app training
+	$(PY) -m mypy app contract training
 
 bench-quality:
 	$(MAKE) install EXTRAS=train,dev,bench

@@ -60,10 +60,11 @@ class ServingState:
 
     def encode_demographics(self, values: Mapping[str, object]) -> npt.NDArray[np.int64] | None:
         """A user feature row [Fu] from raw query values; None when no field was given."""
-        fields = self.bundle.feature_map.user_fields
-        if not any(values.get(spec.name) is not None for spec in fields):
+        feature_map = self.bundle.feature_map
+        if not any(values.get(spec.name) is not None for spec in feature_map.user_fields):
             return None
-        return np.array([spec.encode(values.get(spec.name)) for spec in fields], dtype=np.int64)
+        # The contract's encoding rules, the same training used for the known users' rows.
+        return feature_map.encode_user(values)
 
     # -- scoring -----------------------------------------------------------------------
 
@@ -245,18 +246,14 @@ def load_state(
             "bundle has no %s model, serving the student from student.onnx", student_model
         )
     runners = {
-        "teacher": ModelRunner(
-            bundle.model_path("teacher"),
-            name="teacher",
+        variant: ModelRunner(
+            bundle.model_path(model),
+            name=model,
             providers=chosen,
             intra_op_threads=intra_op_threads,
-        ),
-        "student": ModelRunner(
-            bundle.model_path(student_file),
-            name=student_file,
-            providers=chosen,
-            intra_op_threads=intra_op_threads,
-        ),
+            rating_scale=bundle.rating_scale,
+        )
+        for variant, model in (("teacher", "teacher"), ("student", student_file))
     }
     state = ServingState(
         bundle=bundle,

@@ -1,9 +1,10 @@
-"""The model bundle `models/<version>/`: writing, verification and the `current` switch.
+"""The model bundle `models/<version>/`: writing and the `current` switch.
 
-Layout and manifest are docs/contracts.md section 2. A bundle is staged in a hidden
-folder next to its final place, fsynced, verified by reading everything back, renamed
-into place and only then made `current` by an atomic symlink replace, so a crash at
-any point leaves the previous `current` bundle untouched and complete.
+Layout, manifest schema and verification are the contract (`contract/`, docs/contracts.md
+section 2). A bundle is staged in a hidden folder next to its final place, fsynced,
+verified by reading everything back, renamed into place and only then made `current` by
+an atomic symlink replace, so a crash at any point leaves the previous `current` bundle
+untouched and complete.
 """
 
 from __future__ import annotations
@@ -22,39 +23,46 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from training.data import Dataset, Ratings, popularity, seen_csr, sha256_file
-from training.features import FEATURE_SCHEMA_VERSION, INPUT_NAMES, OUTPUT_NAMES, FeatureMap
+from contract.errors import BundleError
+from contract.features import FEATURE_SCHEMA_VERSION
+from contract.layout import (
+    CURRENT,
+    DATA_FILES,
+    MANIFEST,
+    MODEL_FILES,
+    REQUIRED_MODELS,
+    sha256_file,
+)
+from contract.manifest import MANIFEST_SCHEMA_VERSION, METRIC_KEYS
+from contract.ratings import DEFAULT_RATING_SCALE
+from contract.verify import verify_bundle as verify_contract
+from training.data import Dataset, Ratings, popularity
+from training.seen import SeenIndex
+
+__all__ = [
+    "CURRENT",
+    "DATA_FILES",
+    "MANIFEST",
+    "MANIFEST_SCHEMA_VERSION",
+    "METRIC_KEYS",
+    "MODEL_FILES",
+    "REQUIRED_MODELS",
+    "BundleContents",
+    "BundleError",
+    "ModelArtifact",
+    "current_bundle",
+    "make_version",
+    "switch_current",
+    "utc_now",
+    "verify_bundle",
+    "write_bundle",
+]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-CURRENT = "current"
-MODEL_FILES = {
-    "teacher": "teacher.onnx",
-    "student": "student.onnx",
-    "student_int8": "student.int8.onnx",
-}
-REQUIRED_MODELS = ("teacher", "student")
-DATA_FILES = {
-    "feature_map": "feature_map.json",
-    "id_maps": "id_maps.json",
-    "features": "features.npz",
-    "seen": "seen.npz",
-    "items": "items.json",
-    "popular": "popular.json",
-    "report": "report.md",
-    "metrics": "metrics.json",
-}
-METRIC_KEYS = ("rmse", "mae", "recall@10", "ndcg@10", "hr@10", "coverage@10")
 _STAGING_PREFIX = ".staging-"
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
-class BundleError(ValueError):
-    """A bundle is missing a file, was tampered with or has an unknown schema."""
 
 
 @dataclass
@@ -132,8 +140,12 @@ def _stage_data(stage: Path, contents: BundleContents) -> None:
     _write_json(stage / DATA_FILES["feature_map"], fm.to_json())
     _write_json(stage / DATA_FILES["id_maps"], {"users": ds.user_ids, "items": ds.item_ids})
     ds.tables.save(stage / DATA_FILES["features"])
-    indptr, indices = seen_csr(contents.train, fm.n_users)
-    np.savez(stage / DATA_FILES["seen"], indptr=indptr.astype(np.int64), indices=indices)
+    seen = SeenIndex.from_ratings(contents.train, n_users=fm.n_users, n_items=fm.n_items)
+    np.savez(
+        stage / DATA_FILES["seen"],
+        indptr=seen.indptr.astype(np.int64),
+        indices=seen.indices.astype(np.int64),
+    )
     _write_json(stage / DATA_FILES["items"], ds.items_meta)
     ranking = popularity(contents.train, fm.n_items)
     _write_json(stage / DATA_FILES["popular"], [ds.item_ids[i - 1] for i in ranking])
@@ -187,6 +199,8 @@ def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
             "n_items": ds.feature_map.n_items,
             "n_ratings": len(ds.ratings),
             "n_train": len(contents.train),
+            # What the models clip their rating head to (contract.ratings).
+            "rating_scale": list(DEFAULT_RATING_SCALE),
         },
         "training": contents.training,
         "files": files,
@@ -259,128 +273,9 @@ def current_bundle(out_dir: Path) -> Path | None:
 # ---------------------------------------------------------------- verification
 
 
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    path = Path(bundle) / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{path}: manifest missing (not a bundle, or an unfinished one)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: expected a JSON object")
-    schema = manifest.get("schema_version")
-    if schema != MANIFEST_SCHEMA_VERSION:
-        raise BundleError(
-            f"{path}: unknown schema_version {schema!r} "
-            f"(this build reads {MANIFEST_SCHEMA_VERSION})"
-        )
-    feature_schema = manifest.get("feature_schema_version")
-    if feature_schema != FEATURE_SCHEMA_VERSION:
-        raise BundleError(
-            f"{path}: unknown feature_schema_version {feature_schema!r} "
-            f"(this build reads {FEATURE_SCHEMA_VERSION})"
-        )
-    for key in ("version", "created_at", "dataset", "training", "files", "models"):
-        if key not in manifest:
-            raise BundleError(f"{path}: missing key {key!r}")
-    return manifest
-
-
-def _check_file(bundle: Path, what: str, entry: Any) -> Path:
-    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-        raise BundleError(f"{bundle / MANIFEST}: entry {what!r} lacks a 'file' name")
-    name = entry["file"]
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise BundleError(f"{bundle / MANIFEST}: entry {what!r} names {name!r}, not a plain file")
-    path = bundle / name
-    if not path.is_file():
-        raise BundleError(f"{path}: missing ({what})")
-    actual = sha256_file(path)
-    if actual != entry.get("sha256"):
-        raise BundleError(
-            f"{path}: sha256 {actual} does not match the manifest's {entry.get('sha256')!r} "
-            "(file changed after export)"
-        )
-    return path
-
-
-def _check_onnx(path: Path, what: str, entry: dict[str, Any], version: str) -> None:
-    if entry.get("onnx_bytes") != path.stat().st_size:
-        raise BundleError(f"{path}: size {path.stat().st_size} != onnx_bytes in the manifest")
-    missing = [m for m in METRIC_KEYS if m not in entry.get("metrics", {})]
-    if entry.get("metrics") and missing:
-        raise BundleError(f"{path}: manifest metrics of {what} lack {', '.join(missing)}")
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types per failure
-        raise BundleError(f"{path}: onnxruntime cannot load {what}: {err}") from None
-    inputs = tuple(i.name for i in session.get_inputs())
-    outputs = tuple(o.name for o in session.get_outputs())
-    if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
-        raise BundleError(
-            f"{path}: signature {inputs} -> {outputs}, expected {INPUT_NAMES} -> {OUTPUT_NAMES}"
-        )
-    meta = session.get_modelmeta().custom_metadata_map
-    if meta.get("bundle_version") != version:
-        raise BundleError(
-            f"{path}: built for bundle {meta.get('bundle_version')!r}, manifest says {version!r}"
-        )
-    if meta.get("feature_schema_version") != str(FEATURE_SCHEMA_VERSION):
-        raise BundleError(f"{path}: feature_schema_version {meta.get('feature_schema_version')!r}")
-
-
 def verify_bundle(bundle: Path) -> dict[str, Any]:
-    """Checks a bundle completely; returns its manifest or raises BundleError saying why."""
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise BundleError(f"{bundle}: not a directory")
-    manifest = read_manifest(bundle)
-    files = manifest["files"]
-    models = manifest["models"]
-    if not isinstance(files, dict) or not isinstance(models, dict):
-        raise BundleError(f"{bundle / MANIFEST}: 'files' and 'models' must be objects")
-    for key in DATA_FILES:
-        if key in ("report", "metrics"):
-            continue
-        if key not in files:
-            raise BundleError(f"{bundle / MANIFEST}: 'files' lacks {key!r}")
-    paths = {key: _check_file(bundle, key, entry) for key, entry in files.items()}
-    for key in REQUIRED_MODELS:
-        if key not in models:
-            raise BundleError(f"{bundle / MANIFEST}: 'models' lacks {key!r}")
-    for key, entry in models.items():
-        if key not in MODEL_FILES:
-            raise BundleError(f"{bundle / MANIFEST}: unknown model key {key!r}")
-        path = _check_file(bundle, key, entry)
-        _check_onnx(path, key, entry, str(manifest["version"]))
-    _check_tables(bundle, paths)
-    return manifest
+    """Checks a bundle completely, models included; returns its manifest as JSON.
 
-
-def _check_tables(bundle: Path, paths: dict[str, Path]) -> None:
-    """The data files agree with each other (sizes), so the service can index them blindly."""
-    try:
-        fm = FeatureMap.load(paths["feature_map"])
-        ids = json.loads(paths["id_maps"].read_text(encoding="utf-8"))
-        items = json.loads(paths["items"].read_text(encoding="utf-8"))
-        with np.load(paths["features"]) as feats:
-            shapes = {k: feats[k].shape for k in ("user_feats", "item_feats", "item_genres")}
-        with np.load(paths["seen"]) as seen:
-            indptr = seen["indptr"]
-            n_seen = seen["indices"].shape[0]
-    except (ValueError, KeyError, OSError) as err:
-        raise BundleError(f"{bundle}: unreadable data file: {err}") from None
-    expect = {
-        "users in id_maps": (len(ids.get("users", [])), fm.n_users),
-        "items in id_maps": (len(ids.get("items", [])), fm.n_items),
-        "rows of items.json": (len(items), fm.n_items),
-        "user_feats": (shapes["user_feats"], (fm.user_vocab, len(fm.user_fields))),
-        "item_feats": (shapes["item_feats"], (fm.item_vocab, len(fm.item_fields))),
-        "item_genres": (shapes["item_genres"], (fm.item_vocab, fm.n_genres)),
-        "seen indptr": (indptr.shape[0], fm.n_users + 2),
-        "seen indices": (n_seen, int(indptr[-1]) if indptr.size else 0),
-    }
-    for what, (have, want) in expect.items():
-        if have != want:
-            raise BundleError(f"{bundle}: {what} is {have}, the feature map implies {want}")
+    The checks are the contract's (`contract.verify`), the same the service runs.
+    """
+    return verify_contract(Path(bundle), open_models=True).manifest.to_json()

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.layout import sha256_file
 from training.features import NONE_FIELD, FeatureMap, FeatureTables, FieldSpec
 
 log = logging.getLogger(__name__)
@@ -450,14 +451,6 @@ def fingerprint(files: Sequence[Path]) -> str:
         outer.update(path.name.encode())
         outer.update(sha256_file(path).encode())
     return outer.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- download

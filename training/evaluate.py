@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from contract.ratings import RATING_MAX, RATING_MIN
 from training.features import FeatureTables, make_batch
 from training.models.base import TwoHeadModel, to_inputs
 from training.seen import SeenIndex
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RELEVANT_MIN_RATING = 4.0
-RATING_MIN = 1.0
-RATING_MAX = 5.0
 
 # users -> scores [len(users), n_items]; column j is item index j + 1.
 Scorer = Callable[[np.ndarray], np.ndarray]

@@ -1,8 +1,8 @@
 """ONNX export of any TwoHeadModel, parity against PyTorch, the INT8 variant and latency.
 
-The graph signature is docs/contracts.md section 1: inputs `features.INPUT_NAMES` with a
-dynamic batch axis, outputs `features.OUTPUT_NAMES`. Every export is checked with
-`onnx.checker` and against PyTorch on fresh random valid inputs before it is used.
+The graph signature is the contract's (`contract.signature`, docs/contracts.md section 1):
+inputs `INPUT_NAMES` with a dynamic batch axis, outputs `OUTPUT_NAMES`. Every export is
+checked with `onnx.checker` and against PyTorch on fresh random valid inputs before use.
 """
 
 from __future__ import annotations
@@ -21,16 +21,12 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from contract.features import FEATURE_SCHEMA_VERSION, FeatureMap
+from contract.session import graph_inputs, open_session, run_session
+from contract.signature import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES
+from contract.tables import FeatureTables
 from training.evaluate import Scorer
-from training.features import (
-    FEATURE_SCHEMA_VERSION,
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    Batch,
-    FeatureMap,
-    FeatureTables,
-    make_batch,
-)
+from training.features import Batch, make_batch
 from training.models.base import TwoHeadModel, to_inputs
 
 log = logging.getLogger(__name__)
@@ -136,8 +132,8 @@ def export_onnx(
 def _complete_inputs(proto: onnx.ModelProto, feature_map: FeatureMap) -> None:
     """Restores inputs the tracer dropped because the model ignores them, in contract order.
 
-    A model that ignores some side features still has to accept all five inputs: the
-    service feeds every model the same way.
+    The contract lets a graph drop the side-feature inputs, but a graph that takes all five
+    can be fed the same way by every tool, so training always writes all five.
     """
     widths = {
         "user_feats": len(feature_map.user_fields),
@@ -150,7 +146,7 @@ def _complete_inputs(proto: onnx.ModelProto, feature_map: FeatureMap) -> None:
         if name in present:
             ordered.append(present[name])
             continue
-        elem = onnx.TensorProto.FLOAT if name == "item_genres" else onnx.TensorProto.INT64
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(INPUT_DTYPES[name]))
         shape: list[str | int] = [_BATCH_DIM] if name not in widths else [_BATCH_DIM, widths[name]]
         ordered.append(onnx.helper.make_tensor_value_info(name, elem, shape))
     extra = [name for name in present if name not in INPUT_NAMES]
@@ -174,16 +170,12 @@ def graph_opset(path: Path) -> int:
 
 
 def ort_session(path: Path, *, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """A CPU session as the contract opens one (signature checked), with `threads` threads."""
+    return open_session(path, intra_op_threads=threads, inter_op_threads=1)
 
 
 def ort_predict(session: ort.InferenceSession, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    rating, score = session.run(list(OUTPUT_NAMES), ort_feed(batch))
-    return np.asarray(rating), np.asarray(score)
+    return run_session(session, ort_feed(batch))
 
 
 def ort_pair_predict(
@@ -345,7 +337,8 @@ def ort_latency_ms(
     n_items = feature_map.n_items
     user = min(max(user, 0), feature_map.n_users)
     items = np.arange(1, n_items + 1, dtype=np.int64)
-    feed = ort_feed(make_batch(tables, np.full(n_items, user, np.int64), items))
+    arrays = ort_feed(make_batch(tables, np.full(n_items, user, np.int64), items))
+    feed = {name: arrays[name] for name in graph_inputs(session, file=Path(path).name)}
     for _ in range(3):
         session.run(list(OUTPUT_NAMES), feed)
     times = []

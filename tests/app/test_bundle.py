@@ -1,4 +1,4 @@
-"""Bundle loading: manifest validation, checksums, symlinks, feature encoding."""
+"""Bundle loading: manifest validation, checksums, symlinks (encoding rules: tests/contract)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.bundle import BundleError, FieldSpec, load_bundle, sha256_file
+from app.bundle import BundleError, load_bundle
+from contract.layout import sha256_file
 from tests.app.conftest import Reference, copy_bundle
 
 
@@ -98,16 +99,3 @@ def test_table_shapes_are_checked(reference: Reference, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="user_feats"):
         load_bundle(bundle)
 
-
-def test_field_encoding_follows_the_contract() -> None:
-    age = FieldSpec(name="age", kind="bucket", vocab=8, edges=[18, 25, 35, 45, 50, 56, 100])
-    assert [age.encode(v) for v in (None, 10, 18, 24, 56, 200)] == [0, 1, 2, 2, 7, 8]
-    assert age.encode("not a number") == 0
-    gender = FieldSpec(name="gender", kind="categorical", vocab=3, values=["F", "M"])
-    assert [gender.encode(v) for v in ("F", "M", "X", None)] == [1, 2, 0, 0]
-    zip_code = FieldSpec(
-        name="zip", kind="prefix", vocab=11, length=1, values=[str(d) for d in range(10)]
-    )
-    assert [zip_code.encode(v) for v in ("55455", "0", "K1A", "")] == [6, 1, 0, 0]
-    none = FieldSpec(name="none", kind="placeholder", vocab=1)
-    assert none.encode("anything") == 0

@@ -105,6 +105,23 @@ def test_a_model_reading_fewer_inputs_is_fed_only_those(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out.rating, [3, 5])  # clipped to [1, 5]
 
 
+
+def test_ratings_are_clipped_to_the_bundles_scale(tmp_path: Path) -> None:
+    path = _write_model(
+        tmp_path / "m.onnx",
+        [("user", TensorProto.INT64), ("item", TensorProto.INT64)],
+        ["rating", "score"],
+    )
+    runner = ModelRunner(path, name="m", providers=[CPU], rating_scale=(0.5, 5.0))
+    out = runner.run(
+        user=np.array([0, 3, 9]),
+        item=np.array([1, 1, 1]),
+        user_feats=np.zeros((3, 1), dtype=np.int64),
+        item_feats=np.zeros((3, 1), dtype=np.int64),
+        item_genres=np.zeros((3, 1), dtype=np.float32),
+    )
+    np.testing.assert_array_equal(out.rating, [0.5, 3, 5])
+
 def test_top_k_matches_a_full_sort() -> None:
     rng = np.random.default_rng(3)
     for _ in range(50):

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from contract.layout import sha256_file
 from training import bundle as bundle_mod
 from training import export
 from training.bundle import BundleError, verify_bundle
-from training.data import Dataset, load_dataset, make_split, sha256_file
+from training.data import Dataset, load_dataset, make_split
 from training.features import FeatureMap
 from training.models.student import Student, StudentShape
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from contract.features import FeatureMap
+from contract.signature import INPUT_NAMES, OUTPUT_NAMES
 from training import export
 from training.data import Dataset, load_dataset
-from training.features import INPUT_NAMES, OUTPUT_NAMES, FeatureMap
 from training.models.base import TwoHeadModel
 from training.models.mf import BiasedMF
 from training.models.student import Student, StudentShape

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from contract.ratings import RATING_MAX, RATING_MIN
 from training.features import Batch
 
 # (user, item, user_feats, item_feats, item_genres), the ONNX input order.
@@ -45,7 +46,7 @@ class TwoHeadModel(nn.Module):
         item_genres: Tensor,  # [B, G]
     ) -> tuple[Tensor, Tensor]:
         out = self.heads(user, item, user_feats, item_feats, item_genres)
-        return out["rating"].clamp(1.0, 5.0), out["score"]  # [B], [B]
+        return out["rating"].clamp(RATING_MIN, RATING_MAX), out["score"]  # [B], [B]
 
 
 def to_inputs(batch: Batch, device: torch.device | str = "cpu") -> Inputs:

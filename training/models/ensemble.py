@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contract.ratings import RATING_MAX, RATING_MIN
 from training.features import FeatureTables
 from training.models.layers import TowerScoring
 
@@ -51,7 +52,8 @@ class EnsembleTeacher(TowerScoring):
         item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
         outs = [c.heads(user, item, user_feats, item_feats, item_genres) for c in self.components]
-        ratings = torch.stack([o["rating"].clamp(1.0, 5.0) for o in outs], dim=1)  # [B, 3]
+        clipped = [o["rating"].clamp(RATING_MIN, RATING_MAX) for o in outs]
+        ratings = torch.stack(clipped, dim=1)  # [B, 3]
         scores = torch.stack([o["score"] for o in outs], dim=1)  # [B, 3]
         rating = self.rating_bias + ratings @ self.rating_weights  # [B]
         score = ((scores - self.score_mean) / self.score_std) @ self.score_weights  # [B]

@@ -1,0 +1,150 @@
+"""The manifest (`manifest.json`): its schema as pydantic models, and the one reader.
+
+Schema version 1 (docs/contracts.md section 2). Unknown top-level keys and extra keys in
+file and model entries are kept (a writer may add information); unknown model keys are
+refused, since the service would not know how to serve them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from contract.errors import BundleError
+from contract.features import FEATURE_SCHEMA_VERSION
+from contract.layout import MANIFEST, MODEL_FILES, REQUIRED_DATA_FILES, plain_file_name
+from contract.ratings import DEFAULT_RATING_SCALE, RatingScale, check_rating_scale
+
+MANIFEST_SCHEMA_VERSION = 1
+# Protocol P metrics a model entry carries (all of them, or none when not measured).
+METRIC_KEYS = ("rmse", "mae", "recall@10", "ndcg@10", "hr@10", "coverage@10")
+
+
+class FileRef(BaseModel):
+    """One file of the bundle and its sha256."""
+
+    model_config = ConfigDict(extra="allow")
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+    @field_validator("file")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return plain_file_name(value)
+
+
+class ModelEntry(FileRef):
+    """One ONNX model: its file, size and what training measured of it."""
+
+    params: int = Field(default=0, ge=0)
+    onnx_bytes: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    latency_ms: float = 0.0
+
+    @field_validator("metrics")
+    @classmethod
+    def _all_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = [name for name in METRIC_KEYS if name not in value]
+        if value and missing:
+            raise ValueError(f"model metrics lack {', '.join(missing)}")
+        return value
+
+
+class ModelEntries(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: ModelEntry
+    student: ModelEntry
+    student_int8: ModelEntry | None = None
+
+    def present(self) -> dict[str, ModelEntry]:
+        """The models this bundle holds, by key (MODEL_FILES order)."""
+        entries = {key: getattr(self, key) for key in MODEL_FILES}
+        return {key: entry for key, entry in entries.items() if entry is not None}
+
+
+class DatasetInfo(BaseModel):
+    """Where the training data came from, and the rating scale the models predict on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    split: str = ""
+    fingerprint: str = ""
+    # Absent in bundles written before it existed: those were all trained on 1..5.
+    rating_scale: RatingScale = DEFAULT_RATING_SCALE
+
+    @field_validator("rating_scale")
+    @classmethod
+    def _check_scale(cls, value: RatingScale) -> RatingScale:
+        return check_rating_scale(value)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: Literal[1]
+    version: str = Field(min_length=1, max_length=200)
+    created_at: str
+    feature_schema_version: Literal[1]
+    dataset: DatasetInfo = Field(default_factory=DatasetInfo)
+    training: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, FileRef]
+    models: ModelEntries
+
+    @field_validator("files")
+    @classmethod
+    def _required_files(cls, value: dict[str, FileRef]) -> dict[str, FileRef]:
+        missing = [name for name in REQUIRED_DATA_FILES if name not in value]
+        if missing:
+            raise ValueError(f"manifest 'files' lacks {', '.join(missing)}")
+        return value
+
+    @property
+    def rating_scale(self) -> RatingScale:
+        return self.dataset.rating_scale
+
+    def file_refs(self) -> dict[str, FileRef]:
+        """Every file the manifest names, data files and models, by key."""
+        return {**self.files, **self.models.present()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as its JSON object, keys as they were read (defaults not added)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def parse_manifest(raw: object, *, source: str) -> Manifest:
+    """A validated Manifest from parsed JSON; `source` names the file in error messages."""
+    if not isinstance(raw, dict):
+        raise BundleError(f"{source} is invalid: expected a JSON object")
+    # Checked before the schema so that a newer bundle gets a message naming the version.
+    for key, known in (
+        ("schema_version", MANIFEST_SCHEMA_VERSION),
+        ("feature_schema_version", FEATURE_SCHEMA_VERSION),
+    ):
+        if raw.get(key) != known:
+            raise BundleError(
+                f"{source} is invalid: unknown {key} {raw.get(key)!r} (this build reads {known})"
+            )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{source} is invalid: {exc}") from exc
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """The manifest of a bundle folder; raises BundleError saying what is wrong with it."""
+    path = Path(directory) / MANIFEST
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise BundleError(
+            f"no {MANIFEST} in {directory}: manifest missing (not a bundle, or an unfinished one)"
+        ) from exc
+    except orjson.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    return parse_manifest(raw, source=str(path))

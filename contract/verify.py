@@ -1,0 +1,95 @@
+"""Checking one bundle folder against the whole contract, the same way on both sides.
+
+`training/` runs `verify_bundle(..., open_models=True)` before it publishes a bundle; the
+service runs it with `open_models=False` and then opens the models itself with the same
+`contract.session.open_session`, so no model is loaded twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.errors import BundleError, ModelLoadError
+from contract.features import FEATURE_SCHEMA_VERSION
+from contract.layout import sha256_file
+from contract.manifest import FileRef, Manifest, ModelEntry, read_manifest
+from contract.session import open_session
+from contract.tables import BundleTables, load_tables
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    directory: Path  # resolved: a `current` link is followed once, here
+    manifest: Manifest
+    tables: BundleTables
+
+
+def resolve_bundle_dir(model_dir: Path) -> Path:
+    """The real bundle folder behind `model_dir` (often the `current` symlink)."""
+    try:
+        directory = Path(model_dir).resolve(strict=True)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise BundleError(f"bundle directory {model_dir} does not exist") from exc
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {directory} is not a directory")
+    return directory
+
+
+def _check_file(directory: Path, key: str, ref: FileRef) -> Path:
+    path = directory / ref.file
+    if not path.is_file():
+        raise BundleError(f"{path}: missing ({key})")
+    actual = sha256_file(path)
+    if actual.lower() != ref.sha256.lower():
+        raise BundleError(
+            f"sha256 mismatch for {ref.file!r} ({key}): {path}: sha256 {actual} does not match "
+            f"the manifest's {ref.sha256!r} (file changed after export)"
+        )
+    if isinstance(ref, ModelEntry) and ref.onnx_bytes != path.stat().st_size:
+        raise BundleError(
+            f"{path}: size {path.stat().st_size} != onnx_bytes {ref.onnx_bytes} in the manifest"
+        )
+    return path
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Every file the manifest names exists, has its sha256 and (models) its size."""
+    for key, ref in manifest.file_refs().items():
+        _check_file(directory, key, ref)
+
+
+def verify_models(directory: Path, manifest: Manifest) -> None:
+    """Every model loads in onnxruntime, has the contract signature and belongs to this bundle."""
+    for key, entry in manifest.models.present().items():
+        path = directory / entry.file
+        try:
+            session = open_session(path)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{path}: {key}: {exc}") from exc
+        meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("bundle_version") != manifest.version:
+            raise BundleError(
+                f"{path}: built for bundle {meta.get('bundle_version')!r}, "
+                f"manifest says {manifest.version!r}"
+            )
+        if meta.get("feature_schema_version") != str(FEATURE_SCHEMA_VERSION):
+            raise BundleError(
+                f"{path}: feature_schema_version {meta.get('feature_schema_version')!r}, "
+                f"this build reads {FEATURE_SCHEMA_VERSION}"
+            )
+
+
+def verify_bundle(model_dir: Path, *, open_models: bool = True) -> VerifiedBundle:
+    """Checks a bundle completely and returns what it holds; raises BundleError saying why.
+
+    Manifest schema and versions, every file's sha256 and the model sizes, the data files
+    against the feature map, and with `open_models` every model in onnxruntime.
+    """
+    directory = resolve_bundle_dir(model_dir)
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest)
+    tables = load_tables(directory, manifest)
+    if open_models:
+        verify_models(directory, manifest)
+    return VerifiedBundle(directory=directory, manifest=manifest, tables=tables)
