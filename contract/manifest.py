@@ -1,6 +1,6 @@
 """The manifest (`manifest.json`): its schema as pydantic models, and the one reader.
 
-Schema version 1 (docs/contracts.md section 2). Unknown top-level keys and extra keys in
+Schema version 2 (docs/contracts.md section 2). Unknown top-level keys and extra keys in
 file and model entries are kept (a writer may add information); unknown model keys are
 refused, since the service would not know how to serve them.
 """
@@ -18,7 +18,8 @@ from contract.features import FEATURE_SCHEMA_VERSION
 from contract.layout import MANIFEST, MODEL_FILES, REQUIRED_DATA_FILES, plain_file_name
 from contract.ratings import DEFAULT_RATING_SCALE, RatingScale, check_rating_scale
 
-MANIFEST_SCHEMA_VERSION = 1
+# 2: every served model carries its retrieval artefacts (contract/towers.py).
+MANIFEST_SCHEMA_VERSION = 2
 # Protocol P metrics a model entry carries (all of them, or none when not measured).
 METRIC_KEYS = ("rmse", "mae", "recall@10", "ndcg@10", "hr@10", "coverage@10")
 
@@ -37,9 +38,50 @@ class FileRef(BaseModel):
         return plain_file_name(value)
 
 
+class ItemMatrixRef(FileRef):
+    """A model's item vectors: float32 [rows, dim], row j is item index j + 1."""
+
+    rows: int = Field(ge=1)
+    dim: int = Field(ge=1)
+    dtype: Literal["float32"] = "float32"
+
+
+class AnnRef(FileRef):
+    """An inner-product ANN index over the item matrix, and what export measured of it."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    kind: Literal["ivf_flat"]
+    nlist: int = Field(ge=1)
+    nprobe: int = Field(ge=1)
+    recall_at_10: float = Field(alias="recall@10", ge=0.0, le=1.0)
+
+
+class RetrievalEntry(BaseModel):
+    """The two-stage form of one model: user tower graph, item matrix, optional ANN index."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user_tower: FileRef
+    items: ItemMatrixRef
+    ann: AnnRef | None = None
+    parity_max_abs_diff: float = Field(ge=0.0)
+
+    def file_refs(self, key: str) -> dict[str, FileRef]:
+        refs: dict[str, FileRef] = {
+            f"{key}.user_tower": self.user_tower,
+            f"{key}.items": self.items,
+        }
+        if self.ann is not None:
+            refs[f"{key}.ann"] = self.ann
+        return refs
+
+
 class ModelEntry(FileRef):
     """One ONNX model: its file, size and what training measured of it."""
 
+    # The variants the service retrieves with have one; the INT8 student uses the student's.
+    retrieval: RetrievalEntry | None = None
     params: int = Field(default=0, ge=0)
     onnx_bytes: int = Field(ge=0)
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -60,6 +102,13 @@ class ModelEntries(BaseModel):
     teacher: ModelEntry
     student: ModelEntry
     student_int8: ModelEntry | None = None
+
+    @field_validator("teacher", "student")
+    @classmethod
+    def _retrieval(cls, value: ModelEntry) -> ModelEntry:
+        if value.retrieval is None:
+            raise ValueError("a served model needs its 'retrieval' entry (tower, item matrix)")
+        return value
 
     def present(self) -> dict[str, ModelEntry]:
         """The models this bundle holds, by key (MODEL_FILES order)."""
@@ -87,7 +136,7 @@ class DatasetInfo(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     version: str = Field(min_length=1, max_length=200)
     created_at: str
     feature_schema_version: Literal[1]
@@ -109,8 +158,12 @@ class Manifest(BaseModel):
         return self.dataset.rating_scale
 
     def file_refs(self) -> dict[str, FileRef]:
-        """Every file the manifest names, data files and models, by key."""
-        return {**self.files, **self.models.present()}
+        """Every file the manifest names, data files, models and retrieval files, by key."""
+        refs: dict[str, FileRef] = {**self.files, **self.models.present()}
+        for key, entry in self.models.present().items():
+            if entry.retrieval is not None:
+                refs.update(entry.retrieval.file_refs(key))
+        return refs
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as its JSON object, keys as they were read (defaults not added)."""
@@ -128,7 +181,8 @@ def parse_manifest(raw: object, *, source: str) -> Manifest:
     ):
         if raw.get(key) != known:
             raise BundleError(
-                f"{source} is invalid: unknown {key} {raw.get(key)!r} (this build reads {known})"
+                f"{source} is invalid: unknown {key} {raw.get(key)!r} (this build reads {known}; "
+                "rebuild the bundle with `python -m training pipeline`)"
             )
     try:
         return Manifest.model_validate(raw)

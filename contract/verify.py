@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
+
 from contract.errors import BundleError, ModelLoadError
 from contract.features import FEATURE_SCHEMA_VERSION
 from contract.layout import sha256_file
 from contract.manifest import FileRef, Manifest, ModelEntry, read_manifest
 from contract.session import open_session
 from contract.tables import BundleTables, load_tables
+from contract.towers import load_item_matrix, open_tower_session
 
 
 @dataclass(frozen=True)
@@ -59,25 +62,40 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
         _check_file(directory, key, ref)
 
 
-def verify_models(directory: Path, manifest: Manifest) -> None:
-    """Every model loads in onnxruntime, has the contract signature and belongs to this bundle."""
+def verify_models(directory: Path, manifest: Manifest, *, n_items: int) -> None:
+    """Every model loads in onnxruntime, has the contract signature and belongs to this bundle.
+
+    The same for every user tower, and every item matrix has its manifest shape.
+    """
     for key, entry in manifest.models.present().items():
         path = directory / entry.file
         try:
             session = open_session(path)
         except ModelLoadError as exc:
             raise ModelLoadError(f"{path}: {key}: {exc}") from exc
-        meta = session.get_modelmeta().custom_metadata_map
-        if meta.get("bundle_version") != manifest.version:
-            raise BundleError(
-                f"{path}: built for bundle {meta.get('bundle_version')!r}, "
-                f"manifest says {manifest.version!r}"
+        _check_metadata(path, session, manifest)
+        if entry.retrieval is not None:
+            tower = directory / entry.retrieval.user_tower.file
+            _check_metadata(tower, open_tower_session(tower), manifest)
+            load_item_matrix(
+                directory / entry.retrieval.items.file,
+                entry.retrieval.items,
+                n_items=n_items,
             )
-        if meta.get("feature_schema_version") != str(FEATURE_SCHEMA_VERSION):
-            raise BundleError(
-                f"{path}: feature_schema_version {meta.get('feature_schema_version')!r}, "
-                f"this build reads {FEATURE_SCHEMA_VERSION}"
-            )
+
+
+def _check_metadata(path: Path, session: ort.InferenceSession, manifest: Manifest) -> None:
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("bundle_version") != manifest.version:
+        raise BundleError(
+            f"{path}: built for bundle {meta.get('bundle_version')!r}, "
+            f"manifest says {manifest.version!r}"
+        )
+    if meta.get("feature_schema_version") != str(FEATURE_SCHEMA_VERSION):
+        raise BundleError(
+            f"{path}: feature_schema_version {meta.get('feature_schema_version')!r}, "
+            f"this build reads {FEATURE_SCHEMA_VERSION}"
+        )
 
 
 def verify_bundle(model_dir: Path, *, open_models: bool = True) -> VerifiedBundle:
@@ -91,5 +109,5 @@ def verify_bundle(model_dir: Path, *, open_models: bool = True) -> VerifiedBundl
     verify_files(directory, manifest)
     tables = load_tables(directory, manifest)
     if open_models:
-        verify_models(directory, manifest)
+        verify_models(directory, manifest, n_items=tables.feature_map.n_items)
     return VerifiedBundle(directory=directory, manifest=manifest, tables=tables)

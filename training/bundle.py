@@ -36,6 +36,7 @@ from contract.layout import (
 )
 from contract.manifest import MANIFEST_SCHEMA_VERSION, METRIC_KEYS
 from contract.ratings import DEFAULT_RATING_SCALE
+from contract.towers import tower_files
 from contract.verify import verify_bundle as verify_contract
 from training.data import Dataset, Ratings, popularity
 from training.seen import SeenIndex
@@ -51,6 +52,7 @@ __all__ = [
     "BundleContents",
     "BundleError",
     "ModelArtifact",
+    "RetrievalFiles",
     "current_bundle",
     "make_version",
     "switch_current",
@@ -74,6 +76,21 @@ class ModelArtifact:
     metrics: dict[str, float]
     latency_ms: float
     extra: dict[str, Any] = field(default_factory=dict)  # parity, INT8 decision, ...
+    # Served variants: their tower graph, item matrix and ANN index (training/towers.py).
+    retrieval: RetrievalFiles | None = None
+
+
+@dataclass
+class RetrievalFiles:
+    """The two-stage artefacts of one model, as export wrote them, to copy in."""
+
+    user_tower: Path
+    items: Path
+    rows: int
+    dim: int
+    parity_max_abs_diff: float
+    ann: Path | None = None
+    ann_info: dict[str, Any] = field(default_factory=dict)  # kind, nlist, nprobe, recall@10
 
 
 @dataclass
@@ -162,6 +179,28 @@ def _stage_models(stage: Path, contents: BundleContents) -> None:
             raise BundleError(f"a bundle needs a {key} model")
     for key, art in contents.models.items():
         shutil.copyfile(art.source, stage / MODEL_FILES[key])
+        if art.retrieval is not None:
+            names = tower_files(key)
+            shutil.copyfile(art.retrieval.user_tower, stage / names["user_tower"])
+            shutil.copyfile(art.retrieval.items, stage / names["items"])
+            if art.retrieval.ann is not None:
+                shutil.copyfile(art.retrieval.ann, stage / names["ann"])
+
+
+def _retrieval_entry(stage: Path, key: str, files: RetrievalFiles) -> dict[str, Any]:
+    names = tower_files(key)
+
+    def ref(name: str) -> dict[str, str]:
+        return {"file": name, "sha256": sha256_file(stage / name)}
+
+    entry: dict[str, Any] = {
+        "user_tower": ref(names["user_tower"]),
+        "items": {**ref(names["items"]), "rows": files.rows, "dim": files.dim, "dtype": "float32"},
+        "parity_max_abs_diff": files.parity_max_abs_diff,
+    }
+    if files.ann is not None:
+        entry["ann"] = {**ref(names["ann"]), **files.ann_info}
+    return entry
 
 
 def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
@@ -186,6 +225,8 @@ def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
             "latency_ms": round(float(art.latency_ms), 4),
             **_finite(art.extra),
         }
+        if art.retrieval is not None:
+            models[key]["retrieval"] = _finite(_retrieval_entry(stage, key, art.retrieval))
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "version": contents.version,

@@ -26,6 +26,7 @@ import torch
 from training import bundle as bundle_mod
 from training import checkpoint
 from training import export as export_mod
+from training.bundle import RetrievalFiles
 from training.data import Dataset, Split, holdout, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
@@ -34,6 +35,7 @@ from training.features import FeatureTables
 from training.fisher_analysis import fisher_report
 from training.models.base import TwoHeadModel, count_params
 from training.report import write_student_report
+from training.towers import export_towers
 from training.train import TeacherConfig, train_teacher
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,20 @@ def step_export(ctx: Context) -> dict[str, Any]:
         path = ctx.work / bundle_mod.MODEL_FILES[key]
         export_mod.export_onnx(_need(model, key), fm, path, metadata={**metadata, "model": key})
         parity = export_mod.check_parity(_need(model, key), path, fm)
-        out["models"][key] = {"file": path.name, "parity_max_abs_diff": parity.max_abs_diff}
+        towers = export_towers(
+            _need(model, key),
+            ctx.dataset.tables,
+            fm,
+            out_dir=ctx.work,
+            stem=key,
+            metadata={**metadata, "model": f"{key}.user_tower"},
+            seed=ctx.config.seed,
+        )
+        out["models"][key] = {
+            "file": path.name,
+            "parity_max_abs_diff": parity.max_abs_diff,
+            "retrieval": towers.to_state(),
+        }
     int8 = ctx.work / bundle_mod.MODEL_FILES["student_int8"]
     export_mod.quantize_int8(ctx.work / bundle_mod.MODEL_FILES["student"], int8)
     drift = export_mod.compare_onnx(ctx.work / bundle_mod.MODEL_FILES["student"], int8, fm)
@@ -325,7 +340,7 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
     for key in MODEL_KEYS:
         if key == "student_int8" and not evaluation[key]["kept"]:
             continue
-        extra = {k: v for k, v in exported[key].items() if k != "file"}
+        extra = {k: v for k, v in exported[key].items() if k not in ("file", "retrieval")}
         if key == "student_int8":
             extra["int8_check"] = {
                 "kept": True,
@@ -339,6 +354,7 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
             metrics={} if in_sample else evaluation[key]["metrics"],
             latency_ms=float(evaluation[key]["latency_ms"]),
             extra=extra,
+            retrieval=_retrieval_files(ctx, exported[key].get("retrieval")),
         )
     metrics_json = {
         "eval_on": ctx.state["evaluate"]["eval_on"],
@@ -371,6 +387,20 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
             ctx.config.out_dir, contents, make_current=ctx.config.make_current
         )
     return {"bundle": str(final)}
+
+
+def _retrieval_files(ctx: Context, state: dict[str, Any] | None) -> RetrievalFiles | None:
+    if state is None:
+        return None
+    return RetrievalFiles(
+        user_tower=ctx.work / state["user_tower"],
+        items=ctx.work / state["items"],
+        rows=ctx.dataset.feature_map.n_items,
+        dim=int(state["dim"]),
+        parity_max_abs_diff=float(state["parity_max_abs_diff"]),
+        ann=None if state["ann"] is None else ctx.work / state["ann"],
+        ann_info=state["ann_info"] or {},
+    )
 
 
 def _need(model: TwoHeadModel | None, what: str) -> TwoHeadModel:

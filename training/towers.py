@@ -20,15 +20,15 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from contract.features import FEATURE_SCHEMA_VERSION
+from contract.towers import TOWER_INPUT_NAMES, TOWER_OUTPUT, open_tower_session, tower_files
 from training.ann import AnnInfo, build_ivf, write_index
-from training.export import OPSET, PARITY_ATOL, ExportError, ort_session, random_batch
+from training.export import OPSET, PARITY_ATOL, ExportError, random_batch
 from training.features import FeatureMap, FeatureTables
 from training.models.base import TwoHeadModel, to_inputs
 
 log = logging.getLogger(__name__)
 
-TOWER_INPUTS = ("user", "user_feats")
-TOWER_OUTPUT = "user_vector"
 ITEM_CHUNK = 65536
 # Above this many items a bundle ships an IVF index; below it exact search is as fast.
 ANN_MIN_ITEMS = 50_000
@@ -54,8 +54,16 @@ class TowerArtifacts:
     ann_info: AnnInfo | None
     parity_max_abs_diff: float
 
-    def manifest_extra(self) -> dict[str, Any]:
-        return {"tower_dim": self.dim, "tower_parity_max_abs_diff": self.parity_max_abs_diff}
+    def to_state(self) -> dict[str, Any]:
+        """JSON form for the pipeline's step state (file names relative to the work dir)."""
+        return {
+            "user_tower": self.user_tower.name,
+            "items": self.items.name,
+            "ann": None if self.ann is None else self.ann.name,
+            "dim": self.dim,
+            "ann_info": None if self.ann_info is None else self.ann_info.as_dict(),
+            "parity_max_abs_diff": self.parity_max_abs_diff,
+        }
 
 
 @torch.no_grad()
@@ -80,7 +88,7 @@ def export_user_tower(
 ) -> Path:
     batch = random_batch(feature_map, 4, rng=np.random.default_rng(0))
     example = (torch.as_tensor(batch.user), torch.as_tensor(batch.user_feats))
-    axes = {name: {0: "batch"} for name in (*TOWER_INPUTS, TOWER_OUTPUT)}
+    axes = {name: {0: "batch"} for name in (*TOWER_INPUT_NAMES, TOWER_OUTPUT)}
     was_training = model.training
     model.eval()
     try:
@@ -90,7 +98,7 @@ def export_user_tower(
                 _UserTower(model),
                 example,
                 str(path),
-                input_names=list(TOWER_INPUTS),
+                input_names=list(TOWER_INPUT_NAMES),
                 output_names=[TOWER_OUTPUT],
                 dynamic_axes=axes,
                 opset_version=OPSET,
@@ -100,7 +108,8 @@ def export_user_tower(
     finally:
         model.train(was_training)
     proto = onnx.load(str(path))
-    for key, value in sorted(metadata.items()):
+    props = {"feature_schema_version": str(FEATURE_SCHEMA_VERSION), **dict(metadata)}
+    for key, value in sorted(props.items()):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.save(proto, str(path))
@@ -124,7 +133,7 @@ def tower_parity(
     batch.item = rng.integers(1, feature_map.n_items + 1, _PARITY_USERS).astype(np.int64)
     batch.item_feats = tables.item_feats[batch.item]
     batch.item_genres = tables.item_genres[batch.item]
-    session = ort_session(tower)
+    session = open_tower_session(tower)
     (vectors,) = session.run([TOWER_OUTPUT], {"user": batch.user, "user_feats": batch.user_feats})
     return _compare(model, vectors, items, batch)
 
@@ -149,14 +158,13 @@ def export_towers(
     ann_min_items: int = ANN_MIN_ITEMS,
     seed: int = 0,
 ) -> TowerArtifacts:
-    """Writes `<stem>.user_tower.onnx`, `<stem>.items.npy` and, when large, `<stem>.ivf`."""
+    """Writes the contract's tower graph, item matrix and, when large, ANN index of `stem`."""
+    names = tower_files(stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = item_matrix(model, tables)
-    items_path = out_dir / f"{stem}.items.npy"
+    items_path = out_dir / names["items"]
     np.save(items_path, items, allow_pickle=False)
-    tower = export_user_tower(
-        model, feature_map, out_dir / f"{stem}.user_tower.onnx", metadata=metadata
-    )
+    tower = export_user_tower(model, feature_map, out_dir / names["user_tower"], metadata=metadata)
     diff = tower_parity(model, tower, items, tables, feature_map, seed=seed)
     if not diff <= PARITY_ATOL:
         raise ExportError(f"{tower}: tower score differs from the full model by {diff:.3g}")
@@ -164,7 +172,7 @@ def export_towers(
     if items.shape[0] > ann_min_items:
         queries = _sample_queries(tower, tables, feature_map, seed=seed)
         index, info = build_ivf(items, queries)
-        ann_path = out_dir / f"{stem}.ivf"
+        ann_path = out_dir / names["ann"]
         write_index(index, ann_path)
     log.info("%s towers: dim %d, parity %.3g, ann %s", stem, items.shape[1], diff, info)
     return TowerArtifacts(tower, items_path, ann_path, items.shape[1], info, diff)
@@ -176,7 +184,7 @@ def _sample_queries(
     """User vectors of real users of the data set: the queries the index will answer."""
     rng = np.random.default_rng(seed)
     users = rng.integers(1, feature_map.n_users + 1, _QUERY_SAMPLE).astype(np.int64)
-    session = ort_session(tower)
+    session = open_tower_session(tower)
     (vectors,) = session.run(
         [TOWER_OUTPUT], {"user": users, "user_feats": tables.user_feats[users]}
     )

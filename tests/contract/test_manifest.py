@@ -14,6 +14,7 @@ from contract.errors import BundleError
 from contract.layout import DATA_FILES, MODEL_FILES, REQUIRED_DATA_FILES
 from contract.manifest import METRIC_KEYS, Manifest, parse_manifest, read_manifest
 from contract.ratings import DEFAULT_RATING_SCALE
+from contract.towers import tower_files
 
 SHA = "ab" * 32
 
@@ -33,15 +34,34 @@ def _model(name: str) -> dict[str, Any]:
     }
 
 
+def _served(key: str) -> dict[str, Any]:
+    names = tower_files(key)
+    return {
+        **_model(MODEL_FILES[key]),
+        "retrieval": {
+            "user_tower": _entry(names["user_tower"]),
+            "items": {**_entry(names["items"]), "rows": 4, "dim": 3, "dtype": "float32"},
+            "ann": {
+                **_entry(names["ann"]),
+                "kind": "ivf_flat",
+                "nlist": 2,
+                "nprobe": 1,
+                "recall@10": 0.99,
+            },
+            "parity_max_abs_diff": 1e-6,
+        },
+    }
+
+
 VALID: dict[str, Any] = {
-    "schema_version": 1,
+    "schema_version": 2,
     "version": "20260101T000000Z-ml-100k-u1",
     "created_at": "2026-01-01T00:00:00Z",
     "feature_schema_version": 1,
     "dataset": {"name": "ml-100k", "split": "u1", "fingerprint": "f", "n_users": 3},
     "training": {"teacher": {}, "student": {}},
     "files": {key: _entry(name) for key, name in DATA_FILES.items()},
-    "models": {key: _model(MODEL_FILES[key]) for key in ("teacher", "student")},
+    "models": {key: _served(key) for key in ("teacher", "student")},
     "comment": "top-level extras are kept",
 }
 
@@ -56,7 +76,8 @@ def test_a_valid_manifest_is_accepted_and_round_trips() -> None:
     manifest = parse_manifest(VALID, source="m")
     assert manifest.version == VALID["version"]
     assert set(manifest.models.present()) == {"teacher", "student"}
-    assert set(manifest.file_refs()) == set(DATA_FILES) | {"teacher", "student"}
+    towers = {f"{key}.{part}" for key in ("teacher", "student") for part in tower_files(key)}
+    assert set(manifest.file_refs()) == set(DATA_FILES) | {"teacher", "student"} | towers
     # Older bundles carry no rating scale: they were all trained on 1..5.
     assert manifest.rating_scale == DEFAULT_RATING_SCALE == (1.0, 5.0)
     assert manifest.to_json() == VALID
@@ -75,7 +96,7 @@ def test_only_the_serving_files_are_required() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(schema_version=2), r"unknown schema_version 2 \(this build reads 1\)"),
+        (lambda d: d.update(schema_version=1), r"unknown schema_version 1 \(this build reads 2"),
         (lambda d: d.pop("schema_version"), r"unknown schema_version None"),
         (lambda d: d.update(feature_schema_version=7), r"unknown feature_schema_version 7"),
         (lambda d: d.update(version=""), "version"),
@@ -90,6 +111,15 @@ def test_only_the_serving_files_are_required() -> None:
         (lambda d: d["models"]["teacher"].update(onnx_bytes=-1), "onnx_bytes"),
         (lambda d: d["models"]["teacher"]["metrics"].pop("rmse"), "metrics lack rmse"),
         (lambda d: d["dataset"].update(rating_scale=[5, 1]), "low < high"),
+        (lambda d: d["models"]["student"].pop("retrieval"), "needs its 'retrieval' entry"),
+        (lambda d: d["models"]["teacher"]["retrieval"]["items"].update(dtype="float64"), "dtype"),
+        (lambda d: d["models"]["teacher"]["retrieval"]["items"].update(rows=0), "rows"),
+        (lambda d: d["models"]["teacher"]["retrieval"]["ann"].update(kind="hnsw"), "kind"),
+        (lambda d: d["models"]["teacher"]["retrieval"]["ann"].update(nprobe=0), "nprobe"),
+        (
+            lambda d: d["models"]["teacher"]["retrieval"]["user_tower"].update(file="../x"),
+            "plain name",
+        ),
         (lambda d: d["dataset"].update(rating_scale=[1, 2, 3]), "rating_scale"),
     ],
 )

@@ -18,6 +18,7 @@ from training.bundle import BundleError, verify_bundle
 from training.data import Dataset, load_dataset, make_split
 from training.features import FeatureMap
 from training.models.student import Student, StudentShape
+from training.towers import export_towers
 
 
 @pytest.fixture()
@@ -45,7 +46,7 @@ def test_built_bundle_verifies_and_follows_the_contract(
     assert (models_root / "current").is_symlink()
     assert os.readlink(models_root / "current") == bundle_dir.name  # relative link
     assert manifest["version"] == bundle_dir.name
-    assert manifest["schema_version"] == 1 and manifest["feature_schema_version"] == 1
+    assert manifest["schema_version"] == 2 and manifest["feature_schema_version"] == 1
     assert set(manifest["dataset"]) >= {"name", "split", "fingerprint"}
     assert manifest["dataset"]["split"] == "u1"
     assert set(manifest["training"]) >= {"teacher", "student"}
@@ -124,12 +125,12 @@ def test_wrong_sha256_in_manifest(bundle_copy: Path) -> None:
         verify_bundle(bundle_copy)
 
 
-@pytest.mark.parametrize("key", ["schema_version", "feature_schema_version"])
-def test_unknown_schema_version(bundle_copy: Path, key: str) -> None:
+@pytest.mark.parametrize(("key", "reads"), [("schema_version", 2), ("feature_schema_version", 1)])
+def test_unknown_schema_version(bundle_copy: Path, key: str, reads: int) -> None:
     manifest = _manifest(bundle_copy)
     manifest[key] = 99
     _rewrite_manifest(bundle_copy, manifest)
-    with pytest.raises(BundleError, match=rf"unknown {key} 99 \(this build reads 1\)"):
+    with pytest.raises(BundleError, match=rf"unknown {key} 99 \(this build reads {reads}; rebuild"):
         verify_bundle(bundle_copy)
 
 
@@ -172,8 +173,23 @@ def _contents(ds: Dataset, work: Path, version: str) -> bundle_mod.BundleContent
             model, fm, work / f"{version}-{key}.onnx", metadata={"bundle_version": version}
         )
         metrics = {name: 0.5 for name in bundle_mod.METRIC_KEYS}
+        towers = export_towers(
+            model,
+            ds.tables,
+            fm,
+            out_dir=work / f"{version}-{key}",
+            stem=key,
+            metadata={"bundle_version": version},
+        )
+        retrieval = bundle_mod.RetrievalFiles(
+            user_tower=towers.user_tower,
+            items=towers.items,
+            rows=fm.n_items,
+            dim=towers.dim,
+            parity_max_abs_diff=towers.parity_max_abs_diff,
+        )
         models[key] = bundle_mod.ModelArtifact(
-            source=path, params=7, metrics=metrics, latency_ms=0.1
+            source=path, params=7, metrics=metrics, latency_ms=0.1, retrieval=retrieval
         )
     return bundle_mod.BundleContents(
         version=version,
