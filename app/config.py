@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.retrieval import RetrievalSettings
+
 DEFAULT_PROVIDERS = "CUDAExecutionProvider,CPUExecutionProvider"
 
 
@@ -41,6 +43,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     max_batch_pairs: int = Field(default=1000, ge=1)
     student_model: Literal["student", "student_int8"] = "student"
+    # First stage of /recommend: `auto` searches exactly up to RETRIEVAL_ANN_THRESHOLD items
+    # and with the bundle's ANN index above it; `exact` and `ann` force one method.
+    retrieval: Literal["auto", "exact", "ann"] = "auto"
+    # ANN over-fetch: candidates searched before seen items are dropped (at least k + seen).
+    retrieval_candidates: int = Field(default=200, ge=1, le=100_000)
+    retrieval_ann_threshold: int = Field(default=50_000, ge=0)
     bench_floor_enabled: bool = False
     log_level: str = "INFO"
     access_log: bool = True
@@ -52,6 +60,14 @@ class Settings(BaseSettings):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         return value
+
+    @property
+    def retrieval_settings(self) -> RetrievalSettings:
+        return RetrievalSettings(
+            mode=self.retrieval,
+            candidates=self.retrieval_candidates,
+            ann_threshold=self.retrieval_ann_threshold,
+        )
 
     @property
     def provider_list(self) -> list[str]:

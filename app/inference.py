@@ -14,10 +14,11 @@ from contract.errors import ModelLoadError
 from contract.ratings import DEFAULT_RATING_SCALE, RatingScale, clip_ratings
 from contract.session import CPU, choose_providers, graph_inputs, open_session, run_session
 from contract.signature import INPUT_NAMES
+from contract.towers import TOWER_OUTPUT, open_tower_session
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CPU", "ModelLoadError", "ModelRunner", "Prediction", "choose_providers", "top_k"]
+__all__ = ["CPU", "ModelLoadError", "ModelRunner", "Prediction", "TowerRunner", "choose_providers"]
 
 
 @dataclass(frozen=True)
@@ -87,21 +88,22 @@ class ModelRunner:
         )
 
 
-def top_k(
-    score: npt.NDArray[np.float32], k: int, *, exclude: npt.NDArray[np.int64] | None = None
-) -> npt.NDArray[np.int64]:
-    """Positions of the k best scores, best first; `exclude` are positions never returned.
+class TowerRunner:
+    """A variant's user-tower graph: user index and feature row in, retrieval vector out."""
 
-    `score` is modified in place when `exclude` is given (callers pass a fresh model output).
-    """
-    if exclude is not None and exclude.size:
-        score[exclude] = -np.inf
-    k = min(k, score.shape[0])
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    if k < score.shape[0]:
-        candidates = np.argpartition(-score, k - 1)[:k]
-    else:
-        candidates = np.arange(score.shape[0])
-    order = candidates[np.argsort(-score[candidates], kind="stable")]
-    return order[np.isfinite(score[order])].astype(np.int64)
+    def __init__(
+        self, path: Path, *, name: str, providers: list[str], intra_op_threads: int = 0
+    ) -> None:
+        self.session = open_tower_session(
+            path, providers=providers, intra_op_threads=intra_op_threads
+        )
+        self.name = name
+        self.provider = self.session.get_providers()[0]
+
+    def vectors(
+        self,
+        user: npt.NDArray[np.int64],  # [B]
+        user_feats: npt.NDArray[np.int64],  # [B, Fu]
+    ) -> npt.NDArray[np.float32]:
+        (vectors,) = self.session.run([TOWER_OUTPUT], {"user": user, "user_feats": user_feats})
+        return np.asarray(vectors, dtype=np.float32)  # [B, D]

@@ -65,6 +65,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.retrieval_seconds = Histogram(
+            "retrieval_seconds",
+            "First stage of /recommend: user tower plus inner-product search (exact or ann).",
+            ["variant", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.cache_requests_total = Counter(
             "cache_requests_total",
             "Recommendation cache look-ups by result (hit, miss, error).",

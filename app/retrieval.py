@@ -17,6 +17,10 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from contract.errors import BundleError
+from contract.manifest import RetrievalEntry
+from contract.towers import load_item_matrix
+
 logger = logging.getLogger(__name__)
 
 Mode = Literal["auto", "exact", "ann"]
@@ -78,9 +82,12 @@ class FaissSearcher:
     def __init__(self, path: Path, *, nprobe: int, dim: int, rows: int) -> None:
         import faiss  # noqa: PLC0415 - only bundles with an ANN index need FAISS loaded
 
-        index = faiss.read_index(str(path))
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:  # FAISS reports every read failure as RuntimeError
+            raise BundleError(f"{path.name} is not a readable FAISS index: {exc}") from exc
         if index.d != dim or index.ntotal != rows:
-            raise ValueError(
+            raise BundleError(
                 f"{path.name} holds {index.ntotal} vectors of dimension {index.d}, "
                 f"the item matrix {rows} of {dim}"
             )
@@ -140,3 +147,45 @@ def choose_ann(mode: Mode, *, n_items: int, threshold: int, has_index: bool) -> 
             logger.warning("RETRIEVAL=ann but the bundle has no ANN index: exact search")
         return has_index
     return has_index and n_items > threshold
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    mode: Mode = "auto"
+    candidates: int = 200
+    ann_threshold: int = 50_000
+
+
+def open_retriever(
+    directory: Path, entry: RetrievalEntry, *, n_items: int, settings: RetrievalSettings
+) -> Retriever:
+    """The variant's item matrix (checked against the manifest) and, if chosen, its ANN index."""
+    vectors = load_item_matrix(directory / entry.items.file, entry.items, n_items=n_items)
+    use_ann = choose_ann(
+        settings.mode,
+        n_items=n_items,
+        threshold=settings.ann_threshold,
+        has_index=entry.ann is not None,
+    )
+    ann: Searcher | None = None
+    if use_ann and entry.ann is not None:
+        ann = FaissSearcher(
+            directory / entry.ann.file, nprobe=entry.ann.nprobe, dim=entry.items.dim, rows=n_items
+        )
+    logger.info(
+        "retrieval ready",
+        extra={
+            "file": entry.items.file,
+            "items": n_items,
+            "dim": entry.items.dim,
+            "method": "ann" if ann is not None else "exact",
+            "nprobe": entry.ann.nprobe if entry.ann is not None else None,
+            "ann_recall@10": entry.ann.recall_at_10 if entry.ann is not None else None,
+        },
+    )
+    return Retriever(
+        exact=ExactSearcher(vectors),
+        ann=ann,
+        use_ann=ann is not None,
+        candidates=settings.candidates,
+    )

@@ -70,6 +70,7 @@ class Services:
                 providers=settings.provider_list,
                 intra_op_threads=settings.ort_intra_op_threads,
                 student_model=settings.student_model,
+                retrieval=settings.retrieval_settings,
             )
             previous = self.holder.current
             self.holder.current = state

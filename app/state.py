@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +17,17 @@ import numpy as np
 import numpy.typing as npt
 
 from app.bundle import Bundle, load_bundle
-from app.inference import ModelRunner, Prediction, choose_providers, top_k
+from app.inference import ModelRunner, Prediction, TowerRunner, choose_providers
 from app.metrics import Metrics
+from app.retrieval import RetrievalSettings, Retriever, open_retriever
+from contract.errors import BundleError
+from contract.manifest import RetrievalEntry
 
 logger = logging.getLogger(__name__)
 
 Fallback = Literal["popular", "cold_start"]
 _DECIMALS = 4
+_WARM_UP_K = 10
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,10 @@ class ServingState:
     """Immutable after construction; every array here is shared read-only by all requests."""
 
     bundle: Bundle
-    runners: Mapping[str, ModelRunner]
+    runners: Mapping[str, ModelRunner]  # pair graphs: ratings and scores of given pairs
+    towers: Mapping[str, TowerRunner]  # user towers: the first stage's query vectors
+    retrievers: Mapping[str, Retriever]  # item matrices (and ANN indexes) per variant
     metrics: Metrics
-    # The whole catalogue as one batch, built once instead of per request.
-    catalogue_items: npt.NDArray[np.int64] = field(repr=False)  # [n_items]
-    catalogue_item_feats: npt.NDArray[np.int64] = field(repr=False)  # [n_items, Fi]
-    catalogue_genres: npt.NDArray[np.float32] = field(repr=False)  # [n_items, G]
 
     @property
     def version(self) -> str:
@@ -93,19 +95,36 @@ class ServingState:
         ).observe(time.perf_counter() - started)
         return prediction
 
-    def _score_catalogue(
-        self, variant: str, *, user: int, user_row: npt.NDArray[np.int64], endpoint: str
-    ) -> Prediction:
-        n_items = self.catalogue_items.shape[0]
-        return self._run(
+    def _retrieve(
+        self,
+        variant: str,
+        *,
+        user: int,
+        user_row: npt.NDArray[np.int64],
+        k: int,
+        exclude: npt.NDArray[np.int64] | None,
+    ) -> list[dict[str, Any]]:
+        """Two stages: the user tower and an inner-product search give the k best items;
+        the pair graph then rates only those k."""
+        started = time.perf_counter()
+        tower = self.towers[variant]
+        vector = tower.vectors(np.array([user], dtype=np.int64), user_row[None, :])[0]  # [D]
+        hits = self.retrievers[variant].retrieve(vector, k, exclude=exclude)
+        self.metrics.retrieval_seconds.labels(
+            variant=variant, method="exact" if hits.exact else "ann"
+        ).observe(time.perf_counter() - started)
+        items = hits.positions + 1
+        n = items.shape[0]
+        prediction = self._run(
             variant,
-            endpoint=endpoint,
-            user=np.full(n_items, user, dtype=np.int64),
-            item=self.catalogue_items,
-            user_feats=np.repeat(user_row[None, :], n_items, axis=0),
-            item_feats=self.catalogue_item_feats,
-            item_genres=self.catalogue_genres,
+            endpoint="recommend",
+            user=np.full(n, user, dtype=np.int64),
+            item=items,
+            user_feats=np.repeat(user_row[None, :], n, axis=0),
+            item_feats=self.bundle.item_feats[items],
+            item_genres=self.bundle.item_genres[items],
         )
+        return self._items(hits.positions, score=hits.scores, rating=prediction.rating)
 
     def _items(
         self,
@@ -123,35 +142,33 @@ class ServingState:
         ]
 
     def recommend_known(
-        self, variant: str, *, user: int, k: int, exclude_seen: bool
+        self,
+        variant: str,
+        *,
+        user: int,
+        k: int,
+        exclude_seen: bool,
+        extra_exclude: npt.NDArray[np.int64] | None = None,
     ) -> Recommendation:
+        """`extra_exclude`: further catalogue positions (item index - 1) never to return."""
         bundle = self.bundle
-        prediction = self._score_catalogue(
-            variant, user=user, user_row=bundle.user_feats[user], endpoint="recommend"
-        )
-        exclude = None
+        parts = []
         if exclude_seen:
             start, stop = bundle.seen_indptr[user], bundle.seen_indptr[user + 1]
-            exclude = bundle.seen_indices[start:stop] - 1
-        positions = top_k(prediction.score, k, exclude=exclude)
-        return Recommendation(
-            items=self._items(
-                positions, score=prediction.score[positions], rating=prediction.rating[positions]
-            ),
-            fallback=None,
+            parts.append(bundle.seen_indices[start:stop] - 1)
+        if extra_exclude is not None and extra_exclude.size:
+            parts.append(np.asarray(extra_exclude, dtype=np.int64))
+        exclude = np.unique(np.concatenate(parts)) if parts else None
+        items = self._retrieve(
+            variant, user=user, user_row=bundle.user_feats[user], k=k, exclude=exclude
         )
+        return Recommendation(items=items, fallback=None)
 
     def recommend_cold_start(
         self, variant: str, *, user_row: npt.NDArray[np.int64], k: int
     ) -> Recommendation:
-        prediction = self._score_catalogue(variant, user=0, user_row=user_row, endpoint="recommend")
-        positions = top_k(prediction.score, k)
-        return Recommendation(
-            items=self._items(
-                positions, score=prediction.score[positions], rating=prediction.rating[positions]
-            ),
-            fallback="cold_start",
-        )
+        items = self._retrieve(variant, user=0, user_row=user_row, k=k, exclude=None)
+        return Recommendation(items=items, fallback="cold_start")
 
     def recommend_popular(self, variant: str, *, k: int) -> Recommendation:
         """The popularity list; ratings are the model's for an unknown user.
@@ -197,36 +214,38 @@ class ServingState:
         return prediction.rating
 
     def warm_up(self) -> None:
-        """Run every session once at full catalogue size and once at batch size 1.
+        """Run every session and search once, at the shapes requests use.
 
         The first run of a session allocates and tunes; doing it here keeps that cost out
-        of the first user's request.
+        of the first user's request. Feature values were checked against their
+        vocabularies when the bundle was loaded, so every row is servable.
         """
         bundle = self.bundle
         user = 1 if bundle.n_users else 0
-        n_items = self.catalogue_items.shape[0]
-        for runner in self.runners.values():
-            # Straight to the runner: warm-up runs must not show in the latency metrics.
+        users = np.array([0, user], dtype=np.int64)
+        for variant, runner in self.runners.items():
+            # Straight to the runners: warm-up runs must not show in the latency metrics.
+            vectors = self.towers[variant].vectors(users, bundle.user_feats[users])
+            hits = self.retrievers[variant].retrieve(vectors[1], _WARM_UP_K)
+            items = np.concatenate([hits.positions + 1, bundle.popular[:_WARM_UP_K]])
+            n = items.shape[0]
             runner.run(
-                user=np.full(n_items, user, dtype=np.int64),
-                item=self.catalogue_items,
-                user_feats=np.repeat(bundle.user_feats[user][None, :], n_items, axis=0),
-                item_feats=self.catalogue_item_feats,
-                item_genres=self.catalogue_genres,
-            )
-            runner.run(
-                user=np.array([user], dtype=np.int64),
-                item=np.array([1], dtype=np.int64),
-                user_feats=bundle.user_feats[user : user + 1],
-                item_feats=bundle.item_feats[1:2],
-                item_genres=bundle.item_genres[1:2],
+                user=np.full(n, user, dtype=np.int64),
+                item=items,
+                user_feats=np.repeat(bundle.user_feats[user][None, :], n, axis=0),
+                item_feats=bundle.item_feats[items],
+                item_genres=bundle.item_genres[items],
             )
 
 
-def _frozen(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    # Shared by every request thread: a write would be a bug, so make it raise.
-    array.setflags(write=False)
-    return array
+def _retrieval_entry(bundle: Bundle, model: str) -> RetrievalEntry:
+    # The INT8 student is rated by its own graph but retrieves with the fp32 student's
+    # towers: quantising the towers would change the ranking, not only the ratings.
+    for name in (model, "student"):
+        entry = getattr(bundle.manifest.models, name, None)
+        if entry is not None and entry.retrieval is not None:
+            return entry.retrieval
+    raise BundleError(f"bundle {bundle.version} has no retrieval entry for {model!r}")
 
 
 def load_state(
@@ -236,8 +255,10 @@ def load_state(
     providers: list[str],
     intra_op_threads: int = 0,
     student_model: str = "student",
+    retrieval: RetrievalSettings | None = None,
 ) -> ServingState:
     """Load, verify, open and warm up a bundle; raises BundleError or ModelLoadError."""
+    retrieval = retrieval or RetrievalSettings()
     bundle = load_bundle(model_dir)
     chosen = choose_providers(providers)
     student_file = student_model if bundle.has_model(student_model) else "student"
@@ -255,13 +276,27 @@ def load_state(
         )
         for variant, model in (("teacher", "teacher"), ("student", student_file))
     }
+    variants = {"teacher": "teacher", "student": student_file}
+    entries = {variant: _retrieval_entry(bundle, model) for variant, model in variants.items()}
     state = ServingState(
         bundle=bundle,
         runners=runners,
+        towers={
+            variant: TowerRunner(
+                bundle.directory / entry.user_tower.file,
+                name=f"{variant}.user_tower",
+                providers=chosen,
+                intra_op_threads=intra_op_threads,
+            )
+            for variant, entry in entries.items()
+        },
+        retrievers={
+            variant: open_retriever(
+                bundle.directory, entry, n_items=bundle.n_items, settings=retrieval
+            )
+            for variant, entry in entries.items()
+        },
         metrics=metrics,
-        catalogue_items=_frozen(np.arange(1, bundle.n_items + 1, dtype=np.int64)),
-        catalogue_item_feats=_frozen(np.ascontiguousarray(bundle.item_feats[1:])),
-        catalogue_genres=_frozen(np.ascontiguousarray(bundle.item_genres[1:])),
     )
     state.warm_up()
     return state

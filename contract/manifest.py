@@ -167,7 +167,7 @@ class Manifest(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as its JSON object, keys as they were read (defaults not added)."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
 
 def parse_manifest(raw: object, *, source: str) -> Manifest:

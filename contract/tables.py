@@ -149,7 +149,31 @@ def _array(
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def _check_vocab(table: np.ndarray, vocabs: list[int], *, file: str, key: str) -> None:
+    """Every index of column c lies in 0..vocabs[c]-1: an index past its embedding table
+    would make every request that touches the row fail inside the model."""
+    if table.size == 0:
+        return
+    bad = (table < 0) | (table >= np.asarray(vocabs, dtype=np.int64)[None, :])
+    if bad.any():
+        row, column = (int(x) for x in np.argwhere(bad)[0])
+        raise BundleError(
+            f"{file}: {key}[{row}, {column}] = {int(table[row, column])} is outside the "
+            f"field's vocabulary 0..{vocabs[column] - 1} ({int(bad.sum())} such values)"
+        )
+
+
 def _features(files: _DataFiles, fm: FeatureMap) -> FeatureTables:
+    tables = _feature_arrays(files, fm)
+    name = files.path("features").name
+    _check_vocab(tables.user_feats, fm.user_field_vocabs, file=name, key="user_feats")
+    _check_vocab(tables.item_feats, fm.item_field_vocabs, file=name, key="item_feats")
+    if not np.isfinite(tables.item_genres).all():
+        raise BundleError(f"{name}: item_genres holds NaN or infinite values")
+    return tables
+
+
+def _feature_arrays(files: _DataFiles, fm: FeatureMap) -> FeatureTables:
     arrays = files.npz("features")
     name = files.path("features").name
     return FeatureTables(

@@ -44,6 +44,8 @@ def models_root(tmp_path_factory: pytest.TempPathFactory, synthetic_ml100k: Path
             threads=1,
             progress=False,
             latency_runs=5,
+            # Small enough that the test bundle ships an IVF index: both retrieval paths run.
+            ann_min_items=10,
         )
     )
     return out_dir

@@ -17,6 +17,7 @@ from training.bundle import BundleError, verify_bundle
 from training.data import DATASETS, SPLITS, DataError
 from training.export import ExportError
 from training.pipeline import PipelineConfig, PipelineError, bundle_path, run_pipeline
+from training.towers import ANN_MIN_ITEMS
 
 log = logging.getLogger("training")
 
@@ -57,6 +58,12 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         help="share of the teacher's parameter count removed from the student (default 0.8)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--ann-min-items",
+        type=int,
+        default=ANN_MIN_ITEMS,
+        help=f"ship an IVF index when the catalogue has more items (default {ANN_MIN_ITEMS})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         threads=args.threads,
         prune_ratio=args.prune_ratio,
         progress=not args.no_progress,
+        ann_min_items=args.ann_min_items,
     )
     ctx = run_pipeline(config, until=args.until)
     if args.until == "bundle":

@@ -35,7 +35,7 @@ from training.features import FeatureTables
 from training.fisher_analysis import fisher_report
 from training.models.base import TwoHeadModel, count_params
 from training.report import write_student_report
-from training.towers import export_towers
+from training.towers import ANN_MIN_ITEMS, export_towers
 from training.train import TeacherConfig, train_teacher
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class PipelineConfig:
     make_current: bool = True
     progress: bool = True
     cache_dir: Path | None = None
+    # Catalogues larger than this ship an IVF index for approximate retrieval.
+    ann_min_items: int = ANN_MIN_ITEMS
 
     def teacher_config(self) -> TeacherConfig:
         config = TeacherConfig(seed=self.seed, threads=self.threads, progress=self.progress)
@@ -148,6 +150,7 @@ def run_key(config: PipelineConfig, dataset: Dataset) -> str:
         "quick": config.quick,
         "prune_ratio": config.prune_ratio,
         "code_version": checkpoint.code_version(),
+        "ann_min_items": config.ann_min_items,
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return f"{config.dataset}-{config.split}-{'quick-' if config.quick else ''}{digest[:12]}"
@@ -210,6 +213,7 @@ def step_export(ctx: Context) -> dict[str, Any]:
             out_dir=ctx.work,
             stem=key,
             metadata={**metadata, "model": f"{key}.user_tower"},
+            ann_min_items=ctx.config.ann_min_items,
             seed=ctx.config.seed,
         )
         out["models"][key] = {

@@ -10,6 +10,8 @@ import pytest
 
 from app.bundle import BundleError, load_bundle
 from contract.layout import sha256_file
+from contract.manifest import ItemMatrixRef
+from contract.towers import load_item_matrix, tower_files
 from tests.app.conftest import Reference, copy_bundle
 
 
@@ -37,6 +39,12 @@ def _edit_manifest(bundle: Path, change: dict[str, object]) -> None:
     path.write_text(json.dumps(manifest))
 
 
+def _rehash(bundle: Path, key: str, name: str) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][key]["sha256"] = sha256_file(bundle / name)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_checksum_mismatch_names_the_file(reference: Reference, tmp_path: Path) -> None:
     bundle = copy_bundle(reference.dir, tmp_path, version="x")
     items = bundle / "items.json"
@@ -57,7 +65,8 @@ def test_manifest_must_name_every_file(reference: Reference, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 1}, "unknown schema_version 1"),
+        ({"schema_version": 3}, "schema_version"),
         ({"version": ""}, "version"),
         ({"models": {"teacher": {"file": "teacher.onnx", "sha256": "0" * 64}}}, "student"),
     ],
@@ -68,6 +77,40 @@ def test_invalid_manifests_are_refused(
     bundle = copy_bundle(reference.dir, tmp_path, version="x")
     _edit_manifest(bundle, change)
     with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("part", ["items", "user_tower"])
+def test_tampered_retrieval_files_are_refused(
+    reference: Reference, tmp_path: Path, part: str
+) -> None:
+    bundle = copy_bundle(reference.dir, tmp_path, version="x")
+    path = bundle / tower_files("student")[part]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"sha256 mismatch for '{path.name}'"):
+        load_bundle(bundle)
+
+
+def test_an_item_matrix_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    ref = ItemMatrixRef(file="m.npy", sha256="0" * 64, rows=5, dim=3)
+    np.save(tmp_path / "m.npy", np.zeros((5, 4), np.float32))
+    with pytest.raises(BundleError, match=r"float32 \(5, 3\)"):
+        load_item_matrix(tmp_path / "m.npy", ref, n_items=5)
+    np.save(tmp_path / "m.npy", np.full((5, 3), np.nan, np.float32))
+    with pytest.raises(BundleError, match="NaN"):
+        load_item_matrix(tmp_path / "m.npy", ref, n_items=5)
+
+
+def test_out_of_vocabulary_feature_values_are_refused(reference: Reference, tmp_path: Path) -> None:
+    bundle = copy_bundle(reference.dir, tmp_path, version="x")
+    with np.load(bundle / "features.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["user_feats"][3, 0] = 10_000
+    np.savez(bundle / "features.npz", **arrays)
+    _rehash(bundle, "features", "features.npz")
+    with pytest.raises(BundleError, match=r"user_feats\[3, 0\] = 10000 is outside"):
         load_bundle(bundle)
 
 
@@ -93,9 +136,6 @@ def test_table_shapes_are_checked(reference: Reference, tmp_path: Path) -> None:
         arrays = {k: data[k] for k in data.files}
     arrays["user_feats"] = arrays["user_feats"][:-1]
     np.savez(bundle / "features.npz", **arrays)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["features"]["sha256"] = sha256_file(bundle / "features.npz")
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    _rehash(bundle, "features", "features.npz")
     with pytest.raises(BundleError, match="user_feats"):
         load_bundle(bundle)
-

@@ -10,7 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from app.inference import CPU, ModelLoadError, ModelRunner, choose_providers, top_k
+from app.inference import CPU, ModelLoadError, ModelRunner, choose_providers
+from app.retrieval import top_k
 from tests.app.conftest import Reference
 
 
@@ -105,7 +106,6 @@ def test_a_model_reading_fewer_inputs_is_fed_only_those(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out.rating, [3, 5])  # clipped to [1, 5]
 
 
-
 def test_ratings_are_clipped_to_the_bundles_scale(tmp_path: Path) -> None:
     path = _write_model(
         tmp_path / "m.onnx",
@@ -121,6 +121,7 @@ def test_ratings_are_clipped_to_the_bundles_scale(tmp_path: Path) -> None:
         item_genres=np.zeros((3, 1), dtype=np.float32),
     )
     np.testing.assert_array_equal(out.rating, [0.5, 3, 5])
+
 
 def test_top_k_matches_a_full_sort() -> None:
     rng = np.random.default_rng(3)
