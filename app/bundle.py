@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from contract.errors import BundleError
 from contract.features import FeatureMap
+from contract.layout import MANIFEST, sha256_file
 from contract.manifest import Manifest
 from contract.ratings import RatingScale
 from contract.verify import VerifiedBundle, verify_bundle
@@ -46,6 +47,9 @@ class Bundle:
     seen_indices: npt.NDArray[np.int64]  # item indices, 1-based
     titles: tuple[str, ...]  # by item position (index - 1)
     popular: npt.NDArray[np.int64]  # item indices, most popular first
+    # sha256 of manifest.json, which holds the sha256 of every file: a content hash of
+    # the whole bundle, so caches tell two builds that share a version name apart.
+    content_hash: str
 
     @property
     def version(self) -> str:
@@ -107,6 +111,7 @@ def _serving_view(verified: VerifiedBundle) -> Bundle:
         seen_indices=_read_only(tables.seen_indices),
         titles=_titles(tables.items),
         popular=_popular(tables.popular, item_index),
+        content_hash=sha256_file(verified.directory / MANIFEST),
     )
 
 

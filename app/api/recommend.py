@@ -31,10 +31,14 @@ def _fragment(recommendation: Recommendation) -> bytes:
 
 
 def _cache_key(state: ServingState, *, variant: str, who: str, k: int, exclude_seen: bool) -> str:
-    # The bundle version and the model file are part of the key, so a reload or a switch
-    # to the INT8 student can never serve a list computed by another model.
+    # The bundle's content hash and the model file are part of the key, so a reload (even
+    # of a rebuilt bundle under the same version name) or a switch to the INT8 student can
+    # never serve a list computed by another model.
     model_file = state.runner(variant).file
-    return f"rec:v1:{state.version}:{variant}:{model_file}:{who}:k{k}:x{int(exclude_seen)}"
+    return (
+        f"rec:v2:{state.version}:{state.bundle.content_hash[:16]}:{variant}:{model_file}:"
+        f"{who}:k{k}:x{int(exclude_seen)}"
+    )
 
 
 @router.get(

@@ -168,3 +168,20 @@ def test_reload_of_a_missing_directory_is_refused(admin: TestClient, tmp_path: P
     response = admin.post("/admin/reload", json={"model_dir": str(tmp_path / "nope")}, headers=AUTH)
     assert response.status_code == 422
     assert "does not exist" in response.json()["detail"]
+
+
+def test_a_rebuilt_bundle_with_the_same_version_never_serves_old_cached_lists(
+    make_client: Callable[..., TestClient], reference: Reference, tmp_path: Path, redis_url: str
+) -> None:
+    first = copy_bundle(reference.dir, tmp_path / "a", version="same-name")
+    second = copy_bundle(reference.dir, tmp_path / "b", version="same-name")
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest["training"]["rebuilt"] = True  # another build: another content hash
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    client = make_client(model_dir=first, admin_token="s3cret-token", redis_url=redis_url)
+    params = {"user_id": reference.users[0]}
+    assert client.get("/recommend", params=params).json()["cached"] is False
+    assert client.get("/recommend", params=params).json()["cached"] is True
+    response = client.post("/admin/reload", json={"model_dir": str(second)}, headers=AUTH)
+    assert response.status_code == 200
+    assert client.get("/recommend", params=params).json()["cached"] is False
