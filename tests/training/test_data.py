@@ -137,8 +137,12 @@ def test_bad_age_and_truncated_user(ml100k_copy: Path) -> None:
 
 def test_malformed_csv_and_ml1m(tmp_path: Path) -> None:
     path = tmp_path / "ratings.csv"
-    path.write_text("u,i,r\n1,2,3\n1,2\n")
+    # Columns are chosen by header names now, so the header must name them.
+    path.write_text("user,item,rating\n1,2,3\n1,2\n")
     with pytest.raises(DataError, match=r"ratings\.csv:3: expected user,item,rating"):
+        load_dataset(path, dataset="csv")
+    path.write_text("u,i,r\n1,2,3\n")
+    with pytest.raises(DataError, match=r"ratings\.csv:1: unknown column 'u' in the header"):
         load_dataset(path, dataset="csv")
     root = write_ml1m(tmp_path / "ml-1m")
     _edit_line(root / "ratings.dat", 2, "1::2")
