@@ -32,7 +32,8 @@ def test_double_colon_split_across_chunks(
 
 def test_unit_separator_in_a_double_colon_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ratings.dat"
-    path.write_bytes(b"1::2::3::4\n1::\x1f::3::4\n")
+    # a ':' inside a field sends the file to the rewriting reader, which needs 0x1f free
+    path.write_bytes(b"1::a:b::3::4\n1::\x1f::3::4\n")
     with pytest.raises(DataError, match=r"ratings\.dat: contains the control byte 0x1f"):
         read_ratings(separated_ratings(path, "::"))
 
@@ -79,3 +80,12 @@ def test_vectorised_bucket_equals_field_encode() -> None:
     values = np.array([np.nan, 1900.0, 1940.0, 1940.5, 1994.0, 1995.0, 2015.0, 2030.0, -np.inf])
     expected = [spec.encode(None if np.isnan(v) else v) for v in values]
     assert _bucket(spec, values).tolist() == expected
+
+
+def test_double_colon_ratings_with_a_colon_inside_an_id(tmp_path: Path) -> None:
+    """The fast ':' reading refuses a ':' inside a field; the rewriting reader takes it."""
+    path = tmp_path / "ratings.dat"
+    path.write_text("1::10::4::100\n2::tt:7::3.5::200\n")
+    raw = read_ratings(separated_ratings(path, "::"))
+    assert raw.item_values[raw.item_codes].tolist() == ["10", "tt:7"]
+    assert raw.rating.tolist() == [4.0, 3.5] and raw.timestamp.tolist() == [100, 200]
