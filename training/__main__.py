@@ -2,6 +2,7 @@
 
 Every command that trains runs the resumable pipeline up to its step, so
 `train-teacher`, then `distill`, then `pipeline` reuse each other's checkpoints.
+A user error (bad option, bad data, a broken bundle) is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -12,16 +13,36 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from training.bundle import BundleError, verify_bundle
-from training.data import DATASETS, SPLITS, DataError
+from training.data import AUTO_SPLIT, DATASETS, SPLITS, DataError, default_split
 from training.export import ExportError
 from training.pipeline import PipelineConfig, PipelineError, bundle_path, run_pipeline
+from training.synth import SynthConfig, SynthError, generate
 from training.towers import ANN_MIN_ITEMS
 
 log = logging.getLogger("training")
 
 EXIT_USER_ERROR = 2
+EXIT_SYSTEM_ERROR = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `prog: error: message`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +57,10 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split",
-        choices=SPLITS,
-        default="u1",
-        help="train/test split; 'none' trains on all data for a production bundle (default u1)",
+        choices=(AUTO_SPLIT, *SPLITS),
+        default=AUTO_SPLIT,
+        help="train/test split; 'none' trains on all data for a production bundle "
+        "(default auto: u1 for ml-100k, random otherwise)",
     )
     parser.add_argument(
         "--out-dir",
@@ -67,11 +89,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m training",
         description="Train the ensemble teacher and the distilled student, export the bundle.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging; an error's traceback"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     steps = {
         "pipeline": (
@@ -96,10 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("bundle", type=Path, help="bundle folder, e.g. models/current")
     verify.set_defaults(until=None)
+    _add_synth(sub)
     return parser
 
 
+def _add_synth(sub: argparse._SubParsersAction[_Parser]) -> None:
+    text = "write synthetic ratings.csv and movies.csv (ml-latest format) with latent structure"
+    synth = sub.add_parser("synth", help=text, description=text)
+    synth.add_argument("--users", type=_positive, required=True, help="number of users")
+    synth.add_argument("--items", type=_positive, required=True, help="number of items")
+    synth.add_argument("--ratings", type=_positive, required=True, help="number of ratings")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--out", type=Path, required=True, help="folder to write the files to")
+    synth.set_defaults(until=None)
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "synth":
+        synth = SynthConfig(
+            n_users=args.users, n_items=args.items, n_ratings=args.ratings, seed=args.seed
+        )
+        generate(synth, args.out)
+        sys.stdout.write(f"{args.out}\n")
+        return 0
     if args.command == "verify":
         manifest = verify_bundle(args.bundle)
         summary = {
@@ -113,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     config = PipelineConfig(
         data_dir=args.data_dir,
         dataset=args.dataset,
-        split=args.split,
+        split=default_split(args.dataset) if args.split == AUTO_SPLIT else args.split,
         out_dir=args.out_dir,
         quick=args.quick,
         seed=args.seed,
@@ -140,19 +183,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     prune_ratio = getattr(args, "prune_ratio", None)
     if prune_ratio is not None and not 0.0 <= prune_ratio < 1.0:
         parser.error(f"--prune-ratio must lie in [0, 1), got {prune_ratio}")
+    for option in ("out_dir", "out"):
+        folder = getattr(args, option, None)
+        problem = _not_a_folder(folder) if folder is not None else None
+        if problem:
+            parser.error(f"--{option.replace('_', '-')} {folder}: {problem}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         return _run(args)
-    except (DataError, BundleError, PipelineError, ExportError) as err:
+    except (DataError, BundleError, PipelineError, ExportError, SynthError) as err:
         # User errors (bad data, a broken bundle, a bad option): the message, no traceback.
-        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.write(f"error: {_one_line(err)}\n")
         return EXIT_USER_ERROR
+    except ValueError as err:
+        # The training library reports unusable inputs (too little data for a validation
+        # split, a bad setting) as ValueError; -v adds the traceback for a bug report.
+        log.debug("error", exc_info=True)
+        sys.stderr.write(f"error: {_one_line(err)}\n")
+        return EXIT_USER_ERROR
+    except OSError as err:
+        # The machine's side (permissions, a full disk): one line; -v adds the traceback.
+        log.debug("system error", exc_info=True)
+        sys.stderr.write(f"error: {_one_line(err)}\n")
+        return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; finished steps are checkpointed, re-run to resume\n")
         return 130
+
+
+def _not_a_folder(folder: Path) -> str | None:
+    """Why `folder` cannot be (or be created as) a folder, or None."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else f"{path} is a file, not a folder"
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

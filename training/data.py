@@ -1,35 +1,50 @@
 """MovieLens-style rating data: loaders, id maps, side features and splits.
 
-Every parse error names the file and the line, so a truncated download or a hand-edited
-file is diagnosed without a debugger.
+Rating and item files are read columnar (training.columnar, training.movielens): no Python
+object per rating. Every parse error names the file and the line, so a truncated download
+or a hand-edited file is diagnosed without a debugger.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contract.layout import sha256_file
+from training.columnar import DataError, require, unique_sorted
 from training.features import NONE_FIELD, FeatureMap, FeatureTables, FieldSpec
+from training.movielens import (
+    RawItems,
+    RawRatings,
+    csv_ratings,
+    read_csv_items,
+    read_ml1m_items,
+    read_ml100k_items,
+    read_ratings,
+    separated_ratings,
+)
+
+__all__ = ["DataError"]  # re-exported: callers catch training.data.DataError
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("ml-100k", "ml-1m", "ml-latest", "ml-latest-small", "csv")
 SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "random", "temporal", "none")
 CANONICAL_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+# The command line's default split: a canonical fold where the data set ships one.
+AUTO_SPLIT = "auto"
 
 GROUPLENS_BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 # md5 of the official archives as GroupLens publishes them beside each zip.
@@ -45,11 +60,11 @@ ML100K_GENRES = (
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
     "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
-_YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
 
 
-class DataError(ValueError):
-    """A data file is missing, truncated or malformed; the message names file and line."""
+def default_split(dataset: str) -> str:
+    """`u1` for ml-100k (the only data set with canonical folds), `random` otherwise."""
+    return "u1" if dataset == "ml-100k" else "random"
 
 
 @dataclass
@@ -93,12 +108,15 @@ class Dataset:
     ratings: Ratings
     fingerprint: str
     source_dir: Path
-    user_index: dict[str, int] = field(default_factory=dict)
-    item_index: dict[str, int] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.user_index = {u: i + 1 for i, u in enumerate(self.user_ids)}
-        self.item_index = {m: i + 1 for i, m in enumerate(self.item_ids)}
+    # Built on first use: a dict per id is large for big catalogues and most runs never ask.
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        return {u: i + 1 for i, u in enumerate(self.user_ids)}
+
+    @cached_property
+    def item_index(self) -> dict[str, int]:
+        return {m: i + 1 for i, m in enumerate(self.item_ids)}
 
 
 @dataclass
@@ -108,18 +126,13 @@ class Split:
     test: Ratings
 
 
-# ---------------------------------------------------------------- reading files
-
-
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    return path
+# ---------------------------------------------------------------- small side files
+# Demographics and genre lists have thousands of lines at most; a line reader suffices.
 
 
 def _lines(path: Path, *, encoding: str = "latin-1") -> Iterator[tuple[int, str]]:
     """Non-empty lines with 1-based numbers; decoding errors are reported by line."""
-    _require(path)
+    require(path)
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -141,110 +154,11 @@ def _fields(path: Path, number: int, line: str, sep: str, count: int) -> list[st
     return parts
 
 
-def _rating(path: Path, number: int, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{path}:{number}: rating {text!r} is not a number") from None
-    if not 0.0 < value <= 5.0:
-        raise DataError(f"{path}:{number}: rating {value} outside (0, 5]")
-    return value
-
-
-def _timestamp(path: Path, number: int, text: str) -> int:
-    try:
-        return int(float(text))
-    except ValueError:
-        raise DataError(f"{path}:{number}: timestamp {text!r} is not an integer") from None
-
-
 def _raw_id(path: Path, number: int, text: str, what: str) -> str:
     text = text.strip()
     if not text:
         raise DataError(f"{path}:{number}: empty {what} id")
     return text
-
-
-RawRating = tuple[str, str, float, int]
-
-
-def _read_sep_ratings(path: Path, sep: str) -> list[RawRating]:
-    rows: list[RawRating] = []
-    for number, line in _lines(path):
-        parts = _fields(path, number, line, sep, 3)
-        ts = _timestamp(path, number, parts[3]) if len(parts) > 3 and parts[3].strip() else 0
-        rows.append(
-            (
-                _raw_id(path, number, parts[0], "user"),
-                _raw_id(path, number, parts[1], "item"),
-                _rating(path, number, parts[2]),
-                ts,
-            )
-        )
-    if not rows:
-        raise DataError(f"{path}: no ratings")
-    return rows
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    _require(path)
-    with path.open(encoding="utf-8", newline="", errors="strict") as handle:
-        reader = csv.reader(handle)
-        try:
-            for row in reader:
-                if row and any(cell.strip() for cell in row):
-                    yield reader.line_num, row
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise DataError(f"{path}:{reader.line_num}: {err}") from None
-
-
-def _read_csv_ratings(path: Path) -> list[RawRating]:
-    rows: list[RawRating] = []
-    for number, row in _csv_rows(path):
-        if number == 1 and row and not _is_number(row[2] if len(row) > 2 else ""):
-            continue  # header
-        if len(row) < 3:
-            raise DataError(f"{path}:{number}: expected user,item,rating[,timestamp]")
-        ts = _timestamp(path, number, row[3]) if len(row) > 3 and row[3].strip() else 0
-        rows.append(
-            (
-                _raw_id(path, number, row[0], "user"),
-                _raw_id(path, number, row[1], "item"),
-                _rating(path, number, row[2]),
-                ts,
-            )
-        )
-    if not rows:
-        raise DataError(f"{path}: no ratings")
-    return rows
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _year_from(text: str) -> float | None:
-    match = _YEAR_IN_TITLE.search(text.strip())
-    if match:
-        return float(match.group(1))
-    tail = text.strip()[-4:]
-    return float(tail) if tail.isdigit() else None
-
-
-@dataclass
-class _Raw:
-    """What a loader read, before indexing."""
-
-    ratings: list[RawRating]
-    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw id -> demographics
-    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw id -> title/genres/year
-    genres: tuple[str, ...] = ()
-    has_demographics: bool = False
-    files: list[Path] = field(default_factory=list)
 
 
 def _read_users(path: Path, sep: str, columns: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -258,35 +172,46 @@ def _read_users(path: Path, sep: str, columns: tuple[str, ...]) -> dict[str, dic
     return users
 
 
+def _read_ml100k_genres(path: Path) -> tuple[str, ...]:
+    if not path.is_file():
+        return ML100K_GENRES
+    names = []
+    for number, line in _lines(path):
+        name, _, index = line.partition("|")
+        if not index.strip().isdigit():
+            raise DataError(f"{path}:{number}: expected 'name|index'")
+        names.append(name)
+    return tuple(names)
+
+
+# ---------------------------------------------------------------- formats
+
+
+@dataclass
+class _Raw:
+    """What a loader read, before indexing."""
+
+    ratings: RawRatings
+    items: RawItems = field(default_factory=RawItems.empty)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw id -> demographics
+    genres: tuple[str, ...] = ()
+    has_demographics: bool = False
+    files: list[Path] = field(default_factory=list)
+
+
+def _genre_names(items: RawItems) -> tuple[str, ...]:
+    return tuple(sorted({g for names in items.genres for g in names}))
+
+
 def _read_ml100k(root: Path) -> _Raw:
-    genre_path = root / "u.genre"
-    genres: tuple[str, ...] = ML100K_GENRES
-    if genre_path.is_file():
-        names = []
-        for number, line in _lines(genre_path):
-            name, _, index = line.partition("|")
-            if not index.strip().isdigit():
-                raise DataError(f"{genre_path}:{number}: expected 'name|index'")
-            names.append(name)
-        genres = tuple(names)
-    user_path = root / "u.user"
+    genres = _read_ml100k_genres(root / "u.genre")
+    user_path, item_path = root / "u.user", root / "u.item"
     users = _read_users(user_path, "|", ("id", "age", "gender", "occupation", "zip"))
-    items: dict[str, dict[str, Any]] = {}
-    item_path = root / "u.item"
-    for number, line in _lines(item_path):
-        parts = _fields(item_path, number, line, "|", 5 + len(genres))
-        flags = parts[5 : 5 + len(genres)]
-        if any(flag not in ("0", "1") for flag in flags):
-            raise DataError(f"{item_path}:{number}: genre flags must be 0 or 1")
-        items[_raw_id(item_path, number, parts[0], "item")] = {
-            "title": parts[1],
-            "genres": [g for g, flag in zip(genres, flags, strict=True) if flag == "1"],
-            "year": _year_from(parts[2]) or _year_from(parts[1]),
-        }
+    items = read_ml100k_items(require(item_path), genres)
     return _Raw(
-        ratings=_read_sep_ratings(root / "u.data", "\t"),
-        users=users,
+        ratings=read_ratings(separated_ratings(root / "u.data", "\t")),
         items=items,
+        users=users,
         genres=genres,
         has_demographics=True,
         files=[root / "u.data", user_path, item_path],
@@ -294,91 +219,109 @@ def _read_ml100k(root: Path) -> _Raw:
 
 
 def _read_ml1m(root: Path) -> _Raw:
-    user_path = root / "users.dat"
+    user_path, movie_path = root / "users.dat", root / "movies.dat"
     users = _read_users(user_path, "::", ("id", "gender", "age", "occupation", "zip"))
-    items: dict[str, dict[str, Any]] = {}
-    movie_path = root / "movies.dat"
-    for number, line in _lines(movie_path):
-        mid, title, genre_text = _fields(movie_path, number, line, "::", 3)[:3]
-        items[_raw_id(movie_path, number, mid, "item")] = {
-            "title": title,
-            "genres": [g for g in genre_text.split("|") if g],
-            "year": _year_from(title),
-        }
-    genres = tuple(sorted({g for meta in items.values() for g in meta["genres"]}))
+    items = read_ml1m_items(require(movie_path))
     return _Raw(
-        ratings=_read_sep_ratings(root / "ratings.dat", "::"),
-        users=users,
+        ratings=read_ratings(separated_ratings(root / "ratings.dat", "::")),
         items=items,
-        genres=genres,
+        users=users,
+        genres=_genre_names(items),
         has_demographics=True,
         files=[root / "ratings.dat", user_path, movie_path],
     )
 
 
 def _read_ml_latest(root: Path) -> _Raw:
-    items: dict[str, dict[str, Any]] = {}
     movie_path = root / "movies.csv"
-    for number, row in _csv_rows(movie_path):
-        if number == 1 and row[0] == "movieId":
-            continue
-        if len(row) < 3:
-            raise DataError(f"{movie_path}:{number}: expected movieId,title,genres")
-        genres = [g for g in row[2].split("|") if g and g != "(no genres listed)"]
-        items[_raw_id(movie_path, number, row[0], "item")] = {
-            "title": row[1],
-            "genres": genres,
-            "year": _year_from(row[1]),
-        }
-    genre_names = tuple(sorted({g for meta in items.values() for g in meta["genres"]}))
+    items = read_csv_items(movie_path)
     return _Raw(
-        ratings=_read_csv_ratings(root / "ratings.csv"),
+        ratings=read_ratings(csv_ratings(root / "ratings.csv")),
         items=items,
-        genres=genre_names,
+        genres=_genre_names(items),
         files=[root / "ratings.csv", movie_path],
     )
 
 
 def _read_generic_csv(path: Path) -> _Raw:
     ratings_path = path if path.is_file() else path / "ratings.csv"
-    return _Raw(ratings=_read_csv_ratings(ratings_path), files=[ratings_path])
+    return _Raw(ratings=read_ratings(csv_ratings(ratings_path)), files=[ratings_path])
 
 
 # ---------------------------------------------------------------- indexing
 
 
-def _sorted_ids(ids: set[str]) -> list[str]:
-    if all(i.isdigit() for i in ids):
-        return sorted(ids, key=int)
-    return sorted(ids)
+@dataclass(frozen=True)
+class _IdIndex:
+    """Raw ids in data-set order (index p + 1 is ids[p]) with a vectorised lookup."""
+
+    ids: np.ndarray  # str, data-set order
+    sorted_ids: np.ndarray  # str, lexicographic
+    index_of_sorted: np.ndarray  # int64, data-set index of sorted_ids[j]
+
+    @classmethod
+    def of(cls, ordered: np.ndarray) -> _IdIndex:
+        sorter = np.argsort(ordered, kind="stable")
+        return cls(ordered, ordered[sorter], sorter.astype(np.int64) + 1)
+
+    @classmethod
+    def union(cls, *parts: np.ndarray) -> _IdIndex:
+        """All distinct ids of `parts`: by number when every id is a number, else by text."""
+        values = unique_sorted(np.concatenate([np.asarray(p, dtype=str) for p in parts]))
+        if values.size and bool(np.all(np.strings.isdigit(values))):
+            try:
+                numbers = values.astype(np.int64)
+            except (ValueError, OverflowError):  # longer than int64: Python's ints
+                return cls.of(np.array(sorted(values.tolist(), key=int), dtype=str))
+            values = values[np.argsort(numbers, kind="stable")]
+        return cls.of(values)
+
+    def lookup(self, values: np.ndarray) -> np.ndarray:
+        """Data-set index of each value; 0 where a value is not in the index."""
+        if self.sorted_ids.size == 0:
+            return np.zeros(len(values), np.int64)
+        pos = np.minimum(np.searchsorted(self.sorted_ids, values), self.sorted_ids.size - 1)
+        return np.where(self.sorted_ids[pos] == values, self.index_of_sorted[pos], 0)
+
+
+def _user_fields(raw: _Raw) -> tuple[FieldSpec, ...]:
+    if not raw.has_demographics:
+        return (NONE_FIELD,)
+    demo = list(raw.users.values())
+    return (
+        FieldSpec(name="age", kind="bucket", edges=AGE_EDGES),
+        _categorical("gender", [d["gender"] for d in demo]),
+        _categorical("occupation", [d["occupation"] for d in demo]),
+        FieldSpec(
+            name="zip",
+            kind="prefix",
+            length=1,
+            values=tuple(sorted({str(d["zip"])[:1] for d in demo if d["zip"]})),
+        ),
+    )
 
 
 def _categorical(name: str, values: Sequence[str]) -> FieldSpec:
     return FieldSpec(name=name, kind="categorical", values=tuple(sorted(set(values))))
 
 
-def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
-    user_ids = _sorted_ids(set(raw.users) | {r[0] for r in raw.ratings})
-    item_ids = _sorted_ids(set(raw.items) | {r[1] for r in raw.ratings})
-    user_index = {u: i + 1 for i, u in enumerate(user_ids)}
-    item_index = {m: i + 1 for i, m in enumerate(item_ids)}
+def _bucket(spec: FieldSpec, values: np.ndarray) -> np.ndarray:
+    """FieldSpec.encode of a bucket field for a whole array (0 where a value is missing)."""
+    finite = np.isfinite(values)
+    edges = np.asarray(spec.edges, dtype=np.float64)
+    index = 1 + np.searchsorted(edges, np.where(finite, values, 0.0), side="right")
+    return np.where(finite, index, 0).astype(np.int64)
 
-    if raw.has_demographics:
-        demo = list(raw.users.values())
-        user_fields: tuple[FieldSpec, ...] = (
-            FieldSpec(name="age", kind="bucket", edges=AGE_EDGES),
-            _categorical("gender", [d["gender"] for d in demo]),
-            _categorical("occupation", [d["occupation"] for d in demo]),
-            FieldSpec(
-                name="zip",
-                kind="prefix",
-                length=1,
-                values=tuple(sorted({str(d["zip"])[:1] for d in demo if d["zip"]})),
-            ),
-        )
-    else:
-        user_fields = (NONE_FIELD,)
-    has_years = any(meta.get("year") for meta in raw.items.values())
+
+def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
+    users = _IdIndex.union(raw.ratings.user_values, np.array(list(raw.users), dtype=str))
+    items = _IdIndex.union(raw.ratings.item_values, raw.items.ids)
+    user_ids, item_ids = users.ids.tolist(), items.ids.tolist()
+    user_fields = _user_fields(raw)
+    years = np.full(len(item_ids) + 1, np.nan)
+    rows = items.lookup(raw.items.ids)
+    years[rows] = raw.items.years
+    has_years = bool(np.any(np.isfinite(years) & (years != 0)))
     item_fields = (
         (FieldSpec(name="year", kind="bucket", edges=YEAR_EDGES),) if has_years else (NONE_FIELD,)
     )
@@ -392,25 +335,21 @@ def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
     )
 
     user_feats = np.zeros((len(user_ids) + 1, len(user_fields)), np.int64)
-    for uid, demo_row in raw.users.items():
+    user_rows = users.lookup(np.array(list(raw.users), dtype=str))
+    for row, demo_row in zip(user_rows.tolist(), raw.users.values(), strict=True):
         for j, spec in enumerate(user_fields):
-            user_feats[user_index[uid], j] = spec.encode(demo_row.get(spec.name))
+            user_feats[row, j] = spec.encode(demo_row.get(spec.name))
     item_feats = np.zeros((len(item_ids) + 1, len(item_fields)), np.int64)
-    item_genres = np.zeros((len(item_ids) + 1, len(genres)), np.float32)
-    genre_pos = {g: j for j, g in enumerate(genres)}
-    items_meta: list[dict[str, Any]] = []
-    for mid in item_ids:
-        meta = raw.items.get(mid, {})
-        row = item_index[mid]
-        for j, spec in enumerate(item_fields):
-            item_feats[row, j] = spec.encode(meta.get(spec.name))
-        for g in meta.get("genres", ()):
-            item_genres[row, genre_pos[g]] = 1.0
-        items_meta.append(
-            {"item_id": mid, "title": meta.get("title", mid), "genres": meta.get("genres", [])}
-        )
+    if has_years:
+        item_feats[:, 0] = _bucket(item_fields[0], years)
+    item_genres, items_meta = _item_tables(raw.items, rows, item_ids, genres)
 
-    ratings = _index_ratings(raw.ratings, user_index, item_index, source=str(raw.files[0]))
+    ratings = Ratings(
+        user=users.lookup(raw.ratings.user_values)[raw.ratings.user_codes],
+        item=items.lookup(raw.ratings.item_values)[raw.ratings.item_codes],
+        rating=raw.ratings.rating,
+        timestamp=raw.ratings.timestamp,
+    )
     return Dataset(
         name=name,
         feature_map=feature_map,
@@ -424,24 +363,41 @@ def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
     )
 
 
-def _index_ratings(
-    rows: Sequence[RawRating],
-    user_index: dict[str, int],
-    item_index: dict[str, int],
-    *,
-    source: str,
-) -> Ratings:
-    try:
-        users = np.fromiter((user_index[r[0]] for r in rows), np.int64, len(rows))
-        items = np.fromiter((item_index[r[1]] for r in rows), np.int64, len(rows))
-    except KeyError as err:
-        raise DataError(f"{source}: id {err.args[0]!r} is not in the data set's id maps") from None
-    return Ratings(
-        user=users,
-        item=items,
-        rating=np.fromiter((r[2] for r in rows), np.float32, len(rows)),
-        timestamp=np.fromiter((r[3] for r in rows), np.int64, len(rows)),
+def _item_tables(
+    items: RawItems, rows: np.ndarray, item_ids: list[str], genres: tuple[str, ...]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The genre matrix and the per-item metadata the bundle ships (items.json)."""
+    titles: list[str] = list(item_ids)  # an item missing from the items file: its id
+    genre_lists: list[list[str]] = [[] for _ in item_ids]
+    for row, title, names in zip(rows.tolist(), items.titles, items.genres, strict=True):
+        titles[row - 1], genre_lists[row - 1] = title, names
+    genre_pos = {g: j for j, g in enumerate(genres)}
+    lengths = np.fromiter((len(names) for names in items.genres), np.int64, len(items.genres))
+    columns = np.fromiter(
+        (genre_pos[g] for names in items.genres for g in names), np.int64, int(lengths.sum())
     )
+    item_genres = np.zeros((len(item_ids) + 1, len(genres)), np.float32)
+    item_genres[np.repeat(rows, lengths), columns] = 1.0
+    meta = [
+        {"item_id": mid, "title": title, "genres": names}
+        for mid, title, names in zip(item_ids, titles, genre_lists, strict=True)
+    ]
+    return item_genres, meta
+
+
+def _index_fold(ds: Dataset, raw: RawRatings, *, source: str) -> Ratings:
+    """A fold file's ratings in the data set's indices; every id must be known."""
+    indexed = []
+    for ids, values, codes in (
+        (ds.user_ids, raw.user_values, raw.user_codes),
+        (ds.item_ids, raw.item_values, raw.item_codes),
+    ):
+        known = _IdIndex.of(np.array(ids, dtype=str)).lookup(values)
+        if not np.all(known > 0):
+            unknown = str(values[np.flatnonzero(known == 0)[0]])
+            raise DataError(f"{source}: id {unknown!r} is not in the data set's id maps")
+        indexed.append(known[codes])
+    return Ratings(user=indexed[0], item=indexed[1], rating=raw.rating, timestamp=raw.timestamp)
 
 
 def fingerprint(files: Sequence[Path]) -> str:
@@ -560,7 +516,12 @@ def make_split(
     seed: int = 0,
     test_ratio: float = 0.2,
 ) -> Split:
-    """Train/test split by name: a canonical ml-100k fold, random, temporal or none."""
+    """Train/test split by name: a canonical ml-100k fold, random, temporal or none.
+
+    `auto` is `default_split(dataset.name)`.
+    """
+    if split == AUTO_SPLIT:
+        split = default_split(dataset.name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     ratings = dataset.ratings
@@ -568,23 +529,26 @@ def make_split(
         folder = Path(data_dir or dataset.source_dir)
         if dataset.name != "ml-100k":
             raise DataError(f"split {split} exists only for ml-100k, not {dataset.name}")
-        train_rows = _read_sep_ratings(folder / f"{split}.base", "\t")
-        test_rows = _read_sep_ratings(folder / f"{split}.test", "\t")
-        return Split(
-            name=split,
-            train=_index_ratings(
-                train_rows, dataset.user_index, dataset.item_index, source=f"{split}.base"
-            ),
-            test=_index_ratings(
-                test_rows, dataset.user_index, dataset.item_index, source=f"{split}.test"
-            ),
+        train, test = (
+            _index_fold(
+                dataset,
+                read_ratings(separated_ratings(folder / f"{split}.{part}", "\t")),
+                source=f"{split}.{part}",
+            )
+            for part in ("base", "test")
         )
+        return Split(name=split, train=train, test=test)
     if split == "none":
         return Split(name=split, train=ratings, test=Ratings.empty())
     if split == "random":
         if not 0.0 < test_ratio < 1.0:
             raise DataError(f"test_ratio must lie in (0, 1), got {test_ratio}")
         train, test = holdout(ratings, fraction=test_ratio, seed=seed)
+        if len(train) == 0 or len(test) == 0:
+            raise DataError(
+                f"{len(ratings)} ratings are too few for split random with test ratio "
+                f"{test_ratio}: a part would be empty; use more ratings or --split none"
+            )
         return Split(name=split, train=train, test=test)
     return _temporal(ratings)
 
@@ -609,20 +573,6 @@ def holdout(ratings: Ratings, *, fraction: float = 0.1, seed: int = 0) -> tuple[
     perm = rng.permutation(len(ratings))
     n_out = round(len(ratings) * fraction)
     return ratings.subset(np.sort(perm[n_out:])), ratings.subset(np.sort(perm[:n_out]))
-
-
-def seen_csr(ratings: Ratings, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Items each user rated, as CSR (indptr [n_users+2], indices), users 0..n_users."""
-    order = np.lexsort((ratings.item, ratings.user))
-    users = ratings.user[order]
-    items = ratings.item[order]
-    keep = np.ones(len(users), bool)
-    keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    users, items = users[keep], items[keep]
-    counts = np.bincount(users, minlength=n_users + 1)
-    indptr = np.zeros(n_users + 2, np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    return indptr, items.astype(np.int64)
 
 
 def popularity(ratings: Ratings, n_items: int) -> np.ndarray:

@@ -32,7 +32,10 @@ class SeenIndex:
         cls, users: np.ndarray, items: np.ndarray, *, n_users: int, n_items: int
     ) -> SeenIndex:
         stride = n_items + 1
-        keys = np.unique(np.asarray(users, np.int64) * stride + np.asarray(items, np.int64))
+        # Sort then drop repeats: np.unique's default path is far slower on 10^7 keys.
+        keys = np.sort(np.asarray(users, np.int64) * stride + np.asarray(items, np.int64))
+        if keys.size:
+            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
         key_users = keys // stride
         counts = np.bincount(key_users, minlength=n_users + 1)[: n_users + 1]
         indptr = np.zeros(n_users + 2, np.int64)

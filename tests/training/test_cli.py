@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from training.__main__ import EXIT_USER_ERROR, build_parser, main
+from training.data import default_split
 
-COMMANDS = ("pipeline", "train-teacher", "distill", "export", "evaluate", "report", "verify")
+COMMANDS = (
+    "pipeline", "train-teacher", "distill", "export", "evaluate", "report", "verify", "synth",
+)  # fmt: skip
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +36,10 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: python -m training {command}" in out
-    if command != "verify":
+    if command == "synth":
+        for option in ("--users", "--items", "--ratings", "--seed", "--out"):
+            assert option in out
+    elif command != "verify":
         for option in (
             "--data-dir",
             "--dataset",
@@ -167,3 +173,66 @@ def test_step_commands_share_checkpoints_then_publish(
     bundle = Path(capsys.readouterr().out.strip())
     assert (tmp_path / "m" / "current").resolve() == bundle.resolve()
     assert main(["verify", str(tmp_path / "m" / "current")]) == 0
+
+
+def test_default_split_is_valid_for_every_dataset() -> None:
+    args = build_parser().parse_args(["pipeline"])
+    assert args.split == "auto"
+    assert default_split("ml-100k") == "u1"
+    for dataset in ("ml-1m", "ml-latest", "ml-latest-small", "csv"):
+        assert default_split(dataset) == "random"
+
+
+def _one_line_error(argv: list[str], cwd: Path) -> str:
+    """Runs the command line in a real process; returns its one error line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "training", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=cwd,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert errors == [lines[-1]], result.stderr  # one error line, and it is the last
+    return lines[-1]
+
+
+def test_user_errors_are_one_line_in_a_real_process(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    one = tmp_path / "one.csv"
+    one.write_text("userId,movieId,rating\n1,10,4\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("userId,movieId,rating\n1,10,4\n2,10,lots\n")
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("uid,movieId,rating\n1,10,4\n")
+    common = ["--dataset", "csv", "--quick", "--no-progress", "--out-dir", str(tmp_path / "m")]
+    cases = {
+        # no --split: the default for csv is random, and one rating cannot be split
+        "too few for split random": ["pipeline", "--data-dir", str(one), *common],
+        "bad.csv:3: rating 'lots' is not a number": ["pipeline", "--data-dir", str(bad), *common],
+        "unknown.csv:1: unknown column 'uid'": ["pipeline", "--data-dir", str(unknown), *common],
+        "afile is a file, not a folder": [
+            "pipeline", "--data-dir", str(one), "--out-dir", str(tmp_path / "afile" / "m"),
+        ],
+        "the csv dataset needs --data-dir": ["train-teacher", "--dataset", "csv"],
+        "invalid choice: 'u9'": ["pipeline", "--split", "u9"],
+    }  # fmt: skip
+    for expected, argv in cases.items():
+        assert expected in _one_line_error(argv, tmp_path), argv
+
+
+def test_too_little_data_for_the_teacher_is_a_user_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("user,item,rating\na,m1,4\nb,m1,3\na,m2,5\n")
+    argv = ["train-teacher", "--dataset", "csv", "--data-dir", str(tiny), "--quick"]
+    code = main([*argv, "--no-progress", "--out-dir", str(tmp_path / "m")])
+    assert code == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "use more data" in err[-1]

@@ -17,6 +17,7 @@ import pytest
 from tests.datagen import write_ml1m, write_ml100k, write_ml_latest
 from training import data
 from training.data import DataError, Ratings, load_dataset, make_split
+from training.seen import SeenIndex
 
 # ---------------------------------------------------------------- loaders
 
@@ -137,8 +138,12 @@ def test_bad_age_and_truncated_user(ml100k_copy: Path) -> None:
 
 def test_malformed_csv_and_ml1m(tmp_path: Path) -> None:
     path = tmp_path / "ratings.csv"
-    path.write_text("u,i,r\n1,2,3\n1,2\n")
+    # Columns are chosen by header names now, so the header must name them.
+    path.write_text("user,item,rating\n1,2,3\n1,2\n")
     with pytest.raises(DataError, match=r"ratings\.csv:3: expected user,item,rating"):
+        load_dataset(path, dataset="csv")
+    path.write_text("u,i,r\n1,2,3\n")
+    with pytest.raises(DataError, match=r"ratings\.csv:1: unknown column 'u' in the header"):
         load_dataset(path, dataset="csv")
     root = write_ml1m(tmp_path / "ml-1m")
     _edit_line(root / "ratings.dat", 2, "1::2")
@@ -217,16 +222,16 @@ def test_split_none_trains_on_everything(synthetic_ml100k: Path) -> None:
     assert len(split.train) == len(ds.ratings) and len(split.test) == 0
 
 
-def test_seen_csr_and_popularity() -> None:
+def test_seen_index_and_popularity() -> None:
     ratings = Ratings(
         user=np.array([2, 1, 2, 2, 1]),
         item=np.array([3, 1, 1, 3, 2]),
         rating=np.ones(5, np.float32),
         timestamp=np.zeros(5, np.int64),
     )
-    indptr, indices = data.seen_csr(ratings, 3)
-    assert indptr.tolist() == [0, 0, 2, 4, 4]
-    assert indices.tolist() == [1, 2, 1, 3]  # user 2's duplicate (2, 3) counted once
+    seen = SeenIndex.from_ratings(ratings, n_users=3, n_items=4)
+    assert seen.indptr.tolist() == [0, 0, 2, 4, 4]
+    assert seen.indices.tolist() == [1, 2, 1, 3]  # user 2's duplicate (2, 3) counted once
     # Items 1 and 3 have two ratings each (tie: lower index first), 2 one, 4 none.
     assert data.popularity(ratings, 4).tolist() == [1, 3, 2, 4]
 
