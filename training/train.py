@@ -37,6 +37,7 @@ from training.models.ensemble import COMPONENTS, DEFAULT_WEIGHTS, EnsembleTeache
 from training.models.mf import BiasedMF, TowerScoring
 from training.models.xdeepfm import XDeepFM
 from training.seen import SeenIndex
+from training.seen_mask import SeenMask
 
 if TYPE_CHECKING:
     from training.data import Dataset
@@ -228,8 +229,7 @@ class TrainData:
     user_feats: Tensor
     item_feats: Tensor
     item_genres: Tensor
-    seen_keys: Tensor  # long, sorted: SeenIndex.keys of the training pairs
-    stride: int  # SeenIndex.stride
+    seen_mask: SeenMask  # the training pairs' SeenIndex, in torch
     n_items: int
 
     @classmethod
@@ -242,8 +242,7 @@ class TrainData:
             user_feats=torch.as_tensor(tables.user_feats),
             item_feats=torch.as_tensor(tables.item_feats),
             item_genres=torch.as_tensor(tables.item_genres),
-            seen_keys=torch.as_tensor(seen.keys),
-            stride=seen.stride,
+            seen_mask=SeenMask.from_index(seen),
             n_items=fm.n_items,
         )
 
@@ -251,14 +250,8 @@ class TrainData:
         return int(self.users.shape[0])
 
     def seen(self, users: Tensor, items: Tensor) -> Tensor:
-        """[B, N]: whether user `users[b]` rated item `items[n]` in training.
-
-        SeenIndex.contains in torch: the sampled-softmax negatives are masked every batch,
-        and a round trip through numpy there would cost more than the lookup itself.
-        """
-        keys = users.unsqueeze(1) * self.stride + items.unsqueeze(0)  # [B, N]
-        pos = torch.searchsorted(self.seen_keys, keys).clamp(max=self.seen_keys.numel() - 1)
-        return self.seen_keys[pos] == keys  # [B, N]
+        """[B, N]: whether user `users[b]` rated item `items[n]` in training."""
+        return self.seen_mask(users, items)
 
 
 @dataclass
