@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.data import Ratings
-from training.evaluate import ranking_metrics, top_k_stable
+from training.evaluate import bounded_users, ranking_metrics, top_k_stable
 from training.seen import SeenIndex
 
 
@@ -95,3 +95,10 @@ def test_max_users_samples_a_bounded_seeded_subset() -> None:
     )
     assert full["n_users"] > 10 and some["n_users"] == 10
     assert some == again
+
+
+def test_bounded_users_leaves_small_catalogues_exact() -> None:
+    assert bounded_users(1682) > 943  # ml-100k: every user ranked
+    assert bounded_users(4000) > 6040  # ML-1M-sized catalogues too
+    assert bounded_users(1_000_000) == 500  # a million items: a bounded sample
+    assert bounded_users(1_000_000, floor=64) == 64
