@@ -182,7 +182,15 @@ def _distill_loss(
     t_repr: Tensor | None,
 ) -> DistillLoss:
     catalogue: CatalogueTargets | None = None
-    if cfg.ranking_kd_scope == "catalogue":
+    scope = cfg.kd_scope(dataset.feature_map.n_items)
+    log.info(
+        "ranking distillation over the %s (%s, %d items, %d lists per batch)",
+        "whole catalogue" if scope == "catalogue" else "sampled lists",
+        cfg.ranking_kd_scope,
+        dataset.feature_map.n_items,
+        cfg.lists_per_batch,
+    )
+    if scope == "catalogue":
         if CatalogueTargets.supports(teacher):
             catalogue = CatalogueTargets(teacher, dataset.tables, train)
         else:
@@ -233,6 +241,7 @@ def distill_student(
         "target_params": target if cfg.prune else initial_params,
         "initial_params": initial_params,
         "initial_shape": shape.as_dict(),
+        "ranking_kd_scope": cfg.kd_scope(dataset.feature_map.n_items),
         "params": count_params(student),
         "shape": student.shape.as_dict(),
         "curves": run.curves,

@@ -8,6 +8,11 @@ from typing import Any, Literal
 from training.models.student import StudentShape
 from training.prune import Method
 
+# Scores per batch (lists x catalogue items) up to which "auto" distils rankings over the
+# whole catalogue: 64 lists x 20,000 items. Beyond, a step's forward and backward over the
+# catalogue costs more than the rest of it many times over (docs/SCALE.md).
+KD_CATALOGUE_CELLS = 64 * 20_000
+
 
 @dataclass
 class StudentConfig:
@@ -45,8 +50,10 @@ class StudentConfig:
     temperature: float = 1.0
     # "catalogue": ranking distillation over every item the user has not rated in
     # training, which is the ranking protocol P scores; "list": over the sampled list only
-    # (for teachers without two-tower scores, or catalogues too large to score per batch).
-    ranking_kd_scope: Literal["catalogue", "list"] = "catalogue"
+    # (for teachers without two-tower scores, or catalogues too large to score per batch);
+    # "auto": "catalogue" while a batch scores at most KD_CATALOGUE_CELLS (lists x items),
+    # else "list" (see `kd_scope`).
+    ranking_kd_scope: Literal["auto", "catalogue", "list"] = "auto"
     importance_examples: int = 512
     fisher_examples: int = 256
     fisher_chunk: int = 16
@@ -78,6 +85,13 @@ class StudentConfig:
             fisher_examples=min(self.fisher_examples, 32),
             teacher_pools=1,
         )
+
+    def kd_scope(self, n_items: int) -> Literal["catalogue", "list"]:
+        """The ranking distillation scope run on a catalogue of `n_items` items."""
+        if self.ranking_kd_scope != "auto":
+            return self.ranking_kd_scope
+        fits = self.lists_per_batch * n_items <= KD_CATALOGUE_CELLS
+        return "catalogue" if fits else "list"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

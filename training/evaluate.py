@@ -47,6 +47,25 @@ def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
+# Scores held at once while ranking (float64 cells): chunks of users shrink as the
+# catalogue grows, so a million-item catalogue ranks 16 users at a time, not 256.
+SCORE_CELLS_PER_CHUNK = 1 << 24
+
+
+# Users x items scored by an evaluation that has to stay cheap (every epoch's validation,
+# the ensemble weight search): beyond it, a seeded sample of users is ranked instead.
+# ml-100k and ML-1M-sized catalogues stay far below it, so their results are exact.
+BOUNDED_SCORE_CELLS = 1 << 25
+MIN_SAMPLED_USERS = 500
+
+
+def bounded_users(
+    n_items: int, *, cells: int = BOUNDED_SCORE_CELLS, floor: int = MIN_SAMPLED_USERS
+) -> int:
+    """How many users a bounded evaluation ranks over a catalogue of `n_items`."""
+    return max(floor, cells // max(n_items, 1))
+
+
 def ranking_metrics(
     scorer: Scorer,
     *,
@@ -57,11 +76,15 @@ def ranking_metrics(
     k: int = 10,
     chunk: int = 256,
     seen: SeenIndex | None = None,
+    max_users: int | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Protocol P ranking metrics of a catalogue scorer.
 
     `seen` is the index of `train`; callers that rank many times against the same
-    training data (the ensemble weight search) pass it to build it once.
+    training data (the ensemble weight search) pass it to build it once. `max_users`
+    bounds the cost on large data: a seeded uniform sample of that many evaluated users
+    (all of them when there are fewer), reported in `n_users`.
     """
     if seen is None:
         seen = SeenIndex.from_ratings(train, n_users=n_users, n_items=n_items)
@@ -71,6 +94,9 @@ def ranking_metrics(
     )
     users = np.flatnonzero(relevant.counts() > 0).astype(np.int64)
     users = users[users > 0]
+    if max_users is not None and users.size > max_users:
+        pick = np.random.default_rng(seed).choice(users.size, max_users, replace=False)
+        users = np.sort(users[pick])
     if users.size == 0:
         return {
             f"recall@{k}": float("nan"),
@@ -80,36 +106,64 @@ def ranking_metrics(
             "n_users": 0.0,
         }
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    recall = np.zeros(users.size)
-    ndcg = np.zeros(users.size)
-    hit = np.zeros(users.size)
+    ideal = np.cumsum(discounts)
+    n_rel = relevant.counts()[users]
+    hits = np.zeros((users.size, min(k, n_items)), dtype=bool)
     recommended = np.zeros(n_items + 1, dtype=bool)
+    chunk = max(1, min(chunk, SCORE_CELLS_PER_CHUNK // max(n_items, 1)))
     for start in range(0, users.size, chunk):
         block = users[start : start + chunk]
         scores = np.array(scorer(block), dtype=np.float64)  # [b, n_items], a copy
         if scores.shape != (block.size, n_items):
             raise ValueError(f"scorer returned {scores.shape}, expected {(block.size, n_items)}")
-        for row, user in enumerate(block):
-            scores[row, seen.of(int(user)) - 1] = -np.inf
-        # A stable sort breaks ties by item index, so results never depend on sort internals.
-        top = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, n_items)] + 1
-        for row, user in enumerate(block):
-            rel = relevant.of(int(user))
-            ranked = top[row][np.isfinite(np.take_along_axis(scores[row], top[row] - 1, axis=0))]
-            recommended[ranked] = True
-            hits = np.isin(ranked, rel)
-            i = start + row
-            recall[i] = hits.sum() / rel.size
-            idcg = discounts[: min(rel.size, k)].sum()
-            ndcg[i] = (discounts[: hits.size] * hits).sum() / idcg
-            hit[i] = float(hits.any())
+        rows, items = _csr_rows(seen, block)
+        scores[rows, items - 1] = -np.inf
+        top = top_k_stable(scores, k) + 1  # [b, k] item indices
+        # Items scored -inf (rated in training) are never recommended; they sort last.
+        finite = np.isfinite(np.take_along_axis(scores, top - 1, axis=1))
+        recommended[top[finite]] = True
+        hits[start : start + block.size] = finite & relevant.contains(block[:, None], top)
+    n_hits = hits.sum(axis=1)
+    ndcg = (hits * discounts[: hits.shape[1]]).sum(axis=1) / ideal[np.minimum(n_rel, k) - 1]
     return {
-        f"recall@{k}": float(recall.mean()),
+        f"recall@{k}": float((n_hits / n_rel).mean()),
         f"ndcg@{k}": float(ndcg.mean()),
-        f"hr@{k}": float(hit.mean()),
+        f"hr@{k}": float((n_hits > 0).mean()),
         f"coverage@{k}": float(recommended[1:].sum() / n_items),
         "n_users": float(users.size),
     }
+
+
+def _csr_rows(seen: SeenIndex, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row in `users`, item) for every item each of `users` rated: one scatter masks all."""
+    starts = seen.indptr[users]
+    lens = seen.indptr[users + 1] - starts
+    rows = np.repeat(np.arange(users.size), lens)
+    offset = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return rows, seen.indices[offset + np.arange(rows.size)]
+
+
+def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k highest scores, ties broken by the lower index.
+
+    Exactly `np.argsort(-scores, kind="stable")[:, :k]`, at the cost of a partition: a
+    full sort of every row was most of the ranking time on large catalogues. Rows with a
+    tie at the k-th place (or NaN) take the full sort, so the result never changes.
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    if k == n:
+        return np.argsort(-scores, axis=1, kind="stable")
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    kth = vals.min(axis=1, keepdims=True)
+    clean = (scores >= kth).sum(axis=1) == k
+    order = np.lexsort((part, -vals), axis=1)  # by score descending, then index
+    top = np.take_along_axis(part, order, axis=1)
+    messy = np.flatnonzero(~clean)
+    if messy.size:
+        top[messy] = np.argsort(-scores[messy], axis=1, kind="stable")[:, :k]
+    return top
 
 
 def protocol_p(
@@ -121,19 +175,30 @@ def protocol_p(
     n_users: int,
     n_items: int,
     k: int = 10,
+    max_users: int | None = None,
 ) -> dict[str, float]:
     """All protocol P metrics of one model on one split: the one evaluation of the project.
 
     `predict` rates the test pairs (None for a model without a rating head: RMSE and MAE
     are NaN); `scorer` scores the catalogue for ranking. Training, the pipeline (on the
-    exported ONNX files) and the benchmarks all measure through here.
+    exported ONNX files) and the benchmarks all measure through here. `max_users` bounds
+    the ranking to a seeded sample of users (large catalogues); rating metrics always
+    cover every test pair.
     """
     if predict is None:
         out = {"rmse": float("nan"), "mae": float("nan")}
     else:
         out = rating_metrics(predict(test.user, test.item), test.rating)
     out.update(
-        ranking_metrics(scorer, train=train, test=test, n_users=n_users, n_items=n_items, k=k)
+        ranking_metrics(
+            scorer,
+            train=train,
+            test=test,
+            n_users=n_users,
+            n_items=n_items,
+            k=k,
+            max_users=max_users,
+        )
     )
     return out
 
@@ -170,9 +235,26 @@ def catalogue_scorer(
     teacher) are scored with one matrix product; others pair every user with every item.
     """
     fast = getattr(model, "score_matrix", None)
+    towers = hasattr(model, "user_tower") and hasattr(model, "item_tower")
     all_items = np.arange(1, n_items + 1, dtype=np.int64)
+    # The item tower does not depend on the user: computed once per scorer, not once per
+    # chunk of users (at a million items that was most of the scoring time).
+    item_vectors: list[torch.Tensor] = []
 
     def score(users: np.ndarray) -> np.ndarray:
+        if towers:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                if not item_vectors:
+                    item_vectors.append(_item_vectors(model, tables))
+                u = model.user_tower(  # type: ignore[operator]
+                    torch.as_tensor(users, dtype=torch.long),
+                    torch.as_tensor(tables.user_feats[users]),
+                )
+                out = np.asarray((u @ item_vectors[0].T).numpy())
+            model.train(was_training)
+            return out[:, 1:]
         if fast is not None:
             was_training = model.training
             model.eval()
@@ -186,6 +268,15 @@ def catalogue_scorer(
         return s.reshape(users.size, n_items)
 
     return score
+
+
+def _item_vectors(model: TwoHeadModel, tables: FeatureTables) -> torch.Tensor:
+    """Item-tower outputs of every item index 0..n_items: [n_items + 1, D]."""
+    return model.item_tower(  # type: ignore[operator]
+        torch.arange(tables.item_feats.shape[0]),
+        torch.as_tensor(tables.item_feats),
+        torch.as_tensor(tables.item_genres),
+    )
 
 
 def pair_predictor(model: TwoHeadModel, tables: FeatureTables) -> PairPredictor:
@@ -206,8 +297,12 @@ def evaluate_model(
     n_users: int,
     n_items: int,
     k: int = 10,
+    max_users: int | None = None,
 ) -> dict[str, float]:
-    """All protocol P metrics of one PyTorch model on one split."""
+    """All protocol P metrics of one PyTorch model on one split.
+
+    `max_users` ranks a seeded sample of that many users (see `ranking_metrics`).
+    """
     return protocol_p(
         pair_predictor(model, tables),
         catalogue_scorer(model, tables, n_items=n_items),
@@ -216,6 +311,7 @@ def evaluate_model(
         n_users=n_users,
         n_items=n_items,
         k=k,
+        max_users=max_users,
     )
 
 

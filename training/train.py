@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from training.data import Ratings, holdout
 from training.evaluate import (
     RELEVANT_MIN_RATING,
+    bounded_users,
     evaluate_model,
     predict_pairs,
     ranking_metrics,
@@ -45,11 +46,16 @@ from training.models.layers import TowerScoring
 from training.models.mf import BiasedMF
 from training.models.xdeepfm import XDeepFM
 from training.seen import SeenIndex
+from training.seen_mask import SeenMask
 
 if TYPE_CHECKING:
     from training.data import Dataset
 
 log = logging.getLogger(__name__)
+
+
+# ml-100k's 80-100k training ratings refit; ML-1M's 900k do not (docs/SCALE.md).
+REFIT_MAX_RATINGS = 250_000
 
 
 @dataclass
@@ -63,7 +69,9 @@ class TeacherConfig:
     weight_step: float = 0.05  # grid step of the score-weight search over the simplex
     # Retrain on all training data with the selected epochs: twice the time, but on data
     # the size of ml-100k the 10% held out for selection is too much to leave unused.
-    refit_full: bool = True
+    # "auto" refits only up to REFIT_MAX_RATINGS training ratings: beyond, the held-out
+    # tenth adds little the model lacks and the refit would double the teacher's time.
+    refit_full: bool | Literal["auto"] = "auto"
     progress: bool = True
 
     def quick(self) -> TeacherConfig:
@@ -103,6 +111,12 @@ class TeacherConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def refits(self, n_ratings: int) -> bool:
+        """Whether the teacher is retrained on all `n_ratings` training ratings."""
+        if self.refit_full == "auto":
+            return n_ratings <= REFIT_MAX_RATINGS
+        return bool(self.refit_full)
+
 
 def set_seed(seed: int) -> None:
     np.random.seed(seed)
@@ -128,9 +142,19 @@ def build_component(
 def evaluate_component(
     model: TowerScoring, tables: FeatureTables, *, train: Ratings, valid: Ratings, fm: FeatureMap
 ) -> dict[str, float]:
-    """Protocol P on the validation split (the project's one evaluation, `evaluate_model`)."""
+    """Protocol P on the validation split (the project's one evaluation, `evaluate_model`).
+
+    Ranking covers every validation user unless the catalogue is large enough for that to
+    dominate an epoch; then a seeded sample of `bounded_users` users (docs/SCALE.md).
+    """
     return evaluate_model(
-        model, tables, train=train, test=valid, n_users=fm.n_users, n_items=fm.n_items
+        model,
+        tables,
+        train=train,
+        test=valid,
+        n_users=fm.n_users,
+        n_items=fm.n_items,
+        max_users=bounded_users(fm.n_items),
     )
 
 
@@ -150,8 +174,7 @@ class TrainData:
     user_feats: Tensor
     item_feats: Tensor
     item_genres: Tensor
-    seen_keys: Tensor  # long, sorted: SeenIndex.keys of the training pairs
-    stride: int  # SeenIndex.stride
+    seen_mask: SeenMask  # the training pairs' SeenIndex, in torch
     n_items: int
 
     @classmethod
@@ -164,8 +187,7 @@ class TrainData:
             user_feats=torch.as_tensor(tables.user_feats),
             item_feats=torch.as_tensor(tables.item_feats),
             item_genres=torch.as_tensor(tables.item_genres),
-            seen_keys=torch.as_tensor(seen.keys),
-            stride=seen.stride,
+            seen_mask=SeenMask.from_index(seen),
             n_items=fm.n_items,
         )
 
@@ -173,14 +195,8 @@ class TrainData:
         return int(self.users.shape[0])
 
     def seen(self, users: Tensor, items: Tensor) -> Tensor:
-        """[B, N]: whether user `users[b]` rated item `items[n]` in training.
-
-        SeenIndex.contains in torch: the sampled-softmax negatives are masked every batch,
-        and a round trip through numpy there would cost more than the lookup itself.
-        """
-        keys = users.unsqueeze(1) * self.stride + items.unsqueeze(0)  # [B, N]
-        pos = torch.searchsorted(self.seen_keys, keys).clamp(max=self.seen_keys.numel() - 1)
-        return self.seen_keys[pos] == keys  # [B, N]
+        """[B, N]: whether user `users[b]` rated item `items[n]` in training."""
+        return self.seen_mask(users, items)
 
 
 @dataclass
@@ -440,7 +456,12 @@ def train_teacher(
         seed=config.seed,
     )
     report["ensemble"] = weights
-    if config.refit_full:
+    do_refit = config.refits(len(train))
+    log.info(
+        "teacher refit on all %d training ratings: %s", len(train), "yes" if do_refit else "no"
+    )
+    report["refit_full"] = do_refit
+    if do_refit:
         refit: dict[str, TowerScoring] = {}
         for k, name in enumerate(COMPONENTS):
             kept = report["components"][name]["head_epochs"]
@@ -504,7 +525,10 @@ def fit_ensemble_weights(
     default = np.asarray(DEFAULT_WEIGHTS)
 
     users = np.unique(valid.user[valid.rating >= 4.0])
+    # Every grid point ranks these users over the whole catalogue: bounded in cells too.
+    max_users = min(max_users, bounded_users(fm.n_items, cells=1 << 24, floor=64))
     if users.size > max_users:
+        log.info("ensemble weights: ranking %d of %d validation users", max_users, users.size)
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     ranking = _blend_ranking(teacher, tables, users, fit=fit, valid=valid, fm=fm)
     score_w = _best_score_weights(ranking, step=step, default=default)
@@ -537,21 +561,29 @@ def _blend_ranking(
 ) -> Callable[[np.ndarray], dict[str, float]]:
     """Score weights -> validation ranking metrics of the blend over `users`.
 
-    Standardises the teacher's component scores on `users` and computes each component's
-    score matrix once; every weight vector then only costs a weighted sum and a ranking.
+    Computes each component's score matrix once, standardises the teacher on it, and
+    keeps the standardised scores; every weight vector then only costs a weighted sum and
+    a ranking, both done a chunk of users at a time (no users x catalogue blend in memory).
     """
-    teacher.standardise(users, tables)
     mats = teacher.component_score_matrices(users, tables)
+    teacher.standardise(users, tables, mats=mats)
+    # float64 once: a float32 z was cast again for every weight vector.
     z = np.stack([((m - m.mean()) / m.std().clamp(min=1e-6)).numpy() for m in mats])
+    z = z.astype(np.float64)
+    del mats
     row_of = np.full(fm.n_users + 1, -1, dtype=np.int64)
     row_of[users] = np.arange(users.size)
     sub_valid = valid.subset(np.isin(valid.user, users))
     seen = SeenIndex.from_ratings(fit, n_users=fm.n_users, n_items=fm.n_items)
 
+    def blend(w: np.ndarray, users: np.ndarray) -> np.ndarray:
+        part = z[:, row_of[users]]  # [3, b, n_items]
+        # Three scaled adds: a float64 tensordot over the same block was 3-20x slower.
+        return np.asarray(w[0] * part[0] + w[1] * part[1] + w[2] * part[2])
+
     def ranking(w: np.ndarray) -> dict[str, float]:
-        blend = np.tensordot(w, z, axes=1)  # [n_users_eval, n_items]
         return ranking_metrics(
-            lambda us: blend[row_of[us]],
+            lambda us: blend(w, us),  # [b, n_items]
             train=fit,
             test=sub_valid,
             n_users=fm.n_users,

@@ -16,6 +16,7 @@ from training.features import FeatureMap, FeatureTables
 from training.models.ensemble import EnsembleTeacher
 from training.seen import SeenIndex
 from training.train import (
+    REFIT_MAX_RATINGS,
     AutoIntConfig,
     MFConfig,
     TeacherConfig,
@@ -263,3 +264,12 @@ def _one_rating() -> Ratings:
         rating=np.array([4.0], np.float32),
         timestamp=np.zeros(1, dtype=np.int64),
     )
+
+
+def test_refit_full_auto_refits_only_small_training_sets() -> None:
+    config = TeacherConfig()
+    assert config.refit_full == "auto"
+    assert config.refits(80_000)  # ml-100k folds keep the refit
+    assert not config.refits(900_000)  # ML-1M-sized data skip it
+    assert replace(config, refit_full=True).refits(10 * REFIT_MAX_RATINGS)
+    assert not replace(config, refit_full=False).refits(10)

@@ -86,9 +86,15 @@ class EnsembleTeacher(TowerScoring):
         return [c.score_matrix(users, tables)[:, 1:] for c in self.components]
 
     @torch.no_grad()
-    def standardise(self, users: np.ndarray, tables: FeatureTables) -> None:
-        """Sets each component's score mean and std over (users x whole catalogue)."""
-        mats = self.component_score_matrices(users, tables)
+    def standardise(
+        self, users: np.ndarray, tables: FeatureTables, *, mats: list[Tensor] | None = None
+    ) -> None:
+        """Sets each component's score mean and std over (users x whole catalogue).
+
+        `mats` are `component_score_matrices(users, tables)` when the caller has them.
+        """
+        if mats is None:
+            mats = self.component_score_matrices(users, tables)
         self.score_mean.copy_(torch.stack([m.mean() for m in mats]))
         self.score_std.copy_(torch.stack([m.std().clamp(min=1e-6) for m in mats]))
 

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+
+from training.seen import SeenIndex
+from training.seen_mask import SeenMask
+
+
+def _random_index(seed: int) -> SeenIndex:
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1, 40, size=600)
+    items = rng.integers(1, 90, size=600)
+    return SeenIndex.build(users, items, n_users=40, n_items=90)
+
+
+@pytest.mark.parametrize("max_bits", [1 << 32, 0])  # bitmap, then the CSR fallback
+def test_mask_matches_seen_index(max_bits: int) -> None:
+    index = _random_index(0)
+    mask = SeenMask.from_index(index, max_bits=max_bits)
+    assert (mask.bits is None) == (max_bits == 0)
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 41, size=64)  # repeated users, the unknown user 0 included
+    items = rng.integers(0, 91, size=33)  # repeated items too
+    got = mask(torch.as_tensor(users), torch.as_tensor(items)).numpy()
+    want = index.contains(users[:, None], items[None, :])
+    assert got.dtype == bool
+    np.testing.assert_array_equal(got, want)
+    assert want.any()
+
+
+def test_empty_index_masks_nothing() -> None:
+    empty = SeenIndex.build(np.array([], np.int64), np.array([], np.int64), n_users=3, n_items=4)
+    for max_bits in (1 << 32, 0):
+        mask = SeenMask.from_index(empty, max_bits=max_bits)
+        assert not mask(torch.tensor([1, 2]), torch.tensor([1, 4])).any()
