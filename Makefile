@@ -9,8 +9,9 @@ PORT ?= 8000
 MOVIELENS_DIR ?=
 # Teachers trained by bench-quality, reused by bench-student for the same folds.
 TEACHERS ?= $(MODELS)/.teachers
-# Extras installed by `make install`: serving + training + tests.
-EXTRAS ?= train,dev
+# Extras installed by `make install`: ONNX Runtime for the CPU + training + tests. For a
+# GPU, `make install EXTRAS=gpu,train,dev` in a fresh venv: `cpu` and `gpu` never mix.
+EXTRAS ?= cpu,train,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -42,8 +43,11 @@ bundle: install
 
 run: bundle serve
 
+# The image's start script: JSON logs from the first line, one access line per request,
+# bounded request heads (deploy/docker/serve.sh).
 serve: install
-	MODEL_DIR=$(MODELS)/current $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+	MODEL_DIR=$(MODELS)/current HOST=$(HOST) PORT=$(PORT) PATH="$(abspath $(VENV))/bin:$$PATH" \
+		sh deploy/docker/serve.sh
 
 test: install
 	$(PY) -m pytest -q
@@ -60,7 +64,7 @@ typecheck: install
 	$(PY) -m mypy app training
 
 bench-quality:
-	$(MAKE) install EXTRAS=train,dev,bench
+	$(MAKE) install EXTRAS=cpu,train,dev,bench
 	$(PY) -m bench.quality $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)") \
 		--jobs 2 --save-teachers $(TEACHERS)
 

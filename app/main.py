@@ -17,16 +17,20 @@ import anyio.to_thread
 import orjson
 from fastapi import FastAPI
 
+from app.admission import AdmissionGate
 from app.api import admin, bench, health, predict, recommend
 from app.api.gate import hide_closed_routes
 from app.cache import RedisCache, build_cache
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.fragment_check import clean_fragment
+from app.limits import RequestLimitsMiddleware
 from app.logging_setup import configure_logging
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.routing import ABRouter, RoutingSync
 from app.services import Services
+from app.startup import load_settings, require_bundle
 from app.state import ServingState
 from app.sync import BackgroundSync
 
@@ -77,10 +81,22 @@ def build_services(settings: Settings) -> Services:
             breaker_reset_seconds=settings.breaker_reset_seconds,
             metrics=metrics,
             local_ttl_seconds=settings.cache_local_ttl_seconds,
+            redis_password=(
+                settings.redis_password.get_secret_value() if settings.redis_password else None
+            ),
+            check=clean_fragment,
+        ),
+        admission=AdmissionGate(
+            slots=settings.inference_concurrency,
+            queue_max=settings.inference_queue_max,
+            wait_seconds=settings.inference_queue_seconds,
+            rejected=metrics.inference_rejected_total,
         ),
     )
-    if isinstance(services.cache.backend, RedisCache):
-        services.routing_sync = RoutingSync(services.router, services.cache.backend)
+    backend = services.cache.backend
+    store = backend if isinstance(backend, RedisCache) else None
+    if store is not None or settings.routing_file is not None:
+        services.routing_sync = RoutingSync(services.router, store, path=settings.routing_file)
     return services
 
 
@@ -91,8 +107,10 @@ def make_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        config = settings if settings is not None else Settings()
+        # Invalid settings and a missing bundle stop the start with one line (app/startup.py).
+        config = settings if settings is not None else load_settings()
         configure_logging(config.log_level)
+        require_bundle(config.model_dir)
         services = build_services(config)
         app.state.services = services
         sync: BackgroundSync | None = None
@@ -142,6 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="recsys-distill",
         summary="Teacher and distilled student recommenders behind a sticky A/B split.",
         lifespan=make_lifespan(settings),
+        # No `/recommend/` -> `/recommend` redirects: they echo the client's Host header.
+        redirect_slashes=False,
     )
     app.include_router(recommend.router)
     app.include_router(predict.router)
@@ -151,6 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(bench.router)
     install_error_handlers(app)
+    # Added first, so it runs inside the request context: its refusals carry the request id.
+    app.add_middleware(RequestLimitsMiddleware, state=app.state)
     app.add_middleware(RequestContextMiddleware, state=app.state)
     return app
 

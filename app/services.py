@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.admission import AdmissionGate
 from app.cache import RecommendationCache
 from app.config import Settings
 from app.metrics import Metrics
@@ -44,6 +45,7 @@ class Services:
     metrics: Metrics
     router: ABRouter
     cache: RecommendationCache
+    admission: AdmissionGate
     holder: StateHolder = field(default_factory=StateHolder)
     routing_sync: RoutingSync | None = None
     floor_bodies: dict[int, bytes] = field(default_factory=dict)

@@ -49,11 +49,12 @@ def predict_rating(
         if item is None:
             raise _unknown_items([item_raw])
         variant = choose_variant(request, services, user_id=user_raw, override=x_variant)
-        rating = state.predict(
-            variant,
-            users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
-            items=np.array([item], dtype=np.int64),
-        )
+        with services.admission.slot():  # bounded model work (app/admission.py)
+            rating = state.predict(
+                variant,
+                users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
+                items=np.array([item], dtype=np.int64),
+            )
         return JSONBytesResponse(
             {
                 "user_id": user_raw,
@@ -86,7 +87,8 @@ def predict_rating(
     )
     # One variant per response: the batch follows its first user's assignment.
     variant = choose_variant(request, services, user_id=users_raw[0], override=x_variant)
-    ratings = state.predict(variant, users=users, items=items)
+    with services.admission.slot():
+        ratings = state.predict(variant, users=users, items=items)
     return JSONBytesResponse(
         {
             "ratings": np.round(ratings.astype(np.float64), _DECIMALS).tolist(),

@@ -86,10 +86,15 @@ async def recommend(
     if near is not None:
         fragment, hit = near, True
     else:
-        # Redis and the model block: off the loop.
-        fragment, hit = await anyio.to_thread.run_sync(
-            cache.get_or_compute, key, lambda: _fragment(compute())
-        )
+        # Redis and the model block: off the loop. Only the model run takes an admission
+        # slot (app/admission.py); a Redis hit never waits for one.
+        admission = services.admission
+
+        def admitted() -> bytes:
+            with admission.slot():
+                return _fragment(compute())
+
+        fragment, hit = await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
     body = b"".join(
         (
             b'{"user_id":',
