@@ -27,7 +27,7 @@ def _setting_error(error: dict[str, object]) -> str:
     name = str(loc[0]).upper() if isinstance(loc, tuple) and loc else "settings"
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     value = error.get("input")
-    shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+    shown = f"={value}" if isinstance(value, str | int | float) else ""
     return f"{name}{shown}: {message}"
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -40,10 +41,9 @@ def _raw(served: Served, payload: bytes, *, read_timeout: float = 10.0) -> tuple
     """Sends `payload` on a fresh connection; (what came back until close, seconds taken)."""
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", served.port), timeout=read_timeout) as sock:
-        try:
+        # Refused while still sending is fine: the answer is what matters.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused while we were still sending: the answer is what matters
         chunks = []
         while True:
             try:
