@@ -8,7 +8,11 @@ while cached answers, which never take a slot, stay fast.
 
 The gate is a thread-side construct: model runs happen in worker threads, and a waiting
 request holds its thread, which is why the queue is bounded too (each waiter is one of
-anyio's 40 threads that cache hits also need).
+anyio's 40 threads that cache hits also need). A request refused because the queue is full
+is answered only after INFERENCE_QUEUE_SECONDS, like one that waited and timed out, but
+asleep on the event loop (app/errors.py), holding no thread and no CPU: otherwise a client
+in a closed loop would turn instant refusals into a flood of its own, and every cached
+answer would queue behind it on the event loop.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ logger = logging.getLogger(__name__)
 class OverloadedError(Exception):
     """No slot for model work within the deadline: answered 503 with Retry-After."""
 
-    def __init__(self, reason: str, *, retry_after_seconds: int) -> None:
+    def __init__(
+        self, reason: str, *, retry_after_seconds: int, answer_after_seconds: float = 0.0
+    ) -> None:
         super().__init__(f"server busy ({reason}); retry later")
         self.reason = reason
         self.retry_after_seconds = retry_after_seconds
+        # How long the answer is held back (asleep, off the thread pool).
+        self.answer_after_seconds = answer_after_seconds
 
 
 class AdmissionGate:
@@ -53,7 +61,12 @@ class AdmissionGate:
     def _refuse(self, reason: str) -> OverloadedError:
         if self._rejected is not None:
             self._rejected.labels(reason=reason).inc()
-        return OverloadedError(reason, retry_after_seconds=self._retry_after)
+        return OverloadedError(
+            reason,
+            retry_after_seconds=self._retry_after,
+            # A timed-out request has waited already; one refused at once waits now.
+            answer_after_seconds=self._wait_seconds if reason == "queue_full" else 0.0,
+        )
 
     @contextmanager
     def slot(self) -> Iterator[None]:

@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     access_log: bool = True
     # Hardening (docs/deploy.md, "Limits"). Model runs at once per worker; more wait at most
     # INFERENCE_QUEUE_SECONDS in a queue of INFERENCE_QUEUE_MAX, the rest get 503 + Retry-After.
-    inference_concurrency: int = Field(default=4, ge=1)
+    # 2: with one onnxruntime thread per run, more than that per core gains no throughput.
+    inference_concurrency: int = Field(default=2, ge=1)
     inference_queue_max: int = Field(default=16, ge=0)
     inference_queue_seconds: float = Field(default=1.0, ge=0)
     # Who may force a variant with X-Variant: anyone, only the admin bearer token, or nobody.

@@ -43,6 +43,8 @@ def test_slots_then_queue_then_refusal() -> None:
     with pytest.raises(OverloadedError) as refused, gate.slot():
         pass
     assert refused.value.reason == "queue_full" and refused.value.retry_after_seconds == 5
+    # Refused at once, but answered only after the wait a queued request would have had.
+    assert refused.value.answer_after_seconds == 5
     release.set()
     holder.join(5)
     waiter.join(5)
@@ -59,6 +61,7 @@ def test_a_wait_that_runs_out_is_refused() -> None:
             pass
         assert 0.09 <= time.monotonic() - started < 2
     assert refused.value.reason == "timeout" and refused.value.retry_after_seconds == 1
+    assert refused.value.answer_after_seconds == 0  # it has waited already
     with gate.slot():  # released on every path: the slot is free again
         pass
 
@@ -66,12 +69,16 @@ def test_a_wait_that_runs_out_is_refused() -> None:
 def test_busy_service_answers_503_with_retry_after_but_serves_cached(
     make_client: Callable[..., TestClient], reference: Reference
 ) -> None:
-    client = make_client(inference_concurrency=1, inference_queue_max=0)
+    client = make_client(
+        inference_concurrency=1, inference_queue_max=0, inference_queue_seconds=0.3
+    )
     user, other = reference.users[0], reference.users[1]
     assert client.get("/recommend", params={"user_id": user}).status_code == 200  # now cached
     gate = client.app.state.services.admission  # type: ignore[attr-defined]
     with gate.slot():  # all model capacity taken
+        started = time.monotonic()
         busy = client.get("/recommend", params={"user_id": other})
+        assert time.monotonic() - started >= 0.25  # held back, asleep, before the answer
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "1"
         assert busy.json()["request_id"] == busy.headers["x-request-id"]
