@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
+import uuid
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +26,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.startup import load_settings
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -34,12 +38,19 @@ def head_limits() -> tuple[int, float]:
 
 
 def _refusal(status: int, reason: bytes, detail: str) -> bytes:
-    body = orjson.dumps({"detail": detail, "request_id": None})
+    """A complete response, shaped like the app's errors: no request reached the app, so
+    the id is made here (and logged with the reason)."""
+    request_id = uuid.uuid4().hex
+    logger.warning(
+        "request head refused", extra={"status": status, "reason": detail, "id": request_id}
+    )
+    body = orjson.dumps({"detail": detail, "request_id": request_id})
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, reason),
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % request_id.encode(),
             b"connection: close\r\n\r\n",
             body,
         )

@@ -58,7 +58,10 @@ def _raw(served: Served, payload: bytes, *, read_timeout: float = 10.0) -> tuple
 
 def _status_and_body(raw: bytes) -> tuple[int, dict[str, object]]:
     head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(body)
+    parsed = json.loads(body)
+    # Every error carries a request id, in the body and in the X-Request-ID header.
+    assert parsed["request_id"] and f"x-request-id: {parsed['request_id']}".encode() in head.lower()
+    return int(head.split(b" ", 2)[1]), parsed
 
 
 def test_an_oversized_head_is_431_and_does_not_stall_others(server: Served) -> None:
