@@ -30,15 +30,15 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY contract ./contract
-# No extras: the serving image must not carry torch.
-RUN pip install .
+# Only the CPU ONNX Runtime extra: the serving image must not carry torch.
+RUN pip install ".[cpu]"
 
 # ---------------------------------------------------------------------------------------
 FROM python-base AS serve
 ARG APP_UID
 RUN useradd --uid "${APP_UID}" --user-group --no-create-home --shell /usr/sbin/nologin recsys \
-    && mkdir -p /models /tmp/prometheus-multiproc \
-    && chown "${APP_UID}:${APP_UID}" /models /tmp/prometheus-multiproc
+    && mkdir -p /models /tmp/prometheus-multiproc /var/lib/recsys \
+    && chown "${APP_UID}:${APP_UID}" /models /tmp/prometheus-multiproc /var/lib/recsys
 COPY --from=serve-build /opt/venv /opt/venv
 COPY deploy/docker/serve.sh /usr/local/bin/recsys-serve
 ENV PATH=/opt/venv/bin:$PATH \
@@ -56,8 +56,9 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
 CMD ["sh", "/usr/local/bin/recsys-serve"]
 
 # ---------------------------------------------------------------------------------------
-# GPU serving: the same service on a CUDA runtime with cuDNN, onnxruntime-gpu in place of
-# onnxruntime (both wheels provide the `onnxruntime` module and must not coexist).
+# GPU serving: the same service on a CUDA runtime with cuDNN and the `gpu` extra alone, so
+# onnxruntime-gpu is the only wheel providing the `onnxruntime` module (the two must not
+# coexist; the CPU one is the `cpu` extra, never installed here).
 FROM ${CUDA_IMAGE} AS serve-gpu
 ARG APP_UID
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -75,14 +76,12 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY contract ./contract
 RUN pip install ".[gpu]" \
-    && pip uninstall -y onnxruntime onnxruntime-gpu \
-    && pip install "onnxruntime-gpu>=1.18" \
     && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()" \
     && rm -rf /src
 # Ubuntu 24.04 images ship a uid-1000 `ubuntu` user; ours gets its own uid as in `serve`.
 RUN useradd --uid "${APP_UID}" --user-group --no-create-home --shell /usr/sbin/nologin recsys \
-    && mkdir -p /models /tmp/prometheus-multiproc \
-    && chown "${APP_UID}:${APP_UID}" /models /tmp/prometheus-multiproc
+    && mkdir -p /models /tmp/prometheus-multiproc /var/lib/recsys \
+    && chown "${APP_UID}:${APP_UID}" /models /tmp/prometheus-multiproc /var/lib/recsys
 COPY deploy/docker/serve.sh /usr/local/bin/recsys-serve
 ENV MODEL_DIR=/models/current \
     ORT_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider \
@@ -107,7 +106,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY training ./training
-RUN pip install ".[train]" && rm -rf /src
+# The CPU ONNX Runtime checks the exported files (training/export.py).
+RUN pip install ".[cpu,train]" && rm -rf /src
 # The download cache exists in the image so a volume mounted there (docker-compose.yml)
 # starts owned by the training user rather than root.
 RUN useradd --uid "${APP_UID}" --user-group --create-home --shell /usr/sbin/nologin recsys \

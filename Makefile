@@ -9,18 +9,19 @@ PORT ?= 8000
 MOVIELENS_DIR ?=
 # Teachers trained by bench-quality, reused by bench-student for the same folds.
 TEACHERS ?= $(MODELS)/.teachers
-# Extras installed by `make install`: serving + training + tests.
-EXTRAS ?= train,dev
+# Extras installed by `make install`: ONNX Runtime for the CPU + training + tests. For a
+# GPU, `make install EXTRAS=gpu,train,dev` in a fresh venv: `cpu` and `gpu` never mix.
+EXTRAS ?= cpu,train,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving clean help
+.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-attack clean help
 
 help:
 	@echo "make run    - install, build a model bundle on MovieLens-100K if none exists, serve on :$(PORT)"
 	@echo "make test   - install and run the whole test suite (needs Redis on 127.0.0.1:6379)"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench-quality | bench-student | bench-serving - the committed benchmarks behind docs/"
+	@echo "make bench-quality | bench-student | bench-serving | bench-attack - the committed benchmarks behind docs/"
 
 install: $(STAMP)
 
@@ -42,8 +43,11 @@ bundle: install
 
 run: bundle serve
 
+# The image's start script: JSON logs from the first line, one access line per request,
+# bounded request heads (deploy/docker/serve.sh).
 serve: install
-	MODEL_DIR=$(MODELS)/current $(PY) -m uvicorn app.main:app --host $(HOST) --port $(PORT)
+	MODEL_DIR=$(MODELS)/current HOST=$(HOST) PORT=$(PORT) PATH="$(abspath $(VENV))/bin:$$PATH" \
+		sh deploy/docker/serve.sh
 
 test: install
 	$(PY) -m pytest -q
@@ -60,7 +64,7 @@ typecheck: install
 	$(PY) -m mypy app contract training
 
 bench-quality:
-	$(MAKE) install EXTRAS=train,dev,bench
+	$(MAKE) install EXTRAS=cpu,train,dev,bench
 	$(PY) -m bench.quality $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)") \
 		--jobs 2 --save-teachers $(TEACHERS)
 
@@ -71,6 +75,10 @@ bench-student: install
 bench-serving: bundle
 	$(PY) -m bench.serving --model-dir $(MODELS)/current --repeat 3 \
 		--redis-url redis://127.0.0.1:6379/12 --docs docs/BENCHMARKS.md
+
+# One worker's memory under the concurrency-40 teacher flood of issue 14 (docs/deploy.md).
+bench-attack: bundle
+	$(PY) -m bench.attack --model-dir $(MODELS)/current --docs docs/deploy.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

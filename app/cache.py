@@ -6,10 +6,14 @@ round trip. Keys carry the bundle version, variant and model file, so L1 can nev
 list from another model; it is only ever as old as its TTL. Without Redis the LRU backend
 is already the only, in-process tier and no second one is added.
 
-A Redis error or timeout counts as result="error" and the request is computed uncached.
-A circuit breaker stops waiting on a dead Redis after a few failures and lets one probe
-through now and then to notice its return. Concurrent misses of one key within a process
-compute once (single-flight); across processes each worker may compute once.
+A Redis error or timeout counts as result="error" and the request is computed without the
+shared tier; the near cache still keeps the result, so a Redis outage does not turn all
+caching off. A circuit breaker stops waiting on a dead Redis after a few failures and lets
+one probe through now and then to notice its return. Concurrent misses of one key within a
+process compute once (single-flight); across processes each worker may compute once.
+
+Redis is not trusted: a value read from it passes `check` (app/fragment_check.py) before
+use; one that fails is counted as result="invalid", logged, recomputed and overwritten.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-CacheResult = Literal["hit", "miss", "error"]
+CacheResult = Literal["hit", "miss", "error", "invalid"]
+# A cached value in, the value to serve out (None: not acceptable, treat as a miss).
+ValueCheck = Callable[[bytes], bytes | None]
 
 
 class CacheUnavailableError(Exception):
@@ -146,9 +152,18 @@ class RedisCache:
 
     name = "redis"
 
-    def __init__(self, url: str, *, socket_timeout: float, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float,
+        breaker: CircuitBreaker,
+        password: str | None = None,
+    ) -> None:
         self._client = redis.Redis.from_url(
             url,
+            # A password in the URL wins over this one (redis-py's rule).
+            password=password,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             # redis-py retries by default; a retry multiplies the wait on a dead server.
@@ -248,8 +263,10 @@ class RecommendationCache:
         metrics: Metrics,
         local: LocalLRUCache | None = None,
         local_ttl_seconds: int = 0,
+        check: ValueCheck | None = None,
     ) -> None:
         self.backend = backend
+        self._check = check
         self._ttl = ttl_seconds
         self._metrics = metrics
         self._flights = SingleFlight()
@@ -287,11 +304,21 @@ class RecommendationCache:
             cached = self.backend.get(key)
         except CacheUnavailableError as exc:
             logger.debug("cache read failed", extra={"reason": str(exc)})
-            return compute(), "error"
+            value = compute()
+            self._remember(key, value)
+            return value, "error"
+        result = "miss"
+        if cached is not None and self._check is not None:
+            checked = self._check(cached)
+            if checked is None:
+                logger.warning(
+                    "cached value rejected, recomputing", extra={"key": key, "size": len(cached)}
+                )
+                result = "invalid"
+            cached = checked
         if cached is not None:
             self._remember(key, cached)
             return cached, "hit"
-        result = "miss"
         value = compute()
         try:
             self.backend.set(key, value, ttl_seconds=self._ttl)
@@ -324,17 +351,23 @@ def build_cache(
     breaker_reset_seconds: float,
     metrics: Metrics,
     local_ttl_seconds: int = 0,
+    redis_password: str | None = None,
+    check: ValueCheck | None = None,
 ) -> RecommendationCache:
     """Redis (with a near cache unless `local_ttl_seconds` is 0) when `redis_url` is set,
-    else the in-process LRU alone."""
+    else the in-process LRU alone. `check` vets what Redis returns (the LRU holds only what
+    this process wrote)."""
     if redis_url:
         breaker = CircuitBreaker(threshold=breaker_threshold, reset_seconds=breaker_reset_seconds)
         return RecommendationCache(
-            RedisCache(redis_url, socket_timeout=socket_timeout, breaker=breaker),
+            RedisCache(
+                redis_url, socket_timeout=socket_timeout, breaker=breaker, password=redis_password
+            ),
             ttl_seconds=ttl_seconds,
             metrics=metrics,
             local=LocalLRUCache(max_entries=max_entries) if local_ttl_seconds > 0 else None,
             local_ttl_seconds=local_ttl_seconds,
+            check=check,
         )
     return RecommendationCache(
         LocalLRUCache(max_entries=max_entries), ttl_seconds=ttl_seconds, metrics=metrics

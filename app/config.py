@@ -52,14 +52,38 @@ class Settings(BaseSettings):
     bench_floor_enabled: bool = False
     log_level: str = "INFO"
     access_log: bool = True
+    # Hardening (docs/deploy.md, "Limits"). Model runs at once per worker; more wait at most
+    # INFERENCE_QUEUE_SECONDS in a queue of INFERENCE_QUEUE_MAX, the rest get 503 + Retry-After.
+    # 2: with one onnxruntime thread per run, more than that per core gains no throughput.
+    inference_concurrency: int = Field(default=2, ge=1)
+    inference_queue_max: int = Field(default=16, ge=0)
+    inference_queue_seconds: float = Field(default=1.0, ge=0)
+    # Who may force a variant with X-Variant: anyone, only the admin bearer token, or nobody.
+    variant_override: Literal["allow", "admin", "deny"] = "allow"
+    # Request bodies above this are refused with 413 before (or while) they are read.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # Request line plus headers; more is refused with 431 (app/http_protocol.py).
+    http_max_header_bytes: int = Field(default=64 << 10, ge=1024)
+    # A connection that has not sent a complete request head by then is closed.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Used when REDIS_URL carries no password of its own (kept out of the URL and the logs).
+    redis_password: SecretStr | None = None
+    # A file every worker can write (a shared volume): PUT /admin/routing is kept there, so
+    # the split survives a Redis flush and a restart of every worker. Empty: Redis only.
+    routing_file: Path | None = None
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "redis_password", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
+    def _empty_secret_is_none(cls, value: object) -> object:
         # ADMIN_TOKEN= (empty) must not enable admin routes with an empty password.
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         return value
+
+    @field_validator("routing_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def retrieval_settings(self) -> RetrievalSettings:

@@ -1,14 +1,18 @@
-"""Exception handlers: every error is `{"detail": "..."}` with a clear message, no trace."""
+"""Exception handlers: every error is `{"detail": "...", "request_id": "..."}` with a clear
+message and no trace; the id is the one of the X-Request-ID header and the log lines."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from app.admission import OverloadedError
 from app.logging_setup import request_id_var
 from app.responses import JSONBytesResponse
 
@@ -43,8 +47,30 @@ async def validation_error(request: Request, exc: Exception) -> Response:
                 }
                 for e in errors
             ],
+            "request_id": request_id_var.get(),
         },
         status_code=422,
+    )
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONBytesResponse(
+        {"detail": exc.detail, "request_id": request_id_var.get()},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def overloaded(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OverloadedError)
+    if exc.answer_after_seconds > 0:
+        # Asleep on the loop: slows a client that retries at once, costs the server nothing.
+        await anyio.sleep(exc.answer_after_seconds)
+    return JSONBytesResponse(
+        {"detail": str(exc), "request_id": request_id_var.get()},
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after_seconds)},
     )
 
 
@@ -56,4 +82,6 @@ async def unhandled_error(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(OverloadedError, overloaded)
     app.add_exception_handler(Exception, unhandled_error)

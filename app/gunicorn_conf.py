@@ -12,18 +12,30 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import multiprocess
 
+# uvicorn.workers is deprecated in favour of the uvicorn-worker package; use it if present.
+if importlib.util.find_spec("uvicorn_worker") is not None:
+    from uvicorn_worker import UvicornWorker as _UvicornWorker
+else:
+    from uvicorn.workers import UvicornWorker as _UvicornWorker
+
+
+class LimitedUvicornWorker(_UvicornWorker):
+    """uvicorn's worker with the project's HTTP protocol: bounded request heads and a time
+    limit to send one (app/http_protocol.py), as serve.sh's `--http` gives uvicorn."""
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        **_UvicornWorker.CONFIG_KWARGS,
+        "http": "app.http_protocol:HttpProtocol",
+    }
+
+
 bind = os.environ.get("BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# uvicorn.workers is deprecated in favour of the uvicorn-worker package; use it if present.
-worker_class = (
-    "uvicorn_worker.UvicornWorker"
-    if importlib.util.find_spec("uvicorn_worker") is not None
-    else "uvicorn.workers.UvicornWorker"
-)
+worker_class = "app.gunicorn_conf.LimitedUvicornWorker"
 timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
 graceful_timeout = 30
 keepalive = 5

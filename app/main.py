@@ -22,9 +22,11 @@ from app.api import admin, bench, health, predict, recommend
 from app.api.gate import hide_closed_routes
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.limits import RequestLimitsMiddleware
 from app.logging_setup import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.services import attach, build_services, detach
+from app.startup import load_settings, require_bundle
 from app.state import ServingState
 from app.sync import BackgroundSync
 
@@ -66,8 +68,10 @@ def make_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        config = settings if settings is not None else Settings()
+        # Invalid settings and a missing bundle stop the start with one line (app/startup.py).
+        config = settings if settings is not None else load_settings()
         configure_logging(config.log_level)
+        require_bundle(config.model_dir)
         services = build_services(config)
         attach(app.state, services)
         sync: BackgroundSync | None = None
@@ -117,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="recsys-distill",
         summary="Teacher and distilled student recommenders behind a sticky A/B split.",
         lifespan=make_lifespan(settings),
+        # No `/recommend/` -> `/recommend` redirects: they echo the client's Host header.
+        redirect_slashes=False,
     )
     app.include_router(recommend.router)
     app.include_router(predict.router)
@@ -126,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(bench.router)
     install_error_handlers(app)
+    # Added first, so it runs inside the request context: its refusals carry the request id.
+    app.add_middleware(RequestLimitsMiddleware, state=app.state)
     app.add_middleware(RequestContextMiddleware, state=app.state)
     return app
 

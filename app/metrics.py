@@ -7,6 +7,8 @@ so fleet-wide percentiles stay computable.
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,10 +41,40 @@ LATENCY_BUCKETS = (
     5.0,
 )
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Files of the `live*` gauge modes, one per worker pid: gauge_livemax_1234.db.
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*_(\d+)\.db")
 
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive, and not ours to judge
+    return True
+
+
+def forget_dead_workers(directory: str) -> list[int]:
+    """Drops the live-gauge files of worker processes that no longer exist.
+
+    gunicorn calls mark_process_dead from child_exit (app/gunicorn_conf.py), but uvicorn's
+    own supervisor (`--workers`, deploy/docker/serve.sh) has no such hook: without this, a
+    worker killed while serving an old bundle would keep model_info{version="old"} at 1.
+    Counters and histograms of dead workers are kept: their counts still happened.
+    """
+    dead = []
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        match = _LIVE_GAUGE_FILE.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
+            dead.append(int(match.group(1)))
+    for pid in set(dead):
+        prom_multiprocess.mark_process_dead(pid, directory)
+    return sorted(set(dead))
 
 
 class Metrics:
@@ -95,7 +127,15 @@ class Metrics:
             ["variant"],
             registry=self.registry,
         )
-        # livemax: a worker that died no longer reports its model, one alive still does.
+        self.inference_rejected_total = Counter(
+            "inference_rejected_total",
+            "Requests refused with 503 by admission control (app/admission.py), by reason "
+            "(queue_full, timeout).",
+            ["reason"],
+            registry=self.registry,
+        )
+        # livemax: a worker that died no longer reports its model (forget_dead_workers),
+        # one alive still does; a retired series is set to 0 by its worker.
         self.model_info = Gauge(
             "model_info",
             "The model each variant serves (value 1).",
@@ -121,6 +161,7 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text: this process's registry, or all workers' in multiprocess mode."""
         if self.multiprocess:
+            forget_dead_workers(os.environ[MULTIPROC_ENV])
             registry = CollectorRegistry()
             prom_multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -113,3 +113,5 @@ class ReloadRequest(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+    # The X-Request-ID of the answer, to find its log lines.
+    request_id: str | None = None

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.admission import AdmissionGate
 from app.cache import RecommendationCache, RedisCache, build_cache
 from app.config import Settings
+from app.fragment_check import clean_fragment
 from app.metrics import Metrics
 from app.routing import ABRouter, RoutingSync
 from app.state import ServingState, load_state
@@ -51,6 +53,7 @@ class Services:
     metrics: Metrics
     router: ABRouter
     cache: RecommendationCache
+    admission: AdmissionGate
     holder: StateHolder = field(default_factory=StateHolder)
     routing_sync: RoutingSync | None = None
     floor_bodies: dict[int, bytes] = field(default_factory=dict)
@@ -95,7 +98,7 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    """Metrics, cache (a Redis client when REDIS_URL is set), A/B router and services."""
+    """Metrics, cache (a Redis client when REDIS_URL is set), A/B router, admission gate."""
     metrics = Metrics()
     services = Services(
         settings=settings,
@@ -110,10 +113,22 @@ def build_services(settings: Settings) -> Services:
             breaker_reset_seconds=settings.breaker_reset_seconds,
             metrics=metrics,
             local_ttl_seconds=settings.cache_local_ttl_seconds,
+            redis_password=(
+                settings.redis_password.get_secret_value() if settings.redis_password else None
+            ),
+            check=clean_fragment,
+        ),
+        admission=AdmissionGate(
+            slots=settings.inference_concurrency,
+            queue_max=settings.inference_queue_max,
+            wait_seconds=settings.inference_queue_seconds,
+            rejected=metrics.inference_rejected_total,
         ),
     )
-    if isinstance(services.cache.backend, RedisCache):
-        services.routing_sync = RoutingSync(services.router, services.cache.backend)
+    backend = services.cache.backend
+    store = backend if isinstance(backend, RedisCache) else None
+    if store is not None or settings.routing_file is not None:
+        services.routing_sync = RoutingSync(services.router, store, path=settings.routing_file)
     return services
 
 

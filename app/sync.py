@@ -2,10 +2,12 @@
 
 Two background duties, each optional:
 
-* routing: with Redis configured, an admin change of the A/B split is written to Redis and
-  every worker adopts it within ROUTING_SYNC_SECONDS; without this, a PUT /admin/routing
-  would reach only the one worker that happened to receive it, and a user would flip
-  between variants depending on the worker answering.
+* routing: with Redis or ROUTING_FILE configured, an admin change of the A/B split is
+  written there and every worker adopts it within ROUTING_SYNC_SECONDS; without this, a
+  PUT /admin/routing would reach only the one worker that happened to receive it, and a
+  user would flip between variants depending on the worker answering. The same pass puts
+  the newest split back into a flushed Redis (app/routing.py), so workers started after a
+  flush agree with the older ones.
 * model watch: with MODEL_WATCH_SECONDS > 0, each worker reloads when MODEL_DIR (usually
   the `current` symlink) comes to point at another bundle, so that one `os.replace` of the
   link updates every worker.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,3 +29,11 @@ def metric_total(metrics_text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def error_body(response: Any) -> dict[str, Any]:
+    """An error response's body without its request id, once that id is checked to be the
+    one of the X-Request-ID header (every error carries it, app/errors.py)."""
+    body = dict(response.json())
+    assert body.pop("request_id") == response.headers["x-request-id"], body
+    return body

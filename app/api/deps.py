@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from app.admission import AdmissionGate
 from app.cache import RecommendationCache
 from app.config import Settings
 from app.metrics import Metrics
@@ -72,6 +73,10 @@ async def get_holder(request: Request) -> StateHolder:
     return _services(request).holder
 
 
+async def get_admission(request: Request) -> AdmissionGate:
+    return _services(request).admission
+
+
 async def get_floor_bodies(request: Request) -> dict[int, bytes]:
     return _services(request).floor_bodies
 
@@ -92,6 +97,7 @@ RouterDep = Annotated[ABRouter, Depends(get_router)]
 RoutingSyncDep = Annotated[RoutingSync | None, Depends(get_routing_sync)]
 CacheDep = Annotated[RecommendationCache, Depends(get_cache)]
 HolderDep = Annotated[StateHolder, Depends(get_holder)]
+AdmissionDep = Annotated[AdmissionGate, Depends(get_admission)]
 FloorBodiesDep = Annotated[dict[int, bytes], Depends(get_floor_bodies)]
 StateDep = Annotated[ServingState, Depends(get_state)]
 

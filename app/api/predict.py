@@ -10,7 +10,13 @@ import numpy as np
 from fastapi import APIRouter, HTTPException
 from starlette.responses import Response
 
-from app.api.deps import SettingsDep, StateDep, VariantChooserDep, VariantOverride
+from app.api.deps import (
+    AdmissionDep,
+    SettingsDep,
+    StateDep,
+    VariantChooserDep,
+    VariantOverride,
+)
 from app.responses import JSONBytesResponse
 from app.schemas import (
     BatchRatingResponse,
@@ -41,6 +47,7 @@ def predict_rating(
     state: StateDep,
     settings: SettingsDep,
     choose_variant: VariantChooserDep,
+    admission: AdmissionDep,
     *,
     x_variant: VariantOverride = None,
 ) -> Response:
@@ -51,11 +58,12 @@ def predict_rating(
         if item is None:
             raise _unknown_items([item_raw])
         variant = choose_variant(user_raw, override=x_variant)
-        rating = state.predict(
-            variant,
-            users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
-            items=np.array([item], dtype=np.int64),
-        )
+        with admission.slot():  # bounded model work (app/admission.py)
+            rating = state.predict(
+                variant,
+                users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
+                items=np.array([item], dtype=np.int64),
+            )
         return JSONBytesResponse(
             {
                 "user_id": user_raw,
@@ -88,7 +96,8 @@ def predict_rating(
     )
     # One variant per response: the batch follows its first user's assignment.
     variant = choose_variant(users_raw[0], override=x_variant)
-    ratings = state.predict(variant, users=users, items=items)
+    with admission.slot():
+        ratings = state.predict(variant, users=users, items=items)
     return JSONBytesResponse(
         {
             "ratings": np.round(ratings.astype(np.float64), _DECIMALS).tolist(),

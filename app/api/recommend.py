@@ -16,7 +16,7 @@ import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from app.api.deps import CacheDep, StateDep, VariantChooserDep, VariantOverride
+from app.api.deps import AdmissionDep, CacheDep, StateDep, VariantChooserDep, VariantOverride
 from app.responses import JSONBytesResponse
 from app.schemas import ErrorBody, RecommendResponse
 from app.state import Recommendation, ServingState
@@ -50,6 +50,7 @@ async def recommend(
     state: StateDep,
     cache: CacheDep,
     choose_variant: VariantChooserDep,
+    admission: AdmissionDep,
     *,
     user_id: Annotated[str, Query(min_length=1, max_length=128, description="raw user id")],
     k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -89,10 +90,14 @@ async def recommend(
     if near is not None:
         fragment, hit = near, True
     else:
-        # Redis and the model block: off the loop.
-        fragment, hit = await anyio.to_thread.run_sync(
-            cache.get_or_compute, key, lambda: _fragment(compute())
-        )
+        # Redis and the model block: off the loop. Only the model run takes an admission
+        # slot (app/admission.py); a Redis hit never waits for one.
+
+        def admitted() -> bytes:
+            with admission.slot():
+                return _fragment(compute())
+
+        fragment, hit = await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
     body = b"".join(
         (
             b'{"user_id":',

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import Reference, metric_value
+from tests.helpers import error_body
 
 
 def test_healthz_and_readyz(client: TestClient, reference: Reference) -> None:
@@ -108,7 +109,7 @@ def test_bench_floor_only_when_enabled(
 ) -> None:
     assert client.get("/_bench/floor").status_code == 404
     # Closed, the route answers like an unknown path: not a 422 for a bad query.
-    assert client.get("/_bench/floor", params={"n": 500}).json() == {"detail": "Not Found"}
+    assert error_body(client.get("/_bench/floor", params={"n": 500})) == {"detail": "Not Found"}
     bench = make_client(bench_floor_enabled=True)
     floor = bench.get("/_bench/floor", params={"n": 10})
     assert floor.status_code == 200

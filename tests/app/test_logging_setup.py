@@ -52,3 +52,24 @@ def test_access_log_names_the_request(
     assert access and access[-1]["request_id"] == "trace-7"
     assert access[-1]["route"] == "/recommend" and access[-1]["variant"] == "teacher"
     assert access[-1]["status"] == 200
+
+
+def test_uvicorn_colour_messages_stay_out_of_json() -> None:
+    record = _record("Started server process [%d]", color_message="\x1b[36mStarted\x1b[0m")
+    line = JsonFormatter().format(record)
+    assert "color_message" not in json.loads(line) and "\x1b" not in line
+
+
+def test_the_uvicorn_log_config_is_the_json_set_up() -> None:
+    import logging.config  # noqa: PLC0415
+
+    from app.logging_setup import HANDLER_NAME, LOG_CONFIG_PATH  # noqa: PLC0415
+
+    config = json.loads(LOG_CONFIG_PATH.read_text())
+    logging.config.dictConfig(config)
+    for name in ("uvicorn", "uvicorn.error", "app"):
+        handlers = logging.getLogger(name).handlers
+        assert [h.get_name() for h in handlers] == [HANDLER_NAME]
+        assert isinstance(handlers[0].formatter, JsonFormatter)
+    # Requests are logged once, by the app's middleware (app.access), not by uvicorn.
+    assert not logging.getLogger("uvicorn.access").hasHandlers()

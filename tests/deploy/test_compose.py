@@ -143,3 +143,68 @@ def test_volume_mount_points_exist_in_the_images(services: dict[str, Any]) -> No
                 assert "mkdir -p" in created[stage] and target in created[stage], (
                     f"{service}: {target} is not created (and chowned) in stage {stage}"
                 )
+
+
+def _services_with_ports(services: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: s["ports"] for name, s in services.items() if s.get("ports")}
+
+
+def test_secrets_have_no_defaults_and_are_listed_in_the_env_example(
+    services: dict[str, Any],
+) -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    assert {"REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= required
+    # No `${GRAFANA_ADMIN_PASSWORD:-admin}` style fallback anywhere.
+    for name in required:
+        assert not re.search(r"\$\{" + name + r":-", text), name
+    example = (REPO / ".env.example").read_text()
+    for name in required:
+        assert re.search(rf"^{name}=$", example, re.MULTILINE), f"{name} not in .env.example"
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_grafana_and_prometheus_are_locked_down(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in grafana
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])
+
+
+def test_ports_listen_on_loopback_unless_configured(services: dict[str, Any]) -> None:
+    published = _services_with_ports(services)
+    assert {"app", "app-gpu", "prometheus", "grafana"} <= set(published)
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+
+def test_every_long_running_service_has_a_memory_limit(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        limit = service.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+        assert limit, f"{name} has no memory limit"
+
+
+def test_redis_needs_the_password_the_app_and_exporter_use(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    password = redis["environment"]["REDIS_PASSWORD"]
+    assert password.startswith("${REDIS_PASSWORD:?")
+    command = " ".join(redis["command"])
+    assert '--requirepass "$$REDIS_PASSWORD"' in command
+    assert "PONG" in " ".join(redis["healthcheck"]["test"])
+    assert services["redis-exporter"]["environment"]["REDIS_PASSWORD"] == password
+    for name in ("app", "app-gpu"):
+        env = services[name]["environment"]
+        assert env["REDIS_PASSWORD"] == password
+        assert urlparse(env["REDIS_URL"]).password is None, "the password stays out of the URL"
+
+
+def test_routing_file_is_on_a_volume_every_app_shares(services: dict[str, Any]) -> None:
+    sources = set()
+    for name in ("app", "app-gpu"):
+        path = Path(services[name]["environment"]["ROUTING_FILE"])
+        source, read_only = _mounts(services[name])[str(path.parent)]
+        assert not read_only
+        sources.add(source)
+    assert len(sources) == 1, "workers of every app container must read the same file"

@@ -85,7 +85,7 @@ def test_serving_image_is_slim_python_without_torch(dockerfile: Dockerfile) -> N
     assert "torch" not in text
     assert "training" not in text, "the serving image must not carry the training package"
     installs = [a for s in chain for a in s.all("RUN") if "pip install" in a]
-    assert installs == ["pip install ."], "serving installs the package without extras"
+    assert installs == ['pip install ".[cpu]"'], "serving installs the CPU ONNX Runtime extra only"
 
 
 def test_serving_image_runs_serve_script_as_non_root(dockerfile: Dockerfile) -> None:
@@ -134,7 +134,11 @@ def test_gpu_image_uses_cuda_runtime_with_onnxruntime_gpu(dockerfile: Dockerfile
     base = dockerfile.resolve(stage.base)
     assert base.startswith("nvidia/cuda:") and "cudnn" in base and "runtime" in base, base
     run = " ".join(stage.all("RUN"))
-    assert "pip uninstall -y onnxruntime" in run and "onnxruntime-gpu" in run
+    # The `gpu` extra alone: onnxruntime-gpu is the only wheel with the onnxruntime module
+    # (tests/deploy/test_packaging.py resolves what each extra installs).
+    installs = [a for a in stage.all("RUN") if "pip install" in a]
+    assert len(installs) == 1 and installs[0].startswith('pip install ".[gpu]"'), installs
+    assert "[cpu" not in run and "CUDAExecutionProvider" in run
     assert stage.env()["ORT_PROVIDERS"].split(",")[0] == "CUDAExecutionProvider"
 
 
@@ -145,7 +149,7 @@ def test_training_image_pins_the_cpu_torch_the_train_extra_admits(
     run = " ".join(stage.all("RUN"))
     cpu_index = "--index-url https://download.pytorch.org/whl/cpu"
     assert f'pip install "torch==${{TORCH_VERSION}}" {cpu_index}' in run
-    assert 'pip install ".[train]"' in run
+    assert 'pip install ".[cpu,train]"' in run
     version = dockerfile.global_args["TORCH_VERSION"]
     torch_req = next(
         Requirement(r)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+import yaml
 
 from tests.deploy.conftest import DEPLOY, REPO, load_yaml_documents
 
@@ -67,3 +71,43 @@ def test_kubernetes_numbers_match_the_manifests() -> None:
     redis = load_yaml_documents(DEPLOY / "k8s" / "redis.yaml")[0]
     args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--maxmemory") + 1] == "256mb" and "`maxmemory 256mb`" in DOC
+
+
+def _attack_runs() -> tuple[str, dict[str, dict]]:
+    """The bench.attack block of docs/deploy.md and the committed run it names."""
+    block = DOC.split("<!-- bench.attack:begin -->", 1)[1].split("<!-- bench.attack:end -->")[0]
+    match = re.search(r"\((bench/results/attack-\w+\.json)\)", block)
+    assert match, "the measured bound must name its committed results file"
+    report = json.loads((REPO / match.group(1)).read_text())
+    return block, {run["setup"]: run for run in report["runs"]}
+
+
+def _mib(quantity: str) -> float:
+    """A Kubernetes or compose memory quantity (1536Mi, 1536M, 2G) in MiB, roughly."""
+    match = re.fullmatch(r"([\d.]+)\s*(Mi|M|Gi|G)", quantity)
+    assert match, quantity
+    return float(match.group(1)) * {"Mi": 1, "M": 1, "Gi": 1024, "G": 1024}[match.group(2)]
+
+
+def test_memory_bound_comes_from_the_committed_attack_run_and_fits_the_limits() -> None:
+    block, runs = _attack_runs()
+    bounded = runs["on (defaults)"]
+    assert bounded["env"] == {}, "the documented bound is the one of the default settings"
+    assert (
+        f"| on (defaults) | {bounded['idle_rss_mib']:.0f} MiB | {bounded['peak_rss_mib']:.0f} MiB"
+        in block
+    )
+    assert bounded["attack"]["status_counts"].get("503", 0) > 0
+    assert set(bounded["attack"]["status_counts"]) <= {"200", "503"}
+    # The peak under attack with admission on stays near idle, far below the unbounded one.
+    assert bounded["peak_rss_mib"] < 0.5 * runs["off (before issue 14)"]["peak_rss_mib"]
+    # Each deployment's memory limit holds its workers at that peak, with room to spare.
+    deployment = load_yaml_documents(DEPLOY / "k8s" / "deployment.yaml")[0]
+    config = load_yaml_documents(DEPLOY / "k8s" / "configmap.yaml")[0]["data"]
+    limit = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    workers = int(config["WEB_CONCURRENCY"])
+    assert _mib(limit["memory"]) >= 2 * workers * bounded["peak_rss_mib"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["app"]
+    compose_workers = int(compose["environment"]["WEB_CONCURRENCY"])
+    compose_limit = compose["deploy"]["resources"]["limits"]["memory"]
+    assert _mib(compose_limit) >= 2 * compose_workers * bounded["peak_rss_mib"]

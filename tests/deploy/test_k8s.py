@@ -208,3 +208,54 @@ def test_images_are_the_kustomized_ones(
             if image in {"redis", "oliver006/redis_exporter"}:
                 continue
             assert image in names, f"{owner}/{container['name']} image {image} not kustomized"
+
+
+def _env(container: Doc) -> dict[str, Doc]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_redis_requires_the_password_the_app_is_given(
+    docs: dict[tuple[str, str], Doc], app_container: Doc, configmap: dict[str, str]
+) -> None:
+    pod = docs[("Deployment", "redis")]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    refs = []
+    for container in (containers["redis"], containers["redis-exporter"], app_container):
+        ref = _env(container)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert not ref.get("optional", False)
+        refs.append((ref["name"], ref["key"]))
+    assert len(set(refs)) == 1
+    name, key = refs[0]
+    assert key in docs[("Secret", name)]["stringData"]
+    redis = containers["redis"]
+    script = " ".join(redis["command"])
+    assert '--requirepass "$REDIS_PASSWORD"' in script and 'test -n "$REDIS_PASSWORD"' in script
+    assert "REDISCLI_AUTH" in " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert urlparse(configmap["REDIS_URL"]).password is None
+
+
+def test_only_the_app_reaches_redis(docs: dict[tuple[str, str], Doc], deployment: Doc) -> None:
+    policies = [doc for (kind, _), doc in docs.items() if kind == "NetworkPolicy"]
+    redis_labels = docs[("Deployment", "redis")]["spec"]["template"]["metadata"]["labels"]
+    app_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        if 6379 in ports:
+            sources = rule["from"]
+            assert sources and all(
+                set(s) == {"podSelector"}
+                and s["podSelector"]["matchLabels"].items() <= app_labels.items()
+                for s in sources
+            )
+        else:
+            assert ports == {9121}, "only the exporter's metrics port is open to others"
+
+
+def test_production_restricts_the_variant_override(configmap: dict[str, str]) -> None:
+    assert configmap["VARIANT_OVERRIDE"] in {"admin", "deny"}

@@ -1,0 +1,272 @@
+"""Catalogue-size benchmark of two-stage /recommend (docs/BENCHMARKS.md, "Catalogue size").
+
+For each catalogue size: synthetic data in the ml-latest format (training.synth), a bundle
+built by the pipeline in --quick mode, then one uvicorn worker with ORT_INTRA_OP_THREADS=1
+serving it uncached. Measured per size and variant: uncached /recommend p50/p95/p99 over
+HTTP, the bare first stage (user tower + search) in process, start-up time and RSS of the
+server, bundle bytes, retrieval memory (item matrix + index), and the ANN's recall@10
+against exact search on the same user vectors.
+
+    python -m bench.catalogue --sizes 10000,100000,1000000 --work /tmp/catalogue
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from app.bundle import Bundle, load_bundle
+from app.inference import TowerRunner
+from app.retrieval import RetrievalSettings, open_retriever
+from bench._loadgen import LoadSpec, build_get, run_load
+from bench._server import HOST, uvicorn_server
+from contract.manifest import RetrievalEntry
+
+log = logging.getLogger("bench.catalogue")
+
+_REPO = Path(__file__).resolve().parents[1]
+_RESULTS = _REPO / "bench" / "results" / "catalogue.json"
+_MARK_BEGIN = "<!-- catalogue:begin -->"
+_MARK_END = "<!-- catalogue:end -->"
+VARIANTS = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class Size:
+    items: int
+    users: int
+    ratings: int
+
+
+def size_for(items: int) -> Size:
+    """Users and ratings grow with the catalogue, far below real logs (a --quick bundle)."""
+    users = min(20_000, max(2_000, items // 10))
+    return Size(items=items, users=users, ratings=max(100_000, 2 * items))
+
+
+def _run(args: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "training", *args], check=True, cwd=_REPO)
+    return time.perf_counter() - started
+
+
+def build_bundle(size: Size, work: Path, *, seed: int) -> tuple[Path, dict[str, float]]:
+    data = work / f"data-{size.items}"
+    models = work / f"models-{size.items}"
+    times: dict[str, float] = {}
+    if not (data / "ratings.csv").exists():
+        times["synth_s"] = _run([
+            "synth", "--users", str(size.users), "--items", str(size.items),
+            "--ratings", str(size.ratings), "--seed", str(seed), "--out", str(data),
+        ])  # fmt: skip
+    if not (models / "current" / "manifest.json").exists():
+        times["pipeline_s"] = _run([
+            "pipeline", "--data-dir", str(data), "--dataset", "ml-latest", "--quick",
+            "--out-dir", str(models), "--no-progress", "--seed", str(seed),
+        ])  # fmt: skip
+    return (models / "current").resolve(), times
+
+
+def _entry(bundle: Bundle, variant: str) -> RetrievalEntry:
+    entry = getattr(bundle.manifest.models, variant).retrieval
+    assert entry is not None  # schema 2 requires it for served variants
+    return entry
+
+
+def first_stage(bundle: Bundle, *, users: np.ndarray, k: int) -> dict[str, Any]:
+    """Bare tower + search times and ANN recall@10 against exact, in this process."""
+    out: dict[str, Any] = {}
+    for variant in VARIANTS:
+        entry = _entry(bundle, variant)
+        tower = TowerRunner(
+            bundle.directory / entry.user_tower.file,
+            name=variant,
+            providers=["CPUExecutionProvider"],
+            intra_op_threads=1,
+        )
+        exact = open_retriever(
+            bundle.directory, entry, n_items=bundle.n_items,
+            settings=RetrievalSettings(mode="exact"),
+        )  # fmt: skip
+        auto = open_retriever(
+            bundle.directory, entry, n_items=bundle.n_items, settings=RetrievalSettings()
+        )
+        vectors = tower.vectors(users, bundle.user_feats[users])
+        times, overlap = [], []
+        for vector in vectors:
+            started = time.perf_counter()
+            tower.vectors(users[:1], bundle.user_feats[users[:1]])
+            got = auto.retrieve(vector, k)
+            times.append(time.perf_counter() - started)
+            want = exact.retrieve(vector, k)
+            overlap.append(len(set(got.positions.tolist()) & set(want.positions.tolist())) / k)
+        index_bytes = (
+            (bundle.directory / entry.ann.file).stat().st_size if entry.ann is not None else 0
+        )
+        out[variant] = {
+            "method": "ann" if auto.use_ann else "exact",
+            "dim": entry.items.dim,
+            "first_stage_p50_ms": 1000 * statistics.median(times),
+            "recall_at_10_vs_exact": float(np.mean(overlap)),
+            "nprobe": entry.ann.nprobe if entry.ann is not None else None,
+            "retrieval_bytes": int(exact.nbytes + index_bytes),
+        }
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of the server's process tree (uvicorn with one worker: the worker)."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if int(fields.get("Pid", "0")) == pid or int(fields.get("PPid", "0")) == pid:
+            total += int(fields.get("VmRSS", "0 kB").split()[0])
+    return total / 1024
+
+
+def serve_and_load(bundle: Bundle, *, requests: int, k: int, seed: int) -> dict[str, Any]:
+    env = {
+        "MODEL_DIR": str(bundle.directory),
+        "REDIS_URL": "",
+        "CACHE_MAX_ENTRIES": "1",
+        "ORT_PROVIDERS": "CPUExecutionProvider",
+        "ORT_INTRA_OP_THREADS": "1",
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_LOG": "false",
+    }
+    rng = np.random.default_rng(seed)
+    users = [bundle.user_ids[i] for i in rng.permutation(bundle.n_users)[:requests].tolist()]
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    # The server on the first CPU, the load generator on the others: one core serves.
+    cpus = frozenset(sorted(os.sched_getaffinity(0))[:1])
+    with uvicorn_server(env, cpus=cpus, ready_timeout_s=1800) as server:
+        out["startup_s"] = time.perf_counter() - started
+        out["rss_mb"] = _rss_mb(server.process.pid)
+        for variant in VARIANTS:
+            reqs = [
+                build_get(f"/recommend?user_id={quote(u, safe='')}&k={k}", host=HOST,
+                          headers={"X-Variant": variant})
+                for u in users
+            ]  # fmt: skip
+            result = run_load(LoadSpec(
+                host=HOST, port=server.port, requests=reqs, concurrency=1,
+                max_requests=requests, max_seconds=120.0, warmup_requests=min(20, requests),
+            ))  # fmt: skip
+            out[variant] = {key: result[key] for key in ("p50_ms", "p95_ms", "p99_ms", "failed")}
+    return out
+
+
+def measure(size: Size, work: Path, *, requests: int, k: int, seed: int) -> dict[str, Any]:
+    directory, build_times = build_bundle(size, work, seed=seed)
+    bundle = load_bundle(directory)
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1, bundle.n_users + 1, size=min(500, bundle.n_users)).astype(np.int64)
+    stage = first_stage(bundle, users=users, k=k)
+    served = serve_and_load(bundle, requests=requests, k=k, seed=seed)
+    files = [p for p in directory.iterdir() if p.is_file()]
+    return {
+        "items": size.items,
+        "users": size.users,
+        "ratings": size.ratings,
+        "bundle_bytes": sum(p.stat().st_size for p in files),
+        **build_times,
+        "startup_s": served["startup_s"],
+        "rss_mb": served["rss_mb"],
+        "variants": {v: {**stage[v], **served[v]} for v in VARIANTS},
+    }
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        _MARK_BEGIN,
+        "| items | variant | search | dim | HTTP p50 / p95 / p99 ms | first stage p50 ms "
+        "| ANN recall@10 | retrieval MB | start-up s | RSS MB | bundle MB |",
+        "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for variant in VARIANTS:
+            v = row["variants"][variant]
+            lines.append(
+                f"| {row['items']:,} | {variant} | {v['method']} | {v['dim']} "
+                f"| {v['p50_ms']:.2f} / {v['p95_ms']:.2f} / {v['p99_ms']:.2f} "
+                f"| {v['first_stage_p50_ms']:.3f} | {v['recall_at_10_vs_exact']:.3f} "
+                f"| {v['retrieval_bytes'] / 2**20:.1f} | {row['startup_s']:.1f} "
+                f"| {row['rss_mb']:.0f} | {row['bundle_bytes'] / 2**20:.1f} |"
+            )
+    lines.append(_MARK_END)
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only the report needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    items = [row["items"] for row in rows]
+    for variant in VARIANTS:
+        ax.plot(items, [row["variants"][variant]["p50_ms"] for row in rows], "o-", label=variant)
+    ax.set_xscale("log")
+    ax.set_xlabel("catalogue size (items)")
+    ax.set_ylabel("uncached /recommend p50 (ms)")
+    ax.set_title("Two-stage /recommend, one core, ORT_INTRA_OP_THREADS=1")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_docs(rows: list[dict[str, Any]], docs: Path) -> None:
+    text = docs.read_text(encoding="utf-8") if docs.exists() else ""
+    table = render(rows)
+    if _MARK_BEGIN in text and _MARK_END in text:
+        head, rest = text.split(_MARK_BEGIN, 1)
+        text = head + table + rest.split(_MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + table + "\n"
+    docs.write_text(text, encoding="utf-8")
+    plot(rows, docs.parent / "img" / "catalogue-latency.png")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.catalogue", description=__doc__)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-catalogue"))
+    parser.add_argument("--requests", type=int, default=300, help="requests per variant")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--docs", type=Path, default=_REPO / "docs" / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    rows = []
+    for items in (int(s) for s in args.sizes.split(",")):
+        row = measure(size_for(items), args.work, requests=args.requests, k=args.k, seed=args.seed)
+        log.info("%s", json.dumps(row))
+        rows.append(row)
+    _RESULTS.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    write_docs(rows, args.docs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

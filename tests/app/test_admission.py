@@ -1,0 +1,92 @@
+"""Admission control: the gate itself, and the 503 answer with Retry-After in the service."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Counter
+
+from app.admission import AdmissionGate, OverloadedError
+from tests.app.conftest import Reference, metric_value
+
+
+def _counter() -> Counter:
+    return Counter("rejected", "test", ["reason"], registry=CollectorRegistry())
+
+
+def test_slots_then_queue_then_refusal() -> None:
+    rejected = _counter()
+    gate = AdmissionGate(slots=1, queue_max=1, wait_seconds=5, rejected=rejected)
+    holding, release = threading.Event(), threading.Event()
+    admitted_after_wait: list[float] = []
+
+    def hold() -> None:
+        with gate.slot():
+            holding.set()
+            release.wait(10)
+
+    def wait_in_queue() -> None:
+        started = time.monotonic()
+        with gate.slot():
+            admitted_after_wait.append(time.monotonic() - started)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    waiter = threading.Thread(target=wait_in_queue)
+    waiter.start()
+    time.sleep(0.2)  # the waiter is now queued: the queue (1) is full
+    with pytest.raises(OverloadedError) as refused, gate.slot():
+        pass
+    assert refused.value.reason == "queue_full" and refused.value.retry_after_seconds == 5
+    # Refused at once, but answered only after the wait a queued request would have had.
+    assert refused.value.answer_after_seconds == 5
+    release.set()
+    holder.join(5)
+    waiter.join(5)
+    assert admitted_after_wait and admitted_after_wait[0] >= 0.15
+    assert rejected.labels(reason="queue_full")._value.get() == 1
+
+
+def test_a_wait_that_runs_out_is_refused() -> None:
+    rejected = _counter()
+    gate = AdmissionGate(slots=1, queue_max=4, wait_seconds=0.1, rejected=rejected)
+    with gate.slot():
+        started = time.monotonic()
+        with pytest.raises(OverloadedError) as refused, gate.slot():
+            pass
+        assert 0.09 <= time.monotonic() - started < 2
+    assert refused.value.reason == "timeout" and refused.value.retry_after_seconds == 1
+    assert refused.value.answer_after_seconds == 0  # it has waited already
+    with gate.slot():  # released on every path: the slot is free again
+        pass
+
+
+def test_busy_service_answers_503_with_retry_after_but_serves_cached(
+    make_client: Callable[..., TestClient], reference: Reference
+) -> None:
+    client = make_client(
+        inference_concurrency=1, inference_queue_max=0, inference_queue_seconds=0.3
+    )
+    user, other = reference.users[0], reference.users[1]
+    assert client.get("/recommend", params={"user_id": user}).status_code == 200  # now cached
+    gate = client.app.state.services.admission  # type: ignore[attr-defined]
+    with gate.slot():  # all model capacity taken
+        started = time.monotonic()
+        busy = client.get("/recommend", params={"user_id": other})
+        assert time.monotonic() - started >= 0.25  # held back, asleep, before the answer
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["request_id"] == busy.headers["x-request-id"]
+        rating = client.post(
+            "/predict_rating", json={"user_id": user, "item_id": reference.items[0]}
+        )
+        assert rating.status_code == 503
+        cached = client.get("/recommend", params={"user_id": user})
+        assert cached.status_code == 200 and cached.json()["cached"] is True
+    assert client.get("/recommend", params={"user_id": other}).status_code == 200
+    assert metric_value(client, "inference_rejected_total", reason="queue_full") == 2
