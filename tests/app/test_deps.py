@@ -11,6 +11,7 @@ from app.api.deps import VariantChooser, get_variant_chooser
 from app.main import create_app
 from app.routing import ABRouter
 from tests.app.conftest import Reference, metric_value, settings_for
+from tests.helpers import error_body
 
 
 def test_every_route_answers_503_before_the_lifespan_has_run() -> None:
@@ -23,7 +24,7 @@ def test_every_route_answers_503_before_the_lifespan_has_run() -> None:
         client.post("/predict_rating", json={"user_id": "1", "item_id": "1"}),
     ):
         assert response.status_code == 503
-        assert response.json() == not_started
+        assert error_body(response) == not_started
     assert client.get("/healthz").json() == {"status": "ok"}
     # The gated routes are closed until the lifespan has put the settings on app.state.
     assert client.get("/admin/routing", headers={"Authorization": "Bearer tok"}).status_code == 404
@@ -40,7 +41,7 @@ def test_without_a_bundle_the_routes_answer_503_and_readyz_says_loading(
         client.post("/predict_rating", json={"user_id": user, "item_id": item}),
     ):
         assert response.status_code == 503
-        assert response.json() == {"detail": "no model bundle loaded"}
+        assert error_body(response) == {"detail": "no model bundle loaded"}
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json() == {"status": "loading", "cache": {"backend": "memory", "status": "up"}}
