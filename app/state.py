@@ -122,8 +122,16 @@ class ServingState:
         ]
 
     def recommend_known(
-        self, variant: str, *, user: int, k: int, exclude_seen: bool
+        self,
+        variant: str,
+        *,
+        user: int,
+        k: int,
+        exclude_seen: bool,
+        extra_exclude: npt.NDArray[np.int64] | None = None,
     ) -> Recommendation:
+        """`extra_exclude`: catalogue positions also left out (items the user interacted
+        with since the bundle was built: the fresh state of app/feedback.py)."""
         bundle = self.bundle
         prediction = self._score_catalogue(
             variant, user=user, user_row=bundle.user_feats[user], endpoint="recommend"
@@ -132,6 +140,8 @@ class ServingState:
         if exclude_seen:
             start, stop = bundle.seen_indptr[user], bundle.seen_indptr[user + 1]
             exclude = bundle.seen_indices[start:stop] - 1
+        if extra_exclude is not None and extra_exclude.size:
+            exclude = extra_exclude if exclude is None else np.concatenate((exclude, extra_exclude))
         positions = top_k(prediction.score, k, exclude=exclude)
         return Recommendation(
             items=self._items(

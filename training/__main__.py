@@ -15,6 +15,7 @@ from pathlib import Path
 
 from training.bundle import BundleError, verify_bundle
 from training.data import DATASETS, SPLITS, DataError
+from training.events import EventsError, add_events_parser, run_events
 from training.export import ExportError
 from training.pipeline import PipelineConfig, PipelineError, bundle_path, run_pipeline
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("bundle", type=Path, help="bundle folder, e.g. models/current")
     verify.set_defaults(until=None)
+    add_events_parser(sub)
     return parser
 
 
@@ -102,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         }
         sys.stdout.write(json.dumps(summary) + "\n")
         return 0
+    if args.command == "events":
+        return run_events(args)
 
     config = PipelineConfig(
         data_dir=args.data_dir,
@@ -138,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args)
-    except (DataError, BundleError, PipelineError, ExportError) as err:
+    except (DataError, BundleError, PipelineError, ExportError, EventsError) as err:
         # User errors (bad data, a broken bundle, a bad option): the message, no traceback.
         sys.stderr.write(f"error: {err}\n")
         return EXIT_USER_ERROR

@@ -7,6 +7,7 @@ Redis lookup and the model run (both blocking) happen.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated
@@ -17,6 +18,9 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api.deps import VariantOverride, choose_variant, get_services, get_state
+from app.api.feedback import LoopDep
+from app.feedback import recommend_hook
+from app.logging_setup import request_id_var
 from app.responses import JSONBytesResponse
 from app.schemas import ErrorBody, RecommendResponse
 from app.state import Recommendation, ServingState
@@ -53,6 +57,7 @@ async def recommend(
     occupation: Annotated[str | None, Query(max_length=64, description="cold start")] = None,
     zip: Annotated[str | None, Query(max_length=16, description="cold start")] = None,
     x_variant: VariantOverride = None,
+    loop: LoopDep,
 ) -> Response:
     """Known user: the catalogue minus seen items, ranked by the model.
     Unknown user with demographics: the model's cold-start path (`fallback: cold_start`).
@@ -63,11 +68,19 @@ async def recommend(
     variant = choose_variant(request, services, user_id=raw_user, override=x_variant)
 
     position = state.user_position(raw_user)
+    hook = await recommend_hook(
+        loop, raw_user, state, known=position, k=k, exclude_seen=exclude_seen
+    )
     compute: Callable[[], Recommendation]
     if position is not None:
-        who = f"u{position}"
+        who = f"u{position}{hook.key_suffix}"  # fresh interactions change the key
         compute = partial(
-            state.recommend_known, variant, user=position, k=k, exclude_seen=exclude_seen
+            state.recommend_known,
+            variant,
+            user=position,
+            k=k,
+            exclude_seen=exclude_seen,
+            **hook.exclude,
         )
     else:
         row = state.encode_demographics(
@@ -90,9 +103,13 @@ async def recommend(
         fragment, hit = await anyio.to_thread.run_sync(
             cache.get_or_compute, key, lambda: _fragment(compute())
         )
+    request_id = request_id_var.get() or uuid.uuid4().hex
+    await hook.served(request_id, variant=variant, fragment=fragment, cached=hit)
     body = b"".join(
         (
-            b'{"user_id":',
+            b'{"request_id":',
+            orjson.dumps(request_id),
+            b',"user_id":',
             orjson.dumps(raw_user),
             b',"variant":',
             orjson.dumps(variant),
