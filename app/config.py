@@ -71,6 +71,31 @@ class Settings(BaseSettings):
     # A file every worker can write (a shared volume): PUT /admin/routing is kept there, so
     # the split survives a Redis flush and a restart of every worker. Empty: Redis only.
     routing_file: Path | None = None
+    # -- closed loop (docs/experiment.md); needs REDIS_URL --------------------------------
+    feedback_enabled: bool = True
+    # The event log, impressions and experiment counts; empty: REDIS_URL. Point it at a
+    # Redis with persistence and without allkeys eviction when REDIS_URL is a pure cache.
+    feedback_redis_url: str = ""
+    # How long an impression (request id -> served list) can receive feedback.
+    impression_ttl_seconds: int = Field(default=86_400, ge=1)
+    # Approximate cap of the event log (XADD MAXLEN ~); export it more often than it wraps.
+    feedback_stream_maxlen: int = Field(default=1_000_000, ge=1)
+    feedback_batch_limit: int = Field(default=100, ge=1)
+    # Feedback and the readout wait longer than /recommend: a 503 costs the client a retry.
+    feedback_redis_timeout_seconds: float = Field(default=1.0, gt=0)
+    positive_rating_threshold: float = 4.0
+    rating_scale_min: float = 1.0
+    rating_scale_max: float = 5.0
+    # Items a user rated, clicked or dismissed stay out of their lists this long (or until
+    # a bundle trained on them has them as seen); the newest this many are kept.
+    fresh_state_ttl_seconds: int = Field(default=7 * 86_400, ge=1)
+    fresh_state_max_items: int = Field(default=500, ge=1)
+    shadow_percent: float = Field(default=0.0, ge=0, le=100)
+    shadow_queue_size: int = Field(default=64, ge=1)
+    # mSPRT mixture spread: the hit-rate difference the test is most sensitive to.
+    experiment_mixture_sd: float = Field(default=0.05, gt=0)
+    # The readout's non-inferiority margin (absolute hit rate), as in the alert rule.
+    experiment_margin: float = Field(default=0.02, ge=0)
 
     @field_validator("admin_token", "redis_password", mode="before")
     @classmethod

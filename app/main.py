@@ -18,10 +18,11 @@ import anyio.to_thread
 import orjson
 from fastapi import FastAPI
 
-from app.api import admin, bench, health, predict, recommend
+from app.api import admin, bench, experiment, feedback, health, predict, recommend
 from app.api.gate import hide_closed_routes
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.feedback import FeedbackLoop, build_loop
 from app.limits import RequestLimitsMiddleware
 from app.logging_setup import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -50,6 +51,7 @@ def _floor_bodies(state: ServingState) -> dict[int, bytes]:
         ]
         bodies[n] = orjson.dumps(
             {
+                "request_id": "0" * 32,  # as long as a generated one
                 "user_id": bundle.user_ids[0] if bundle.user_ids else "0",
                 "variant": "teacher",
                 "model_version": state.version,
@@ -75,6 +77,7 @@ def make_lifespan(
         services = build_services(config)
         attach(app.state, services)
         sync: BackgroundSync | None = None
+        loop: FeedbackLoop | None = None
         try:
             # Loading hashes files and warms sessions: seconds of blocking work, kept off
             # the loop. A bundle that fails verification raises here, so the server never
@@ -92,6 +95,10 @@ def make_lifespan(
                 model_every=config.model_watch_seconds,
             )
             sync.start()
+            # The closed loop (impressions, /feedback, readout, shadow): with Redis only.
+            loop = app.state.loop = build_loop(config, services.metrics)
+            if loop is not None:
+                loop.start()
             logger.info(
                 "service ready",
                 extra={"version": state.version, "cache": services.cache.backend.name},
@@ -100,6 +107,10 @@ def make_lifespan(
         finally:
             if sync is not None:
                 await anyio.to_thread.run_sync(sync.stop)
+            if loop is not None:
+                await loop.aclose()
+            if hasattr(app.state, "loop"):
+                del app.state.loop
             detach(app.state)
             services.cache.close()
 
@@ -111,7 +122,14 @@ class ServiceApp(FastAPI):
         # Admin and bench routes are always mounted but closed without their setting;
         # the schema lists only what answers.
         return hide_closed_routes(
-            self, super().openapi(), [*admin.router.routes, *bench.router.routes]
+            self,
+            super().openapi(),
+            [
+                *admin.router.routes,
+                *experiment.router.routes,
+                *feedback.router.routes,
+                *bench.router.routes,
+            ],
         )
 
 
@@ -127,9 +145,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recommend.router)
     app.include_router(predict.router)
     app.include_router(health.router)
+    app.include_router(feedback.router)
     # Present only with ADMIN_TOKEN / BENCH_FLOOR_ENABLED: their routes check at request
     # time (app/api/gate.py) and otherwise answer exactly like an unknown path.
     app.include_router(admin.router)
+    app.include_router(experiment.router)
     app.include_router(bench.router)
     install_error_handlers(app)
     # Added first, so it runs inside the request context: its refusals carry the request id.

@@ -144,6 +144,119 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._info_labels: list[tuple[str, str, str]] = []
+        self._add_feedback_metrics()
+        self._add_shadow_metrics()
+        self._zero_loop_series()
+
+    def _add_feedback_metrics(self) -> None:
+        """The closed loop's (app/feedback.py). Per process like the rest; the fleet-wide
+        totals the experiment readout uses are kept in Redis."""
+        registry = self.registry
+        self.recommendation_impressions_total = Counter(
+            "recommendation_impressions_total",
+            "Recommendation lists served and recorded as impressions.",
+            ["variant"],
+            registry=registry,
+        )
+        self.impression_write_errors_total = Counter(
+            "impression_write_errors_total",
+            "Lists served without a recorded impression (Redis unavailable).",
+            registry=registry,
+        )
+        self.feedback_events_total = Counter(
+            "feedback_events_total",
+            "Feedback events written to the event log, by attributed variant ('none': no "
+            "impression found) and event.",
+            ["variant", "event"],
+            registry=registry,
+        )
+        self.feedback_write_errors_total = Counter(
+            "feedback_write_errors_total",
+            "Feedback requests answered 503 because the event log could not be written.",
+            registry=registry,
+        )
+        self.recommendation_hits_total = Counter(
+            "recommendation_hits_total",
+            "Positive feedback on a served item; each (request, item) counts once.",
+            ["variant"],
+            registry=registry,
+        )
+        self.recommendation_lists_hit_total = Counter(
+            "recommendation_lists_hit_total",
+            "Served lists with at least one hit (counted at their first hit); divided by "
+            "recommendation_impressions_total it is the readout's hit rate.",
+            ["variant"],
+            registry=registry,
+        )
+        self.recommendation_hit_position = Histogram(
+            "recommendation_hit_position",
+            "1-based rank of the served item that got a hit.",
+            ["variant"],
+            buckets=(1, 2, 3, 5, 10, 20, 50, 100),
+            registry=registry,
+        )
+        self.online_rating_abs_error = Histogram(
+            "online_rating_abs_error",
+            "Absolute error of the attributed variant's rating against the user's rating.",
+            ["variant"],
+            buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
+            registry=registry,
+        )
+
+    def _add_shadow_metrics(self) -> None:
+        """Shadow scoring's (app/shadow.py); `variant` is the variant that served."""
+        registry = self.registry
+        self.shadow_jobs_total = Counter(
+            "shadow_jobs_total",
+            "Shadow scoring jobs by outcome (scored, dropped: queue full, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.shadow_overlap_at_k = Histogram(
+            "shadow_overlap_at_k",
+            "Share of the served list that the other variant's list also holds, by served variant.",
+            ["variant"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=registry,
+        )
+        self.shadow_rank_correlation = Histogram(
+            "shadow_rank_correlation",
+            "Spearman correlation of the two variants' orders of their common items "
+            "(negative buckets: prometheus_client exports no _sum for it).",
+            ["variant"],
+            buckets=(-0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=registry,
+        )
+        self.shadow_rating_abs_diff = Histogram(
+            "shadow_rating_abs_diff",
+            "Mean absolute difference of the two variants' ratings of the served items.",
+            ["variant"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
+            registry=registry,
+        )
+
+    def _zero_loop_series(self) -> None:
+        """Every label value of the loop's metrics exported from the start, at zero: the
+        dashboard and the alert then read 0 (or NaN for a ratio), not an absent series,
+        before the first feedback or shadow job."""
+        variants = ("teacher", "student")
+        for metric in (
+            self.recommendation_impressions_total,
+            self.recommendation_hits_total,
+            self.recommendation_lists_hit_total,
+            self.recommendation_hit_position,
+            self.online_rating_abs_error,
+            self.shadow_overlap_at_k,
+            self.shadow_rank_correlation,
+            self.shadow_rating_abs_diff,
+        ):
+            for variant in variants:
+                metric.labels(variant=variant)
+        for variant in (*variants, "none"):
+            for event in ("click", "rating", "purchase", "dismiss"):
+                self.feedback_events_total.labels(variant=variant, event=event)
+        for outcome in ("scored", "dropped", "failed"):
+            self.shadow_jobs_total.labels(outcome=outcome)
 
     def set_model_info(self, entries: list[tuple[str, str, str]]) -> None:
         """Replace the (variant, version, provider) series after a load or reload."""

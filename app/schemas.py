@@ -79,6 +79,9 @@ class RecommendedItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
+    request_id: str = Field(
+        description="the X-Request-ID sent, else a new id; name it in POST /feedback"
+    )
     user_id: str
     variant: Literal["teacher", "student"]
     model_version: str

@@ -150,7 +150,8 @@ class ServingState:
         exclude_seen: bool,
         extra_exclude: npt.NDArray[np.int64] | None = None,
     ) -> Recommendation:
-        """`extra_exclude`: further catalogue positions (item index - 1) never to return."""
+        """`extra_exclude`: catalogue positions also left out (items the user interacted
+        with since the bundle was built: the fresh state of app/feedback.py)."""
         bundle = self.bundle
         parts = []
         if exclude_seen:

@@ -16,6 +16,9 @@ import redis
 from tests.datagen import write_ml100k
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
+# The closed-loop tests (feedback, experiment, events export) keep their own database, so a
+# suite on DB 15 running beside them never flushes their event log mid-test.
+LOOP_REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +60,27 @@ def bundle_dir(models_root: Path) -> Path:
     return (models_root / "current").resolve()
 
 
-@pytest.fixture()
-def redis_url() -> Iterator[str]:
-    """A real, empty Redis database (DB 15); fails loudly when Redis is not running."""
-    client = redis.Redis.from_url(REDIS_TEST_URL)
+def _empty_database(url: str) -> Iterator[str]:
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.exceptions.ConnectionError as err:
-        pytest.fail(f"Redis is not reachable at {REDIS_TEST_URL}: {err}")
+        pytest.fail(f"Redis is not reachable at {url}: {err}")
     client.flushdb()
     try:
-        yield REDIS_TEST_URL
+        yield url
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture()
+def redis_url() -> Iterator[str]:
+    """A real, empty Redis database (DB 15); fails loudly when Redis is not running."""
+    yield from _empty_database(REDIS_TEST_URL)
+
+
+@pytest.fixture()
+def loop_redis_url() -> Iterator[str]:
+    """A real, empty Redis database for the closed-loop tests (DB 13)."""
+    yield from _empty_database(LOOP_REDIS_TEST_URL)

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from training.bundle import BundleError, verify_bundle
 from training.data import AUTO_SPLIT, DATASETS, SPLITS, DataError, default_split
+from training.events import EventsError, add_events_parser, run_events
 from training.export import ExportError
 from training.pipeline import PipelineConfig, PipelineError, bundle_path, run_pipeline
 from training.synth import SynthConfig, SynthError, generate
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("bundle", type=Path, help="bundle folder, e.g. models/current")
     verify.set_defaults(until=None)
     _add_synth(sub)
+    add_events_parser(sub)
     return parser
 
 
@@ -152,6 +154,8 @@ def _run(args: argparse.Namespace) -> int:
         }
         sys.stdout.write(json.dumps(summary) + "\n")
         return 0
+    if args.command == "events":
+        return run_events(args)
 
     config = PipelineConfig(
         data_dir=args.data_dir,
@@ -194,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args)
-    except (DataError, BundleError, PipelineError, ExportError, SynthError) as err:
+    except (DataError, BundleError, PipelineError, ExportError, SynthError, EventsError) as err:
         # User errors (bad data, a broken bundle, a bad option): the message, no traceback.
         sys.stderr.write(f"error: {_one_line(err)}\n")
         return EXIT_USER_ERROR

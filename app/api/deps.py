@@ -24,6 +24,7 @@ from fastapi import Depends, Header, HTTPException, Request
 from app.admission import AdmissionGate
 from app.cache import RecommendationCache
 from app.config import Settings
+from app.feedback import FeedbackLoop
 from app.metrics import Metrics
 from app.routing import ABRouter, RoutingSync
 from app.services import NotReadyError, Services, StateHolder, services_of
@@ -133,3 +134,18 @@ async def get_variant_chooser(request: Request) -> VariantChooser:
 
 
 VariantChooserDep = Annotated[VariantChooser, Depends(get_variant_chooser)]
+
+
+async def get_loop(request: Request) -> FeedbackLoop | None:
+    """The closed loop the lifespan built; None without Redis or with FEEDBACK_ENABLED off."""
+    return getattr(request.app.state, "loop", None)
+
+
+async def require_loop(loop: Annotated[FeedbackLoop | None, Depends(get_loop)]) -> FeedbackLoop:
+    if loop is None:  # the route gate already answers 404 then; a second lock
+        raise HTTPException(status_code=503, detail="the feedback loop is not running")
+    return loop
+
+
+LoopDep = Annotated[FeedbackLoop | None, Depends(get_loop)]
+RequiredLoop = Annotated[FeedbackLoop, Depends(require_loop)]

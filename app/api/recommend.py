@@ -7,6 +7,7 @@ Redis lookup and the model run (both blocking) happen.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated
@@ -16,7 +17,16 @@ import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from app.api.deps import AdmissionDep, CacheDep, StateDep, VariantChooserDep, VariantOverride
+from app.api.deps import (
+    AdmissionDep,
+    CacheDep,
+    LoopDep,
+    StateDep,
+    VariantChooserDep,
+    VariantOverride,
+)
+from app.feedback import recommend_hook
+from app.logging_setup import request_id_var
 from app.responses import JSONBytesResponse
 from app.schemas import ErrorBody, RecommendResponse
 from app.state import Recommendation, ServingState
@@ -51,6 +61,7 @@ async def recommend(
     cache: CacheDep,
     choose_variant: VariantChooserDep,
     admission: AdmissionDep,
+    loop: LoopDep,
     *,
     user_id: Annotated[str, Query(min_length=1, max_length=128, description="raw user id")],
     k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -68,11 +79,19 @@ async def recommend(
     variant = choose_variant(raw_user, override=x_variant)
 
     position = state.user_position(raw_user)
+    hook = await recommend_hook(
+        loop, raw_user, state, known=position, k=k, exclude_seen=exclude_seen
+    )
     compute: Callable[[], Recommendation]
     if position is not None:
-        who = f"u{position}"
+        who = f"u{position}{hook.key_suffix}"  # fresh interactions change the key
         compute = partial(
-            state.recommend_known, variant, user=position, k=k, exclude_seen=exclude_seen
+            state.recommend_known,
+            variant,
+            user=position,
+            k=k,
+            exclude_seen=exclude_seen,
+            **hook.exclude,
         )
     else:
         row = state.encode_demographics(
@@ -98,9 +117,13 @@ async def recommend(
                 return _fragment(compute())
 
         fragment, hit = await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
+    request_id = request_id_var.get() or uuid.uuid4().hex
+    await hook.served(request_id, variant=variant, fragment=fragment, cached=hit)
     body = b"".join(
         (
-            b'{"user_id":',
+            b'{"request_id":',
+            orjson.dumps(request_id),
+            b',"user_id":',
             orjson.dumps(raw_user),
             b',"variant":',
             orjson.dumps(variant),

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 import app.api.recommend as recommend_module
 from tests.app.conftest import Reference, metric_value
 
-FIELDS = {"user_id", "variant", "model_version", "items", "cached", "fallback"}
+FIELDS = {"request_id", "user_id", "variant", "model_version", "items", "cached", "fallback"}
 
 
 def test_known_user_gets_ranked_unseen_items(client: TestClient, reference: Reference) -> None:
