@@ -35,7 +35,7 @@ from training.features import FeatureTables
 from training.fisher_analysis import fisher_report
 from training.models.base import TwoHeadModel, count_params
 from training.report import write_student_report
-from training.towers import ANN_MIN_ITEMS, export_towers
+from training.towers import ANN_MIN_ITEMS, export_towers, ort_tower_scorer
 from training.train import TeacherConfig, train_teacher
 
 log = logging.getLogger(__name__)
@@ -229,17 +229,33 @@ def step_export(ctx: Context) -> dict[str, Any]:
 
 
 def onnx_metrics(
-    path: Path, tables: FeatureTables, split: Split, *, n_users: int, n_items: int
+    path: Path,
+    tables: FeatureTables,
+    split: Split,
+    *,
+    n_users: int,
+    n_items: int,
+    towers: tuple[Path, Path] | None = None,
 ) -> dict[str, float]:
-    """Protocol P metrics of an exported model, computed with ONNX Runtime itself."""
+    """Protocol P metrics of an exported model, computed with ONNX Runtime itself.
+
+    With `towers` (user-tower graph, item matrix) the ranking is scored as the service
+    ranks, one tower run and one matrix product per block of users; ratings always come
+    from the pair graph at `path`.
+    """
     session = export_mod.ort_session(path, threads=1)
 
     def predict(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return export_mod.ort_pair_predict(session, tables, users, items)[0]
 
+    scorer = (
+        export_mod.ort_catalogue_scorer(session, tables, n_items=n_items)
+        if towers is None
+        else ort_tower_scorer(*towers, tables)
+    )
     return protocol_p(
         predict,
-        export_mod.ort_catalogue_scorer(session, tables, n_items=n_items),
+        scorer,
         train=split.train,
         test=split.test,
         n_users=n_users,
@@ -253,8 +269,15 @@ def step_evaluate(ctx: Context) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for key in MODEL_KEYS:
         path = ctx.work / exported[key]["file"]
+        # The INT8 student ranks with the fp32 student's towers, as the service does.
+        retrieval = exported[key].get("retrieval") or exported["student"]["retrieval"]
         metrics = onnx_metrics(
-            path, ctx.dataset.tables, ctx.eval_split, n_users=fm.n_users, n_items=fm.n_items
+            path,
+            ctx.dataset.tables,
+            ctx.eval_split,
+            n_users=fm.n_users,
+            n_items=fm.n_items,
+            towers=(ctx.work / retrieval["user_tower"], ctx.work / retrieval["items"]),
         )
         latency = export_mod.ort_latency_ms(
             path, fm, ctx.dataset.tables, threads=1, runs=ctx.config.latency_runs

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from contract.features import FEATURE_SCHEMA_VERSION
 from contract.towers import TOWER_INPUT_NAMES, TOWER_OUTPUT, open_tower_session, tower_files
 from training.ann import AnnInfo, build_ivf, write_index
+from training.evaluate import Scorer
 from training.export import OPSET, PARITY_ATOL, ExportError, random_batch
 from training.features import FeatureMap, FeatureTables
 from training.models.base import TwoHeadModel, to_inputs
@@ -189,3 +190,18 @@ def _sample_queries(
         [TOWER_OUTPUT], {"user": users, "user_feats": tables.user_feats[users]}
     )
     return np.asarray(vectors, np.float32)
+
+
+def ort_tower_scorer(tower: Path, items: Path, tables: FeatureTables) -> Scorer:
+    """Protocol P catalogue scorer of an exported model's two-stage form, as the service
+    ranks: the ONNX user tower times the item matrix (item indices 1..n_items)."""
+    session = open_tower_session(tower, intra_op_threads=1)
+    matrix = np.load(items, allow_pickle=False)  # [n_items, D]
+
+    def score(users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        feed = {"user": users, "user_feats": tables.user_feats[users]}
+        (vectors,) = session.run([TOWER_OUTPUT], feed)
+        return np.asarray(vectors @ matrix.T)  # [B, n_items]
+
+    return score

@@ -8,7 +8,7 @@ Redis lookup and the model run (both blocking) happen.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Annotated
 
@@ -51,6 +51,17 @@ def _cache_key(state: ServingState, *, variant: str, who: str, k: int, exclude_s
     )
 
 
+def _unknown_user(
+    state: ServingState, variant: str, demographics: Mapping[str, object], *, k: int
+) -> tuple[str, Callable[[], Recommendation]]:
+    """Cache identity and computation for a user the bundle does not know."""
+    row = state.encode_demographics(demographics)
+    if row is None:
+        return "popular", partial(state.recommend_popular, variant, k=k)
+    who = "cold:" + ",".join(str(v) for v in row.tolist())
+    return who, partial(state.recommend_cold_start, variant, user_row=row, k=k)
+
+
 @router.get(
     "/recommend",
     response_model=RecommendResponse,
@@ -82,10 +93,9 @@ async def recommend(
     hook = await recommend_hook(
         loop, raw_user, state, known=position, k=k, exclude_seen=exclude_seen
     )
-    compute: Callable[[], Recommendation]
     if position is not None:
         who = f"u{position}{hook.key_suffix}"  # fresh interactions change the key
-        compute = partial(
+        compute: Callable[[], Recommendation] = partial(
             state.recommend_known,
             variant,
             user=position,
@@ -94,15 +104,8 @@ async def recommend(
             **hook.exclude,
         )
     else:
-        row = state.encode_demographics(
-            {"age": age, "gender": gender, "occupation": occupation, "zip": zip}
-        )
-        if row is None:
-            who = "popular"
-            compute = partial(state.recommend_popular, variant, k=k)
-        else:
-            who = "cold:" + ",".join(str(v) for v in row.tolist())
-            compute = partial(state.recommend_cold_start, variant, user_row=row, k=k)
+        demographics = {"age": age, "gender": gender, "occupation": occupation, "zip": zip}
+        who, compute = _unknown_user(state, variant, demographics, k=k)
 
     key = _cache_key(state, variant=variant, who=who, k=k, exclude_seen=exclude_seen)
     near = cache.peek(key)  # process memory only: safe on the event loop
@@ -119,6 +122,13 @@ async def recommend(
         fragment, hit = await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
     request_id = request_id_var.get() or uuid.uuid4().hex
     await hook.served(request_id, variant=variant, fragment=fragment, cached=hit)
+    return _response(request_id, raw_user, variant, state.version, fragment, cached=hit)
+
+
+def _response(
+    request_id: str, raw_user: str, variant: str, version: str, fragment: bytes, *, cached: bool
+) -> Response:
+    """The body around the cached fragment, assembled as bytes (no re-serialisation)."""
     body = b"".join(
         (
             b'{"request_id":',
@@ -128,11 +138,11 @@ async def recommend(
             b',"variant":',
             orjson.dumps(variant),
             b',"model_version":',
-            orjson.dumps(state.version),
+            orjson.dumps(version),
             b",",
             fragment,
             b',"cached":',
-            b"true" if hit else b"false",
+            b"true" if cached else b"false",
             b"}",
         )
     )
