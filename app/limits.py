@@ -13,7 +13,8 @@ an ASGI middleware runs, the headers are already parsed.
 from __future__ import annotations
 
 import hmac
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -114,30 +115,9 @@ class RequestLimitsMiddleware:
             await self.app(scope, receive, send)
             return
         settings: Settings = services.settings
-        length: bytes | None = None
-        chunked = variant = False
-        authorization: bytes | None = None
-        # One pass over the raw headers: this runs on every request.
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"authorization":
-                authorization = value
-            elif name == b"x-variant":
-                variant = True
-        limit = settings.max_body_bytes
-        refusal: tuple[int, str] | None = None
-        if length is not None and not length.isdigit():
-            refusal = (400, "invalid Content-Length")
-        elif length is not None and int(length) > limit:
-            refusal = (413, f"request body larger than {limit} bytes")
-        elif scope["path"].startswith(ADMIN_PREFIX + "/"):
-            refusal = admin_refusal(settings, authorization)
-        if refusal is None and variant:
-            refusal = override_refusal(settings.variant_override, settings, authorization)
-        has_body = chunked or length is not None
+        head = _RequestHead.read(scope["headers"])
+        refusal = _refusal(settings, head, path=scope["path"])
+        has_body = head.chunked or head.length is not None
         if refusal is not None:
             status, detail = refusal
             # A body that will not be read: close rather than wait for it to be discarded.
@@ -147,5 +127,46 @@ class RequestLimitsMiddleware:
             await send_error(send, status, detail, headers=headers)
             return
         if has_body:
-            receive = _limited(receive, limit)
+            receive = _limited(receive, settings.max_body_bytes)
         await self.app(scope, receive, send)
+
+
+@dataclass(frozen=True)
+class _RequestHead:
+    """The few request headers the limits look at."""
+
+    length: bytes | None = None
+    chunked: bool = False
+    authorization: bytes | None = None
+    variant: bool = False
+
+    @classmethod
+    def read(cls, headers: list[tuple[bytes, bytes]]) -> _RequestHead:
+        found: dict[str, Any] = {}
+        # One pass over the raw headers: this runs on every request.
+        for name, value in headers:
+            if name == b"content-length":
+                found["length"] = value
+            elif name == b"transfer-encoding":
+                found["chunked"] = True
+            elif name == b"authorization":
+                found["authorization"] = value
+            elif name == b"x-variant":
+                found["variant"] = True
+        return cls(**found)
+
+
+def _refusal(settings: Settings, head: _RequestHead, *, path: str) -> tuple[int, str] | None:
+    """(status, detail) of a request refused before its body is read, else None."""
+    limit = settings.max_body_bytes
+    if head.length is not None and not head.length.isdigit():
+        return 400, "invalid Content-Length"
+    if head.length is not None and int(head.length) > limit:
+        return 413, f"request body larger than {limit} bytes"
+    if path.startswith(ADMIN_PREFIX + "/"):
+        refusal = admin_refusal(settings, head.authorization)
+        if refusal is not None:
+            return refusal
+    if head.variant:
+        return override_refusal(settings.variant_override, settings, head.authorization)
+    return None
