@@ -166,19 +166,8 @@ def _brief(result: LoadResult) -> dict[str, Any]:
 
 def build_shape_bundle(data_dir: Path | None, out_dir: Path) -> Path:
     """Full model shapes, one epoch per teacher component, quick student training."""
-    from training.pipeline import PipelineConfig, run_pipeline  # noqa: PLC0415
-    from training.train import TeacherConfig  # noqa: PLC0415
-
-    class ShapeConfig(PipelineConfig):
-        def teacher_config(self) -> TeacherConfig:
-            full = TeacherConfig(seed=self.seed, threads=self.threads, progress=self.progress)
-            return replace(
-                full,
-                mf=replace(full.mf, epochs=1),
-                xdeepfm=replace(full.xdeepfm, epochs=1),
-                autoint=replace(full.autoint, epochs=1),
-                refit_full=False,
-            )
+    from bench._shapes import ShapeConfig  # noqa: PLC0415 - torch only when building
+    from training.pipeline import run_pipeline  # noqa: PLC0415
 
     config = ShapeConfig(
         data_dir=data_dir, dataset="ml-100k", split="none", out_dir=out_dir, quick=True,

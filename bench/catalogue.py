@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from app.retrieval import RetrievalSettings, open_retriever
 from bench._loadgen import LoadSpec, build_get, run_load
 from bench._server import HOST, uvicorn_server
 from contract.manifest import RetrievalEntry
+from training.synth import SynthConfig, generate
 
 log = logging.getLogger("bench.catalogue")
 
@@ -57,26 +56,30 @@ def size_for(items: int) -> Size:
     return Size(items=items, users=users, ratings=max(100_000, 2 * items))
 
 
-def _run(args: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "training", *args], check=True, cwd=_REPO)
-    return time.perf_counter() - started
-
-
 def build_bundle(size: Size, work: Path, *, seed: int) -> tuple[Path, dict[str, float]]:
+    """Synthetic data and a bundle with the real model shapes (bench/_shapes.py)."""
+    from bench._shapes import ShapeConfig  # noqa: PLC0415 - torch only when building
+    from training.pipeline import run_pipeline  # noqa: PLC0415
+
     data = work / f"data-{size.items}"
     models = work / f"models-{size.items}"
     times: dict[str, float] = {}
     if not (data / "ratings.csv").exists():
-        times["synth_s"] = _run([
-            "synth", "--users", str(size.users), "--items", str(size.items),
-            "--ratings", str(size.ratings), "--seed", str(seed), "--out", str(data),
-        ])  # fmt: skip
+        started = time.perf_counter()
+        generate(
+            SynthConfig(n_users=size.users, n_items=size.items, n_ratings=size.ratings, seed=seed),
+            data,
+        )
+        times["synth_s"] = time.perf_counter() - started
     if not (models / "current" / "manifest.json").exists():
-        times["pipeline_s"] = _run([
-            "pipeline", "--data-dir", str(data), "--dataset", "ml-latest", "--quick",
-            "--out-dir", str(models), "--no-progress", "--seed", str(seed),
-        ])  # fmt: skip
+        started = time.perf_counter()
+        run_pipeline(
+            ShapeConfig(
+                data_dir=data, dataset="ml-latest", split="random", out_dir=models,
+                quick=True, seed=seed, progress=False, latency_runs=5,
+            )
+        )  # fmt: skip
+        times["pipeline_s"] = time.perf_counter() - started
     return (models / "current").resolve(), times
 
 
@@ -245,6 +248,7 @@ def write_docs(rows: list[dict[str, Any]], docs: Path) -> None:
     else:
         text = text.rstrip() + "\n\n" + table + "\n"
     docs.write_text(text, encoding="utf-8")
+    (docs.parent / "img").mkdir(exist_ok=True)
     plot(rows, docs.parent / "img" / "catalogue-latency.png")
 
 

@@ -30,7 +30,7 @@ from training.bundle import RetrievalFiles
 from training.data import Dataset, Split, holdout, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
-from training.evaluate import format_table, protocol_p
+from training.evaluate import bounded_users, format_table, protocol_p
 from training.features import FeatureTables
 from training.fisher_analysis import fisher_report
 from training.models.base import TwoHeadModel, count_params
@@ -260,6 +260,8 @@ def onnx_metrics(
         test=split.test,
         n_users=n_users,
         n_items=n_items,
+        # Every user on catalogues like MovieLens; a seeded sample on very large ones.
+        max_users=bounded_users(n_items),
     )
 
 
