@@ -58,7 +58,9 @@ CMD ["sh", "/usr/local/bin/recsys-serve"]
 # ---------------------------------------------------------------------------------------
 # GPU serving: the same service on a CUDA runtime with cuDNN and the `gpu` extra alone, so
 # onnxruntime-gpu is the only wheel providing the `onnxruntime` module (the two must not
-# coexist; the CPU one is the `cpu` extra, never installed here).
+# coexist; the CPU one is the `cpu` extra, never installed here). Pair graphs and user towers
+# run on CUDA; the retrieval search (NumPy, faiss-cpu) stays on the CPU, since faiss-gpu
+# has no PyPI wheel and one query's search takes milliseconds.
 FROM ${CUDA_IMAGE} AS serve-gpu
 ARG APP_UID
 ENV PYTHONDONTWRITEBYTECODE=1 \
