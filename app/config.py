@@ -84,8 +84,6 @@ class Settings(BaseSettings):
     # Feedback and the readout wait longer than /recommend: a 503 costs the client a retry.
     feedback_redis_timeout_seconds: float = Field(default=1.0, gt=0)
     positive_rating_threshold: float = 4.0
-    rating_scale_min: float = 1.0
-    rating_scale_max: float = 5.0
     # Items a user rated, clicked or dismissed stay out of their lists this long (or until
     # a bundle trained on them has them as seen); the newest this many are kept.
     fresh_state_ttl_seconds: int = Field(default=7 * 86_400, ge=1)

@@ -155,7 +155,8 @@ class FeedbackLoop:
 
     def check(self, events: Sequence[FeedbackEvent], state: ServingState) -> None:
         """Refuses what no Redis lookup is needed to refuse: scale, catalogue."""
-        low, high = self.settings.rating_scale_min, self.settings.rating_scale_max
+        # The data set's scale, from the bundle (contract.ratings), as training saw it.
+        low, high = state.bundle.rating_scale
         for i, event in enumerate(events):
             if event.event == "rating" and (event.value is None or not low <= event.value <= high):
                 raise FeedbackRejectedError(
