@@ -22,6 +22,11 @@ class StudentConfig:
     # "teacher": scale `shape` so that the unpruned student has the teacher's parameter
     # count (then prune_ratio is exactly the share of parameters removed); "shape": as given.
     initial: Literal["teacher", "shape"] = "teacher"
+    # Widest score head the student may have. Its score factors (plus one bias column) are
+    # the retrieval vectors the service stores per item and searches per request, so they
+    # are kept far below the teacher's (194 with the default teacher) rather than scaled
+    # up with the other widths; pruning may shrink them further.
+    max_score_factor: int = 48
     # Share of the *teacher's* parameters the student must lose: 0.8 so that the ONNX file,
     # which is mostly weights, is at most 20% of the teacher's (the issue asks >= 0.75).
     prune_ratio: float = 0.8

@@ -4,6 +4,7 @@ a pruning step runs, and each step's parameter target."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -15,15 +16,19 @@ from training.models.student import StudentShape, shape_params
 def initial_shape(fm: FeatureMap, config: StudentConfig, teacher_params: int) -> StudentShape:
     """The unpruned student's widths: `config.shape`, or scaled to the teacher's size."""
     if config.initial == "shape":
-        return config.shape
+        return _capped(config.shape, config)
     lo, hi = 0.02, 64.0
     for _ in range(60):
         mid = math.sqrt(lo * hi)
-        if shape_params(fm, config.shape.scaled(mid)) > teacher_params:
+        if shape_params(fm, _capped(config.shape.scaled(mid), config)) > teacher_params:
             hi = mid
         else:
             lo = mid
-    return config.shape.scaled(lo)
+    return _capped(config.shape.scaled(lo), config)
+
+
+def _capped(shape: StudentShape, config: StudentConfig) -> StudentShape:
+    return replace(shape, score_factor=min(shape.score_factor, config.max_score_factor))
 
 
 def prune_schedule(config: StudentConfig) -> list[int]:

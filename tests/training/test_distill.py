@@ -161,6 +161,16 @@ def test_schedule_and_initial_size() -> None:
     assert initial_shape(fm, replace(cfg, initial="shape", shape=fixed), 50_000) == fixed
 
 
+def test_the_score_head_never_grows_past_its_cap() -> None:
+    fm = feature_map()
+    cfg = StudentConfig(max_score_factor=8)
+    big = initial_shape(fm, cfg, 5_000_000)  # every other width scales far up
+    assert big.score_factor == 8 and big.user_hidden > StudentShape().user_hidden
+    assert 0.8 * 5_000_000 < shape_params(fm, big) <= 5_000_000
+    small = initial_shape(fm, replace(cfg, max_score_factor=1000), 5_000_000)
+    assert small.score_factor > 8
+
+
 def test_step_targets_shrink_geometrically_to_the_final_target() -> None:
     targets = [step_target(10_000, 1_000, s, 4) for s in range(1, 5)]
     assert targets[-1] == 1_000
