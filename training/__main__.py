@@ -15,6 +15,7 @@ from pathlib import Path
 
 from training.bundle import BundleError, verify_bundle
 from training.data import DATASETS, SPLITS, DataError
+from training.device import DEVICES, DeviceError
 from training.export import ExportError
 from training.pipeline import PipelineConfig, PipelineError, bundle_path, run_pipeline
 
@@ -57,6 +58,12 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         help="share of the teacher's parameter count removed from the student (default 0.8)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="torch device for training and evaluation; auto = CUDA when present (default)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         threads=args.threads,
         prune_ratio=args.prune_ratio,
         progress=not args.no_progress,
+        device=args.device,
     )
     ctx = run_pipeline(config, until=args.until)
     if args.until == "bundle":
@@ -138,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args)
-    except (DataError, BundleError, PipelineError, ExportError) as err:
+    except (DataError, BundleError, PipelineError, ExportError, DeviceError) as err:
         # User errors (bad data, a broken bundle, a bad option): the message, no traceback.
         sys.stderr.write(f"error: {err}\n")
         return EXIT_USER_ERROR

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.device import resolve_device
 from training.distill_config import StudentConfig
 from training.kd_targets import CatalogueTargets, teacher_pools
 from training.losses import DistillLoss
@@ -64,8 +65,11 @@ class Distillation:
         pools: list[dict[str, Tensor]],
         *,
         target_params: int,
+        device: torch.device | None = None,
     ) -> None:
         self.cfg = config
+        # Pools stay on the CPU and each batch moves to `device`; pruning runs on the CPU.
+        self.device = device or torch.device("cpu")
         self.student = student
         self.loss = loss
         self.pools = pools
@@ -86,6 +90,7 @@ class Distillation:
         return torch.optim.Adam(params, lr=self.cfg.lr)
 
     def fit(self) -> None:
+        self._place(self.device)
         for epoch in range(self.cfg.epochs):
             pool = self.pools[epoch % len(self.pools)]
             self.train_epoch(epoch, pool)
@@ -98,7 +103,16 @@ class Distillation:
                 self.curves["total"][-1],
                 self.curves["params"][-1],
             )
+        self._place(torch.device("cpu"))
         self.student.eval()
+
+    def _place(self, device: torch.device) -> None:
+        """Moves the student and the projection (a new optimiser follows each pruning)."""
+        if next(self.student.parameters()).device == device:
+            return
+        self.student.to(device)
+        self.loss.to(device)
+        self.opt = self._optimizer()
 
     def train_epoch(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
         """One pass over `pool` in a random order; appends the mean losses to the curves."""
@@ -115,7 +129,7 @@ class Distillation:
         )
         for start in bar:
             idx = perm[start : start + cfg.lists_per_batch]
-            losses = self.train_step({k: v[idx] for k, v in pool.items()})
+            losses = self.train_step({k: v[idx].to(self.device) for k, v in pool.items()})
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v * idx.numel()
         self.curves["epoch"].append(epoch + 1)
@@ -136,6 +150,7 @@ class Distillation:
         """Runs the pruning steps scheduled after `epoch`, each with a fresh optimiser."""
         n_steps = len(self.schedule)
         while self.done_steps < n_steps and self.schedule[self.done_steps] == epoch:
+            self._place(torch.device("cpu"))
             self.done_steps += 1
             target = step_target(self.initial_params, self.target_params, self.done_steps, n_steps)
             step = prune_step(
@@ -150,6 +165,7 @@ class Distillation:
             )
             self.steps.append({"epoch": epoch + 1, "target": target, **asdict(step)})
             self.opt = self._optimizer()
+        self._place(self.device)
 
     def _importance_batches(self, pool: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         cfg = self.cfg
@@ -233,7 +249,9 @@ def distill_student(
     if pools is None:
         pools = teacher_pools(dataset, train, teacher, config=cfg)
     loss = _distill_loss(cfg, dataset, train, teacher, shape=shape, t_repr=pools[0].get("t_repr"))
-    run = Distillation(cfg, student, loss, pools, target_params=target)
+    device = resolve_device(cfg.device)
+    log.info("student distils on %s", device)
+    run = Distillation(cfg, student, loss, pools, target_params=target, device=device)
     run.fit()
     info = {
         "config": cfg.to_json(),
@@ -247,5 +265,6 @@ def distill_student(
         "curves": run.curves,
         "prune_steps": run.steps,
         "seconds": time.perf_counter() - started,
+        "device": str(device),
     }
     return student, info

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from scipy.optimize import nnls
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from training.data import Ratings, holdout
+from training.device import resolve_device
 from training.evaluate import (
     RELEVANT_MIN_RATING,
     bounded_users,
@@ -137,6 +138,7 @@ class TeacherConfig:
     # tenth adds little the model lacks and the refit would double the teacher's time.
     refit_full: bool | Literal["auto"] = "auto"
     progress: bool = True
+    device: str = "cpu"  # "auto" | "cpu" | "cuda" (training.device); not part of run keys
 
     def quick(self) -> TeacherConfig:
         """Few epochs and small models: for tests and CI, not for quality."""
@@ -256,18 +258,29 @@ class TrainData:
     n_items: int
 
     @classmethod
-    def build(cls, train: Ratings, tables: FeatureTables, fm: FeatureMap) -> TrainData:
+    def build(
+        cls,
+        train: Ratings,
+        tables: FeatureTables,
+        fm: FeatureMap,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> TrainData:
         seen = SeenIndex.from_ratings(train, n_users=fm.n_users, n_items=fm.n_items)
         return cls(
-            users=torch.as_tensor(train.user, dtype=torch.long),
-            items=torch.as_tensor(train.item, dtype=torch.long),
-            ratings=torch.as_tensor(train.rating, dtype=torch.float32),
-            user_feats=torch.as_tensor(tables.user_feats),
-            item_feats=torch.as_tensor(tables.item_feats),
-            item_genres=torch.as_tensor(tables.item_genres),
-            seen_mask=SeenMask.from_index(seen),
+            users=torch.as_tensor(train.user, dtype=torch.long, device=device),
+            items=torch.as_tensor(train.item, dtype=torch.long, device=device),
+            ratings=torch.as_tensor(train.rating, dtype=torch.float32, device=device),
+            user_feats=torch.as_tensor(tables.user_feats, device=device),
+            item_feats=torch.as_tensor(tables.item_feats, device=device),
+            item_genres=torch.as_tensor(tables.item_genres, device=device),
+            seen_mask=SeenMask.from_index(seen).to(torch.device(device)),
             n_items=fm.n_items,
         )
+
+    @property
+    def device(self) -> torch.device:
+        return self.users.device
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -285,28 +298,73 @@ class Trainer:
     model: TowerScoring
     config: ComponentConfig
     data: TrainData
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | Optimizers
     gen: torch.Generator
     progress: bool = True
 
 
-def make_optimizer(model: TowerScoring, config: ComponentConfig) -> torch.optim.Optimizer:
-    """Adam with its own learning rate for the ranking towers."""
-    tower = [p for n, p in model.named_parameters() if n.startswith(model.tower_prefixes)]
-    rest = [p for n, p in model.named_parameters() if not n.startswith(model.tower_prefixes)]
-    return torch.optim.Adam(
-        [
-            {"params": rest, "lr": config.lr},
-            {"params": tower, "lr": config.tower_lr or config.lr},
-        ]
-    )
+# Embedding tables with at least this many rows get sparse gradients and a lazy Adam
+# (SparseAdam) once the catalogue is this large: dense Adam updates every row of every
+# table each step, which at a million items was 0.7 s of a 0.75 s MF step (docs/SCALE.md).
+# Below it (ml-100k, ML-1M) training is the dense Adam it always was.
+SPARSE_MIN_ROWS = 100_000
+
+
+class Optimizers:
+    """Dense Adam, plus SparseAdam for sparse embedding tables: stepped as one."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.parts:
+            opt.step()
+
+
+def sparsify_embeddings(model: nn.Module, *, min_rows: int = SPARSE_MIN_ROWS) -> int:
+    """Switches embedding tables of at least `min_rows` rows to sparse gradients."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.num_embeddings >= min_rows:
+            module.sparse = True
+            count += 1
+    return count
+
+
+def make_optimizer(
+    model: TowerScoring, config: ComponentConfig
+) -> torch.optim.Optimizer | Optimizers:
+    """Adam with its own learning rate for the ranking towers (lazy for sparse tables)."""
+    sparse = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    groups: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for is_sparse in (False, True):
+        for tower in (False, True):
+            params = [
+                p
+                for n, p in model.named_parameters()
+                if n.startswith(model.tower_prefixes) == tower and (id(p) in sparse) == is_sparse
+            ]
+            lr = config.tower_lr or config.lr if tower else config.lr
+            if params or not is_sparse:
+                groups[is_sparse].append({"params": params, "lr": lr})
+    dense = torch.optim.Adam(groups[False])
+    if not groups[True]:
+        return dense
+    return Optimizers([dense, torch.optim.SparseAdam(groups[True])])
 
 
 def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(total loss, rating MSE, ranking loss) of one batch of training pairs."""
     model, config, data, gen = t.model, t.config, t.data, t.gen
-    u_in = u.masked_fill(torch.rand(u.shape, generator=gen) < config.id_dropout, 0)
-    i_in = i.masked_fill(torch.rand(i.shape, generator=gen) < config.id_dropout, 0)
+    # Random draws come from the CPU generator on every device, so a seed gives the same
+    # draws on CPU and GPU; .to() is a no-op on the CPU.
+    dev = data.device
+    u_in = u.masked_fill((torch.rand(u.shape, generator=gen) < config.id_dropout).to(dev), 0)
+    i_in = i.masked_fill((torch.rand(i.shape, generator=gen) < config.id_dropout).to(dev), 0)
     uf, itf, ig = data.user_feats[u], data.item_feats[i], data.item_genres[i]
     out = model.heads(u_in, i_in, uf, itf, ig)
     mse = (out["rating"] - r).pow(2).mean()
@@ -315,7 +373,7 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
         torch.randint(1, data.n_items + 1, (n_neg,), generator=gen)
         if n_neg
         else torch.arange(1, data.n_items + 1)
-    )
+    ).to(dev)
     user_vec = model.user_tower(u_in, uf)  # [B, D]
     pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
     neg_vec = model.item_tower(neg, data.item_feats[neg], data.item_genres[neg])  # [N, D]
@@ -334,6 +392,7 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
 def train_step(t: Trainer, idx: Tensor) -> tuple[float, float, float]:
     """One optimiser step on the training pairs `idx`; returns (loss, mse, rank)."""
     data = t.data
+    idx = idx.to(data.device)
     loss, mse, rank = component_loss(t, data.users[idx], data.items[idx], data.ratings[idx])
     t.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -434,8 +493,9 @@ def train_component(
     head_epochs: tuple[int, int] | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[TowerScoring, dict[str, Any]]:
-    """Trains one component (the `fit` of FuxiCTR's BaseModel).
+    """Trains one component (the `fit` of FuxiCTR's BaseModel) on `device`.
 
     With `valid` and `config.select == "heads"`, each head is kept at its best validation
     epoch (RMSE for the rating head, NDCG@10 for the towers). Without `valid`,
@@ -447,13 +507,17 @@ def train_component(
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_component(name, fm, config, global_mean=float(train.rating.mean()))
+    if fm.n_items >= SPARSE_MIN_ROWS:
+        n_sparse = sparsify_embeddings(model, min_rows=SPARSE_MIN_ROWS)
+        log.info("%s: %d embedding tables with sparse gradients (lazy Adam)", name, n_sparse)
+    model.to(device)
     if head_epochs is not None:
         config = replace(config, epochs=max(head_epochs))
     t = Trainer(
         name=name,
         model=model,
         config=config,
-        data=TrainData.build(train, tables, fm),
+        data=TrainData.build(train, tables, fm, device=device),
         opt=make_optimizer(model, config),
         gen=gen,
         progress=progress,
@@ -494,6 +558,8 @@ def train_teacher(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     fm, tables = dataset.feature_map, dataset.tables
+    device = resolve_device(config.device)
+    log.info("teacher trains on %s", device)
     started = time.perf_counter()
     fit, valid = holdout(train, fraction=config.valid_fraction, seed=config.seed)
     if len(valid) == 0 or not np.any(valid.rating >= RELEVANT_MIN_RATING):
@@ -518,6 +584,7 @@ def train_teacher(
             valid=valid,
             seed=config.seed + k,
             progress=config.progress,
+            device=device,
         )
         info["valid"] = evaluate_component(model, tables, train=fit, valid=valid, fm=fm)
         models[name] = model
@@ -552,6 +619,7 @@ def train_teacher(
                 head_epochs=(int(kept[0]), int(kept[1])),
                 seed=config.seed + k,
                 progress=config.progress,
+                device=device,
             )
             refit[name] = model
             report["components"][name]["refit_seconds"] = info["seconds"]
@@ -559,8 +627,10 @@ def train_teacher(
         refitted.load_weights_from(teacher, tables=tables, users=np.unique(valid.user))
         teacher = refitted
     report["seconds"] = time.perf_counter() - started
+    report["device"] = str(device)
     teacher.eval()
-    return teacher, report
+    # Checkpoints, Fisher and export read the teacher on the CPU.
+    return teacher.cpu(), report
 
 
 def simplex_grid(step: float, *, dims: int = 3) -> list[tuple[float, ...]]:
@@ -646,7 +716,7 @@ def _blend_ranking(
     mats = teacher.component_score_matrices(users, tables)
     teacher.standardise(users, tables, mats=mats)
     # float64 once: a float32 z was cast again for every weight vector.
-    z = np.stack([((m - m.mean()) / m.std().clamp(min=1e-6)).numpy() for m in mats])
+    z = np.stack([((m - m.mean()) / m.std().clamp(min=1e-6)).cpu().numpy() for m in mats])
     z = z.astype(np.float64)
     del mats
     row_of = np.full(fm.n_users + 1, -1, dtype=np.int64)
