@@ -16,6 +16,7 @@ from pathlib import Path
 from training.bundle import BundleError, verify_bundle
 from training.data import DATASETS, SPLITS, DataError
 from training.device import DEVICES, DeviceError
+from training.distributed import current
 from training.export import ExportError
 from training.pipeline import PipelineConfig, PipelineError, bundle_path, run_pipeline
 
@@ -123,6 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     ctx = run_pipeline(config, until=args.until)
+    if not current().is_main:
+        return 0  # torchrun: rank 0 reports
     if args.until == "bundle":
         sys.stdout.write(f"{bundle_path(ctx)}\n")
     elif args.until == "evaluate":

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from training.device import resolve_device
 from training.distill_config import StudentConfig
+from training.distributed import current, local_device, shard, wrap
 from training.kd_targets import CatalogueTargets, teacher_pools
 from training.losses import DistillLoss
 from training.models.base import count_params
@@ -48,6 +49,20 @@ def _l2(student: Student, ex: Mapping[str, Tensor]) -> Tensor:
     item = ex["item"].reshape(-1)
     reg = student.user.tables[0](user).pow(2).sum() + student.item.tables[0](item).pow(2).sum()
     return reg / user.numel()
+
+
+class _Objective(nn.Module):
+    """One batch's losses as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, student: Student, loss: DistillLoss, l2: float) -> None:
+        super().__init__()
+        self.student = student
+        self.loss = loss
+        self.l2 = l2
+
+    def forward(self, ex: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        parts = self.loss.components(self.student.heads, ex, student=self.student)
+        return parts, self.l2 * _l2(self.student, ex)
 
 
 class Distillation:
@@ -81,9 +96,15 @@ class Distillation:
         # drop the matching inputs, so the current split point is tracked here.
         self.n_rating = student.shape.rating_factor
         self.gen = torch.Generator().manual_seed(config.seed)
+        self.world = current()
         self.opt = self._optimizer()
+        self.objective = self._objective()
         self.curves: dict[str, list[float]] = {"epoch": [], "params": [], "total": []}
         self.steps: list[dict[str, Any]] = []
+
+    def _objective(self) -> nn.Module:
+        """The batch objective, in DDP on several ranks (re-wrapped after every pruning)."""
+        return wrap(_Objective(self.student, self.loss, self.cfg.l2), self.world)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [*self.student.parameters(), *self.loss.proj.parameters()]
@@ -113,13 +134,15 @@ class Distillation:
         self.student.to(device)
         self.loss.to(device)
         self.opt = self._optimizer()
+        self.objective = self._objective()
 
     def train_epoch(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
         """One pass over `pool` in a random order; appends the mean losses to the curves."""
         cfg = self.cfg
         self.student.train()
-        n = pool["user"].shape[0]
-        perm = torch.randperm(n, generator=self.gen)
+        # Every rank draws the same permutation and trains on its shard of it.
+        perm = shard(torch.randperm(pool["user"].shape[0], generator=self.gen), self.world)
+        n = perm.numel()
         sums: dict[str, float] = {}
         bar = tqdm(
             range(0, n, cfg.lists_per_batch),
@@ -138,9 +161,9 @@ class Distillation:
 
     def train_step(self, ex: Mapping[str, Tensor]) -> dict[str, float]:
         """One optimiser step on a batch of lists; returns each mean loss and the total."""
-        parts = self.loss.components(self.student.heads, ex, student=self.student)
+        parts, l2 = self.objective(ex)
         means = {k: v.mean() for k, v in parts.items()}
-        total = self.loss.total(means) + self.cfg.l2 * _l2(self.student, ex)
+        total = self.loss.total(means) + l2
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
@@ -165,6 +188,7 @@ class Distillation:
             )
             self.steps.append({"epoch": epoch + 1, "target": target, **asdict(step)})
             self.opt = self._optimizer()
+            self.objective = self._objective()
         self._place(self.device)
 
     def _importance_batches(self, pool: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
@@ -249,7 +273,7 @@ def distill_student(
     if pools is None:
         pools = teacher_pools(dataset, train, teacher, config=cfg)
     loss = _distill_loss(cfg, dataset, train, teacher, shape=shape, t_repr=pools[0].get("t_repr"))
-    device = resolve_device(cfg.device)
+    device = local_device(resolve_device(cfg.device))
     log.info("student distils on %s", device)
     run = Distillation(cfg, student, loss, pools, target_params=target, device=device)
     run.fit()

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from training import bundle as bundle_mod
-from training import checkpoint
+from training import checkpoint, distributed
 from training import export as export_mod
 from training.data import Dataset, Split, holdout, load_dataset, make_split
+from training.device import resolve_device
 from training.distill import distill_student
 from training.distill_config import StudentConfig
 from training.evaluate import bounded_users, format_table, protocol_p
@@ -39,6 +40,8 @@ from training.train import TeacherConfig, train_teacher
 log = logging.getLogger(__name__)
 
 STEPS = ("data", "teacher", "fisher", "student", "export", "evaluate", "report", "bundle")
+# Steps every torchrun rank runs (DistributedDataParallel); rank 0 alone runs the others.
+DISTRIBUTED_STEPS = ("teacher", "student")
 MODEL_KEYS = ("teacher", "student", "student_int8")
 
 
@@ -163,7 +166,8 @@ def step_teacher(ctx: Context) -> dict[str, Any]:
     path = ctx.work / "teacher.pt"
     config = ctx.config.teacher_config()
     teacher, info = train_teacher(ctx.dataset, ctx.split.train, config=config)
-    checkpoint.save_teacher(teacher, path, config=config, fm=ctx.dataset.feature_map)
+    if distributed.current().is_main:
+        checkpoint.save_teacher(teacher, path, config=config, fm=ctx.dataset.feature_map)
     ctx.teacher = teacher
     return {"checkpoint": path.name, "params": count_params(teacher), "info": info}
 
@@ -192,7 +196,8 @@ def step_student(ctx: Context) -> dict[str, Any]:
         _need(ctx.teacher, "teacher"),
         config=ctx.config.student_config(),
     )
-    checkpoint.save_student(student, path, fm=ctx.dataset.feature_map)
+    if distributed.current().is_main:
+        checkpoint.save_student(student, path, fm=ctx.dataset.feature_map)
     ctx.student = student
     return {"checkpoint": path.name, "params": count_params(student), "info": info}
 
@@ -389,6 +394,9 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
             "quick": ctx.config.quick,
             "seed": ctx.config.seed,
             "run_key": ctx.work.name,
+            # Of this process group; a resumed run may have trained earlier steps with another.
+            "world_size": distributed.current().world_size,
+            "backend": distributed.current().backend,
         },
         report_md=(ctx.work / "report.md").read_text(encoding="utf-8"),
         metrics=metrics_json,
@@ -430,6 +438,7 @@ def prepare(config: PipelineConfig) -> Context:
     """The data step: loads the data set and split and finds the run's work folder."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    distributed.init_from_env(resolve_device(config.device))
     dataset = load_dataset(config.data_dir, dataset=config.dataset, cache_dir=config.cache_dir)
     split = make_split(dataset, split=config.split, data_dir=config.data_dir, seed=config.seed)
     if len(split.train) == 0:
@@ -481,18 +490,25 @@ def run_pipeline(config: PipelineConfig, *, until: str = "bundle") -> Context:
     ctx = prepare(config)
     log.info("[1/%d] data: %s (work dir %s)", len(STEPS), ctx.state["data"], ctx.work)
     last = STEPS.index(until)
+    world = distributed.current()
     rerun = False  # once a step runs, every later step depends on its new output
     for number, step in enumerate(STEPS[1 : last + 1], start=2):
+        # Every rank decides on the same files: rank 0 has written what it finished.
+        distributed.barrier(world)
         # The bundle step always runs: it re-verifies an already published bundle.
         if not rerun and step != "bundle" and _load_state(ctx, step):
             log.info("[%d/%d] %s: done earlier, skipped", number, len(STEPS), step)
             continue
         rerun = True
+        if not world.is_main and step not in DISTRIBUTED_STEPS:
+            continue  # only rank 0 measures, exports and publishes
         t0 = time.perf_counter()
         log.info("[%d/%d] %s ...", number, len(STEPS), step)
         ctx.state[step] = _STEP_FNS[step](ctx)
-        _write_json_atomic(ctx.work / f"{step}.json", ctx.state[step])
+        if world.is_main:
+            _write_json_atomic(ctx.work / f"{step}.json", ctx.state[step])
         log.info("[%d/%d] %s: %.1f s", number, len(STEPS), step, time.perf_counter() - t0)
+    distributed.barrier(world)
     log.info("pipeline finished in %.1f s", time.perf_counter() - started)
     return ctx
 

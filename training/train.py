@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from training.data import Ratings, holdout
 from training.device import resolve_device
+from training.distributed import World, broadcast, current, local_device, shard, wrap
 from training.evaluate import (
     RELEVANT_MIN_RATING,
     bounded_users,
@@ -301,6 +302,21 @@ class Trainer:
     opt: torch.optim.Optimizer | Optimizers
     gen: torch.Generator
     progress: bool = True
+    world: World = field(default_factory=World)
+    # component_loss as DistributedDataParallel's forward when there are several ranks.
+    objective: nn.Module | None = None
+
+
+class ComponentObjective(nn.Module):
+    """`component_loss` as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model = trainer.model
+        self.trainer = [trainer]  # a list: not a submodule, not in the state dict
+
+    def forward(self, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return component_loss(self.trainer[0], u, i, r)
 
 
 # Embedding tables with at least this many rows get sparse gradients and a lazy Adam
@@ -393,7 +409,8 @@ def train_step(t: Trainer, idx: Tensor) -> tuple[float, float, float]:
     """One optimiser step on the training pairs `idx`; returns (loss, mse, rank)."""
     data = t.data
     idx = idx.to(data.device)
-    loss, mse, rank = component_loss(t, data.users[idx], data.items[idx], data.ratings[idx])
+    u, i, r = data.users[idx], data.items[idx], data.ratings[idx]
+    loss, mse, rank = component_loss(t, u, i, r) if t.objective is None else t.objective(u, i, r)
     t.opt.zero_grad(set_to_none=True)
     loss.backward()
     t.opt.step()
@@ -403,8 +420,9 @@ def train_step(t: Trainer, idx: Tensor) -> tuple[float, float, float]:
 def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
     """One pass over the training pairs in a seeded order; the example-weighted mean losses."""
     t.model.train()
-    n = len(t.data)
-    perm = torch.randperm(n, generator=t.gen)
+    # Every rank draws the same permutation and trains on its shard of it.
+    perm = shard(torch.randperm(len(t.data), generator=t.gen), t.world)
+    n = perm.numel()
     totals = {"loss": 0.0, "mse": 0.0, "rank": 0.0}
     batches = tqdm(
         range(0, n, t.config.batch_size),
@@ -513,6 +531,7 @@ def train_component(
     model.to(device)
     if head_epochs is not None:
         config = replace(config, epochs=max(head_epochs))
+    world = current()
     t = Trainer(
         name=name,
         model=model,
@@ -521,7 +540,10 @@ def train_component(
         opt=make_optimizer(model, config),
         gen=gen,
         progress=progress,
+        world=world,
     )
+    if world.distributed:
+        t.objective = wrap(ComponentObjective(t), world)
     selector = HeadSelector(select=config.select, head_epochs=head_epochs)
     # An empty validation split selects nothing: head_epochs, or the last epoch, then apply.
     valid = valid if valid is not None and len(valid) > 0 else None
@@ -531,7 +553,13 @@ def train_component(
         point: dict[str, float] = {"epoch": float(epoch + 1), **train_epoch(t, epoch)}
         metrics = None
         if valid is not None:
-            metrics = evaluate_component(model, tables, train=train, valid=valid, fm=fm)
+            # Rank 0 validates; every rank then keeps the same epochs.
+            metrics = broadcast(
+                evaluate_component(model, tables, train=train, valid=valid, fm=fm)
+                if world.is_main
+                else None,
+                world,
+            )
             point.update({f"valid_{k}": v for k, v in metrics.items() if k != "n_users"})
         selector.observe(model, epoch + 1, metrics)
         curves.append(point)
@@ -558,8 +586,8 @@ def train_teacher(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     fm, tables = dataset.feature_map, dataset.tables
-    device = resolve_device(config.device)
-    log.info("teacher trains on %s", device)
+    device = local_device(resolve_device(config.device))
+    log.info("teacher trains on %s (%d processes)", device, current().world_size)
     started = time.perf_counter()
     fit, valid = holdout(train, fraction=config.valid_fraction, seed=config.seed)
     if len(valid) == 0 or not np.any(valid.rating >= RELEVANT_MIN_RATING):
