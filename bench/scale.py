@@ -120,7 +120,7 @@ def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -
     """Ratings per second of each component's training steps (one thread, no validation)."""
     import torch  # noqa: PLC0415
 
-    from training import train as T  # noqa: N812, PLC0415
+    from training import train as T  # noqa: PLC0415
     from training.data import load_dataset  # noqa: PLC0415
 
     torch.set_num_threads(1)
@@ -166,7 +166,9 @@ def measure_pipeline(
     cmd += ["--no-progress", "--device", device] + (["--quick"] if quick else [])
     log_path = work / f"pipeline-{data.name}{'-quick' if quick else ''}.log"
     out = run_measured(cmd, limit=limit, log_path=log_path)
-    out["steps"] = {m.group(1): float(m.group(2)) for m in _STEP_LINE.finditer(log_path.read_text())}
+    out["steps"] = {
+        m.group(1): float(m.group(2)) for m in _STEP_LINE.finditer(log_path.read_text())
+    }
     out["quick"] = quick
     return out
 
