@@ -131,8 +131,7 @@ def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -
         comp = getattr(config, name)
         T.set_seed(0)
         model = T.build_component(name, ds.feature_map, comp, global_mean=3.5)
-        if ds.feature_map.n_items >= T.SPARSE_MIN_ROWS:
-            T.sparsify_embeddings(model, min_rows=T.SPARSE_MIN_ROWS)
+        T.sparsify_embeddings(model, min_rows=T.SPARSE_MIN_ROWS)
         data_t = T.TrainData.build(ds.ratings, ds.tables, ds.feature_map)
         gen = torch.Generator().manual_seed(0)
         trainer = T.Trainer(name, model, comp, data_t, T.make_optimizer(model, comp), gen, False)

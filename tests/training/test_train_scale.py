@@ -36,7 +36,7 @@ def test_components_train_with_sparse_tables(
 ) -> None:
     ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
     split = make_split(ds, split="u1")
-    monkeypatch.setattr(train, "SPARSE_MIN_ROWS", 40)  # this catalogue counts as large
+    monkeypatch.setattr(train, "SPARSE_MIN_ROWS", 40)  # these tables count as large
     config = (
         MFConfig(epochs=3, dim=4, score_dim=4, batch_size=64, n_negatives=16)
         if name == "mf"
