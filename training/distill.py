@@ -37,6 +37,13 @@ from training.models.base import count_params
 from training.models.student import Student, StudentShape
 from training.prune import prune_step
 from training.prune_schedule import initial_shape, prune_schedule, step_target
+from training.sparse import (
+    SPARSE_MIN_ROWS,
+    Optimizers,
+    make_adam,
+    sparse_ids,
+    sparsify_embeddings,
+)
 
 if TYPE_CHECKING:
     from training.data import Dataset, Ratings
@@ -106,9 +113,14 @@ class Distillation:
         """The batch objective, in DDP on several ranks (re-wrapped after every pruning)."""
         return wrap(_Objective(self.student, self.loss, self.cfg.l2), self.world)
 
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _optimizer(self) -> torch.optim.Optimizer | Optimizers:
+        # Large tables train with sparse gradients, unless a batch scores the whole
+        # catalogue (that reads the item-bias table densely). Pruning rebuilds tables, so
+        # this runs again with every new optimiser.
+        if self.cfg.kd_scope(self.student.item_bias.num_embeddings - 1) == "list":
+            sparsify_embeddings(self.student, min_rows=SPARSE_MIN_ROWS)
         params = [*self.student.parameters(), *self.loss.proj.parameters()]
-        return torch.optim.Adam(params, lr=self.cfg.lr)
+        return make_adam([(p, self.cfg.lr) for p in params], sparse=sparse_ids(self.student))
 
     def fit(self) -> None:
         self._place(self.device)

@@ -41,6 +41,13 @@ from training.models.mf import BiasedMF, TowerScoring
 from training.models.xdeepfm import XDeepFM
 from training.seen import SeenIndex
 from training.seen_mask import SeenMask
+from training.sparse import (
+    SPARSE_MIN_ROWS,
+    Optimizers,
+    make_adam,
+    sparse_ids,
+    sparsify_embeddings,
+)
 
 if TYPE_CHECKING:
     from training.data import Dataset
@@ -319,58 +326,15 @@ class ComponentObjective(nn.Module):
         return component_loss(self.trainer[0], u, i, r)
 
 
-# Embedding tables with at least this many rows get sparse gradients and a lazy Adam
-# (SparseAdam): dense Adam updates every row of every table each step, which at a
-# million items was 0.7 s of a 0.75 s MF step (docs/SCALE.md). ml-100k's and ML-1M's
-# tables (users + items + fields: under 11,000 rows) stay with the dense Adam they had.
-SPARSE_MIN_ROWS = 20_000
-
-
-class Optimizers:
-    """Dense Adam, plus SparseAdam for sparse embedding tables: stepped as one."""
-
-    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
-        self.parts = parts
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.parts:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for opt in self.parts:
-            opt.step()
-
-
-def sparsify_embeddings(model: nn.Module, *, min_rows: int = SPARSE_MIN_ROWS) -> int:
-    """Switches embedding tables of at least `min_rows` rows to sparse gradients."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.Embedding) and module.num_embeddings >= min_rows:
-            module.sparse = True
-            count += 1
-    return count
-
-
 def make_optimizer(
     model: TowerScoring, config: ComponentConfig
 ) -> torch.optim.Optimizer | Optimizers:
     """Adam with its own learning rate for the ranking towers (lazy for sparse tables)."""
-    sparse = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
-    groups: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    for is_sparse in (False, True):
-        for tower in (False, True):
-            params = [
-                p
-                for n, p in model.named_parameters()
-                if n.startswith(model.tower_prefixes) == tower and (id(p) in sparse) == is_sparse
-            ]
-            lr = config.tower_lr or config.lr if tower else config.lr
-            if params or not is_sparse:
-                groups[is_sparse].append({"params": params, "lr": lr})
-    dense = torch.optim.Adam(groups[False])
-    if not groups[True]:
-        return dense
-    return Optimizers([dense, torch.optim.SparseAdam(groups[True])])
+    named = list(model.named_parameters())
+    tower_lr = config.tower_lr or config.lr
+    rest = [(p, config.lr) for n, p in named if not n.startswith(model.tower_prefixes)]
+    tower = [(p, tower_lr) for n, p in named if n.startswith(model.tower_prefixes)]
+    return make_adam([*rest, *tower], sparse=sparse_ids(model))
 
 
 def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -51,3 +51,32 @@ def test_components_train_with_sparse_tables(
     losses = [point["loss"] for point in info["curves"]]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def test_distillation_prunes_and_trains_with_sparse_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.training.test_distill import quick_teacher  # noqa: PLC0415
+    from training import distill, distill_config  # noqa: PLC0415
+    from training.distill import distill_student  # noqa: PLC0415
+    from training.distill_config import StudentConfig  # noqa: PLC0415
+
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
+    split = make_split(ds, split="u1")
+    # This catalogue counts as large: list-scope distillation, sparse item tables.
+    monkeypatch.setattr(distill_config, "KD_CATALOGUE_CELLS", 10)
+    monkeypatch.setattr(distill, "SPARSE_MIN_ROWS", 30)
+    seen: list[bool] = []
+    original = distill.make_adam
+
+    def spy(params, *, sparse):  # type: ignore[no-untyped-def]
+        seen.append(bool(sparse))
+        return original(params, sparse=sparse)
+
+    monkeypatch.setattr(distill, "make_adam", spy)
+    cfg = StudentConfig(quick=True, progress=False, prune_ratio=0.5)
+    student, info = distill_student(ds, split.train, quick_teacher(ds), config=cfg)
+    assert info["ranking_kd_scope"] == "list"
+    assert len(seen) >= 3 and all(seen)  # the first optimiser and one after each pruning
+    assert all(torch.isfinite(torch.tensor(info["curves"]["total"])))
+    assert info["params"] < info["initial_params"]
