@@ -75,7 +75,7 @@ def test_distillation_prunes_and_trains_with_sparse_tables(
 
     monkeypatch.setattr(distill, "make_adam", spy)
     cfg = StudentConfig(quick=True, progress=False, prune_ratio=0.5)
-    student, info = distill_student(ds, split.train, quick_teacher(ds), config=cfg)
+    _, info = distill_student(ds, split.train, quick_teacher(ds), config=cfg)
     assert info["ranking_kd_scope"] == "list"
     assert len(seen) >= 3 and all(seen)  # the first optimiser and one after each pruning
     assert all(torch.isfinite(torch.tensor(info["curves"]["total"])))
