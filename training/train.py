@@ -593,36 +593,47 @@ def train_teacher(
         seed=config.seed,
     )
     report["ensemble"] = weights
-    do_refit = config.refits(len(train))
-    log.info(
-        "teacher refit on all %d training ratings: %s", len(train), "yes" if do_refit else "no"
-    )
-    report["refit_full"] = do_refit
-    if do_refit:
-        refit: dict[str, TowerScoring] = {}
-        for k, name in enumerate(COMPONENTS):
-            kept = report["components"][name]["head_epochs"]
-            model, info = train_component(
-                name,
-                fm,
-                tables,
-                train,
-                config=configs[name],
-                head_epochs=(int(kept[0]), int(kept[1])),
-                seed=config.seed + k,
-                progress=config.progress,
-                device=device,
-            )
-            refit[name] = model
-            report["components"][name]["refit_seconds"] = info["seconds"]
-        refitted = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
-        refitted.load_weights_from(teacher, tables=tables, users=np.unique(valid.user))
-        teacher = refitted
+    report["refit_full"] = config.refits(len(train))
+    log.info("teacher refit on all %d training ratings: %s", len(train), report["refit_full"])
+    if report["refit_full"]:
+        teacher = _refit(dataset, train, teacher, config, report, valid=valid, device=device)
     report["seconds"] = time.perf_counter() - started
     report["device"] = str(device)
     teacher.eval()
     # Checkpoints, Fisher and export read the teacher on the CPU.
     return teacher.cpu(), report
+
+
+def _refit(
+    dataset: Dataset,
+    train: Ratings,
+    teacher: EnsembleTeacher,
+    config: TeacherConfig,
+    report: dict[str, Any],
+    *,
+    valid: Ratings,
+    device: torch.device,
+) -> EnsembleTeacher:
+    """The components retrained on all of `train` with the selected epochs and blend."""
+    refit: dict[str, TowerScoring] = {}
+    for k, name in enumerate(COMPONENTS):
+        kept = report["components"][name]["head_epochs"]
+        model, info = train_component(
+            name,
+            dataset.feature_map,
+            dataset.tables,
+            train,
+            config=getattr(config, name),
+            head_epochs=(int(kept[0]), int(kept[1])),
+            seed=config.seed + k,
+            progress=config.progress,
+            device=device,
+        )
+        refit[name] = model
+        report["components"][name]["refit_seconds"] = info["seconds"]
+    refitted = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
+    refitted.load_weights_from(teacher, tables=dataset.tables, users=np.unique(valid.user))
+    return refitted
 
 
 def simplex_grid(step: float, *, dims: int = 3) -> list[tuple[float, ...]]:
