@@ -14,13 +14,13 @@ EXTRAS ?= train,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving clean help
+.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-scale clean help
 
 help:
 	@echo "make run    - install, build a model bundle on MovieLens-100K if none exists, serve on :$(PORT)"
 	@echo "make test   - install and run the whole test suite (needs Redis on 127.0.0.1:6379)"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench-quality | bench-student | bench-serving - the committed benchmarks behind docs/"
+	@echo "make bench-quality | bench-student | bench-serving | bench-scale - the committed benchmarks behind docs/"
 
 install: $(STAMP)
 
@@ -71,6 +71,10 @@ bench-student: install
 bench-serving: bundle
 	$(PY) -m bench.serving --model-dir $(MODELS)/current --repeat 3 \
 		--redis-url redis://127.0.0.1:6379/12 --docs docs/BENCHMARKS.md
+
+# Synthetic ML-1M-shaped and large-catalogue sets (training.synth); real ML-1M if given.
+bench-scale: install
+	$(PY) -m bench.scale --nproc 1,2 $(if $(MOVIELENS_1M_DIR),--movielens-1m "$(MOVIELENS_1M_DIR)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

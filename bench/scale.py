@@ -1,6 +1,6 @@
 """Scale benchmark: loading, training throughput and the whole pipeline on large data.
 
-    python -m bench.scale [--sets ml1m,ml10m,cat50k,cat1m] [--quick] [--work DIR]
+    python -m bench.scale [--sets ml1m,ml10m,cat50k,cat1m] [--quick] [--nproc 1,2] [--work DIR]
                           [--pipeline-limit SECONDS] [--movielens-1m DIR]
 
 Synthetic data sets in the ml-latest format (training.synth; reused when WORK/NAME
@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pipeline-limit", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--no-pipeline", action="store_true", help="load and throughput only")
     parser.add_argument("--device", default="cpu", help="--device of the pipeline runs")
+    parser.add_argument(
+        "--nproc",
+        default="1",
+        help="comma-separated process counts for the pipeline (2 = torchrun, 2 processes)",
+    )
     parser.add_argument(
         "--movielens-1m", type=Path, default=os.environ.get("MOVIELENS_1M_DIR") or None
     )
@@ -157,18 +162,23 @@ def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -
 
 
 def measure_pipeline(
-    data: Path, dataset: str, work: Path, *, quick: bool, limit: float, device: str
+    data: Path, dataset: str, work: Path, *, quick: bool, limit: float, device: str, nproc: int
 ) -> dict[str, Any]:
-    out_dir = work / f"run-{data.name}{'-quick' if quick else ''}"
-    cmd = [sys.executable, "-m", "training", "pipeline", "--data-dir", str(data)]
+    tag = f"{data.name}{'-quick' if quick else ''}-{nproc}p"
+    out_dir = work / f"run-{tag}"
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, "-m", "training", "pipeline", "--data-dir", str(data)]
     cmd += ["--dataset", dataset, "--split", "random", "--out-dir", str(out_dir)]
     cmd += ["--no-progress", "--device", device] + (["--quick"] if quick else [])
-    log_path = work / f"pipeline-{data.name}{'-quick' if quick else ''}.log"
+    log_path = work / f"pipeline-{tag}.log"
     out = run_measured(cmd, limit=limit, log_path=log_path)
     out["steps"] = {
         m.group(1): float(m.group(2)) for m in _STEP_LINE.finditer(log_path.read_text())
     }
     out["quick"] = quick
+    out["nproc"] = nproc
     return out
 
 
@@ -202,18 +212,16 @@ def render(results: dict[str, Any]) -> str:
             f"| {name} | {load.get('load_seconds') or float('nan'):.1f} | "
             f"{load.get('peak_rss_gb', float('nan')):.2f} | " + " | ".join(cells) + " |"
         )
-    lines += ["", "| data set | mode | total s | peak RSS GB | finished | seconds per step |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += ["", "| data set | mode | processes | total s | peak RSS GB | finished | s per step |"]
+    lines += ["|---|---|---|---|---|---|---|"]
     for name, r in results["sets"].items():
-        p = r.get("pipeline")
-        if not p:
-            continue
-        steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps"].items())
-        done = "yes" if p["returncode"] == 0 else ("timed out" if p["timed_out"] else "failed")
-        lines.append(
-            f"| {name} | {'quick' if p['quick'] else 'full'} | {p['seconds']:.0f} | "
-            f"{p['peak_rss_gb']:.2f} | {done} | {steps} |"
-        )
+        for p in r.get("pipeline", []):
+            steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps"].items())
+            done = "yes" if p["returncode"] == 0 else ("timed out" if p["timed_out"] else "failed")
+            lines.append(
+                f"| {name} | {'quick' if p['quick'] else 'full'} | {p['nproc']} | "
+                f"{p['seconds']:.0f} | {p['peak_rss_gb']:.2f} | {done} | {steps} |"
+            )
     lines += ["", END]
     return "\n".join(lines)
 
@@ -251,14 +259,18 @@ def main(argv: list[str] | None = None) -> int:
             data, dataset, quick=args.quick, batches=args.batches
         )
         if not args.no_pipeline:
-            entry["pipeline"] = measure_pipeline(
-                data,
-                dataset,
-                args.work,
-                quick=args.quick,
-                limit=args.pipeline_limit,
-                device=args.device,
-            )
+            entry["pipeline"] = [
+                measure_pipeline(
+                    data,
+                    dataset,
+                    args.work,
+                    quick=args.quick,
+                    limit=args.pipeline_limit,
+                    device=args.device,
+                    nproc=int(n),
+                )
+                for n in args.nproc.split(",")
+            ]
         results["sets"][name] = entry
         log.info("%s: %s", name, json.dumps(entry))
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
