@@ -139,14 +139,18 @@ class Distillation:
         self._place(torch.device("cpu"))
         self.student.eval()
 
-    def _place(self, device: torch.device) -> None:
-        """Moves the student and the projection (a new optimiser follows each pruning)."""
-        if next(self.student.parameters()).device == device:
-            return
-        self.student.to(device)
-        self.loss.to(device)
-        self.opt = self._optimizer()
-        self.objective = self._objective()
+    def _place(self, device: torch.device, *, rebuild: bool = False) -> None:
+        """Moves the student and the projection; a move or `rebuild` makes a new optimiser,
+        and on the training device a new (DDP) objective: DDP cannot wrap a module that
+        sits on the CPU for pruning under NCCL."""
+        if next(self.student.parameters()).device != device:
+            self.student.to(device)
+            self.loss.to(device)
+            rebuild = True
+        if rebuild:
+            self.opt = self._optimizer()
+            if device == self.device:
+                self.objective = self._objective()
 
     def train_epoch(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
         """One pass over `pool` in a random order; appends the mean losses to the curves."""
@@ -184,6 +188,7 @@ class Distillation:
     def prune_after(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
         """Runs the pruning steps scheduled after `epoch`, each with a fresh optimiser."""
         n_steps = len(self.schedule)
+        pruned = False
         while self.done_steps < n_steps and self.schedule[self.done_steps] == epoch:
             self._place(torch.device("cpu"))
             self.done_steps += 1
@@ -200,8 +205,8 @@ class Distillation:
             )
             self.steps.append({"epoch": epoch + 1, "target": target, **asdict(step)})
             self.opt = self._optimizer()
-            self.objective = self._objective()
-        self._place(self.device)
+            pruned = True
+        self._place(self.device, rebuild=pruned)
 
     def _importance_batches(self, pool: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         cfg = self.cfg
