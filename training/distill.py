@@ -40,6 +40,7 @@ from training.prune_schedule import initial_shape, prune_schedule, step_target
 from training.sparse import (
     SPARSE_MIN_ROWS,
     Optimizers,
+    densify_embeddings,
     make_adam,
     sparse_ids,
     sparsify_embeddings,
@@ -137,6 +138,7 @@ class Distillation:
                 self.curves["params"][-1],
             )
         self._place(torch.device("cpu"))
+        densify_embeddings(self.student)
         self.student.eval()
 
     def _place(self, device: torch.device, *, rebuild: bool = False) -> None:

@@ -42,6 +42,15 @@ def sparsify_embeddings(model: nn.Module, *, min_rows: int = SPARSE_MIN_ROWS) ->
     return count
 
 
+def densify_embeddings(model: nn.Module) -> None:
+    """Back to dense gradients once training is over: Fisher estimates and any later
+    fine-tuning take per-example and dense gradients of the trained model."""
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            module.sparse = False
+            module.weight.grad = None  # a last sparse gradient would meet dense ones
+
+
 def sparse_ids(*modules: nn.Module) -> set[int]:
     """ids of the weights of sparse embedding tables in `modules`."""
     return {

@@ -44,6 +44,7 @@ from training.seen_mask import SeenMask
 from training.sparse import (
     SPARSE_MIN_ROWS,
     Optimizers,
+    densify_embeddings,
     make_adam,
     sparse_ids,
     sparsify_embeddings,
@@ -534,6 +535,7 @@ def train_component(
             ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"),
         )
     epochs_kept = selector.restore(model, last_epoch=config.epochs)
+    densify_embeddings(model)
     model.eval()
     info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}
     return model, info

@@ -44,10 +44,33 @@ def test_components_train_with_sparse_tables(
             epochs=3, dim=4, cin_layers=(4,), dnn_layers=(8,), tower_layers=(8,), batch_size=64
         )
     )
+    sparse_at_step: list[bool] = []
+    original = train.train_step
+
+    def spy(t: train.Trainer, idx: torch.Tensor) -> tuple[float, float, float]:
+        sparse_at_step.append(
+            any(isinstance(m, nn.Embedding) and m.sparse for m in t.model.modules())
+        )
+        return original(t, idx)
+
+    monkeypatch.setattr(train, "train_step", spy)
     model, info = train.train_component(
         name, ds.feature_map, ds.tables, split.train, config=config, seed=0, progress=False
     )
-    assert any(isinstance(m, nn.Embedding) and m.sparse for m in model.modules())
+    assert sparse_at_step and all(sparse_at_step)
+    # The trained model is an ordinary dense one again: Fisher takes per-example gradients.
+    assert not any(isinstance(m, nn.Embedding) and m.sparse for m in model.modules())
+    batch = {"user": torch.tensor([1, 2]), "item": torch.tensor([3, 4])}
+    feats = ds.tables
+    out = model(
+        batch["user"],
+        batch["item"],
+        torch.as_tensor(feats.user_feats[[1, 2]]),
+        torch.as_tensor(feats.item_feats[[3, 4]]),
+        torch.as_tensor(feats.item_genres[[3, 4]]),
+    )[0].sum()
+    out.backward()
+    assert all(p.grad is None or not p.grad.is_sparse for p in model.parameters())
     losses = [point["loss"] for point in info["curves"]]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
