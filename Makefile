@@ -15,13 +15,13 @@ EXTRAS ?= cpu,train,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-attack clean help
+.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-attack bench-scale clean help
 
 help:
 	@echo "make run    - install, build a model bundle on MovieLens-100K if none exists, serve on :$(PORT)"
 	@echo "make test   - install and run the whole test suite (needs Redis on 127.0.0.1:6379)"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench-quality | bench-student | bench-serving | bench-attack - the committed benchmarks behind docs/"
+	@echo "make bench-quality | bench-student | bench-serving | bench-attack | bench-scale - the committed benchmarks behind docs/"
 
 install: $(STAMP)
 
@@ -79,6 +79,10 @@ bench-serving: bundle
 # One worker's memory under the concurrency-40 teacher flood of issue 14 (docs/deploy.md).
 bench-attack: bundle
 	$(PY) -m bench.attack --model-dir $(MODELS)/current --docs docs/deploy.md
+
+# Synthetic ML-1M-shaped and large-catalogue sets (training.synth); real ML-1M if given.
+bench-scale: install
+	$(PY) -m bench.scale --nproc 1,2 $(if $(MOVIELENS_1M_DIR),--movielens-1m "$(MOVIELENS_1M_DIR)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

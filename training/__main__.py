@@ -17,6 +17,8 @@ from typing import NoReturn
 
 from training.bundle import BundleError, verify_bundle
 from training.data import AUTO_SPLIT, DATASETS, SPLITS, DataError, default_split
+from training.device import DEVICES, DeviceError
+from training.distributed import current
 from training.events import EventsError, add_events_parser, run_events
 from training.export import ExportError
 from training.pipeline import PipelineConfig, PipelineError, bundle_path, run_pipeline
@@ -86,6 +88,12 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=ANN_MIN_ITEMS,
         help=f"ship an IVF index when the catalogue has more items (default {ANN_MIN_ITEMS})",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="torch device for training and evaluation; auto = CUDA when present (default)",
     )
 
 
@@ -168,8 +176,11 @@ def _run(args: argparse.Namespace) -> int:
         prune_ratio=args.prune_ratio,
         progress=not args.no_progress,
         ann_min_items=args.ann_min_items,
+        device=args.device,
     )
     ctx = run_pipeline(config, until=args.until)
+    if not current().is_main:
+        return 0  # torchrun: rank 0 reports
     if args.until == "bundle":
         sys.stdout.write(f"{bundle_path(ctx)}\n")
     elif args.until == "evaluate":
@@ -198,7 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return _run(args)
-    except (DataError, BundleError, PipelineError, ExportError, SynthError, EventsError) as err:
+    except (
+        DataError,
+        BundleError,
+        PipelineError,
+        ExportError,
+        SynthError,
+        EventsError,
+        DeviceError,
+    ) as err:
         # User errors (bad data, a broken bundle, a bad option): the message, no traceback.
         sys.stderr.write(f"error: {_one_line(err)}\n")
         return EXIT_USER_ERROR

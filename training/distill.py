@@ -28,13 +28,23 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.device import resolve_device
 from training.distill_config import StudentConfig
+from training.distributed import current, local_device, shard, wrap
 from training.kd_targets import CatalogueTargets, teacher_pools
 from training.losses import DistillLoss
 from training.models.base import count_params
 from training.models.student import Student, StudentShape
 from training.prune import prune_step
 from training.prune_schedule import initial_shape, prune_schedule, step_target
+from training.sparse import (
+    SPARSE_MIN_ROWS,
+    Optimizers,
+    densify_embeddings,
+    make_adam,
+    sparse_ids,
+    sparsify_embeddings,
+)
 
 if TYPE_CHECKING:
     from training.data import Dataset, Ratings
@@ -47,6 +57,20 @@ def _l2(student: Student, ex: Mapping[str, Tensor]) -> Tensor:
     item = ex["item"].reshape(-1)
     reg = student.user.tables[0](user).pow(2).sum() + student.item.tables[0](item).pow(2).sum()
     return reg / user.numel()
+
+
+class _Objective(nn.Module):
+    """One batch's losses as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, student: Student, loss: DistillLoss, l2: float) -> None:
+        super().__init__()
+        self.student = student
+        self.loss = loss
+        self.l2 = l2
+
+    def forward(self, ex: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        parts = self.loss.components(self.student.heads, ex, student=self.student)
+        return parts, self.l2 * _l2(self.student, ex)
 
 
 class Distillation:
@@ -64,8 +88,11 @@ class Distillation:
         pools: list[dict[str, Tensor]],
         *,
         target_params: int,
+        device: torch.device | None = None,
     ) -> None:
         self.cfg = config
+        # Pools stay on the CPU and each batch moves to `device`; pruning runs on the CPU.
+        self.device = device or torch.device("cpu")
         self.student = student
         self.loss = loss
         self.pools = pools
@@ -77,15 +104,27 @@ class Distillation:
         # drop the matching inputs, so the current split point is tracked here.
         self.n_rating = student.shape.rating_factor
         self.gen = torch.Generator().manual_seed(config.seed)
+        self.world = current()
         self.opt = self._optimizer()
+        self.objective = self._objective()
         self.curves: dict[str, list[float]] = {"epoch": [], "params": [], "total": []}
         self.steps: list[dict[str, Any]] = []
 
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _objective(self) -> nn.Module:
+        """The batch objective, in DDP on several ranks (re-wrapped after every pruning)."""
+        return wrap(_Objective(self.student, self.loss, self.cfg.l2), self.world)
+
+    def _optimizer(self) -> torch.optim.Optimizer | Optimizers:
+        # Large tables train with sparse gradients, unless a batch scores the whole
+        # catalogue (that reads the item-bias table densely). Pruning rebuilds tables, so
+        # this runs again with every new optimiser.
+        if self.cfg.kd_scope(self.student.item_bias.num_embeddings - 1) == "list":
+            sparsify_embeddings(self.student, min_rows=SPARSE_MIN_ROWS)
         params = [*self.student.parameters(), *self.loss.proj.parameters()]
-        return torch.optim.Adam(params, lr=self.cfg.lr)
+        return make_adam([(p, self.cfg.lr) for p in params], sparse=sparse_ids(self.student))
 
     def fit(self) -> None:
+        self._place(self.device)
         for epoch in range(self.cfg.epochs):
             pool = self.pools[epoch % len(self.pools)]
             self.train_epoch(epoch, pool)
@@ -98,14 +137,30 @@ class Distillation:
                 self.curves["total"][-1],
                 self.curves["params"][-1],
             )
+        self._place(torch.device("cpu"))
+        densify_embeddings(self.student)
         self.student.eval()
+
+    def _place(self, device: torch.device, *, rebuild: bool = False) -> None:
+        """Moves the student and the projection; a move or `rebuild` makes a new optimiser,
+        and on the training device a new (DDP) objective: DDP cannot wrap a module that
+        sits on the CPU for pruning under NCCL."""
+        if next(self.student.parameters()).device != device:
+            self.student.to(device)
+            self.loss.to(device)
+            rebuild = True
+        if rebuild:
+            self.opt = self._optimizer()
+            if device == self.device:
+                self.objective = self._objective()
 
     def train_epoch(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
         """One pass over `pool` in a random order; appends the mean losses to the curves."""
         cfg = self.cfg
         self.student.train()
-        n = pool["user"].shape[0]
-        perm = torch.randperm(n, generator=self.gen)
+        # Every rank draws the same permutation and trains on its shard of it.
+        perm = shard(torch.randperm(pool["user"].shape[0], generator=self.gen), self.world)
+        n = perm.numel()
         sums: dict[str, float] = {}
         bar = tqdm(
             range(0, n, cfg.lists_per_batch),
@@ -115,7 +170,7 @@ class Distillation:
         )
         for start in bar:
             idx = perm[start : start + cfg.lists_per_batch]
-            losses = self.train_step({k: v[idx] for k, v in pool.items()})
+            losses = self.train_step({k: v[idx].to(self.device) for k, v in pool.items()})
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v * idx.numel()
         self.curves["epoch"].append(epoch + 1)
@@ -124,9 +179,9 @@ class Distillation:
 
     def train_step(self, ex: Mapping[str, Tensor]) -> dict[str, float]:
         """One optimiser step on a batch of lists; returns each mean loss and the total."""
-        parts = self.loss.components(self.student.heads, ex, student=self.student)
+        parts, l2 = self.objective(ex)
         means = {k: v.mean() for k, v in parts.items()}
-        total = self.loss.total(means) + self.cfg.l2 * _l2(self.student, ex)
+        total = self.loss.total(means) + l2
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
@@ -135,7 +190,9 @@ class Distillation:
     def prune_after(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
         """Runs the pruning steps scheduled after `epoch`, each with a fresh optimiser."""
         n_steps = len(self.schedule)
+        pruned = False
         while self.done_steps < n_steps and self.schedule[self.done_steps] == epoch:
+            self._place(torch.device("cpu"))
             self.done_steps += 1
             target = step_target(self.initial_params, self.target_params, self.done_steps, n_steps)
             step = prune_step(
@@ -150,6 +207,8 @@ class Distillation:
             )
             self.steps.append({"epoch": epoch + 1, "target": target, **asdict(step)})
             self.opt = self._optimizer()
+            pruned = True
+        self._place(self.device, rebuild=pruned)
 
     def _importance_batches(self, pool: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         cfg = self.cfg
@@ -233,7 +292,9 @@ def distill_student(
     if pools is None:
         pools = teacher_pools(dataset, train, teacher, config=cfg)
     loss = _distill_loss(cfg, dataset, train, teacher, shape=shape, t_repr=pools[0].get("t_repr"))
-    run = Distillation(cfg, student, loss, pools, target_params=target)
+    device = local_device(resolve_device(cfg.device))
+    log.info("student distils on %s", device)
+    run = Distillation(cfg, student, loss, pools, target_params=target, device=device)
     run.fit()
     info = {
         "config": cfg.to_json(),
@@ -247,5 +308,6 @@ def distill_student(
         "curves": run.curves,
         "prune_steps": run.steps,
         "seconds": time.perf_counter() - started,
+        "device": str(device),
     }
     return student, info

@@ -68,6 +68,7 @@ class StudentConfig:
     seed: int = 0
     threads: int = 1
     progress: bool = True
+    device: str = "cpu"  # "auto" | "cpu" | "cuda" (training.device); not part of run keys
 
     def effective(self) -> StudentConfig:
         """The configuration actually run: `quick` caps the work for tests and smoke runs."""

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from contract.ratings import RATING_MAX, RATING_MIN
+from training.device import model_device
 from training.features import FeatureTables, make_batch
 from training.models.base import TwoHeadModel, to_inputs
 from training.seen import SeenIndex
@@ -215,13 +216,14 @@ def predict_pairs(
     """(rating clipped to [1, 5], score) of a model for (user, item) index pairs."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     ratings = np.empty(len(users), dtype=np.float32)
     scores = np.empty(len(users), dtype=np.float32)
     for start in range(0, len(users), batch_size):
         sl = slice(start, start + batch_size)
-        rating, score = model(*to_inputs(make_batch(tables, users[sl], items[sl])))
-        ratings[sl] = rating.numpy()
-        scores[sl] = score.numpy()
+        rating, score = model(*to_inputs(make_batch(tables, users[sl], items[sl]), device))
+        ratings[sl] = rating.cpu().numpy()
+        scores[sl] = score.cpu().numpy()
     model.train(was_training)
     return ratings, scores
 
@@ -249,18 +251,19 @@ def catalogue_scorer(
             with torch.no_grad():
                 if not item_vectors:
                     item_vectors.append(_item_vectors(model, tables))
+                device = model_device(model)
                 u = model.user_tower(
-                    torch.as_tensor(users, dtype=torch.long),
-                    torch.as_tensor(tables.user_feats[users]),
+                    torch.as_tensor(users, dtype=torch.long, device=device),
+                    torch.as_tensor(tables.user_feats[users], device=device),
                 )
-                out = np.asarray((u @ item_vectors[0].T).numpy())
+                out = np.asarray((u @ item_vectors[0].T).cpu().numpy())
             model.train(was_training)
             return out[:, 1:]
         if fast is not None:
             was_training = model.training
             model.eval()
             with torch.no_grad():
-                out = np.asarray(fast(users, tables).numpy())
+                out = np.asarray(fast(users, tables).cpu().numpy())
             model.train(was_training)
             return out[:, 1:]
         pair_users = np.repeat(users, n_items)
@@ -273,10 +276,11 @@ def catalogue_scorer(
 
 def _item_vectors(model: TwoHeadModel, tables: FeatureTables) -> torch.Tensor:
     """Item-tower outputs of every item index 0..n_items: [n_items + 1, D]."""
+    device = model_device(model)
     return model.item_tower(
-        torch.arange(tables.item_feats.shape[0]),
-        torch.as_tensor(tables.item_feats),
-        torch.as_tensor(tables.item_genres),
+        torch.arange(tables.item_feats.shape[0], device=device),
+        torch.as_tensor(tables.item_feats, device=device),
+        torch.as_tensor(tables.item_genres, device=device),
     )
 
 

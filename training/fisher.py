@@ -94,6 +94,10 @@ def _accumulate(total: dict[str, Tensor], grads: Mapping[str, Tensor]) -> None:
             total[k] = sq
 
 
+# Per-example gradient values held at once (float32): 256 MiB.
+FISHER_GRAD_CELLS = 1 << 26
+
+
 def diagonal_fisher(
     model: nn.Module,
     loss_fn: ExampleLoss,
@@ -102,7 +106,14 @@ def diagonal_fisher(
     chunk: int = 16,
     use_vmap: bool = True,
 ) -> dict[str, Tensor]:
-    """Mean over examples of squared per-example gradients, for every parameter."""
+    """Mean over examples of squared per-example gradients, for every parameter.
+
+    A vmap call holds [chunk, n_params] gradients: `chunk` shrinks so that stays within
+    FISHER_GRAD_CELLS (a teacher with million-item tables has tens of millions of
+    parameters); smaller models keep the chunk asked for.
+    """
+    n_params = sum(p.numel() for p in model.parameters())
+    chunk = max(1, min(chunk, FISHER_GRAD_CELLS // max(n_params, 1)))
     was_training = model.training
     model.eval()
     total: dict[str, Tensor] = {}

@@ -122,7 +122,12 @@ class CatalogueTargets:
 
     @torch.no_grad()
     def __call__(self, user: Tensor, user_feats: Tensor) -> tuple[Tensor, Tensor]:
-        """[N] users, [N, Fu] feats -> teacher scores [N, M], rankable mask [N, M]."""
+        """[N] users, [N, Fu] feats -> teacher scores [N, M], rankable mask [N, M].
+
+        The frozen teacher stays on the CPU; the results go to the device of `user`.
+        """
+        dev = user.device
+        user, user_feats = user.cpu(), user_feats.cpu()
         was_training = self.teacher.training
         self.teacher.eval()
         u = self.teacher.user_tower(user, user_feats)  # type: ignore[operator]
@@ -131,4 +136,4 @@ class CatalogueTargets:
         rankable = np.ones(tuple(scores.shape), bool)
         rankable[:, 0] = False  # the unknown-item index is not a real item
         self.seen.mask_rows(rankable, user.numpy(), value=False)
-        return scores, torch.as_tensor(rankable)
+        return scores.to(dev), torch.as_tensor(rankable).to(dev)

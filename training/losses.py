@@ -114,8 +114,12 @@ class DistillLoss(nn.Module):
         if c.w_ranking_kd > 0 and student is not None and self.catalogue is not None:
             user, user_feats = ex["user"][:, 0], ex["user_feats"][:, 0]
             t_scores, rankable = self.catalogue(user, user_feats)
+            dev = user.device  # the catalogue's tables live on the CPU; no copy there
             s_scores = student.catalogue_scores(
-                user, user_feats, self.catalogue.item_feats, self.catalogue.item_genres
+                user,
+                user_feats,
+                self.catalogue.item_feats.to(dev),
+                self.catalogue.item_genres.to(dev),
             )
             parts["ranking_kd"] = catalogue_ranking_kd(
                 s_scores, t_scores, rankable, temperature=c.temperature

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from training import bundle as bundle_mod
-from training import checkpoint
+from training import checkpoint, distributed
 from training import export as export_mod
 from training.bundle import RetrievalFiles
 from training.data import Dataset, Split, holdout, load_dataset, make_split
+from training.device import resolve_device
 from training.distill import distill_student
 from training.distill_config import StudentConfig
 from training.evaluate import bounded_users, format_table, protocol_p
@@ -41,6 +42,8 @@ from training.train import TeacherConfig, train_teacher
 log = logging.getLogger(__name__)
 
 STEPS = ("data", "teacher", "fisher", "student", "export", "evaluate", "report", "bundle")
+# Steps every torchrun rank runs (DistributedDataParallel); rank 0 alone runs the others.
+DISTRIBUTED_STEPS = ("teacher", "student")
 MODEL_KEYS = ("teacher", "student", "student_int8")
 
 
@@ -64,9 +67,12 @@ class PipelineConfig:
     cache_dir: Path | None = None
     # Catalogues larger than this ship an IVF index for approximate retrieval.
     ann_min_items: int = ANN_MIN_ITEMS
+    device: str = "auto"  # training.device: teacher, student and PyTorch evaluation
 
     def teacher_config(self) -> TeacherConfig:
-        config = TeacherConfig(seed=self.seed, threads=self.threads, progress=self.progress)
+        config = TeacherConfig(
+            seed=self.seed, threads=self.threads, progress=self.progress, device=self.device
+        )
         return config.quick() if self.quick else config
 
     def student_config(self) -> StudentConfig:
@@ -75,6 +81,7 @@ class PipelineConfig:
             threads=max(self.threads, 1),
             progress=self.progress,
             quick=self.quick,
+            device=self.device,
         )
         if self.prune_ratio is not None:
             config = replace(config, prune_ratio=self.prune_ratio)
@@ -129,7 +136,8 @@ def _eval_split(split: Split, *, seed: int) -> tuple[Split, str]:
     return Split(name=f"{split.name}-insample", train=fit, test=held), "in-sample"
 
 
-_NOT_IN_KEY = ("progress", "threads")
+# Settings that change how fast a run goes, not what it computes.
+_NOT_IN_KEY = ("progress", "threads", "device")
 
 
 def run_key(config: PipelineConfig, dataset: Dataset) -> str:
@@ -163,7 +171,8 @@ def step_teacher(ctx: Context) -> dict[str, Any]:
     path = ctx.work / "teacher.pt"
     config = ctx.config.teacher_config()
     teacher, info = train_teacher(ctx.dataset, ctx.split.train, config=config)
-    checkpoint.save_teacher(teacher, path, config=config, fm=ctx.dataset.feature_map)
+    if distributed.current().is_main:
+        checkpoint.save_teacher(teacher, path, config=config, fm=ctx.dataset.feature_map)
     ctx.teacher = teacher
     return {"checkpoint": path.name, "params": count_params(teacher), "info": info}
 
@@ -192,7 +201,8 @@ def step_student(ctx: Context) -> dict[str, Any]:
         _need(ctx.teacher, "teacher"),
         config=ctx.config.student_config(),
     )
-    checkpoint.save_student(student, path, fm=ctx.dataset.feature_map)
+    if distributed.current().is_main:
+        checkpoint.save_student(student, path, fm=ctx.dataset.feature_map)
     ctx.student = student
     return {"checkpoint": path.name, "params": count_params(student), "info": info}
 
@@ -236,12 +246,14 @@ def onnx_metrics(
     n_users: int,
     n_items: int,
     towers: tuple[Path, Path] | None = None,
+    max_users: int | None = None,
 ) -> dict[str, float]:
     """Protocol P metrics of an exported model, computed with ONNX Runtime itself.
 
     With `towers` (user-tower graph, item matrix) the ranking is scored as the service
     ranks, one tower run and one matrix product per block of users; ratings always come
-    from the pair graph at `path`.
+    from the pair graph at `path`. `max_users` ranks a seeded sample of test users (large
+    catalogues, see `eval_users`).
     """
     session = export_mod.ort_session(path, threads=1)
 
@@ -260,15 +272,28 @@ def onnx_metrics(
         test=split.test,
         n_users=n_users,
         n_items=n_items,
-        # Every user on catalogues like MovieLens; a seeded sample on very large ones.
-        max_users=bounded_users(n_items),
+        max_users=max_users,
     )
+
+
+# The exported models score every (user, item) pair of the catalogue one by one: past this
+# many pairs per model, the evaluation ranks a seeded sample of test users instead
+# (ml-100k and ML-1M-sized data stay exact), and latency is timed over fewer runs.
+EVAL_PAIRS = 1 << 26
+
+
+def eval_users(n_items: int) -> int:
+    """Test users the evaluation step ranks on a catalogue of `n_items`."""
+    return bounded_users(n_items, cells=EVAL_PAIRS, floor=32)
 
 
 def step_evaluate(ctx: Context) -> dict[str, Any]:
     fm = ctx.dataset.feature_map
     exported = ctx.state["export"]["models"]
     results: dict[str, Any] = {}
+    max_users = eval_users(fm.n_items)
+    runs = min(ctx.config.latency_runs, max(3, EVAL_PAIRS // 4 // fm.n_items))
+    log.info("evaluation ranks at most %d test users; latency over %d runs", max_users, runs)
     for key in MODEL_KEYS:
         path = ctx.work / exported[key]["file"]
         # The INT8 student ranks with the fp32 student's towers, as the service does.
@@ -280,10 +305,9 @@ def step_evaluate(ctx: Context) -> dict[str, Any]:
             n_users=fm.n_users,
             n_items=fm.n_items,
             towers=(ctx.work / retrieval["user_tower"], ctx.work / retrieval["items"]),
+            max_users=max_users,
         )
-        latency = export_mod.ort_latency_ms(
-            path, fm, ctx.dataset.tables, threads=1, runs=ctx.config.latency_runs
-        )
+        latency = export_mod.ort_latency_ms(path, fm, ctx.dataset.tables, threads=1, runs=runs)
         results[key] = {"metrics": metrics, "latency_ms": latency}
         log.info("%s: %s, %.3f ms/user", key, _short(metrics), latency)
     keep, reason = export_mod.int8_acceptable(
@@ -402,6 +426,9 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
             "quick": ctx.config.quick,
             "seed": ctx.config.seed,
             "run_key": ctx.work.name,
+            # Of this process group; a resumed run may have trained earlier steps with another.
+            "world_size": distributed.current().world_size,
+            "backend": distributed.current().backend,
         },
         report_md=(ctx.work / "report.md").read_text(encoding="utf-8"),
         metrics=metrics_json,
@@ -457,6 +484,7 @@ def prepare(config: PipelineConfig) -> Context:
     """The data step: loads the data set and split and finds the run's work folder."""
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    distributed.init_from_env(resolve_device(config.device))
     dataset = load_dataset(config.data_dir, dataset=config.dataset, cache_dir=config.cache_dir)
     split = make_split(dataset, split=config.split, data_dir=config.data_dir, seed=config.seed)
     if len(split.train) == 0:
@@ -508,18 +536,25 @@ def run_pipeline(config: PipelineConfig, *, until: str = "bundle") -> Context:
     ctx = prepare(config)
     log.info("[1/%d] data: %s (work dir %s)", len(STEPS), ctx.state["data"], ctx.work)
     last = STEPS.index(until)
+    world = distributed.current()
     rerun = False  # once a step runs, every later step depends on its new output
     for number, step in enumerate(STEPS[1 : last + 1], start=2):
+        # Every rank decides on the same files: rank 0 has written what it finished.
+        distributed.barrier(world)
         # The bundle step always runs: it re-verifies an already published bundle.
         if not rerun and step != "bundle" and _load_state(ctx, step):
             log.info("[%d/%d] %s: done earlier, skipped", number, len(STEPS), step)
             continue
         rerun = True
+        if not world.is_main and step not in DISTRIBUTED_STEPS:
+            continue  # only rank 0 measures, exports and publishes
         t0 = time.perf_counter()
         log.info("[%d/%d] %s ...", number, len(STEPS), step)
         ctx.state[step] = _STEP_FNS[step](ctx)
-        _write_json_atomic(ctx.work / f"{step}.json", ctx.state[step])
+        if world.is_main:
+            _write_json_atomic(ctx.work / f"{step}.json", ctx.state[step])
         log.info("[%d/%d] %s: %.1f s", number, len(STEPS), step, time.perf_counter() - t0)
+    distributed.barrier(world)
     log.info("pipeline finished in %.1f s", time.perf_counter() - started)
     return ctx
 

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 from scipy.optimize import nnls
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from training.data import Ratings, holdout
+from training.device import resolve_device
+from training.distributed import World, broadcast, current, local_device, shard, wrap
 from training.evaluate import (
     RELEVANT_MIN_RATING,
     bounded_users,
@@ -47,6 +49,14 @@ from training.models.mf import BiasedMF
 from training.models.xdeepfm import XDeepFM
 from training.seen import SeenIndex
 from training.seen_mask import SeenMask
+from training.sparse import (
+    SPARSE_MIN_ROWS,
+    Optimizers,
+    densify_embeddings,
+    make_adam,
+    sparse_ids,
+    sparsify_embeddings,
+)
 
 if TYPE_CHECKING:
     from training.data import Dataset
@@ -73,6 +83,7 @@ class TeacherConfig:
     # tenth adds little the model lacks and the refit would double the teacher's time.
     refit_full: bool | Literal["auto"] = "auto"
     progress: bool = True
+    device: str = "cpu"  # "auto" | "cpu" | "cuda" (training.device); not part of run keys
 
     def quick(self) -> TeacherConfig:
         """Few epochs and small models: for tests and CI, not for quality."""
@@ -178,18 +189,29 @@ class TrainData:
     n_items: int
 
     @classmethod
-    def build(cls, train: Ratings, tables: FeatureTables, fm: FeatureMap) -> TrainData:
+    def build(
+        cls,
+        train: Ratings,
+        tables: FeatureTables,
+        fm: FeatureMap,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> TrainData:
         seen = SeenIndex.from_ratings(train, n_users=fm.n_users, n_items=fm.n_items)
         return cls(
-            users=torch.as_tensor(train.user, dtype=torch.long),
-            items=torch.as_tensor(train.item, dtype=torch.long),
-            ratings=torch.as_tensor(train.rating, dtype=torch.float32),
-            user_feats=torch.as_tensor(tables.user_feats),
-            item_feats=torch.as_tensor(tables.item_feats),
-            item_genres=torch.as_tensor(tables.item_genres),
-            seen_mask=SeenMask.from_index(seen),
+            users=torch.as_tensor(train.user, dtype=torch.long, device=device),
+            items=torch.as_tensor(train.item, dtype=torch.long, device=device),
+            ratings=torch.as_tensor(train.rating, dtype=torch.float32, device=device),
+            user_feats=torch.as_tensor(tables.user_feats, device=device),
+            item_feats=torch.as_tensor(tables.item_feats, device=device),
+            item_genres=torch.as_tensor(tables.item_genres, device=device),
+            seen_mask=SeenMask.from_index(seen).to(torch.device(device)),
             n_items=fm.n_items,
         )
+
+    @property
+    def device(self) -> torch.device:
+        return self.users.device
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -207,28 +229,45 @@ class Trainer:
     model: TowerScoring
     config: ComponentConfig
     data: TrainData
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer | Optimizers
     gen: torch.Generator
     progress: bool = True
+    world: World = field(default_factory=World)
+    # component_loss as DistributedDataParallel's forward when there are several ranks.
+    objective: nn.Module | None = None
 
 
-def make_optimizer(model: TowerScoring, config: ComponentConfig) -> torch.optim.Optimizer:
-    """Adam with its own learning rate for the ranking towers."""
-    tower = [p for n, p in model.named_parameters() if n.startswith(model.tower_prefixes)]
-    rest = [p for n, p in model.named_parameters() if not n.startswith(model.tower_prefixes)]
-    return torch.optim.Adam(
-        [
-            {"params": rest, "lr": config.lr},
-            {"params": tower, "lr": config.tower_lr or config.lr},
-        ]
-    )
+class ComponentObjective(nn.Module):
+    """`component_loss` as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model = trainer.model
+        self.trainer = [trainer]  # a list: not a submodule, not in the state dict
+
+    def forward(self, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return component_loss(self.trainer[0], u, i, r)
+
+
+def make_optimizer(
+    model: TowerScoring, config: ComponentConfig
+) -> torch.optim.Optimizer | Optimizers:
+    """Adam with its own learning rate for the ranking towers (lazy for sparse tables)."""
+    named = list(model.named_parameters())
+    tower_lr = config.tower_lr or config.lr
+    rest = [(p, config.lr) for n, p in named if not n.startswith(model.tower_prefixes)]
+    tower = [(p, tower_lr) for n, p in named if n.startswith(model.tower_prefixes)]
+    return make_adam([*rest, *tower], sparse=sparse_ids(model))
 
 
 def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(total loss, rating MSE, ranking loss) of one batch of training pairs."""
     model, config, data, gen = t.model, t.config, t.data, t.gen
-    u_in = u.masked_fill(torch.rand(u.shape, generator=gen) < config.id_dropout, 0)
-    i_in = i.masked_fill(torch.rand(i.shape, generator=gen) < config.id_dropout, 0)
+    # Random draws come from the CPU generator on every device, so a seed gives the same
+    # draws on CPU and GPU; .to() is a no-op on the CPU.
+    dev = data.device
+    u_in = u.masked_fill((torch.rand(u.shape, generator=gen) < config.id_dropout).to(dev), 0)
+    i_in = i.masked_fill((torch.rand(i.shape, generator=gen) < config.id_dropout).to(dev), 0)
     uf, itf, ig = data.user_feats[u], data.item_feats[i], data.item_genres[i]
     out = model.heads(u_in, i_in, uf, itf, ig)
     mse = (out["rating"] - r).pow(2).mean()
@@ -237,7 +276,7 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
         torch.randint(1, data.n_items + 1, (n_neg,), generator=gen)
         if n_neg
         else torch.arange(1, data.n_items + 1)
-    )
+    ).to(dev)
     user_vec = model.user_tower(u_in, uf)  # [B, D]
     pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
     neg_vec = model.item_tower(neg, data.item_feats[neg], data.item_genres[neg])  # [N, D]
@@ -256,7 +295,9 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
 def train_step(t: Trainer, idx: Tensor) -> tuple[float, float, float]:
     """One optimiser step on the training pairs `idx`; returns (loss, mse, rank)."""
     data = t.data
-    loss, mse, rank = component_loss(t, data.users[idx], data.items[idx], data.ratings[idx])
+    idx = idx.to(data.device)
+    u, i, r = data.users[idx], data.items[idx], data.ratings[idx]
+    loss, mse, rank = component_loss(t, u, i, r) if t.objective is None else t.objective(u, i, r)
     t.opt.zero_grad(set_to_none=True)
     loss.backward()
     t.opt.step()
@@ -266,8 +307,9 @@ def train_step(t: Trainer, idx: Tensor) -> tuple[float, float, float]:
 def train_epoch(t: Trainer, epoch: int) -> dict[str, float]:
     """One pass over the training pairs in a seeded order; the example-weighted mean losses."""
     t.model.train()
-    n = len(t.data)
-    perm = torch.randperm(n, generator=t.gen)
+    # Every rank draws the same permutation and trains on its shard of it.
+    perm = shard(torch.randperm(len(t.data), generator=t.gen), t.world)
+    n = perm.numel()
     totals = {"loss": 0.0, "mse": 0.0, "rank": 0.0}
     batches = tqdm(
         range(0, n, t.config.batch_size),
@@ -356,8 +398,9 @@ def train_component(
     head_epochs: tuple[int, int] | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[TowerScoring, dict[str, Any]]:
-    """Trains one component (the `fit` of FuxiCTR's BaseModel).
+    """Trains one component (the `fit` of FuxiCTR's BaseModel) on `device`.
 
     With `valid` and `config.select == "heads"`, each head is kept at its best validation
     epoch (RMSE for the rating head, NDCG@10 for the towers). Without `valid`,
@@ -369,17 +412,25 @@ def train_component(
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_component(name, fm, config, global_mean=float(train.rating.mean()))
+    n_sparse = sparsify_embeddings(model, min_rows=SPARSE_MIN_ROWS)
+    if n_sparse:
+        log.info("%s: %d embedding tables with sparse gradients (lazy Adam)", name, n_sparse)
+    model.to(device)
     if head_epochs is not None:
         config = replace(config, epochs=max(head_epochs))
+    world = current()
     t = Trainer(
         name=name,
         model=model,
         config=config,
-        data=TrainData.build(train, tables, fm),
+        data=TrainData.build(train, tables, fm, device=device),
         opt=make_optimizer(model, config),
         gen=gen,
         progress=progress,
+        world=world,
     )
+    if world.distributed:
+        t.objective = wrap(ComponentObjective(t), world)
     selector = HeadSelector(select=config.select, head_epochs=head_epochs)
     # An empty validation split selects nothing: head_epochs, or the last epoch, then apply.
     valid = valid if valid is not None and len(valid) > 0 else None
@@ -389,7 +440,13 @@ def train_component(
         point: dict[str, float] = {"epoch": float(epoch + 1), **train_epoch(t, epoch)}
         metrics = None
         if valid is not None:
-            metrics = evaluate_component(model, tables, train=train, valid=valid, fm=fm)
+            # Rank 0 validates; every rank then keeps the same epochs.
+            metrics = broadcast(
+                evaluate_component(model, tables, train=train, valid=valid, fm=fm)
+                if world.is_main
+                else None,
+                world,
+            )
             point.update({f"valid_{k}": v for k, v in metrics.items() if k != "n_users"})
         selector.observe(model, epoch + 1, metrics)
         curves.append(point)
@@ -400,6 +457,7 @@ def train_component(
             ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"),
         )
     epochs_kept = selector.restore(model, last_epoch=config.epochs)
+    densify_embeddings(model)
     model.eval()
     info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}
     return model, info
@@ -416,6 +474,8 @@ def train_teacher(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     fm, tables = dataset.feature_map, dataset.tables
+    device = local_device(resolve_device(config.device))
+    log.info("teacher trains on %s (%d processes)", device, current().world_size)
     started = time.perf_counter()
     fit, valid = holdout(train, fraction=config.valid_fraction, seed=config.seed)
     if len(valid) == 0 or not np.any(valid.rating >= RELEVANT_MIN_RATING):
@@ -440,6 +500,7 @@ def train_teacher(
             valid=valid,
             seed=config.seed + k,
             progress=config.progress,
+            device=device,
         )
         info["valid"] = evaluate_component(model, tables, train=fit, valid=valid, fm=fm)
         models[name] = model
@@ -456,33 +517,47 @@ def train_teacher(
         seed=config.seed,
     )
     report["ensemble"] = weights
-    do_refit = config.refits(len(train))
-    log.info(
-        "teacher refit on all %d training ratings: %s", len(train), "yes" if do_refit else "no"
-    )
-    report["refit_full"] = do_refit
-    if do_refit:
-        refit: dict[str, TowerScoring] = {}
-        for k, name in enumerate(COMPONENTS):
-            kept = report["components"][name]["head_epochs"]
-            model, info = train_component(
-                name,
-                fm,
-                tables,
-                train,
-                config=configs[name],
-                head_epochs=(int(kept[0]), int(kept[1])),
-                seed=config.seed + k,
-                progress=config.progress,
-            )
-            refit[name] = model
-            report["components"][name]["refit_seconds"] = info["seconds"]
-        refitted = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
-        refitted.load_weights_from(teacher, tables=tables, users=np.unique(valid.user))
-        teacher = refitted
+    report["refit_full"] = config.refits(len(train))
+    log.info("teacher refit on all %d training ratings: %s", len(train), report["refit_full"])
+    if report["refit_full"]:
+        teacher = _refit(dataset, train, teacher, config, report, valid=valid, device=device)
     report["seconds"] = time.perf_counter() - started
+    report["device"] = str(device)
     teacher.eval()
-    return teacher, report
+    # Checkpoints, Fisher and export read the teacher on the CPU.
+    return teacher.cpu(), report
+
+
+def _refit(
+    dataset: Dataset,
+    train: Ratings,
+    teacher: EnsembleTeacher,
+    config: TeacherConfig,
+    report: dict[str, Any],
+    *,
+    valid: Ratings,
+    device: torch.device,
+) -> EnsembleTeacher:
+    """The components retrained on all of `train` with the selected epochs and blend."""
+    refit: dict[str, TowerScoring] = {}
+    for k, name in enumerate(COMPONENTS):
+        kept = report["components"][name]["head_epochs"]
+        model, info = train_component(
+            name,
+            dataset.feature_map,
+            dataset.tables,
+            train,
+            config=getattr(config, name),
+            head_epochs=(int(kept[0]), int(kept[1])),
+            seed=config.seed + k,
+            progress=config.progress,
+            device=device,
+        )
+        refit[name] = model
+        report["components"][name]["refit_seconds"] = info["seconds"]
+    refitted = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
+    refitted.load_weights_from(teacher, tables=dataset.tables, users=np.unique(valid.user))
+    return refitted
 
 
 def simplex_grid(step: float, *, dims: int = 3) -> list[tuple[float, ...]]:
@@ -568,7 +643,7 @@ def _blend_ranking(
     mats = teacher.component_score_matrices(users, tables)
     teacher.standardise(users, tables, mats=mats)
     # float64 once: a float32 z was cast again for every weight vector.
-    z = np.stack([((m - m.mean()) / m.std().clamp(min=1e-6)).numpy() for m in mats])
+    z = np.stack([((m - m.mean()) / m.std().clamp(min=1e-6)).cpu().numpy() for m in mats])
     z = z.astype(np.float64)
     del mats
     row_of = np.full(fm.n_users + 1, -1, dtype=np.int64)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from training.device import model_device
 from training.features import FeatureMap, FeatureTables
 from training.models.base import TwoHeadModel
 
@@ -189,12 +190,13 @@ class TowerScoring(TwoHeadModel):
 
     def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
         """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
-        user = torch.as_tensor(users, dtype=torch.long)
-        u = self.user_tower(user, torch.as_tensor(tables.user_feats[users]))  # [b, D]
+        dev = model_device(self)
+        user = torch.as_tensor(users, dtype=torch.long, device=dev)
+        u = self.user_tower(user, torch.as_tensor(tables.user_feats[users], device=dev))  # [b, D]
         v = self.item_tower(
-            torch.arange(tables.item_feats.shape[0]),
-            torch.as_tensor(tables.item_feats),
-            torch.as_tensor(tables.item_genres),
+            torch.arange(tables.item_feats.shape[0], device=dev),
+            torch.as_tensor(tables.item_feats, device=dev),
+            torch.as_tensor(tables.item_genres, device=dev),
         )  # [n_items+1, D]
         return u @ v.T  # [b, n_items+1]
 

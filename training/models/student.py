@@ -246,7 +246,8 @@ class Student(TwoHeadModel):
         """Scores of every item (row j of the item tables is item index j): [B, M]."""
         xu = self.user.embed(user, user_feats, None)  # [B, Du]
         _, s = self.user(xu)  # [B, Ks]
-        xi = self.item.embed(torch.arange(item_feats.shape[0]), item_feats, item_genres)
+        items = torch.arange(item_feats.shape[0], device=item_feats.device)
+        xi = self.item.embed(items, item_feats, item_genres)
         _, t = self.item(xi)  # [M, Ks]
         return s @ t.T + self.item_score_bias.weight.T  # [B, M]
 

@@ -1,0 +1,283 @@
+"""Scale benchmark: loading, training throughput and the whole pipeline on large data.
+
+    python -m bench.scale [--sets ml1m,ml10m,cat50k,cat1m] [--quick] [--nproc 1,2] [--work DIR]
+                          [--pipeline-limit SECONDS] [--movielens-1m DIR]
+
+Synthetic data sets in the ml-latest format (training.synth; reused when WORK/NAME
+already holds ratings.csv): ML-1M-shaped (6,000 users, 4,000 items, 1M ratings),
+ML-10M-shaped (70,000 users, 10,000 items, 10M ratings), and large catalogues (50,000 and
+1,000,000 items). Real ML-1M is added when --movielens-1m (or $MOVIELENS_1M_DIR) is given.
+
+For each set it measures, each in a fresh process so peak RSS is its own: load time and
+peak RSS; training throughput of each teacher component (ratings per second over a
+bounded number of batches, one thread, `--quick` sizes when --quick); and the pipeline
+(`python -m training pipeline --split random`, full or --quick) with the time of every
+step and peak RSS, stopped at --pipeline-limit. Writes bench/results/scale.json and the
+measured part of docs/SCALE.md (between its bench.scale markers). The machine's load is
+recorded with the numbers: on a shared machine they are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS: dict[str, tuple[int, int, int]] = {  # users, items, ratings
+    "ml1m": (6_000, 4_000, 1_000_000),
+    "ml10m": (70_000, 10_000, 10_000_000),
+    "cat50k": (6_000, 50_000, 1_000_000),
+    "cat1m": (20_000, 1_000_000, 1_000_000),
+}
+COMPONENTS = ("mf", "xdeepfm", "autoint")
+BEGIN, END = "<!-- bench.scale:begin -->", "<!-- bench.scale:end -->"
+_STEP_LINE = re.compile(r"\[\d+/\d+\] (\w+): ([0-9.]+) s")
+
+log = logging.getLogger("bench.scale")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", default="ml1m,cat50k,cat1m", help="comma-separated of SETS")
+    parser.add_argument("--quick", action="store_true", help="pipeline in --quick mode")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-scale"))
+    parser.add_argument("--batches", type=int, default=100, help="batches per throughput run")
+    parser.add_argument("--pipeline-limit", type=float, default=3600.0, help="seconds per run")
+    parser.add_argument("--no-pipeline", action="store_true", help="load and throughput only")
+    parser.add_argument("--device", default="cpu", help="--device of the pipeline runs")
+    parser.add_argument(
+        "--nproc",
+        default="1",
+        help="comma-separated process counts for the pipeline (2 = torchrun, 2 processes)",
+    )
+    parser.add_argument(
+        "--movielens-1m", type=Path, default=os.environ.get("MOVIELENS_1M_DIR") or None
+    )
+    parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "SCALE.md")
+    parser.add_argument("--out-json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    return parser.parse_args(argv)
+
+
+def run_measured(cmd: list[str], *, limit: float, log_path: Path) -> dict[str, Any]:
+    """Runs `cmd` in a fresh process: wall seconds, peak RSS (GB), exit code, timeout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        timed_out = False
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            timed_out = True
+        _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
+    rss = usage.ru_maxrss / 1e6 if usage is not None else _children_rss()
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss_gb": rss,
+        "returncode": proc.returncode if proc.returncode is not None else status,
+        "timed_out": timed_out,
+    }
+
+
+def _children_rss() -> float:
+    import resource  # noqa: PLC0415
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+
+
+def ensure_data(name: str, work: Path) -> Path:
+    out = work / name
+    if (out / "ratings.csv").is_file():
+        return out
+    from training.synth import SynthConfig, generate  # noqa: PLC0415
+
+    users, items, ratings = SETS[name]
+    generate(SynthConfig(users, items, ratings, seed=0), out)
+    return out
+
+
+def measure_load(data: Path, dataset: str, work: Path) -> dict[str, Any]:
+    code = (
+        "import sys, time; from pathlib import Path; from training.data import load_dataset; "
+        "t = time.perf_counter(); load_dataset(Path(sys.argv[1]), dataset=sys.argv[2]); "
+        "print('load_seconds', time.perf_counter() - t)"
+    )
+    log_path = work / f"load-{data.name}.log"
+    out = run_measured(
+        [sys.executable, "-c", code, str(data), dataset], limit=3600, log_path=log_path
+    )
+    match = re.search(r"load_seconds ([0-9.]+)", log_path.read_text())
+    out["load_seconds"] = float(match.group(1)) if match else None
+    return out
+
+
+def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -> dict[str, Any]:
+    """Ratings per second of each component's training steps (one thread, no validation)."""
+    import torch  # noqa: PLC0415
+
+    from training import train as T  # noqa: PLC0415
+    from training.data import load_dataset  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    ds = load_dataset(data, dataset=dataset)
+    config = T.TeacherConfig().quick() if quick else T.TeacherConfig()
+    results: dict[str, Any] = {}
+    for name in COMPONENTS:
+        comp = getattr(config, name)
+        T.set_seed(0)
+        model = T.build_component(name, ds.feature_map, comp, global_mean=3.5)
+        T.sparsify_embeddings(model, min_rows=T.SPARSE_MIN_ROWS)
+        data_t = T.TrainData.build(ds.ratings, ds.tables, ds.feature_map)
+        gen = torch.Generator().manual_seed(0)
+        trainer = T.Trainer(name, model, comp, data_t, T.make_optimizer(model, comp), gen, False)
+        perm = torch.randperm(len(data_t), generator=gen)
+        size = comp.batch_size
+        T.train_step(trainer, perm[:size])  # warm-up: lazy optimiser state
+        started = time.perf_counter()
+        n = 0
+        for b in range(1, batches + 1):
+            idx = perm[b * size : (b + 1) * size]
+            if idx.numel() == 0:
+                break
+            T.train_step(trainer, idx)
+            n += idx.numel()
+        seconds = time.perf_counter() - started
+        results[name] = {
+            "ratings_per_s": n / seconds,
+            "epoch_seconds_est": len(data_t) / (n / seconds),
+            "batch_size": size,
+        }
+        log.info("%s %s: %.0f ratings/s", data.name, name, n / seconds)
+    return results
+
+
+def measure_pipeline(
+    data: Path, dataset: str, work: Path, *, quick: bool, limit: float, device: str, nproc: int
+) -> dict[str, Any]:
+    tag = f"{data.name}{'-quick' if quick else ''}-{nproc}p"
+    out_dir = work / f"run-{tag}"
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, "-m", "training", "pipeline", "--data-dir", str(data)]
+    cmd += ["--dataset", dataset, "--split", "random", "--out-dir", str(out_dir)]
+    cmd += ["--no-progress", "--device", device] + (["--quick"] if quick else [])
+    log_path = work / f"pipeline-{tag}.log"
+    out = run_measured(cmd, limit=limit, log_path=log_path)
+    out["steps"] = {
+        m.group(1): float(m.group(2)) for m in _STEP_LINE.finditer(log_path.read_text())
+    }
+    out["quick"] = quick
+    out["nproc"] = nproc
+    return out
+
+
+def conditions() -> dict[str, Any]:
+    import torch  # noqa: PLC0415
+
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [BEGIN, "", f"Measured {results['conditions']['when']} by `{results['command']}`; "]
+    c = results["conditions"]
+    lines[-1] += (
+        f"{c['cpus']} CPUs, load average {c['load_average_1m']:.1f} when it started "
+        f"(other work shared the machine), torch {c['torch']}."
+    )
+    lines += ["", "| data set | load s | load peak RSS GB | mf r/s | xdeepfm r/s | autoint r/s |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for name, r in results["sets"].items():
+        tp = r.get("throughput", {})
+        cells = [f"{tp[c]['ratings_per_s']:.0f}" if c in tp else "-" for c in COMPONENTS]
+        load = r.get("load", {})
+        lines.append(
+            f"| {name} | {load.get('load_seconds') or float('nan'):.1f} | "
+            f"{load.get('peak_rss_gb', float('nan')):.2f} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", "| data set | mode | processes | total s | peak RSS GB | finished | s per step |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for name, r in results["sets"].items():
+        for p in r.get("pipeline", []):
+            steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps"].items())
+            done = "yes" if p["returncode"] == 0 else ("timed out" if p["timed_out"] else "failed")
+            lines.append(
+                f"| {name} | {'quick' if p['quick'] else 'full'} | {p['nproc']} | "
+                f"{p['seconds']:.0f} | {p['peak_rss_gb']:.2f} | {done} | {steps} |"
+            )
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, section: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.is_file() else f"# Scale\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sys.path.insert(0, str(ROOT))
+    args.work.mkdir(parents=True, exist_ok=True)
+    sets: list[tuple[str, Path, str]] = []
+    for name in [s for s in args.sets.split(",") if s]:
+        if name not in SETS:
+            raise SystemExit(f"unknown set {name!r}; choose from {', '.join(SETS)}")
+        sets.append((name, ensure_data(name, args.work), "ml-latest"))
+    if args.movielens_1m is not None:
+        sets.append(("real-ml-1m", Path(args.movielens_1m), "ml-1m"))
+    results: dict[str, Any] = {
+        "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "conditions": conditions(),
+        "sets": {},
+    }
+    for name, data, dataset in sets:
+        entry: dict[str, Any] = {"load": measure_load(data, dataset, args.work)}
+        entry["throughput"] = measure_throughput(
+            data, dataset, quick=args.quick, batches=args.batches
+        )
+        if not args.no_pipeline:
+            entry["pipeline"] = [
+                measure_pipeline(
+                    data,
+                    dataset,
+                    args.work,
+                    quick=args.quick,
+                    limit=args.pipeline_limit,
+                    device=args.device,
+                    nproc=int(n),
+                )
+                for n in args.nproc.split(",")
+            ]
+        results["sets"][name] = entry
+        log.info("%s: %s", name, json.dumps(entry))
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.out_json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_markdown(args.out_md, render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
