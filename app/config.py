@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # ANN over-fetch: candidates searched before seen items are dropped (at least k + seen).
     retrieval_candidates: int = Field(default=200, ge=1, le=100_000)
     retrieval_ann_threshold: int = Field(default=50_000, ge=0)
+    # Threads one search may use (NumPy BLAS, FAISS OpenMP); requests run in parallel already.
+    retrieval_threads: int = Field(default=1, ge=1, le=256)
     bench_floor_enabled: bool = False
     log_level: str = "INFO"
     access_log: bool = True
@@ -114,6 +116,7 @@ class Settings(BaseSettings):
             mode=self.retrieval,
             candidates=self.retrieval_candidates,
             ann_threshold=self.retrieval_ann_threshold,
+            threads=self.retrieval_threads,
         )
 
     @property

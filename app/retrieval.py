@@ -9,6 +9,7 @@ falling back to the exact search in the rare case that leaves fewer than k items
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,20 @@ class RetrievalSettings:
     mode: Mode = "auto"
     candidates: int = 200
     ann_threshold: int = 50_000
+    # Threads of one search (BLAS for exact, OpenMP for FAISS). 1: requests already run in
+    # parallel, and a multi-threaded matrix-vector product per request only adds contention.
+    threads: int = 1
+
+
+def limit_search_threads(threads: int) -> None:
+    """Caps the BLAS and OpenMP thread pools of this process (the searches' libraries)."""
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - called once, at start-up
+
+    threadpool_limits(limits=threads)
+    if importlib.util.find_spec("faiss") is not None:
+        import faiss  # noqa: PLC0415
+
+        faiss.omp_set_num_threads(threads)
 
 
 def open_retriever(

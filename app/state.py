@@ -19,7 +19,7 @@ import numpy.typing as npt
 from app.bundle import Bundle, load_bundle
 from app.inference import ModelRunner, Prediction, TowerRunner, choose_providers
 from app.metrics import Metrics
-from app.retrieval import RetrievalSettings, Retriever, open_retriever
+from app.retrieval import RetrievalSettings, Retriever, limit_search_threads, open_retriever
 from contract.errors import BundleError
 from contract.manifest import RetrievalEntry
 
@@ -260,6 +260,7 @@ def load_state(
 ) -> ServingState:
     """Load, verify, open and warm up a bundle; raises BundleError or ModelLoadError."""
     retrieval = retrieval or RetrievalSettings()
+    limit_search_threads(retrieval.threads)
     bundle = load_bundle(model_dir)
     chosen = choose_providers(providers)
     student_file = student_model if bundle.has_model(student_model) else "student"

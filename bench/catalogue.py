@@ -28,7 +28,7 @@ import numpy as np
 
 from app.bundle import Bundle, load_bundle
 from app.inference import TowerRunner
-from app.retrieval import RetrievalSettings, open_retriever
+from app.retrieval import RetrievalSettings, limit_search_threads, open_retriever
 from bench._loadgen import LoadSpec, build_get, run_load
 from bench._server import HOST, uvicorn_server
 from contract.manifest import RetrievalEntry
@@ -182,6 +182,7 @@ def measure(size: Size, work: Path, *, requests: int, k: int, seed: int) -> dict
     bundle = load_bundle(directory)
     rng = np.random.default_rng(seed)
     users = rng.integers(1, bundle.n_users + 1, size=min(500, bundle.n_users)).astype(np.int64)
+    limit_search_threads(1)  # one core, as the served worker (RETRIEVAL_THREADS=1)
     stage = first_stage(bundle, users=users, k=k)
     served = serve_and_load(bundle, requests=requests, k=k, seed=seed)
     files = [p for p in directory.iterdir() if p.is_file()]
