@@ -553,7 +553,39 @@ def _advantage_section(runs: list[dict[str, Any]]) -> list[str]:
         f"ratio: one pair {_floor_ratio(runs, 'predict_single', 'throughput_rps')}, a batch "
         f"{_floor_ratio(runs, 'predict_batch', 'throughput_rps')}.",
     ]
-    return lines
+    return [*lines, *_target_verdict(runs)]
+
+
+def _floor_p50(runs: list[dict[str, Any]], model: str, work: str) -> str:
+    return _spread([f["p50_ms"] for run in runs if (f := _ort(run, model, work))], ".3f")
+
+
+def _target_verdict(runs: list[dict[str, Any]]) -> list[str]:
+    """Issue 16's ml-100k latency targets, and how far the model work alone is from them."""
+    found = [t for run in runs for t in run["targets"] if t["id"] == "uncached_p50_over_floor"]
+    if not found:
+        return []
+    level = min(runs[0]["config"]["concurrency"])
+    per_model = ", ".join(
+        f"{model} {_spread([t['value'] for t in found if t['model'] == model], '.2f')}x "
+        f"(limit {UNCACHED_FLOOR_RATIO[model]:g}x)"
+        for model in MODELS
+        if any(t["model"] == model for t in found)
+    )
+    floor = _spread(
+        [p["p50_ms"] for run in runs if (p := _point(run, "floor", "framework", level))], ".2f"
+    )
+    return [
+        f"- Issue 16's ml-100k targets, uncached /recommend p50 over the framework floor p50 "
+        f"at c={level}: {per_model}; met in {sum(bool(t['met']) for t in found)} of "
+        f"{len(found)} measurements. At p50 the bare two-stage work takes "
+        f"{_floor_p50(runs, 'teacher', 'recommend')} ms (teacher) and "
+        f"{_floor_p50(runs, 'student', 'recommend')} ms (student), the service's in-process "
+        f"scoring path (`recommend_service`) {_floor_p50(runs, 'teacher', 'recommend_service')}"
+        f" and {_floor_p50(runs, 'student', 'recommend_service')} ms, the framework floor "
+        f"{floor} ms over HTTP: the rest of an uncached request is the web stack, the thread "
+        f"hand-off and the admission slot around the model work.",
+    ]
 
 
 _CATALOGUE_BEGIN = "<!-- catalogue:begin -->"

@@ -132,6 +132,7 @@ def test_report_keeps_the_catalogue_section_and_leaves_comparisons_out_of_the_su
     advantage = text.split("## Student against teacher", 1)[1]
     assert "dimension 20 against 80, 8000 against 32000 bytes (0.25x)" in advantage
     assert "(`score_catalogue`, candidate re-ranking) runs/s ratio: 40.00" in advantage
+    assert "teacher 2.80x (limit 3x), student 2.40x (limit 2x); met in 1 of 2" in advantage
     # Rewriting keeps the block exactly once.
     write_report([run], docs_path=docs, img_dir=tmp_path / "img")
     assert docs.read_text(encoding="utf-8").count("catalogue:begin") == 1
