@@ -1,25 +1,38 @@
-"""The inference floor: the raw ONNX Runtime session run for the work of one request.
+"""The inference floor: the bare model work of one request, measured in-process.
 
-Inputs are prepared beforehand, so that only `session.run` is timed; the difference between
-this and an HTTP request's latency is everything the service adds (routing, features,
-top-k, JSON, HTTP).
+Inputs are prepared beforehand, so that only the model work is timed; the difference
+between this and an HTTP request's latency is everything the service adds (routing,
+features, cache, JSON, HTTP, thread hand-offs).
+
+An uncached /recommend is two stages (app/state.py `_retrieve`): the variant's user tower
+gives a query vector, an inner-product search over the bundle's item matrix picks the k
+best unseen items, and the pair graph rates those k. Its floor, `recommend`, is those three
+calls on the service's own objects (`load_state`), timed together and stage by stage
+(`user_tower`, `retrieve`, `pair_k`). Scoring the whole catalogue with the pair graph is a
+separate work item, `score_catalogue`: what re-ranking a large candidate list costs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from app.bundle import Bundle
-from app.inference import ModelRunner
+from contract.towers import TOWER_OUTPUT
+
+if TYPE_CHECKING:
+    from app.state import ServingState
 
 logger = logging.getLogger(__name__)
+
+_N_FEEDS = 16
+_PAIR_OUTPUTS = ["rating", "score"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +50,18 @@ class FloorResult:
         return self.__dict__.copy()
 
 
+@dataclass(frozen=True)
+class FloorConfig:
+    intra_op_threads: int
+    batch_pairs: int
+    k: int
+    max_iterations: int
+    max_seconds: float
+    seed: int = 0
+
+
 def catalogue_inputs(bundle: Bundle, user: int) -> dict[str, np.ndarray]:
-    """What `/recommend` scores for a known user: every item of the catalogue."""
+    """Every item of the catalogue paired with one user: a whole-catalogue re-ranking."""
     n_items = bundle.n_items
     return {
         "user": np.full(n_items, user, dtype=np.int64),
@@ -60,6 +83,14 @@ def pair_inputs(bundle: Bundle, users: np.ndarray, items: np.ndarray) -> dict[st
     }
 
 
+def _summary(model: str, work: str, batch: int, ms: np.ndarray, elapsed: float) -> FloorResult:
+    p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
+    return FloorResult(
+        model=model, work=work, batch=batch, iterations=int(ms.size), p50_ms=p50,
+        p95_ms=p95, p99_ms=p99, throughput_rps=ms.size / elapsed if elapsed > 0 else 0.0,
+    )  # fmt: skip
+
+
 def _time_runs(
     session: ort.InferenceSession,
     feeds: list[dict[str, np.ndarray]],
@@ -67,115 +98,162 @@ def _time_runs(
     max_iterations: int,
     max_seconds: float,
 ) -> tuple[np.ndarray, float]:
-    outputs = ["rating", "score"]
     for feed in feeds[:3]:
-        session.run(outputs, feed)
+        session.run(_PAIR_OUTPUTS, feed)
     latencies: list[int] = []
     started = time.perf_counter()
     deadline = started + max_seconds
     while len(latencies) < max_iterations and time.perf_counter() < deadline:
         feed = feeds[len(latencies) % len(feeds)]
         t0 = time.perf_counter_ns()
-        session.run(outputs, feed)
+        session.run(_PAIR_OUTPUTS, feed)
         latencies.append(time.perf_counter_ns() - t0)
     return np.asarray(latencies, dtype=np.float64) / 1e6, time.perf_counter() - started
 
 
-def measure_floors(
-    bundle: Bundle,
-    *,
-    models: list[str],
-    intra_op_threads: int,
-    batch_pairs: int,
-    max_iterations: int,
-    max_seconds: float,
-    seed: int = 0,
+@dataclass(frozen=True)
+class _TwoStageFeed:
+    """One user's prepared inputs: tower feed, items to exclude, the pair feed of its k."""
+
+    user: np.ndarray  # [1]
+    user_row: np.ndarray  # [1, Fu]
+    exclude: np.ndarray
+    pairs: dict[str, np.ndarray]
+
+
+def _two_stage_feeds(
+    state: ServingState, variant: str, users: np.ndarray, k: int
+) -> list[_TwoStageFeed]:
+    """A first pass that finds each user's k items, so the timed pass needs no indexing."""
+    bundle = state.bundle
+    feeds = []
+    for user in users.tolist():
+        start, stop = bundle.seen_indptr[user], bundle.seen_indptr[user + 1]
+        exclude = np.unique(bundle.seen_indices[start:stop] - 1)
+        row = bundle.user_feats[user][None, :]
+        query = state.towers[variant].vectors(np.array([user], dtype=np.int64), row)[0]
+        items = state.retrievers[variant].retrieve(query, k, exclude=exclude).positions + 1
+        feeds.append(_TwoStageFeed(
+            user=np.array([user], dtype=np.int64), user_row=row, exclude=exclude,
+            pairs=pair_inputs(bundle, np.full(items.shape[0], user), items),
+        ))  # fmt: skip
+    return feeds
+
+
+def _time_two_stage(
+    state: ServingState, variant: str, feeds: list[_TwoStageFeed], config: FloorConfig
+) -> tuple[np.ndarray, float]:
+    """Per iteration, ms of [total, user tower, search, pair graph on k]."""
+    tower = state.towers[variant].session
+    retriever = state.retrievers[variant]
+    session = state.runners[variant].session
+    rows: list[tuple[int, int, int, int]] = []
+    started = time.perf_counter()
+    deadline = started + config.max_seconds
+    while len(rows) < config.max_iterations and time.perf_counter() < deadline:
+        feed = feeds[len(rows) % len(feeds)]
+        t0 = time.perf_counter_ns()
+        (vectors,) = tower.run([TOWER_OUTPUT], {"user": feed.user, "user_feats": feed.user_row})
+        t1 = time.perf_counter_ns()
+        retriever.retrieve(vectors[0], config.k, exclude=feed.exclude)
+        t2 = time.perf_counter_ns()
+        session.run(_PAIR_OUTPUTS, feed.pairs)
+        t3 = time.perf_counter_ns()
+        rows.append((t3 - t0, t1 - t0, t2 - t1, t3 - t2))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4) / 1e6, time.perf_counter() - started
+
+
+def _two_stage_floors(
+    state: ServingState, variant: str, model: str, users: np.ndarray, config: FloorConfig
 ) -> list[FloorResult]:
-    """Session-run latency of each model for the three kinds of work the service does."""
-    rng = np.random.default_rng(seed)
-    n_feeds = 16
-    users = rng.integers(1, bundle.n_users + 1, size=n_feeds)
+    feeds = _two_stage_feeds(state, variant, users, config.k)
+    _time_two_stage(state, variant, feeds, replace(config, max_iterations=3))  # warm-up
+    ms, elapsed = _time_two_stage(state, variant, feeds, config)
+    n_items = state.bundle.n_items
+    results = [_summary(model, "recommend", n_items, ms[:, 0], elapsed)]
+    for column, (work, batch) in enumerate(
+        [("user_tower", 1), ("retrieve", n_items), ("pair_k", config.k)], start=1
+    ):
+        # A stage's throughput alone: runs per second of its own time.
+        results.append(_summary(model, work, batch, ms[:, column], ms[:, column].sum() / 1e3))
+    return results
+
+
+def _session_floors(
+    state: ServingState, variant: str, model: str, rng: np.random.Generator, config: FloorConfig
+) -> list[FloorResult]:
+    """Pair-graph runs alone: whole catalogue, one pair, a batch of pairs."""
+    bundle = state.bundle
+    users = rng.integers(1, bundle.n_users + 1, size=_N_FEEDS)
     work: dict[str, tuple[int, list[dict[str, np.ndarray]]]] = {
-        "recommend": (bundle.n_items, [catalogue_inputs(bundle, int(u)) for u in users]),
+        "score_catalogue": (bundle.n_items, [catalogue_inputs(bundle, int(u)) for u in users]),
         "predict_single": (1, [
             pair_inputs(bundle, np.array([u]), rng.integers(1, bundle.n_items + 1, size=1))
             for u in users
         ]),
-        "predict_batch": (batch_pairs, [
-            pair_inputs(bundle, rng.integers(1, bundle.n_users + 1, size=batch_pairs),
-                        rng.integers(1, bundle.n_items + 1, size=batch_pairs))
-            for _ in range(n_feeds)
+        "predict_batch": (config.batch_pairs, [
+            pair_inputs(bundle, rng.integers(1, bundle.n_users + 1, size=config.batch_pairs),
+                        rng.integers(1, bundle.n_items + 1, size=config.batch_pairs))
+            for _ in range(_N_FEEDS)
         ]),
     }  # fmt: skip
-    results: list[FloorResult] = []
-    for model in models:
-        if not bundle.has_model(model):
-            logger.warning("bundle has no %s model; no floor for it", model)
-            continue
-        # The service's own session set-up, so the floor runs with the same options.
-        session = ModelRunner(
-            bundle.model_path(model),
-            name=model,
-            providers=["CPUExecutionProvider"],
-            intra_op_threads=intra_op_threads,
-        ).session
-        for name, (batch, feeds) in work.items():
-            ms, elapsed = _time_runs(
-                session, feeds, max_iterations=max_iterations, max_seconds=max_seconds
-            )
-            p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
-            results.append(FloorResult(
-                model=model, work=name, batch=batch, iterations=int(ms.size), p50_ms=p50,
-                p95_ms=p95, p99_ms=p99, throughput_rps=ms.size / elapsed,
-            ))  # fmt: skip
+    session = state.runners[variant].session
+    results = []
+    for name, (batch, feeds) in work.items():
+        ms, elapsed = _time_runs(
+            session, feeds, max_iterations=config.max_iterations, max_seconds=config.max_seconds
+        )
+        results.append(_summary(model, name, batch, ms, elapsed))
     return results
 
 
-def measure_service_floor(
-    model_dir: Path,
-    *,
-    student_models: list[str],
-    intra_op_threads: int,
-    k: int,
-    max_iterations: int,
-    max_seconds: float,
-) -> list[FloorResult]:
-    """The service's own work for an uncached /recommend without HTTP: features, session
-    run, seen-item masking, top-k and item rows, called in-process on app.state.
+def _service_floor(
+    state: ServingState, variant: str, model: str, config: FloorConfig
+) -> FloorResult:
+    """The service's own uncached /recommend without HTTP: `recommend_known` on app.state
+    (seen-item mask, both stages, item rows), so that what the Python path costs shows
+    apart from what the web stack and its thread hand-offs cost."""
+    n_users = state.bundle.n_users
+    latencies: list[int] = []
+    started = time.perf_counter()
+    deadline = started + config.max_seconds
+    while len(latencies) < config.max_iterations and time.perf_counter() < deadline:
+        user = 1 + len(latencies) % n_users
+        t0 = time.perf_counter_ns()
+        state.recommend_known(variant, user=user, k=config.k, exclude_seen=True)
+        latencies.append(time.perf_counter_ns() - t0)
+    ms = np.asarray(latencies, dtype=np.float64) / 1e6
+    elapsed = time.perf_counter() - started
+    return _summary(model, "recommend_service", state.bundle.n_items, ms, elapsed)
 
-    Between the session floor and the HTTP latency, it separates what the Python scoring
-    path costs from what the web stack and its thread hand-offs cost.
+
+def measure_floors(
+    model_dir: Path, *, student_models: list[str], config: FloorConfig
+) -> list[FloorResult]:
+    """Every work item for the teacher and each student file, on the service's own state.
+
+    One state per student file (the INT8 student is served by a state loaded with
+    STUDENT_MODEL=student_int8); the teacher is measured on the first.
     """
     from app.metrics import Metrics  # noqa: PLC0415  # app internals, only for this floor
     from app.state import load_state  # noqa: PLC0415
 
     results: list[FloorResult] = []
-    for student_model in student_models:
+    for index, student_model in enumerate(student_models):
         state = load_state(
             model_dir,
             metrics=Metrics(),
             providers=["CPUExecutionProvider"],
-            intra_op_threads=intra_op_threads,
+            intra_op_threads=config.intra_op_threads,
             student_model=student_model,
         )
-        variants = ["teacher", "student"] if student_model == "student" else ["student"]
-        for variant in variants:
-            n_users = state.bundle.n_users
-            latencies: list[int] = []
-            started = time.perf_counter()
-            deadline = started + max_seconds
-            while len(latencies) < max_iterations and time.perf_counter() < deadline:
-                user = 1 + len(latencies) % n_users
-                t0 = time.perf_counter_ns()
-                state.recommend_known(variant, user=user, k=k, exclude_seen=True)
-                latencies.append(time.perf_counter_ns() - t0)
-            elapsed = time.perf_counter() - started
-            ms = np.asarray(latencies, dtype=np.float64) / 1e6
-            p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
-            model = "teacher" if variant == "teacher" else student_model
-            results.append(FloorResult(
-                model=model, work="recommend_service", batch=state.bundle.n_items,
-                iterations=int(ms.size), p50_ms=p50, p95_ms=p95, p99_ms=p99,
-                throughput_rps=ms.size / elapsed,
-            ))  # fmt: skip
+        variants = [("student", student_model)]
+        if index == 0:
+            variants.insert(0, ("teacher", "teacher"))
+        for variant, model in variants:
+            rng = np.random.default_rng(config.seed)
+            users = rng.integers(1, state.bundle.n_users + 1, size=_N_FEEDS)
+            results += _two_stage_floors(state, variant, model, users, config)
+            results += _session_floors(state, variant, model, rng, config)
+            results.append(_service_floor(state, variant, model, config))
     return results

@@ -7,12 +7,20 @@ drives it with a bounded closed-loop load generator in a separate process, and m
 throughput and p50/p95/p99 latency for:
 
 - `/recommend` uncached (an LRU of one entry and users in a cycle: every request a miss)
-  and cached (a warmed set of users: every request a hit), per model;
+  and cached (a warmed set of users: every request a hit), per model; the cached servers
+  run with the closed loop off (FEEDBACK_ENABLED=false), so that the framework comparison
+  measures the cache, and, with `--redis-url`, once more with it on
+  (`recommend_cached_loop`: its Redis round trips per request);
 - `/predict_rating` with one pair and with a batch of pairs, per model;
 - the framework floor: `/_bench/floor`, a precomputed body of a /recommend answer's size;
-- the inference floor: the raw ONNX Runtime session run for the same work, in-process,
-  and the service's scoring path (app.state) for an uncached /recommend without HTTP;
+- the inference floor, in-process on the service's own objects (bench/_ortfloor.py): the
+  two stages of an uncached /recommend (user tower, inner-product search, pair graph on k
+  items), whole-catalogue scoring by the pair graph (re-ranking throughput), the
+  /predict_rating session runs, and the service's scoring path without HTTP;
 - the load generator's ceiling: the same client against a trivial fixed-answer server.
+
+Admission control (app/admission.py) is set so that the uncached load measures throughput,
+not refusals: every client of the highest concurrency may queue, for up to a minute.
 
 Each run writes bench/results/serving-<timestamp>.json; the report (docs/BENCHMARKS.md and
 PNG plots in docs/img/) is written from all runs of the invocation, so that their spread
@@ -42,13 +50,16 @@ import orjson
 from app.bundle import Bundle, load_bundle
 from bench._ceiling import fixed_response_server
 from bench._loadgen import LoadResult, LoadRunner, LoadSpec, build_get, build_post_json
-from bench._ortfloor import measure_floors, measure_service_floor
+from bench._ortfloor import FloorConfig, FloorResult, measure_floors
 from bench._report import compute_targets, write_report
 from bench._server import HOST, uvicorn_server
 
 logger = logging.getLogger("bench.serving")
 
 MODELS = ("teacher", "student", "student_int8")
+# The service's default slots per worker (app/config.py), stated so that runs compare.
+INFERENCE_CONCURRENCY = 2
+INFERENCE_QUEUE_SECONDS = 60.0
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,11 +82,13 @@ class Config:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """One server process: which file serves the student, and whether lists are cached."""
+    """One server process: which file serves the student, whether lists are cached, and
+    whether the closed loop (impressions and fresh state in Redis) is on."""
 
     name: str
     student_model: str
     cached: bool
+    feedback: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,15 +143,16 @@ def _scenarios(bundle: Bundle, server: ServerConfig, config: Config) -> list[Sce
         served = {"student": "student_int8"}
     scenarios: list[Scenario] = []
     if server.cached:
-        if server.student_model == "student":
+        if server.student_model == "student" and not server.feedback:
             scenarios.append(Scenario(
                 "floor", "framework",
                 [build_get(f"/_bench/floor?n={config.k}", host=HOST)], [],
             ))  # fmt: skip
         users = list(bundle.user_ids[: config.cached_users])
+        name = "recommend_cached_loop" if server.feedback else "recommend_cached"
         for variant, model in served.items():
             requests = _recommend_requests(bundle, users, variant=variant, k=config.k)
-            scenarios.append(Scenario("recommend_cached", model, requests, requests))
+            scenarios.append(Scenario(name, model, requests, requests))
         return scenarios
     # Every user once per cycle and a one-entry LRU: no request can hit.
     order = rng.permutation(bundle.n_users)
@@ -161,6 +175,10 @@ def _scenarios(bundle: Bundle, server: ServerConfig, config: Config) -> list[Sce
     return scenarios
 
 
+def _queue_max(config: Config) -> int:
+    return max(config.concurrency) * max(config.workers, 1)
+
+
 def _server_env(server: ServerConfig, config: Config) -> dict[str, str]:
     return {
         "MODEL_DIR": str(config.model_dir),
@@ -172,6 +190,12 @@ def _server_env(server: ServerConfig, config: Config) -> dict[str, str]:
         "ORT_PROVIDERS": "CPUExecutionProvider",
         "ORT_INTRA_OP_THREADS": str(config.intra_op_threads),
         "MAX_BATCH_PAIRS": str(max(config.batch_pairs, 1000)),
+        # Throughput, not refusals: every client may wait for a slot, for up to a minute.
+        "INFERENCE_CONCURRENCY": str(INFERENCE_CONCURRENCY),
+        "INFERENCE_QUEUE_MAX": str(_queue_max(config)),
+        "INFERENCE_QUEUE_SECONDS": str(INFERENCE_QUEUE_SECONDS),
+        "FEEDBACK_ENABLED": "true" if server.feedback else "false",
+        "IMPRESSION_TTL_SECONDS": "600",
         "ADMIN_TOKEN": "",
         "LOG_LEVEL": "WARNING",
         "ACCESS_LOG": "false",
@@ -244,46 +268,40 @@ def _log_point(scenario: str, model: str, result: LoadResult) -> None:
     )
 
 
-def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
-    """One complete benchmark run; returns the result and writes it as JSON."""
-    started_at = datetime.now(UTC)
-    bundle = load_bundle(config.model_dir)
-    server_cpus, load_cpus = _cpu_split(config.pin)
-    machine = _machine()
-    logger.info("inference floor: raw onnxruntime session runs")
+def _measure_floors(
+    config: Config, bundle: Bundle, server_cpus: frozenset[int] | None
+) -> list[FloorResult]:
+    logger.info("inference floor: the bare model work, in-process")
     if server_cpus:
         # Same CPUs as the server, so that the floor and the service compare like for like.
         previous = os.sched_getaffinity(0)
         os.sched_setaffinity(0, server_cpus)
     try:
-        floors = measure_floors(
-            bundle,
-            models=list(MODELS),
-            intra_op_threads=config.intra_op_threads,
-            batch_pairs=config.batch_pairs,
-            max_iterations=config.max_requests,
-            max_seconds=config.max_seconds,
-        )
-        try:
-            floors += measure_service_floor(
-                config.model_dir,
-                student_models=[m for m in ("student", "student_int8") if bundle.has_model(m)],
+        return measure_floors(
+            config.model_dir,
+            student_models=[m for m in ("student", "student_int8") if bundle.has_model(m)],
+            config=FloorConfig(
                 intra_op_threads=config.intra_op_threads,
+                batch_pairs=config.batch_pairs,
                 k=config.k,
                 max_iterations=config.max_requests,
                 max_seconds=config.max_seconds,
-            )
-        except (ImportError, TypeError, AttributeError) as exc:
-            # It reaches into app.state; a changed internal API must not sink the benchmark.
-            logger.warning("no in-process service floor: %r", exc)
+                seed=config.seed,
+            ),
+        )
     finally:
         if server_cpus:
             os.sched_setaffinity(0, previous)
 
+
+def _servers(bundle: Bundle, config: Config) -> list[ServerConfig]:
     servers = [
         ServerConfig("uncached-student", "student", cached=False),
         ServerConfig("cached-student", "student", cached=True),
     ]
+    if config.redis_url:
+        # The closed loop needs Redis; measured apart, so it does not blur the comparison.
+        servers.append(ServerConfig("cached-student-loop", "student", cached=True, feedback=True))
     if bundle.has_model("student_int8"):
         servers += [
             ServerConfig("uncached-int8", "student_int8", cached=False),
@@ -291,82 +309,143 @@ def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
         ]
     else:
         logger.warning("bundle has no student_int8 model; INT8 scenarios skipped")
+    return servers
 
+
+def _measure_ceiling(
+    runner: LoadRunner, bundle: Bundle, config: Config, server_cpus: frozenset[int] | None
+) -> list[dict[str, Any]]:
+    logger.info("load generator ceiling: a trivial server with a fixed answer")
+    points = []
+    with fixed_response_server(_ceiling_body(bundle, k=config.k), cpus=server_cpus) as port:
+        requests = [
+            build_get(f"/recommend?user_id={u}&k={config.k}", host=HOST)
+            for u in bundle.user_ids[:64]
+        ]
+        for concurrency in config.concurrency:
+            result = runner.run(LoadSpec(
+                host=HOST, port=port, requests=requests, concurrency=concurrency,
+                max_requests=config.max_requests, max_seconds=config.max_seconds,
+                warmup_requests=config.warmup_requests,
+            ))  # fmt: skip
+            points.append({
+                "scenario": "loadgen_ceiling", "model": "client", "server": "fixed-response",
+                **result.to_dict(),
+            })  # fmt: skip
+            _log_point("loadgen_ceiling", "client", result)
+    return points
+
+
+def _measure_scenario(
+    runner: LoadRunner, port: int, server: ServerConfig, scenario: Scenario, config: Config
+) -> list[dict[str, Any]]:
+    if scenario.prewarm:
+        # Several passes, so that every worker process holds every key.
+        runner.run(LoadSpec(
+            host=HOST, port=port, requests=scenario.prewarm,
+            concurrency=min(max(config.concurrency), len(scenario.prewarm)),
+            max_requests=len(scenario.prewarm) * max(config.workers, 1) * 3,
+            max_seconds=max(config.max_seconds, 10.0),
+        ))  # fmt: skip
+    points = []
+    offset = 0
+    for concurrency in config.concurrency:
+        result = runner.run(LoadSpec(
+            host=HOST, port=port, requests=scenario.requests, concurrency=concurrency,
+            max_requests=config.max_requests, max_seconds=config.max_seconds,
+            warmup_requests=config.warmup_requests, start_offset=offset,
+        ))  # fmt: skip
+        offset = result.extra["next_offset"]
+        points.append({
+            "scenario": scenario.name, "model": scenario.model, "server": server.name,
+            **result.to_dict(),
+        })  # fmt: skip
+        _log_point(scenario.name, scenario.model, result)
+    return points
+
+
+def _measure_http(
+    bundle: Bundle,
+    config: Config,
+    server_cpus: frozenset[int] | None,
+    load_cpus: frozenset[int] | None,
+) -> list[dict[str, Any]]:
     points: list[dict[str, Any]] = []
     with LoadRunner(load_cpus) as runner:
-        logger.info("load generator ceiling: a trivial server with a fixed answer")
-        with fixed_response_server(_ceiling_body(bundle, k=config.k), cpus=server_cpus) as port:
-            requests = [
-                build_get(f"/recommend?user_id={u}&k={config.k}", host=HOST)
-                for u in bundle.user_ids[:64]
-            ]
-            for concurrency in config.concurrency:
-                result = runner.run(LoadSpec(
-                    host=HOST, port=port, requests=requests, concurrency=concurrency,
-                    max_requests=config.max_requests, max_seconds=config.max_seconds,
-                    warmup_requests=config.warmup_requests,
-                ))  # fmt: skip
-                points.append(
-                    {
-                        "scenario": "loadgen_ceiling",
-                        "model": "client",
-                        "server": "fixed-response",
-                        **result.to_dict(),
-                    }
-                )
-                _log_point("loadgen_ceiling", "client", result)
-        for server in servers:
+        points += _measure_ceiling(runner, bundle, config, server_cpus)
+        for server in _servers(bundle, config):
             env = _server_env(server, config)
             with uvicorn_server(env, workers=config.workers, cpus=server_cpus) as running:
                 for scenario in _scenarios(bundle, server, config):
-                    if scenario.prewarm:
-                        # Several passes, so that every worker process holds every key.
-                        runner.run(LoadSpec(
-                            host=HOST, port=running.port, requests=scenario.prewarm,
-                            concurrency=min(max(config.concurrency), len(scenario.prewarm)),
-                            max_requests=len(scenario.prewarm) * max(config.workers, 1) * 3,
-                            max_seconds=max(config.max_seconds, 10.0),
-                        ))  # fmt: skip
-                    offset = 0
-                    for concurrency in config.concurrency:
-                        result = runner.run(LoadSpec(
-                            host=HOST, port=running.port, requests=scenario.requests,
-                            concurrency=concurrency, max_requests=config.max_requests,
-                            max_seconds=config.max_seconds,
-                            warmup_requests=config.warmup_requests, start_offset=offset,
-                        ))  # fmt: skip
-                        offset = result.extra["next_offset"]
-                        point = {
-                            "scenario": scenario.name,
-                            "model": scenario.model,
-                            "server": server.name,
-                            **result.to_dict(),
-                        }
-                        points.append(point)
-                        _log_point(scenario.name, scenario.model, result)
+                    points += _measure_scenario(runner, running.port, server, scenario, config)
+    return points
+
+
+def _retrieval_sizes(bundle: Bundle) -> dict[str, dict[str, int]]:
+    """Per served variant, the first stage's memory: item matrix bytes and ANN index bytes."""
+    sizes = {}
+    for variant in ("teacher", "student"):
+        entry = getattr(bundle.manifest.models, variant).retrieval
+        if entry is None:
+            continue
+        ann_bytes = 0
+        if entry.ann is not None:
+            ann_bytes = (bundle.directory / entry.ann.file).stat().st_size
+        sizes[variant] = {
+            "rows": entry.items.rows,
+            "dim": entry.items.dim,
+            "items_bytes": entry.items.rows * entry.items.dim * 4,  # float32
+            "ann_bytes": ann_bytes,
+        }
+    return sizes
+
+
+def _run_config(
+    config: Config, server_cpus: frozenset[int] | None, load_cpus: frozenset[int] | None
+) -> dict[str, Any]:
+    return {
+        "workers": config.workers,
+        "concurrency": list(config.concurrency),
+        "max_requests": config.max_requests,
+        "max_seconds": config.max_seconds,
+        "warmup_requests": config.warmup_requests,
+        "batch_pairs": config.batch_pairs,
+        "k": config.k,
+        "intra_op_threads": config.intra_op_threads,
+        "cache": "redis" if config.redis_url else "in-process LRU",
+        "server_cpus": sorted(server_cpus) if server_cpus else None,
+        "load_cpus": sorted(load_cpus) if load_cpus else None,
+        "admission": {
+            "inference_concurrency": INFERENCE_CONCURRENCY,
+            "queue_max": _queue_max(config),
+            "queue_seconds": INFERENCE_QUEUE_SECONDS,
+        },
+        "feedback_loop": "off; on only in recommend_cached_loop"
+        if config.redis_url
+        else "off (no Redis)",
+    }
+
+
+def run_once(config: Config, *, results_dir: Path) -> dict[str, Any]:
+    """One complete benchmark run; returns the result and writes it as JSON."""
+    started_at = datetime.now(UTC)
+    bundle = load_bundle(config.model_dir)
+    server_cpus, load_cpus = _cpu_split(config.pin)
+    machine = _machine()
+    floors = _measure_floors(config, bundle, server_cpus)
+    points = _measure_http(bundle, config, server_cpus, load_cpus)
     machine["loadavg_end"] = list(os.getloadavg())
     run = {
-        "schema": 1,
+        "schema": 2,
         "started_at": started_at.isoformat(timespec="seconds"),
         "duration_s": round((datetime.now(UTC) - started_at).total_seconds(), 1),
         "command": shlex.join(["python", "-m", "bench.serving", *sys.argv[1:]]),
         "bundle_version": bundle.version,
         "n_users": bundle.n_users,
         "n_items": bundle.n_items,
+        "retrieval": _retrieval_sizes(bundle),
         "machine": machine,
-        "config": {
-            "workers": config.workers,
-            "concurrency": list(config.concurrency),
-            "max_requests": config.max_requests,
-            "max_seconds": config.max_seconds,
-            "warmup_requests": config.warmup_requests,
-            "batch_pairs": config.batch_pairs,
-            "k": config.k,
-            "intra_op_threads": config.intra_op_threads,
-            "cache": "redis" if config.redis_url else "in-process LRU",
-            "server_cpus": sorted(server_cpus) if server_cpus else None,
-            "load_cpus": sorted(load_cpus) if load_cpus else None,
-        },
+        "config": _run_config(config, server_cpus, load_cpus),
         "ort_floor": [f.to_dict() for f in floors],
         "points": points,
     }

@@ -61,13 +61,31 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
     assert floors == {
         (m, w)
         for m in ("teacher", "student", "student_int8")
-        for w in ("recommend", "predict_single", "predict_batch", "recommend_service")
-    }
+        for w in (
+            "recommend", "user_tower", "retrieve", "pair_k", "score_catalogue",
+            "predict_single", "predict_batch", "recommend_service",
+        )
+    }  # fmt: skip
+    by_work = {(f["model"], f["work"]): f for f in run["ort_floor"]}
+    for model in ("teacher", "student", "student_int8"):
+        # The two-stage floor rates k items, the catalogue floor every item.
+        assert by_work[(model, "pair_k")]["batch"] == 10
+        assert by_work[(model, "score_catalogue")]["batch"] == run["n_items"]
+        assert (
+            by_work[(model, "recommend")]["iterations"] == by_work[(model, "pair_k")]["iterations"]
+        )
+    assert set(run["retrieval"]) == {"teacher", "student"}
+    for variant, sizes in run["retrieval"].items():
+        entry = manifest["models"][variant]["retrieval"]["items"]
+        assert sizes["items_bytes"] == entry["rows"] * entry["dim"] * 4
     target_ids = {t["id"] for t in run["targets"]}
     assert target_ids == {
         "cached_p50_over_floor",
-        "uncached_throughput_over_teacher",
+        "uncached_p50_over_floor",
         "uncached_http_overhead_ms",
+        "retrieval_bytes_over_teacher",
+        "uncached_throughput_over_teacher",
+        "score_catalogue_throughput_over_teacher",
         "failed_requests",
     }
 
