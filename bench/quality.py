@@ -97,6 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}"
     )
     parser.add_argument(
+        "--peers-only",
+        action="store_true",
+        help="measure the peers only (no teacher): the peer rows of the table in minutes",
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         default=None,
@@ -185,6 +190,17 @@ def run_fold(task: tuple[str, int], args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {"n_users": fm.n_users, "n_items": fm.n_items}
     peers = [p for p in args.peers.split(",") if p]
     rows, tuning = _peer_rows(peers, split, args, seed=seed, kw=kw)
+    entry = {
+        "fold": fold,
+        "seed": seed,
+        "rows": rows,
+        "tuning": tuning,
+        "teacher_report": None,
+        "n_train": len(split.train),
+        "n_test": len(split.test),
+    }
+    if args.peers_only:
+        return entry
     config = teacher_config(seed=seed, threads=args.threads, quick=args.quick)
     started, cpu_started = time.perf_counter(), time.process_time()
     teacher, report = train_teacher(ds, split.train, config=config)
@@ -213,15 +229,7 @@ def run_fold(task: tuple[str, int], args: argparse.Namespace) -> dict[str, Any]:
     for info in report["components"].values():
         info.pop("curves", None)
         info["seconds"] = round(float(info["seconds"]), 1)
-    return {
-        "fold": fold,
-        "seed": seed,
-        "rows": rows,
-        "tuning": tuning,
-        "teacher_report": report,
-        "n_train": len(split.train),
-        "n_test": len(split.test),
-    }
+    return {**entry, "teacher_report": report}
 
 
 SECONDS = ("train_seconds", "train_cpu_seconds")
@@ -345,6 +353,9 @@ def _tuning_lines(folds: list[dict[str, Any]]) -> list[str]:
 
 
 def _weights_lines(folds: list[dict[str, Any]]) -> list[str]:
+    folds = [f for f in folds if f.get("teacher_report")]
+    if not folds:
+        return []
     lines = [
         "## Ensemble weights (fitted on a 10% validation split of each fold's training data)",
         "",

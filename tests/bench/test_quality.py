@@ -47,3 +47,24 @@ def test_quality_benchmark_writes_its_table_and_json(
         path = teacher_cache_path(tmp_path / "teachers", fold, quick=True, seed=seed)
         teacher = load_teacher(path)
         assert hasattr(teacher, "components") and len(teacher.components) == 3
+
+
+def test_peers_only_run_tunes_the_peers_without_a_teacher(
+    synthetic_ml100k: Path, tmp_path: Path
+) -> None:
+    out_md, out_json = tmp_path / "PEERS.md", tmp_path / "peers.json"
+    code = quality.main([
+        "--data-dir", str(synthetic_ml100k), "--folds", "u1", "--seeds", "2", "--quick",
+        "--peers", "popularity,ease", "--peers-only", "--threads", "1",
+        "--out-md", str(out_md), "--out-json", str(out_json),
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    assert set(result["mean"]) == {"popularity", "ease"}
+    assert [f["seed"] for f in result["folds"]] == [0, 1]
+    # Each seed draws its own validation split: the trials differ, the grid does not.
+    trials = [f["tuning"]["ease"]["trials"] for f in result["folds"]]
+    assert [t["lam"] for t in trials[0]] == [t["lam"] for t in trials[1]] == [50, 100]
+    assert trials[0] != trials[1]
+    text = out_md.read_text()
+    assert "| ease |" in text and "| teacher" not in text and "- Ensemble" not in text
