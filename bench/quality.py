@@ -113,15 +113,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="folder to save each fold's trained teacher in (bench.student --teacher-cache)",
     )
-    parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "QUALITY.md")
     parser.add_argument(
-        "--out-json", type=Path, default=ROOT / "bench" / "results" / "quality.json"
+        "--out-md",
+        type=Path,
+        default=None,
+        help="default docs/QUALITY.md (bench/results/peers.md with --peers-only)",
+    )
+    parser.add_argument(
+        "--out-json",
+        type=Path,
+        default=None,
+        help="default bench/results/quality.json (bench/results/peers.json with --peers-only)",
     )
     args = parser.parse_args(argv)
     if args.data_dir is None and args.from_json is None:
         parser.error("--data-dir is required (or set MOVIELENS_DIR)")
     if not args.threads:
         args.threads = max(1, 2 // max(1, args.jobs))
+    # A peers-only run never overwrites the teacher's page.
+    if args.out_md is None:
+        args.out_md = ROOT / ("bench/results/peers.md" if args.peers_only else "docs/QUALITY.md")
+    if args.out_json is None:
+        name = "peers.json" if args.peers_only else "quality.json"
+        args.out_json = ROOT / "bench" / "results" / name
     return args
 
 
