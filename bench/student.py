@@ -1,13 +1,16 @@
 """Student benchmark: Fisher analysis, pruning curve, ablations and the report in docs/.
 
-    python -m bench.student --data-dir /path/to/ml-100k --folds u1 [--quick]
+    python -m bench.student --data-dir /path/to/ml-100k --folds u1 [--seeds 3] [--quick]
 
-For each fold: trains (or loads from --teacher-cache) the teacher, measures it, runs the
-Fisher analysis (first fold), distils students at every --ratios value with Fisher pruning,
-then the ablations at --ratio: a same-size student trained without KD, magnitude and random
-pruning, and KD into the final shape without pruning. Teacher and students are exported to
-ONNX and timed side by side in this one run. Writes docs/student.md (generated section),
-docs/student/*.png and docs/student_results.json.
+For each fold and each of --seeds seeds: trains (or loads from --teacher-cache) the
+teacher, measures it, runs the Fisher analysis (first fold), distils students at every
+--ratios value with Fisher pruning, then the ablations at --ratio: a same-size student
+trained without KD, magnitude and random pruning, and KD into the final shape without
+pruning. Teacher and students are exported to
+ONNX and timed side by side in this one run. The targets section checks the student
+against the teacher on every fold separately (mean over seeds, with the spread), and
+gives each headline ratio as the mean over seeds with its standard deviation. Writes
+docs/student.md (generated section), docs/student/*.png and docs/student_results.json.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench._spread import fmt_spread, seed_list, spread
 from bench._teacher_cache import load_teacher, save_teacher, teacher_cache_path, teacher_config
 from training.checkpoint import CheckpointError
 from training.data import Ratings, load_dataset, make_split
@@ -81,7 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds per fold (--seed, --seed+1, ...): teacher and students trained per seed",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     parser.add_argument(
         "--jobs", type=int, default=1, help="distillation runs in parallel (forked processes)"
@@ -167,6 +177,7 @@ def run_fold(
 ) -> None:
     split = make_split(dataset, split=fold)
     fm = dataset.feature_map
+    seed = args.seed
     teacher, teacher_seconds = get_teacher(args, dataset, split.train, fold)
     _SHARED.update(dataset=dataset, split=split, teacher=teacher)
     t_metrics = evaluate_model(
@@ -237,12 +248,18 @@ def run_fold(
     t_row = {
         "model": "teacher",
         "fold": fold,
+        "seed": seed,
         "train_seconds": teacher_seconds,
         **{k: v for k, v in t_metrics.items() if k != "n_users"},
         **onnx_row(teacher, dataset, runs=args.latency_runs, tmp=tmp, name="teacher"),
     }
     results["side_by_side"].append(
-        {"model": "popularity", "fold": fold, **{k: v for k, v in pop.items() if k != "n_users"}}
+        {
+            "model": "popularity",
+            "fold": fold,
+            "seed": seed,
+            **{k: v for k, v in pop.items() if k != "n_users"},
+        }
     )
     results["side_by_side"].append(t_row)
     for ratio in ratios:
@@ -250,6 +267,7 @@ def run_fold(
         row = {
             "ratio": ratio,
             "fold": fold,
+            "seed": seed,
             "seconds": info["seconds"],
             "param_share": info["params"] / info["teacher_params"],
             **metrics,
@@ -259,7 +277,13 @@ def run_fold(
         log.info("%s ratio %.2f: %s", fold, ratio, row)
         if abs(ratio - args.ratio) < 1e-9:
             results["side_by_side"].append({"model": "student", **row})
-            results["summary_rows"].append(summary_row(t_row, row, fisher_seconds))
+            results["summary_rows"].append(
+                {
+                    **summary_row(t_row, row, fisher_seconds),
+                    "_fold": fold,
+                    "_seed": seed,
+                }
+            )
             results.setdefault("student", {"info": info})
     if args.no_ablations:
         return
@@ -270,6 +294,7 @@ def run_fold(
             {
                 "name": name,
                 "fold": fold,
+                "seed": seed,
                 "params": info["params"],
                 "seconds": info["seconds"],
                 **metrics,
@@ -296,6 +321,52 @@ def summary_row(
         "_rmse": student["rmse"],
         "_ndcg": student["ndcg@10"],
     }
+
+
+# The student issue's bar, checked on every fold separately (the mean over its seeds),
+# not only on the mean over folds.
+FOLD_TARGETS = (
+    ("ndcg_ratio", ">=", 0.97),
+    ("rmse_ratio", "<=", 1.01),
+    ("param_share", "<=", 0.10),
+    ("bytes_share", "<=", 0.10),
+)
+
+
+def fold_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fold: each FOLD_TARGETS ratio as its spread over seeds, and whether it is met.
+
+    `rows` are the summary rows (one per fold and seed, with `_fold` and `_seed`). A
+    fold meets a target when the mean over its seeds does; `met` needs all of them.
+    """
+    out = []
+    for fold in dict.fromkeys(r["_fold"] for r in rows):
+        mine = [r for r in rows if r["_fold"] == fold]
+        entry: dict[str, Any] = {"fold": fold, "seeds": len(mine)}
+        met = True
+        for key, op, bound in FOLD_TARGETS:
+            s = spread([float(r[key]) for r in mine])
+            ok = s["mean"] >= bound if op == ">=" else s["mean"] <= bound
+            entry[key] = {**s, "bound": f"{op} {bound}", "met": bool(ok)}
+            met = met and bool(ok)
+        entry["met"] = met
+        out.append(entry)
+    return out
+
+
+def summary_spread(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each headline figure's spread over seeds of its mean over the folds."""
+    keys = sorted({k for r in rows for k in r if not k.startswith("_")})
+    seeds = sorted({r["_seed"] for r in rows})
+    out = {}
+    for key in keys:
+        per_seed = []
+        for seed in seeds:
+            values = [float(r[key]) for r in rows if r["_seed"] == seed and key in r]
+            if values:
+                per_seed.append(sum(values) / len(values))
+        out[key] = spread(per_seed)
+    return out
 
 
 def ablation_note(rows: list[dict[str, Any]], method: str) -> str:
@@ -325,7 +396,7 @@ def ablation_note(rows: list[dict[str, Any]], method: str) -> str:
             f"{default['ndcg@10']:.4f} vs {row['ndcg@10']:.4f})."
         )
     return (
-        "As measured (one seed, mean over the folds run; differences of a few 0.001 are "
+        "As measured (mean over the folds and seeds run; differences of a few 0.001 are "
         "within noise):\n\n" + "\n".join(lines)
     )
 
@@ -345,20 +416,33 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_dataset(args.data_dir, dataset="ml-100k")
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
     results: dict[str, Any] = {"side_by_side": [], "curve": [], "ablations": [], "summary_rows": []}
+    seeds = seed_list(args.seed, args.seeds)
     with tempfile.TemporaryDirectory() as tmp:
-        for fold in folds:
-            run_fold(args, dataset, fold, results, Path(tmp))
+        for seed in seeds:
+            # Teacher, Fisher pools and every student of this seed use it.
+            seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+            for fold in folds:
+                run_fold(seed_args, dataset, fold, results, Path(tmp))
     rows = results.pop("summary_rows")
     if rows:
         keys = sorted({k for r in rows for k in r if not k.startswith("_")})
         results["summary"] = {
             k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys
         }
+        results["summary_spread"] = summary_spread(rows)
+        results["fold_targets"] = fold_targets(rows)
+        for entry in results["fold_targets"]:
+            log.info(
+                "fold %s: %s",
+                entry["fold"],
+                {k: fmt_spread(entry[k]) for k, _, _ in FOLD_TARGETS},
+            )
     results["ablation_note"] = ablation_note(results["ablations"], args.method)
     results["meta"] = {
         "command": "python -m bench.student " + " ".join(sys.argv[1:] if argv is None else argv),
         "dataset": "ml-100k",
         "folds": folds,
+        "seeds": seeds,
         "quick": args.quick,
         "seconds": time.perf_counter() - started,
         "cpu": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",

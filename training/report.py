@@ -75,7 +75,7 @@ def mean_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[dict[str, Any
         groups.setdefault(row[key], []).append(row)
     out = []
     for name, group in groups.items():
-        folds = ",".join(str(r.get("fold", "")) for r in group)
+        folds = ",".join(dict.fromkeys(str(r.get("fold", "")) for r in group))
         merged: dict[str, Any] = {key: name, "folds": folds}
         for col in group[0]:
             values = [r.get(col) for r in group]
@@ -223,7 +223,16 @@ def plot_losses(
 # ---------------------------------------------------------------- Markdown
 
 
-def target_rows(summary: Mapping[str, float]) -> list[dict[str, Any]]:
+def _pm(s: Mapping[str, float] | None) -> str:
+    """A spread over seeds as 'mean ± std' (the mean alone for one seed)."""
+    if not s or not s.get("n"):
+        return "-"
+    return f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["n"] > 1 else "")
+
+
+def target_rows(
+    summary: Mapping[str, float], spread: Mapping[str, Mapping[str, float]] | None = None
+) -> list[dict[str, Any]]:
     rows = []
     for label, key, op, bound in TARGETS:
         value = summary.get(key)
@@ -232,14 +241,31 @@ def target_rows(summary: Mapping[str, float]) -> list[dict[str, Any]]:
         ok = {"<=": value <= bound, ">=": value >= bound, "<": value < bound, ">": value > bound}[
             op
         ]
-        rows.append(
-            {
-                "target": label,
-                "measured": float(value),
-                "bound": f"{op} {bound}",
-                "met": "yes" if ok else "**no**",
-            }
-        )
+        row = {
+            "target": label,
+            "measured": float(value),
+            "bound": f"{op} {bound}",
+            "met": "yes" if ok else "**no**",
+        }
+        if spread and key in spread:
+            row["seeds"] = _pm(spread[key])
+        rows.append(row)
+    return rows
+
+
+def fold_target_rows(folds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The per-fold check (bench/student.py's fold_targets) as table rows."""
+    rows = []
+    for entry in folds:
+        row: dict[str, Any] = {"fold": entry["fold"], "seeds": entry["seeds"]}
+        for key, value in entry.items():
+            if isinstance(value, Mapping):
+                worst = value["min"] if value["bound"].startswith(">") else value["max"]
+                row[key] = f"{_pm(value)} (worst seed {worst:.4f}) {value['bound']}: " + (
+                    "yes" if value["met"] else "**no**"
+                )
+        row["met"] = "yes" if entry["met"] else "**no**"
+        rows.append(row)
     return rows
 
 
@@ -266,7 +292,21 @@ def _targets_section(results: Mapping[str, Any], plots: Mapping[str, str]) -> li
     summary = results.get("summary")
     if not summary:
         return []
-    return ["### Targets\n\n" + table(target_rows(summary), ["target", "measured", "bound", "met"])]
+    spread = results.get("summary_spread")
+    cols = ["target", "measured", "bound", "met", *(["seeds"] if spread else [])]
+    heads = [*cols[:4], *(["mean ± std over seeds"] if spread else [])]
+    parts = ["### Targets\n\n" + table(target_rows(summary, spread), cols, headers=heads)]
+    folds = results.get("fold_targets")
+    if folds:
+        rows = fold_target_rows(folds)
+        keys = [k for k in rows[0] if k not in ("fold", "seeds", "met")]
+        parts.append(
+            "#### On every fold separately (each ratio: mean ± std over the fold's seeds)\n\n"
+            + table(rows, ["fold", "seeds", *keys, "met"])
+            + "\n\nEvery fold meets all of them: "
+            + ("**yes**" if all(e["met"] for e in folds) else "**no**")
+        )
+    return parts
 
 
 def _side_by_side_section(results: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
