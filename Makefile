@@ -15,13 +15,13 @@ EXTRAS ?= cpu,train,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-attack bench-scale clean help
+.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-attack bench-scale bench-catalogue clean help
 
 help:
 	@echo "make run    - install, build a model bundle on MovieLens-100K if none exists, serve on :$(PORT)"
 	@echo "make test   - install and run the whole test suite (needs Redis on 127.0.0.1:6379)"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench-quality | bench-student | bench-serving | bench-attack | bench-scale - the committed benchmarks behind docs/"
+	@echo "make bench-quality | bench-student | bench-serving | bench-attack | bench-scale | bench-catalogue - the committed benchmarks behind docs/"
 
 install: $(STAMP)
 
@@ -83,6 +83,11 @@ bench-attack: bundle
 # Synthetic ML-1M-shaped and large-catalogue sets (training.synth); real ML-1M if given.
 bench-scale: install
 	$(PY) -m bench.scale --nproc 1,2 $(if $(MOVIELENS_1M_DIR),--movielens-1m "$(MOVIELENS_1M_DIR)")
+
+# Two-stage /recommend against catalogue size (docs/BENCHMARKS.md, "Catalogue size").
+CATALOGUE_SIZES ?= 10000,100000,1000000
+bench-catalogue: install
+	$(PY) -m bench.catalogue --sizes $(CATALOGUE_SIZES) --work $(MODELS)/.catalogue --requests 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
