@@ -39,6 +39,7 @@ from contract.ratings import DEFAULT_RATING_SCALE
 from contract.towers import tower_files
 from contract.verify import verify_bundle as verify_contract
 from training.data import Dataset, Ratings, popularity
+from training.durable import fsync_dir, fsync_file
 from training.seen import SeenIndex
 
 __all__ = [
@@ -129,19 +130,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, np.generic):
         return _finite(value.item())
     return value
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -270,11 +258,11 @@ def write_bundle(out_dir: Path, contents: BundleContents, *, make_current: bool 
         _stage_models(stage, contents)
         _write_json(stage / MANIFEST, _manifest(stage, contents))
         for path in stage.iterdir():
-            _fsync_file(path)
-        _fsync_dir(stage)
+            fsync_file(path)
+        fsync_dir(stage)
         verify_bundle(stage)
         os.rename(stage, final)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -300,7 +288,7 @@ def switch_current(out_dir: Path, bundle: Path) -> None:
     # Relative target: the models folder stays valid when mounted or moved elsewhere.
     os.symlink(bundle.name, tmp_link)
     os.replace(tmp_link, link)
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     log.info("%s -> %s", out_dir / CURRENT, bundle.name)
 
 

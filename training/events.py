@@ -37,6 +37,7 @@ from typing import Any
 import redis
 
 from training.data import load_dataset
+from training.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,6 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
         yield
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_state(out_dir: Path, stream: str) -> ExportState:
     path = out_dir / STATE_FILE
     if not path.exists():
@@ -128,7 +121,7 @@ def _save_state(out_dir: Path, state: ExportState) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, out_dir / STATE_FILE)
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
 
 
 def _prepare(path: Path, recorded: int, header: tuple[str, ...]) -> None:

@@ -114,6 +114,16 @@ def export_onnx(
         model.train(was_training)
     proto = onnx.load(str(path))
     _complete_inputs(proto, feature_map)
+    finish_graph(proto, path, metadata=metadata)
+    log.info("exported %s (%d bytes, opset %d)", path, path.stat().st_size, opset)
+    return path
+
+
+def finish_graph(proto: onnx.ModelProto, path: Path, *, metadata: Mapping[str, str]) -> None:
+    """Stamps the metadata (with the feature schema version), saves and checks the graph.
+
+    The bundle passes its version in `metadata`, so a stray file can be traced to its bundle.
+    """
     props = {"feature_schema_version": str(FEATURE_SCHEMA_VERSION), **dict(metadata)}
     del proto.metadata_props[:]
     for key, value in sorted(props.items()):
@@ -125,8 +135,6 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"{path}: onnx.checker rejected the graph: {err}") from None
-    log.info("exported %s (%d bytes, opset %d)", path, path.stat().st_size, opset)
-    return path
 
 
 def _complete_inputs(proto: onnx.ModelProto, feature_map: FeatureMap) -> None:

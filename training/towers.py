@@ -20,11 +20,10 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from contract.features import FEATURE_SCHEMA_VERSION
 from contract.towers import TOWER_INPUT_NAMES, TOWER_OUTPUT, open_tower_session, tower_files
 from training.ann import AnnInfo, build_ivf, write_index
 from training.evaluate import Scorer
-from training.export import OPSET, PARITY_ATOL, ExportError, random_batch
+from training.export import OPSET, PARITY_ATOL, ExportError, finish_graph, random_batch
 from training.features import FeatureMap, FeatureTables
 from training.models.base import TwoHeadModel, to_inputs
 
@@ -108,13 +107,7 @@ def export_user_tower(
             )
     finally:
         model.train(was_training)
-    proto = onnx.load(str(path))
-    props = {"feature_schema_version": str(FEATURE_SCHEMA_VERSION), **dict(metadata)}
-    for key, value in sorted(props.items()):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    finish_graph(onnx.load(str(path)), path, metadata=metadata)
     return path
 
 
