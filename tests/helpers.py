@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,24 @@ def error_body(response: Any) -> dict[str, Any]:
     body = dict(response.json())
     assert body.pop("request_id") == response.headers["x-request-id"], body
     return body
+
+
+def modules_loaded_by(imports: str, *, forbidden: set[str]) -> list[str]:
+    """Top-level packages in `forbidden` that a fresh interpreter loads for `imports`
+    (a comma-separated module list): what an import really pulls in, not what a file names."""
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        f"import sys, {imports}\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(forbidden)!r})\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [m for m in result.stdout.strip().split(",") if m]

@@ -25,7 +25,6 @@ from contract.features import FEATURE_SCHEMA_VERSION, FeatureMap
 from contract.session import graph_inputs, open_session, run_session
 from contract.signature import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES
 from contract.tables import FeatureTables
-from training.evaluate import Scorer
 from training.features import Batch, make_batch
 from training.models.base import TwoHeadModel, to_inputs
 
@@ -201,21 +200,6 @@ def ort_pair_predict(
         sl = slice(start, start + batch_size)
         ratings[sl], scores[sl] = ort_predict(session, make_batch(tables, users[sl], items[sl]))
     return ratings, scores
-
-
-def ort_catalogue_scorer(
-    session: ort.InferenceSession, tables: FeatureTables, *, n_items: int
-) -> Scorer:
-    """Protocol P catalogue scorer of an ONNX model: every item 1..n_items per user."""
-    all_items = np.arange(1, n_items + 1, dtype=np.int64)
-
-    def score(users: np.ndarray) -> np.ndarray:
-        u = np.repeat(np.asarray(users, np.int64), n_items)
-        i = np.tile(all_items, len(users))
-        _, s = ort_pair_predict(session, tables, u, i)
-        return s.reshape(len(users), n_items)
-
-    return score
 
 
 # ---------------------------------------------------------------- parity

@@ -245,14 +245,14 @@ def onnx_metrics(
     *,
     n_users: int,
     n_items: int,
-    towers: tuple[Path, Path] | None = None,
+    towers: tuple[Path, Path],
     max_users: int | None = None,
 ) -> dict[str, float]:
     """Protocol P metrics of an exported model, computed with ONNX Runtime itself.
 
-    With `towers` (user-tower graph, item matrix) the ranking is scored as the service
-    ranks, one tower run and one matrix product per block of users; ratings always come
-    from the pair graph at `path`. `max_users` ranks a seeded sample of test users (large
+    The ranking is scored as the service ranks, with `towers` (user-tower graph, item
+    matrix): one tower run and one matrix product per block of users; ratings come from
+    the pair graph at `path`. `max_users` ranks a seeded sample of test users (large
     catalogues, see `eval_users`).
     """
     session = export_mod.ort_session(path, threads=1)
@@ -260,14 +260,9 @@ def onnx_metrics(
     def predict(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return export_mod.ort_pair_predict(session, tables, users, items)[0]
 
-    scorer = (
-        export_mod.ort_catalogue_scorer(session, tables, n_items=n_items)
-        if towers is None
-        else ort_tower_scorer(*towers, tables)
-    )
     return protocol_p(
         predict,
-        scorer,
+        ort_tower_scorer(*towers, tables),
         train=split.train,
         test=split.test,
         n_users=n_users,

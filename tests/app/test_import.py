@@ -11,27 +11,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import error_body
+from tests.helpers import error_body, modules_loaded_by
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_app_main_loads_no_torch_and_no_training() -> None:
-    code = (
-        "import sys, app.main\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'training'})\n"
-        "print(','.join(bad))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
+    assert modules_loaded_by("app.main", forbidden={"torch", "training"}) == []
 
 
 def test_no_app_module_mentions_torch_or_training_imports() -> None:
