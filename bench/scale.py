@@ -73,26 +73,37 @@ def run_measured(cmd: list[str], *, limit: float, log_path: Path) -> dict[str, A
     started = time.perf_counter()
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        # The child's own high-water mark (VmHWM, reset by exec), read while it runs.
+        # Not rusage: Linux carries ru_maxrss across fork and exec, so every child would
+        # report at least this benchmark process's own peak.
+        deadline = started + limit
         timed_out = False
-        try:
-            proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            timed_out = True
-        _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
-    rss = usage.ru_maxrss / 1e6 if usage is not None else _children_rss()
+        peak_kb = 0
+        while True:
+            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline and not timed_out:
+                proc.kill()
+                timed_out = True
+            time.sleep(0.02)
     return {
         "seconds": time.perf_counter() - started,
-        "peak_rss_gb": rss,
-        "returncode": proc.returncode if proc.returncode is not None else status,
+        "peak_rss_gb": peak_kb / 1e6,
+        "returncode": os.waitstatus_to_exitcode(status),
         "timed_out": timed_out,
     }
 
 
-def _children_rss() -> float:
-    import resource  # noqa: PLC0415
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass  # the process has just exited: its last reading stands
+    return 0
 
 
 def ensure_data(name: str, work: Path) -> Path:
