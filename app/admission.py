@@ -78,6 +78,17 @@ class AdmissionGate:
         finally:
             self._slots.release()
 
+    @contextmanager
+    def slot_if_free(self) -> Iterator[bool]:
+        """A slot only if one is free now (True for the body of the `with`), never waiting:
+        for work on the event loop, which must not block on the gate."""
+        acquired = self._slots.acquire(blocking=False)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._slots.release()
+
     def _wait(self) -> None:
         with self._lock:
             if self._waiting >= self._queue_max:

@@ -298,6 +298,21 @@ class RecommendationCache:
         self._metrics.cache_requests_total.labels(result=result).inc()
         return value, result == "hit"
 
+    @property
+    def in_process(self) -> bool:
+        """Whether every tier is process memory: then a miss needs no I/O to resolve."""
+        return self._memory is self.backend
+
+    def compute_in_process(self, key: str, compute: Callable[[], bytes]) -> bytes:
+        """A miss resolved on the caller's thread: `compute()`, stored; only when
+        `in_process` (nothing here waits on I/O, so the event loop may call it)."""
+        if not self.in_process:
+            raise RuntimeError("compute_in_process needs the in-process cache")
+        value = compute()
+        self.backend.set(key, value, ttl_seconds=self._ttl)
+        self._metrics.cache_requests_total.labels(result="miss").inc()
+        return value
+
     def _lookup(self, key: str, compute: Callable[[], bytes]) -> tuple[bytes, CacheResult]:
         result: CacheResult
         try:

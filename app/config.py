@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     retrieval_ann_threshold: int = Field(default=50_000, ge=0)
     # Threads one search may use (NumPy BLAS, FAISS OpenMP); requests run in parallel already.
     retrieval_threads: int = Field(default=1, ge=1, le=256)
+    # An uncached /recommend whose model work took under this at warm-up runs on the event
+    # loop, without the hop to a worker thread (a wake-up and a GIL hand-over that cost as
+    # much as the work, docs/BENCHMARKS.md); longer work would hold up other requests.
+    # Only with the in-process cache (no REDIS_URL), where a miss waits on no I/O; 0: never.
+    inline_max_ms: float = Field(default=2.0, ge=0)
     bench_floor_enabled: bool = False
     log_level: str = "INFO"
     access_log: bool = True

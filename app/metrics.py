@@ -83,6 +83,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiprocess = multiprocess_enabled()
+        self._children: dict[tuple[str, ...], Histogram] = {}
         self.http_request_duration_seconds = Histogram(
             "http_request_duration_seconds",
             "HTTP request latency by route template, method, status and A/B variant.",
@@ -257,6 +258,26 @@ class Metrics:
                 self.feedback_events_total.labels(variant=variant, event=event)
         for outcome in ("scored", "dropped", "failed"):
             self.shadow_jobs_total.labels(outcome=outcome)
+
+    # Children looked up once per label values: `labels()` locks and validates on every
+    # call, a cost of the same order as a small catalogue's whole first stage.
+    def inference_histogram(self, variant: str, endpoint: str, provider: str) -> Histogram:
+        key = ("inference", variant, endpoint, provider)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.model_inference_seconds.labels(
+                variant=variant, endpoint=endpoint, provider=provider
+            )
+        return child
+
+    def retrieval_histogram(self, variant: str, method: str) -> Histogram:
+        key = ("retrieval", variant, method)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.retrieval_seconds.labels(
+                variant=variant, method=method
+            )
+        return child
 
     def set_model_info(self, entries: list[tuple[str, str, str]]) -> None:
         """Replace the (variant, version, provider) series after a load or reload."""

@@ -4,7 +4,12 @@ Both variants score `user_vector · item_vector`, so ranking the catalogue is a
 maximum-inner-product search over the bundle's precomputed item matrix. Small catalogues
 use an exact search (one matrix-vector product and `argpartition`); large ones an IVF
 index (FAISS) shipped in the bundle, over-fetching so that seen items can be dropped and
-falling back to the exact search in the rare case that leaves fewer than k items.
+falling back to an exact search in the rare case that leaves fewer than k items.
+
+An IVF-Flat index stores every item vector itself, so when it serves, the item matrix is
+not loaded at all (half the retrieval memory): the exact fallback searches the index with
+every list probed and the excluded items filtered out by an ID selector, which scans the
+same vectors a matrix-vector product would.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ class Hits:
 class Searcher(Protocol):
     def search(self, query: Floats, n: int) -> tuple[Positions, Floats]:
         """The n best positions for one [D] query, best first."""
+        ...
+
+    def exhaustive(self, query: Floats, n: int, *, exclude: Positions | None) -> Hits:
+        """The exact n best positions not in `exclude`, best first."""
         ...
 
 
@@ -92,32 +101,50 @@ class FaissSearcher:
                 f"{path.name} holds {index.ntotal} vectors of dimension {index.d}, "
                 f"the item matrix {rows} of {dim}"
             )
-        if hasattr(index, "nprobe"):
-            index.nprobe = nprobe
+        if not isinstance(index, faiss.IndexIVFFlat):
+            # Only a flat IVF holds the full vectors the exact fallback needs.
+            raise BundleError(f"{path.name} is not an IVF-Flat index")
+        index.nprobe = nprobe
         self.index = index
+        self._nlist = int(index.nlist)
+        self._faiss = faiss
 
     def search(self, query: Floats, n: int) -> tuple[Positions, Floats]:
         scores, ids = self.index.search(query.reshape(1, -1), n)
-        valid = ids[0] >= 0
-        return ids[0][valid].astype(np.int64), scores[0][valid].astype(np.float32)
+        return _valid(ids[0], scores[0])
+
+    def exhaustive(self, query: Floats, n: int, *, exclude: Positions | None) -> Hits:
+        faiss = self._faiss
+        selector = None
+        if exclude is not None and exclude.size:
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude.astype(np.int64)))
+        params = faiss.SearchParametersIVF(nprobe=self._nlist, sel=selector)
+        scores, ids = self.index.search(query.reshape(1, -1), n, params=params)
+        positions, found = _valid(ids[0], scores[0])
+        return Hits(positions=positions, scores=found, exact=True)
+
+
+def _valid(ids: npt.NDArray[np.int64], scores: Floats) -> tuple[Positions, Floats]:
+    """FAISS pads a result with id -1 when fewer vectors qualify."""
+    keep = ids >= 0
+    return ids[keep].astype(np.int64), scores[keep].astype(np.float32)
 
 
 @dataclass(frozen=True)
 class Retriever:
-    """Exact search plus an optional ANN index over one variant's item matrix."""
+    """One variant's first stage: exact search over the item matrix, or the ANN index
+    (which then answers the exact fallback too, and the matrix is not held)."""
 
-    exact: ExactSearcher
+    exact: ExactSearcher | None
     ann: Searcher | None
     use_ann: bool
     candidates: int
-
-    @property
-    def n_items(self) -> int:
-        return int(self.exact.vectors.shape[0])
+    n_items: int
 
     @property
     def nbytes(self) -> int:
-        return int(self.exact.vectors.nbytes)
+        """Bytes of the item matrix held in memory (0 when the index holds the vectors)."""
+        return 0 if self.exact is None else int(self.exact.vectors.nbytes)
 
     def retrieve(self, query: Floats, k: int, *, exclude: Positions | None = None) -> Hits:
         """The k best positions not in `exclude` (sorted or not), best first.
@@ -134,6 +161,9 @@ class Retriever:
             if positions.size >= min(k, self.n_items - n_excluded):
                 return Hits(positions=positions[:k], scores=scores[:k], exact=False)
             logger.debug("ANN left fewer than k unseen items; exact search instead")
+        if self.exact is None:
+            assert self.ann is not None  # open_retriever drops the matrix only for an index
+            return self.ann.exhaustive(query, k, exclude=exclude)
         score = self.exact.scores(query)
         positions = top_k(score, k, exclude=exclude)
         return Hits(positions=positions, scores=score[positions], exact=True)
@@ -174,8 +204,8 @@ def limit_search_threads(threads: int) -> None:
 def open_retriever(
     directory: Path, entry: RetrievalEntry, *, n_items: int, settings: RetrievalSettings
 ) -> Retriever:
-    """The variant's item matrix (checked against the manifest) and, if chosen, its ANN index."""
-    vectors = load_item_matrix(directory / entry.items.file, entry.items, n_items=n_items)
+    """The variant's ANN index when chosen, else its item matrix (checked against the
+    manifest); the bundle's verification has checked both files' hashes already."""
     use_ann = choose_ann(
         settings.mode,
         n_items=n_items,
@@ -183,9 +213,14 @@ def open_retriever(
         has_index=entry.ann is not None,
     )
     ann: Searcher | None = None
+    exact: ExactSearcher | None = None
     if use_ann and entry.ann is not None:
         ann = FaissSearcher(
             directory / entry.ann.file, nprobe=entry.ann.nprobe, dim=entry.items.dim, rows=n_items
+        )
+    else:
+        exact = ExactSearcher(
+            load_item_matrix(directory / entry.items.file, entry.items, n_items=n_items)
         )
     logger.info(
         "retrieval ready",
@@ -194,13 +229,15 @@ def open_retriever(
             "items": n_items,
             "dim": entry.items.dim,
             "method": "ann" if ann is not None else "exact",
+            "item_matrix_in_memory": exact is not None,
             "nprobe": entry.ann.nprobe if entry.ann is not None else None,
             "ann_recall@10": entry.ann.recall_at_10 if entry.ann is not None else None,
         },
     )
     return Retriever(
-        exact=ExactSearcher(vectors),
+        exact=exact,
         ann=ann,
         use_ann=ann is not None,
         candidates=settings.candidates,
+        n_items=n_items,
     )

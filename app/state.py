@@ -7,9 +7,10 @@ middle of a request never mixes two bundles.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 Fallback = Literal["popular", "cold_start"]
 _DECIMALS = 4
 _WARM_UP_K = 10
+# Timed runs of each variant's two stages after warm-up (their median decides `inline`).
+_TIMED_RUNS = 15
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class ServingState:
     towers: Mapping[str, TowerRunner]  # user towers: the first stage's query vectors
     retrievers: Mapping[str, Retriever]  # item matrices (and ANN indexes) per variant
     metrics: Metrics
+    # Variants whose /recommend model work is cheap enough to run on the event loop.
+    inline: frozenset[str] = frozenset()
 
     @property
     def version(self) -> str:
@@ -90,9 +95,9 @@ class ServingState:
             item_feats=item_feats,
             item_genres=item_genres,
         )
-        self.metrics.model_inference_seconds.labels(
-            variant=variant, endpoint=endpoint, provider=runner.provider
-        ).observe(time.perf_counter() - started)
+        self.metrics.inference_histogram(variant, endpoint, runner.provider).observe(
+            time.perf_counter() - started
+        )
         return prediction
 
     def _retrieve(
@@ -110,9 +115,9 @@ class ServingState:
         tower = self.towers[variant]
         vector = tower.vectors(np.array([user], dtype=np.int64), user_row[None, :])[0]  # [D]
         hits = self.retrievers[variant].retrieve(vector, k, exclude=exclude)
-        self.metrics.retrieval_seconds.labels(
-            variant=variant, method="exact" if hits.exact else "ann"
-        ).observe(time.perf_counter() - started)
+        self.metrics.retrieval_histogram(variant, "exact" if hits.exact else "ann").observe(
+            time.perf_counter() - started
+        )
         items = hits.positions + 1
         n = items.shape[0]
         prediction = self._run(
@@ -159,7 +164,10 @@ class ServingState:
             parts.append(bundle.seen_indices[start:stop] - 1)
         if extra_exclude is not None and extra_exclude.size:
             parts.append(np.asarray(extra_exclude, dtype=np.int64))
-        exclude = np.unique(np.concatenate(parts)) if parts else None
+        if len(parts) > 1:
+            exclude: npt.NDArray[np.int64] | None = np.unique(np.concatenate(parts))
+        else:  # one part needs no merging: the search only marks these positions
+            exclude = parts[0] if parts else None
         items = self._retrieve(
             variant, user=user, user_row=bundle.user_feats[user], k=k, exclude=exclude
         )
@@ -214,8 +222,9 @@ class ServingState:
         )
         return prediction.rating
 
-    def warm_up(self) -> None:
-        """Run every session and search once, at the shapes requests use.
+    def warm_up(self) -> dict[str, float]:
+        """Run every session and search, at the shapes requests use; returns each variant's
+        median seconds for the two stages of one /recommend, timed after the first run.
 
         The first run of a session allocates and tunes; doing it here keeps that cost out
         of the first user's request. Feature values were checked against their
@@ -224,19 +233,42 @@ class ServingState:
         bundle = self.bundle
         user = 1 if bundle.n_users else 0
         users = np.array([0, user], dtype=np.int64)
-        for variant, runner in self.runners.items():
-            # Straight to the runners: warm-up runs must not show in the latency metrics.
-            vectors = self.towers[variant].vectors(users, bundle.user_feats[users])
-            hits = self.retrievers[variant].retrieve(vectors[1], _WARM_UP_K)
-            items = np.concatenate([hits.positions + 1, bundle.popular[:_WARM_UP_K]])
-            n = items.shape[0]
-            runner.run(
-                user=np.full(n, user, dtype=np.int64),
-                item=items,
-                user_feats=np.repeat(bundle.user_feats[user][None, :], n, axis=0),
-                item_feats=bundle.item_feats[items],
-                item_genres=bundle.item_genres[items],
-            )
+        seconds = {}
+        for variant in self.runners:
+            # Straight to the sessions: warm-up runs must not show in the latency metrics.
+            self._two_stages(variant, users, extra=bundle.popular[:_WARM_UP_K])
+            times = []
+            for _ in range(_TIMED_RUNS):
+                started = time.perf_counter()
+                self._two_stages(variant, users[1:])
+                times.append(time.perf_counter() - started)
+            seconds[variant] = statistics.median(times)
+        return seconds
+
+    def _two_stages(
+        self,
+        variant: str,
+        users: npt.NDArray[np.int64],
+        *,
+        extra: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        """Towers for `users`, a search for the last one, and the pair graph on its
+        `_WARM_UP_K` items plus `extra` item indices."""
+        bundle = self.bundle
+        user = int(users[-1])
+        vectors = self.towers[variant].vectors(users, bundle.user_feats[users])
+        hits = self.retrievers[variant].retrieve(vectors[-1], _WARM_UP_K)
+        items = hits.positions + 1
+        if extra is not None:
+            items = np.concatenate([items, extra])
+        n = items.shape[0]
+        self.runners[variant].run(
+            user=np.full(n, user, dtype=np.int64),
+            item=items,
+            user_feats=np.repeat(bundle.user_feats[user][None, :], n, axis=0),
+            item_feats=bundle.item_feats[items],
+            item_genres=bundle.item_genres[items],
+        )
 
 
 def _retrieval_entry(bundle: Bundle, model: str) -> RetrievalEntry:
@@ -257,8 +289,12 @@ def load_state(
     intra_op_threads: int = 0,
     student_model: str = "student",
     retrieval: RetrievalSettings | None = None,
+    inline_max_ms: float = 0.0,
 ) -> ServingState:
-    """Load, verify, open and warm up a bundle; raises BundleError or ModelLoadError."""
+    """Load, verify, open and warm up a bundle; raises BundleError or ModelLoadError.
+
+    A variant whose two stages took under `inline_max_ms` at warm-up is marked `inline`.
+    """
     retrieval = retrieval or RetrievalSettings()
     limit_search_threads(retrieval.threads)
     bundle = load_bundle(model_dir)
@@ -300,5 +336,13 @@ def load_state(
         },
         metrics=metrics,
     )
-    state.warm_up()
-    return state
+    seconds = state.warm_up()
+    inline = frozenset(v for v, t in seconds.items() if 1000 * t < inline_max_ms)
+    logger.info(
+        "two-stage work per /recommend at warm-up",
+        extra={
+            "ms": {v: round(1000 * t, 3) for v, t in seconds.items()},
+            "on_event_loop": sorted(inline),
+        },
+    )
+    return replace(state, inline=inline)

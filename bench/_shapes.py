@@ -14,7 +14,9 @@ class ShapeConfig(PipelineConfig):
     training (which still starts at the teacher's size and prunes to its ratio)."""
 
     def teacher_config(self) -> TeacherConfig:
-        full = TeacherConfig(seed=self.seed, threads=self.threads, progress=self.progress)
+        full = TeacherConfig(
+            seed=self.seed, threads=self.threads, progress=self.progress, jobs=self.jobs
+        )
         return replace(
             full,
             mf=replace(full.mf, epochs=1),

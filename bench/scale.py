@@ -53,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=100, help="batches per throughput run")
     parser.add_argument("--pipeline-limit", type=float, default=3600.0, help="seconds per run")
     parser.add_argument("--no-pipeline", action="store_true", help="load and throughput only")
+    parser.add_argument(
+        "--pipeline-sets",
+        default=None,
+        help="comma-separated sets that also get pipeline runs (default: every set)",
+    )
     parser.add_argument("--device", default="cpu", help="--device of the pipeline runs")
     parser.add_argument(
         "--nproc",
@@ -190,6 +195,13 @@ def measure_pipeline(
     }
     out["quick"] = quick
     out["nproc"] = nproc
+    from training.component_pool import resolve_jobs  # noqa: PLC0415
+
+    # Processes training the teacher's components (the pipeline's --jobs auto): a pool
+    # only in a full one-process run; torchrun ranks and --quick train them in turn.
+    out["component_jobs"] = (
+        1 if quick or nproc > 1 else resolve_jobs(0, threads=1, tasks=len(COMPONENTS))
+    )
     return out
 
 
@@ -229,8 +241,13 @@ def render(results: dict[str, Any]) -> str:
         for p in r.get("pipeline", []):
             steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps"].items())
             done = "yes" if p["returncode"] == 0 else ("timed out" if p["timed_out"] else "failed")
+            procs = (
+                f"{p['nproc']} (torchrun)"
+                if p["nproc"] > 1
+                else f"1 ({p.get('component_jobs', 1)} for the components)"
+            )
             lines.append(
-                f"| {name} | {'quick' if p['quick'] else 'full'} | {p['nproc']} | "
+                f"| {name} | {'quick' if p['quick'] else 'full'} | {procs} | "
                 f"{p['seconds']:.0f} | {p['peak_rss_gb']:.2f} | {done} | {steps} |"
             )
     lines += ["", END]
@@ -264,12 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         "conditions": conditions(),
         "sets": {},
     }
+    pipeline_sets = None if args.pipeline_sets is None else set(args.pipeline_sets.split(","))
     for name, data, dataset in sets:
         entry: dict[str, Any] = {"load": measure_load(data, dataset, args.work)}
         entry["throughput"] = measure_throughput(
             data, dataset, quick=args.quick, batches=args.batches
         )
-        if not args.no_pipeline:
+        if not args.no_pipeline and (pipeline_sets is None or name in pipeline_sets):
             entry["pipeline"] = [
                 measure_pipeline(
                     data,

@@ -48,6 +48,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
@@ -75,6 +85,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads, 0 = torch default (default 1)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_non_negative,
+        default=0,
+        help="processes training the teacher's components side by side on a CPU; "
+        "0 = one per component as the CPUs allow, 1 in --quick mode (default 0)",
     )
     parser.add_argument(
         "--prune-ratio",
@@ -173,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         quick=args.quick,
         seed=args.seed,
         threads=args.threads,
+        jobs=args.jobs,
         prune_ratio=args.prune_ratio,
         progress=not args.no_progress,
         ann_min_items=args.ann_min_items,

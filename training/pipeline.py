@@ -68,10 +68,18 @@ class PipelineConfig:
     # Catalogues larger than this ship an IVF index for approximate retrieval.
     ann_min_items: int = ANN_MIN_ITEMS
     device: str = "auto"  # training.device: teacher, student and PyTorch evaluation
+    # Teacher components trained side by side (training/component_pool.py); 0 = auto: one
+    # process per component as the CPUs allow, but one in --quick mode, where starting a
+    # process costs more than the seconds its tiny models train.
+    jobs: int = 0
 
     def teacher_config(self) -> TeacherConfig:
         config = TeacherConfig(
-            seed=self.seed, threads=self.threads, progress=self.progress, device=self.device
+            seed=self.seed,
+            threads=self.threads,
+            progress=self.progress,
+            device=self.device,
+            jobs=self.jobs if self.jobs > 0 else (1 if self.quick else 0),
         )
         return config.quick() if self.quick else config
 
@@ -137,7 +145,7 @@ def _eval_split(split: Split, *, seed: int) -> tuple[Split, str]:
 
 
 # Settings that change how fast a run goes, not what it computes.
-_NOT_IN_KEY = ("progress", "threads", "device")
+_NOT_IN_KEY = ("progress", "threads", "device", "jobs")
 
 
 def run_key(config: PipelineConfig, dataset: Dataset) -> str:

@@ -23,6 +23,7 @@ from scipy.optimize import nnls
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from training.component_pool import ComponentTask, SharedInputs, resolve_jobs, train_components
 from training.data import Ratings, holdout
 from training.device import resolve_device
 from training.distributed import World, broadcast, current, local_device, shard, wrap
@@ -82,6 +83,9 @@ class TeacherConfig:
     # "auto" refits only up to REFIT_MAX_RATINGS training ratings: beyond, the held-out
     # tenth adds little the model lacks and the refit would double the teacher's time.
     refit_full: bool | Literal["auto"] = "auto"
+    # Processes training the components side by side on a CPU (training/component_pool.py);
+    # 0 = as many as the usable CPUs hold at `threads` each. Same models either way.
+    jobs: int = 1
     progress: bool = True
     device: str = "cpu"  # "auto" | "cpu" | "cuda" (training.device); not part of run keys
 
@@ -490,18 +494,14 @@ def train_teacher(
     }
     models: dict[str, TowerScoring] = {}
     report: dict[str, Any] = {"config": config.to_dict(), "components": {}}
-    for k, name in enumerate(COMPONENTS):
-        model, info = train_component(
-            name,
-            fm,
-            tables,
-            fit,
-            config=configs[name],
-            valid=valid,
-            seed=config.seed + k,
-            progress=config.progress,
-            device=device,
-        )
+    tasks = [
+        ComponentTask(name, config=configs[name], seed=config.seed + k, valid=valid)
+        for k, name in enumerate(COMPONENTS)
+    ]
+    trained = train_components(
+        tasks, _shared(dataset, fit, config), jobs=_jobs(config, device), device=device
+    )
+    for name, (model, info) in zip(COMPONENTS, trained, strict=True):
         info["valid"] = evaluate_component(model, tables, train=fit, valid=valid, fm=fm)
         models[name] = model
         report["components"][name] = info
@@ -528,6 +528,25 @@ def train_teacher(
     return teacher.cpu(), report
 
 
+def _shared(dataset: Dataset, train: Ratings, config: TeacherConfig) -> SharedInputs:
+    return SharedInputs(
+        fm=dataset.feature_map,
+        tables=dataset.tables,
+        train=train,
+        progress=config.progress,
+        threads=config.threads,
+        train_fn=train_component,
+        build_fn=build_component,
+    )
+
+
+def _jobs(config: TeacherConfig, device: torch.device) -> int:
+    """Component processes: only on a CPU and outside torchrun (one rank, one process)."""
+    if device.type != "cpu" or current().distributed:
+        return 1
+    return resolve_jobs(config.jobs, threads=config.threads, tasks=len(COMPONENTS))
+
+
 def _refit(
     dataset: Dataset,
     train: Ratings,
@@ -539,20 +558,20 @@ def _refit(
     device: torch.device,
 ) -> EnsembleTeacher:
     """The components retrained on all of `train` with the selected epochs and blend."""
-    refit: dict[str, TowerScoring] = {}
+    tasks = []
     for k, name in enumerate(COMPONENTS):
         kept = report["components"][name]["head_epochs"]
-        model, info = train_component(
-            name,
-            dataset.feature_map,
-            dataset.tables,
-            train,
-            config=getattr(config, name),
-            head_epochs=(int(kept[0]), int(kept[1])),
-            seed=config.seed + k,
-            progress=config.progress,
-            device=device,
+        head_epochs = (int(kept[0]), int(kept[1]))
+        tasks.append(
+            ComponentTask(
+                name, config=getattr(config, name), seed=config.seed + k, head_epochs=head_epochs
+            )
         )
+    trained = train_components(
+        tasks, _shared(dataset, train, config), jobs=_jobs(config, device), device=device
+    )
+    refit: dict[str, TowerScoring] = {}
+    for name, (model, info) in zip(COMPONENTS, trained, strict=True):
         refit[name] = model
         report["components"][name]["refit_seconds"] = info["seconds"]
     refitted = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])

@@ -17,6 +17,7 @@ import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from app.admission import AdmissionGate
 from app.api.deps import (
     AdmissionDep,
     CacheDep,
@@ -25,6 +26,7 @@ from app.api.deps import (
     VariantChooserDep,
     VariantOverride,
 )
+from app.cache import RecommendationCache
 from app.feedback import recommend_hook
 from app.logging_setup import request_id_var
 from app.responses import JSONBytesResponse
@@ -112,17 +114,42 @@ async def recommend(
     if near is not None:
         fragment, hit = near, True
     else:
-        # Redis and the model block: off the loop. Only the model run takes an admission
-        # slot (app/admission.py); a Redis hit never waits for one.
-
-        def admitted() -> bytes:
-            with admission.slot():
-                return _fragment(compute())
-
-        fragment, hit = await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
+        fragment, hit = await _miss(
+            state, cache, admission, variant=variant, key=key, compute=compute
+        )
     request_id = request_id_var.get() or uuid.uuid4().hex
     await hook.served(request_id, variant=variant, fragment=fragment, cached=hit)
     return _response(request_id, raw_user, variant, state.version, fragment, cached=hit)
+
+
+async def _miss(
+    state: ServingState,
+    cache: RecommendationCache,
+    admission: AdmissionGate,
+    *,
+    variant: str,
+    key: str,
+    compute: Callable[[], Recommendation],
+) -> tuple[bytes, bool]:
+    """The fragment for a key process memory does not hold, and whether Redis had it.
+
+    Work measured cheap at warm-up (`ServingState.inline`) runs right here on the event
+    loop when nothing else would block it: no Redis tier and a free admission slot. The
+    thread hop would cost about as much as the work, and a worker's one core gains nothing
+    from it. Otherwise Redis and the model block: off the loop, in a worker thread, where
+    only the model run takes an admission slot (app/admission.py) and a Redis hit never
+    waits for one.
+    """
+    if variant in state.inline and cache.in_process:
+        with admission.slot_if_free() as free:
+            if free:
+                return cache.compute_in_process(key, lambda: _fragment(compute())), False
+
+    def admitted() -> bytes:
+        with admission.slot():
+            return _fragment(compute())
+
+    return await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
 
 
 def _response(

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
+import app.api.recommend as recommend_mod
 from app.config import Settings
 from app.main import create_app
 from tests.helpers import copy_bundle, metric_total
@@ -122,3 +123,17 @@ def reference(bundle_dir: Path) -> Reference:
 def metric_value(client: Any, name: str, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels`, from GET /metrics."""
     return metric_total(client.get("/metrics").text, name, **labels)
+
+
+@pytest.fixture
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Names of the functions /recommend hands to a worker thread, in order."""
+    calls: list[str] = []
+    real = recommend_mod.anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(func, "__name__", "?"))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(recommend_mod.anyio.to_thread, "run_sync", counting)
+    yield calls

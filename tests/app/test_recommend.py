@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import anyio.to_thread
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import app.api.recommend as recommend_module
 from tests.app.conftest import Reference, metric_value
 
 FIELDS = {"request_id", "user_id", "variant", "model_version", "items", "cached", "fallback"}
@@ -171,24 +168,18 @@ def test_a_hit_in_memory_stays_on_the_event_loop(
     make_client: Callable[..., TestClient],
     reference: Reference,
     redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    thread_hops: list[str],
     redis: bool,
 ) -> None:
-    """Only a miss in process memory goes to a worker thread (Redis and the model block)."""
-    client = make_client(redis_url=redis_url if redis else "")
-    offloaded: list[Any] = []
-    original = anyio.to_thread.run_sync
-
-    async def counting(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        offloaded.append(function)
-        return await original(function, *args, **kwargs)
-
-    monkeypatch.setattr(recommend_module.anyio.to_thread, "run_sync", counting)
+    """Only a miss in process memory may go to a worker thread (Redis and the model block;
+    without Redis, cheap model work runs on the loop: tests/app/test_inline.py)."""
+    client = make_client(redis_url=redis_url if redis else "", inline_max_ms=0.0)
+    thread_hops.clear()
     params = {"user_id": reference.users[0], "k": 4}
     first = client.get("/recommend", params=params).json()
-    assert first["cached"] is False and len(offloaded) == 1
+    assert first["cached"] is False and thread_hops == ["get_or_compute"]
     second = client.get("/recommend", params=params).json()
     assert second["cached"] is True and second["items"] == first["items"]
-    assert len(offloaded) == 1, "a hit in memory must not take a thread hop"
+    assert len(thread_hops) == 1, "a hit in memory must not take a thread hop"
     assert metric_value(client, "cache_local_hits_total") == 1
     assert metric_value(client, "cache_requests_total", result="hit") == 1

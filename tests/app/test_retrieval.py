@@ -17,9 +17,15 @@ def _brute(vectors: np.ndarray, query: np.ndarray, k: int, exclude: set[int]) ->
     return [j for j in order if j not in exclude][:k]
 
 
-def _retriever(vectors: np.ndarray, ann: object = None, *, candidates: int = 50) -> Retriever:
+def _retriever(
+    vectors: np.ndarray, ann: object = None, *, candidates: int = 50, matrix: bool = True
+) -> Retriever:
     return Retriever(
-        exact=ExactSearcher(vectors), ann=ann, use_ann=ann is not None, candidates=candidates
+        exact=ExactSearcher(vectors) if matrix else None,
+        ann=ann,  # type: ignore[arg-type]
+        use_ann=ann is not None,
+        candidates=candidates,
+        n_items=vectors.shape[0],
     )
 
 
@@ -95,16 +101,40 @@ def test_ann_refuses_a_mismatched_matrix(ivf: tuple[np.ndarray, Path]) -> None:
         FaissSearcher(path, nprobe=4, dim=8, rows=vectors.shape[0])
 
 
+@pytest.mark.parametrize("matrix", [True, False])
 def test_ann_falls_back_to_exact_when_seen_items_fill_the_candidates(
-    ivf: tuple[np.ndarray, Path],
+    ivf: tuple[np.ndarray, Path], matrix: bool
 ) -> None:
+    """With or without the item matrix in memory: without it, the index answers."""
     vectors, path = ivf
     searcher = FaissSearcher(path, nprobe=1, dim=16, rows=vectors.shape[0])
-    retriever = _retriever(vectors, searcher, candidates=20)
+    retriever = _retriever(vectors, searcher, candidates=20, matrix=matrix)
     query = np.ones(16, np.float32)
     exclude = np.arange(0, 19_995, dtype=np.int64)
     hits = retriever.retrieve(query, 10, exclude=exclude)
     assert hits.exact and sorted(hits.positions.tolist()) == list(range(19_995, 20_000))
+
+
+def test_the_index_alone_gives_the_exact_answer(ivf: tuple[np.ndarray, Path]) -> None:
+    vectors, path = ivf
+    searcher = FaissSearcher(path, nprobe=1, dim=16, rows=vectors.shape[0])
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        query = rng.normal(size=16).astype(np.float32)
+        exclude = np.sort(rng.choice(vectors.shape[0], size=500, replace=False))
+        got = searcher.exhaustive(query, 10, exclude=exclude.astype(np.int64))
+        assert got.exact
+        assert got.positions.tolist() == _brute(vectors, query, 10, set(exclude.tolist()))
+        np.testing.assert_allclose(got.scores, vectors[got.positions] @ query, rtol=1e-4)
+
+
+def test_ann_refuses_an_index_without_the_vectors(tmp_path: Path) -> None:
+    faiss = pytest.importorskip("faiss")
+    index = faiss.IndexHNSWFlat(16, 8, faiss.METRIC_INNER_PRODUCT)
+    index.add(np.random.default_rng(0).normal(size=(100, 16)).astype(np.float32))
+    faiss.write_index(index, str(tmp_path / "items.hnsw"))
+    with pytest.raises(ValueError, match="not an IVF-Flat index"):
+        FaissSearcher(tmp_path / "items.hnsw", nprobe=4, dim=16, rows=100)
 
 
 def test_choose_ann() -> None:

@@ -148,12 +148,17 @@ class InteractingLayer(nn.Module):
         self.scale = float(d_head) ** -0.5
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, n_fields, _ = x.shape  # x: [B, F, d_in]
-        qkv = self.qkv(x).reshape(batch, n_fields, 3, self.heads, self.d_head)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, F, dh]
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        att = torch.softmax((q @ k.transpose(-1, -2)) * self.scale, dim=-1)  # [B, H, F, F]
-        out = (att @ v).transpose(1, 2).reshape(batch, n_fields, -1)  # [B, F, H*dh]
+        # x: [B, F, d_in]. Heads as slices of the projection, not a reshape to [B, H, F, dh]:
+        # the same products, but an exported graph without the shape arithmetic a
+        # reshape of dynamic sizes needs, which costs more than the products on small
+        # batches (the k items of /recommend).
+        parts = self.qkv(x).split(self.d_head, dim=-1)  # 3*H x [B, F, dh]: q heads, k, v
+        q, k, v = parts[: self.heads], parts[self.heads : 2 * self.heads], parts[2 * self.heads :]
+        heads = [
+            torch.softmax((q[h] @ k[h].transpose(-1, -2)) * self.scale, dim=-1) @ v[h]
+            for h in range(self.heads)
+        ]  # H x [B, F, dh]
+        out = torch.cat(heads, dim=-1)  # [B, F, H*dh]
         return torch.relu(out + self.residual(x))  # [B, F, H*dh]
 
 

@@ -1,0 +1,45 @@
+"""Teacher components trained in parallel processes: the same models as one by one."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.component_pool import resolve_jobs, usable_cpus
+from training.data import Dataset, load_dataset, make_split
+from training.train import TeacherConfig, train_teacher
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_ml100k: Path) -> Dataset:
+    return load_dataset(synthetic_ml100k)
+
+
+def test_two_processes_train_the_same_teacher_as_one(
+    dataset: Dataset, synthetic_ml100k: Path
+) -> None:
+    train = make_split(dataset, split="u1", data_dir=synthetic_ml100k).train
+    # The refit trains every component a second time, through the pool as well.
+    config = replace(TeacherConfig(progress=False, threads=1, seed=3).quick(), refit_full=True)
+    one, one_report = train_teacher(dataset, train, config=replace(config, jobs=1))
+    two, two_report = train_teacher(dataset, train, config=replace(config, jobs=2))
+    a, b = one.state_dict(), two.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for name, info in one_report["components"].items():
+        assert two_report["components"][name]["head_epochs"] == info["head_epochs"]
+        assert two_report["components"][name]["curves"] == info["curves"]
+    assert two_report["ensemble"]["fitted"] == one_report["ensemble"]["fitted"]
+
+
+def test_job_count() -> None:
+    assert resolve_jobs(5, threads=1, tasks=3) == 3
+    assert resolve_jobs(2, threads=1, tasks=3) == 2
+    assert resolve_jobs(0, threads=1, tasks=3) == min(3, usable_cpus())
+    # Torch's default threads take every core: one process.
+    assert resolve_jobs(0, threads=0, tasks=3) == 1
+    assert resolve_jobs(0, threads=usable_cpus() + 1, tasks=3) == 1

@@ -1,0 +1,148 @@
+"""The teacher's components trained side by side, one process each.
+
+The three components share nothing until the blend is fitted, and on a CPU one small
+model's batches do not keep several cores busy (intra-op threads gain little at these
+sizes), so a process per component is the cheap way to use a machine's cores: on two
+cores the teacher step takes about the time of its slowest component plus the fastest.
+torchrun's data parallelism (training/distributed.py) is the way across machines; inside
+a torchrun rank, or on a GPU (one device, already parallel), components run one by one.
+
+Each child trains exactly what `train_component` trains in this process (same seed, same
+thread count), so the models are identical whichever way they were trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from training.data import Ratings
+    from training.features import FeatureMap, FeatureTables
+    from training.models.configs import ComponentConfig
+    from training.models.layers import TowerScoring
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ComponentTask:
+    """The arguments of one `train.train_component` call."""
+
+    name: str
+    config: ComponentConfig
+    seed: int
+    valid: Ratings | None = None
+    head_epochs: tuple[int, int] | None = None
+
+
+# `train.train_component` and `train.build_component`, passed in rather than imported:
+# train.py uses this module, and a spawned child unpickles them by name.
+TrainFn = Callable[..., "tuple[TowerScoring, dict[str, Any]]"]
+BuildFn = Callable[..., "TowerScoring"]
+
+
+@dataclass(frozen=True)
+class SharedInputs:
+    """What every component of one teacher trains on, and how."""
+
+    fm: FeatureMap
+    tables: FeatureTables
+    train: Ratings
+    progress: bool
+    threads: int
+    train_fn: TrainFn
+    build_fn: BuildFn
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int, *, threads: int, tasks: int) -> int:
+    """`jobs` = 0 (auto): as many processes as the CPUs hold at `threads` each."""
+    if jobs > 0:
+        return min(jobs, tasks)
+    per_process = threads if threads > 0 else usable_cpus()  # 0: torch takes every core
+    return max(1, min(tasks, usable_cpus() // per_process))
+
+
+def train_components(
+    tasks: Sequence[ComponentTask],
+    shared: SharedInputs,
+    *,
+    jobs: int,
+    device: torch.device,
+) -> list[tuple[TowerScoring, dict[str, Any]]]:
+    """Each task's trained model and training info, in the order of `tasks`."""
+    if jobs <= 1 or len(tasks) <= 1:
+        return [_train(task, shared, device=device) for task in tasks]
+    log.info("training %d components in %d processes", len(tasks), jobs)
+    # spawn, not fork: the parent may hold torch's thread pools and open files.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=context,
+        initializer=_init_child,
+        initargs=(logging.getLogger().getEffectiveLevel(), shared.threads),
+    ) as pool:
+        futures = [pool.submit(_train_state, task, shared) for task in tasks]
+        results = [future.result() for future in futures]
+    return [
+        (_rebuild(task, shared, state), info)
+        for task, (state, info) in zip(tasks, results, strict=True)
+    ]
+
+
+def _init_child(level: int, threads: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s[%(process)d]: %(message)s")
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    task: ComponentTask, shared: SharedInputs, *, device: torch.device
+) -> tuple[TowerScoring, dict[str, Any]]:
+    return shared.train_fn(
+        task.name,
+        shared.fm,
+        shared.tables,
+        shared.train,
+        config=task.config,
+        valid=task.valid,
+        head_epochs=task.head_epochs,
+        seed=task.seed,
+        progress=shared.progress,
+        device=device,
+    )
+
+
+def _train_state(
+    task: ComponentTask, shared: SharedInputs
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """In the child: train on the CPU and send back the weights (tensors pickle as data)."""
+    model, info = _train(task, shared, device=torch.device("cpu"))
+    return model.state_dict(), info
+
+
+def _rebuild(
+    task: ComponentTask, shared: SharedInputs, state: dict[str, torch.Tensor]
+) -> TowerScoring:
+    model = shared.build_fn(
+        task.name, shared.fm, task.config, global_mean=float(shared.train.rating.mean())
+    )
+    model.load_state_dict(state)
+    return model.eval()
