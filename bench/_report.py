@@ -428,7 +428,8 @@ _FLOOR_TEXT = [
     "two-stage retrieval). `predict_single` and `predict_batch` are the /predict_rating "
     "session runs. `recommend_service` is the service's scoring path for an uncached "
     "/recommend (seen-item mask, both stages, item rows) called without HTTP; the rest of "
-    "the HTTP latency is the web stack and its thread hand-offs. The INT8 student "
+    "the HTTP latency is the web stack (and a thread hand-off for misses that do not run "
+    "on the event loop, INLINE_MAX_MS). The INT8 student "
     "retrieves with the fp32 student's towers and rates with its own graph.",
     "",
 ]
@@ -583,8 +584,10 @@ def _target_verdict(runs: list[dict[str, Any]]) -> list[str]:
         f"{_floor_p50(runs, 'student', 'recommend')} ms (student), the service's in-process "
         f"scoring path (`recommend_service`) {_floor_p50(runs, 'teacher', 'recommend_service')}"
         f" and {_floor_p50(runs, 'student', 'recommend_service')} ms, the framework floor "
-        f"{floor} ms over HTTP: the rest of an uncached request is the web stack, the thread "
-        f"hand-off and the admission slot around the model work.",
+        f"{floor} ms over HTTP: the rest of an uncached request is the web stack (parsing "
+        f"and validating the query, dependencies, the response) and the admission slot; "
+        f"cheap misses run on the event loop (INLINE_MAX_MS), others also pay a thread "
+        f"hand-off.",
     ]
 
 

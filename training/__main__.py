@@ -94,6 +94,11 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "0 = one per component as the CPUs allow, 1 in --quick mode (default 0)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the teacher components' training steps (pays on large data)",
+    )
+    parser.add_argument(
         "--prune-ratio",
         type=float,
         default=None,
@@ -191,6 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         jobs=args.jobs,
+        compile=args.compile,
         prune_ratio=args.prune_ratio,
         progress=not args.no_progress,
         ann_min_items=args.ann_min_items,

@@ -60,6 +60,7 @@ class SharedInputs:
     train: Ratings
     progress: bool
     threads: int
+    compile_step: bool
     train_fn: TrainFn
     build_fn: BuildFn
 
@@ -127,6 +128,7 @@ def _train(
         seed=task.seed,
         progress=shared.progress,
         device=device,
+        compile_step=shared.compile_step,
     )
 
 

@@ -72,6 +72,7 @@ class PipelineConfig:
     # process per component as the CPUs allow, but one in --quick mode, where starting a
     # process costs more than the seconds its tiny models train.
     jobs: int = 0
+    compile: bool = False  # TeacherConfig.compile
 
     def teacher_config(self) -> TeacherConfig:
         config = TeacherConfig(
@@ -80,6 +81,7 @@ class PipelineConfig:
             progress=self.progress,
             device=self.device,
             jobs=self.jobs if self.jobs > 0 else (1 if self.quick else 0),
+            compile=self.compile,
         )
         return config.quick() if self.quick else config
 

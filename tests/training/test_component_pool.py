@@ -10,7 +10,7 @@ import torch
 
 from training.component_pool import resolve_jobs, usable_cpus
 from training.data import Dataset, load_dataset, make_split
-from training.train import TeacherConfig, train_teacher
+from training.train import TeacherConfig, train_component, train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +43,22 @@ def test_job_count() -> None:
     # Torch's default threads take every core: one process.
     assert resolve_jobs(0, threads=0, tasks=3) == 1
     assert resolve_jobs(0, threads=usable_cpus() + 1, tasks=3) == 1
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_like_the_eager_one(
+    dataset: Dataset, synthetic_ml100k: Path
+) -> None:
+    """torch.compile changes how the loss is computed, not what: the same curves up to
+    float rounding (which is why it is opt-in and part of the run key)."""
+    train = make_split(dataset, split="u1", data_dir=synthetic_ml100k).train
+    config = replace(TeacherConfig().quick().mf, epochs=2)
+    fm, tables = dataset.feature_map, dataset.tables
+    _, eager = train_component("mf", fm, tables, train, config=config, seed=0, progress=False)
+    _, compiled = train_component(
+        "mf", fm, tables, train, config=config, seed=0, progress=False, compile_step=True
+    )
+    for a, b in zip(eager["curves"], compiled["curves"], strict=True):
+        assert a.keys() == b.keys()
+        for key in ("loss", "mse", "rank"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3), key
