@@ -17,10 +17,11 @@ answer would queue behind it on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from prometheus_client import Counter
 
@@ -50,6 +51,8 @@ class AdmissionGate:
         rejected: Counter | None = None,
     ) -> None:
         self._slots = threading.BoundedSemaphore(slots)
+        self._slot_count = slots
+        self._loop_waiting = 0
         self._queue_max = queue_max
         self._wait_seconds = wait_seconds
         self._waiting = 0
@@ -78,16 +81,32 @@ class AdmissionGate:
         finally:
             self._slots.release()
 
-    @contextmanager
-    def slot_if_free(self) -> Iterator[bool]:
-        """A slot only if one is free now (True for the body of the `with`), never waiting:
-        for work on the event loop, which must not block on the gate."""
-        acquired = self._slots.acquire(blocking=False)
+    @asynccontextmanager
+    async def on_loop(self) -> AsyncIterator[bool]:
+        """Whether cheap model work may run right here on the event loop (True for the
+        body of the `async with`, holding a slot), never waiting for one.
+
+        Work on the loop runs one request at a time, so it could never overlap and the
+        gate would never shed it: a flood would queue unbounded on the loop, with cached
+        answers behind it. So each caller first lets every request the loop has ready
+        reach this point (one pass of the loop) and counts them; when more wait than the
+        gate has slots, the answer is no and the work goes to a worker thread, where the
+        gate queues and sheds it as usual.
+        """
+        self._loop_waiting += 1  # read and written on the event loop's thread only
         try:
-            yield acquired
+            await asyncio.sleep(0)
+            if self._loop_waiting > self._slot_count:
+                yield False
+                return
+            acquired = self._slots.acquire(blocking=False)
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    self._slots.release()
         finally:
-            if acquired:
-                self._slots.release()
+            self._loop_waiting -= 1
 
     def _wait(self) -> None:
         with self._lock:

@@ -134,15 +134,16 @@ async def _miss(
     """The fragment for a key process memory does not hold, and whether Redis had it.
 
     Work measured cheap at warm-up (`ServingState.inline`) runs right here on the event
-    loop when nothing else would block it: no Redis tier and a free admission slot. The
+    loop when nothing else would block it: no Redis tier, a free admission slot and no
+    more misses waiting on the loop than the gate has slots (`AdmissionGate.on_loop`). The
     thread hop would cost about as much as the work, and a worker's one core gains nothing
     from it. Otherwise Redis and the model block: off the loop, in a worker thread, where
     only the model run takes an admission slot (app/admission.py) and a Redis hit never
     waits for one.
     """
     if variant in state.inline and cache.in_process:
-        with admission.slot_if_free() as free:
-            if free:
+        async with admission.on_loop() as here:
+            if here:
                 return cache.compute_in_process(key, lambda: _fragment(compute())), False
 
     def admitted() -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -90,3 +91,31 @@ def test_busy_service_answers_503_with_retry_after_but_serves_cached(
         assert cached.status_code == 200 and cached.json()["cached"] is True
     assert client.get("/recommend", params={"user_id": other}).status_code == 200
     assert metric_value(client, "inference_rejected_total", reason="queue_full") == 2
+
+
+def test_the_event_loop_takes_work_only_while_few_misses_wait() -> None:
+    """Alone, a miss may run on the loop (holding a slot); when more misses are ready on
+    the loop than the gate has slots, none does: they go to threads, where the gate sheds."""
+    gate = AdmissionGate(slots=2, queue_max=0, wait_seconds=0)
+    held: list[bool] = []
+
+    async def one() -> bool:
+        async with gate.on_loop() as here:
+            if here:  # the work holds a slot: with both taken, a thread would wait
+                with gate.slot(), pytest.raises(OverloadedError):
+                    held.append(True)
+                    with gate.slot():
+                        pass
+            return here
+
+    async def many(n: int) -> list[bool]:
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    assert asyncio.run(many(1)) == [True] and held == [True]
+    assert asyncio.run(many(2)) == [True, True]
+    # Three ready, two slots: the first to resume leaves for a thread; then two remain.
+    assert asyncio.run(many(3)) == [False, True, True]
+    assert asyncio.run(many(6)).count(True) == 2
+    with gate.slot(), gate.slot():  # every slot taken by threads: not on the loop either
+        assert asyncio.run(many(1)) == [False]
+    assert gate._loop_waiting == 0
