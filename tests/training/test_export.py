@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -139,6 +140,33 @@ def test_latency_is_positive_and_scales_with_catalogue(dataset: Dataset, tmp_pat
     path = export.export_onnx(_student(fm), fm, tmp_path / "s.onnx", metadata={})
     latency = export.ort_latency_ms(path, fm, dataset.tables, threads=1, runs=5)
     assert 0.0 < latency < 1000.0
+
+
+def test_latency_scores_a_large_catalogue_in_bounded_runs(
+    dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every item once per timed pass, never more than LATENCY_CHUNK rows per session run."""
+    fm = dataset.feature_map
+    path = export.export_onnx(_student(fm), fm, tmp_path / "s.onnx", metadata={})
+    monkeypatch.setattr(export, "LATENCY_CHUNK", 64)
+    sizes: list[int] = []
+    real_session = export.ort_session
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        session = real_session(*args, **kwargs)
+        run = session.run
+
+        def counted(outputs: Any, feed: dict[str, np.ndarray]) -> Any:
+            sizes.append(len(feed["item"]))
+            return run(outputs, feed)
+
+        session.run = counted
+        return session
+
+    monkeypatch.setattr(export, "ort_session", recording)
+    assert export.ort_latency_ms(path, fm, dataset.tables, threads=1, runs=2) > 0.0
+    assert max(sizes) <= 64
+    assert sum(sizes) == 5 * fm.n_items  # three warm-up passes and two timed ones
 
 
 def test_tower_scorer_matches_pairwise_scores(dataset: Dataset, tmp_path: Path) -> None:
