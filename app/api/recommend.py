@@ -1,8 +1,9 @@
 """GET /recommend: top-k items for a user, cached per (bundle, variant, user, k, flag).
 
 An async handler: validation, variant choice (a hash), key building and the in-process
-cache lookup run on the event loop; only a miss there goes to a worker thread, where the
-Redis lookup and the model run (both blocking) happen.
+cache lookup run on the event loop; a miss there goes to a worker thread, where the Redis
+lookup and the model run (both blocking) happen, unless it is cheap and nothing would
+block (`_miss`): then the model runs on the loop too.
 """
 
 from __future__ import annotations
