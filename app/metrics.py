@@ -83,7 +83,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiprocess = multiprocess_enabled()
-        self._children: dict[tuple[str, ...], Histogram] = {}
+        self._children: dict[tuple[int | str, ...], Histogram] = {}
         self.http_request_duration_seconds = Histogram(
             "http_request_duration_seconds",
             "HTTP request latency by route template, method, status and A/B variant.",
@@ -261,23 +261,18 @@ class Metrics:
 
     # Children looked up once per label values: `labels()` locks and validates on every
     # call, a cost of the same order as a small catalogue's whole first stage.
-    def inference_histogram(self, variant: str, endpoint: str, provider: str) -> Histogram:
-        key = ("inference", variant, endpoint, provider)
+    def _child(self, metric: Histogram, *values: str) -> Histogram:
+        key: tuple[int | str, ...] = (id(metric), *values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.model_inference_seconds.labels(
-                variant=variant, endpoint=endpoint, provider=provider
-            )
+            child = self._children[key] = metric.labels(*values)
         return child
 
+    def inference_histogram(self, variant: str, endpoint: str, provider: str) -> Histogram:
+        return self._child(self.model_inference_seconds, variant, endpoint, provider)
+
     def retrieval_histogram(self, variant: str, method: str) -> Histogram:
-        key = ("retrieval", variant, method)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.retrieval_seconds.labels(
-                variant=variant, method=method
-            )
-        return child
+        return self._child(self.retrieval_seconds, variant, method)
 
     def set_model_info(self, entries: list[tuple[str, str, str]]) -> None:
         """Replace the (variant, version, provider) series after a load or reload."""
