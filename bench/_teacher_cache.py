@@ -3,8 +3,9 @@
 `teacher_config` is the one recipe of both, so a teacher saved by `bench.quality
 --save-teachers` is the teacher `bench.student --teacher-cache` would have trained.
 Teachers are kept as checkpoints (training/checkpoint.py); the file name carries the
-model code's version, so after a code change the benchmarks train afresh instead of
-measuring a teacher the old code trained.
+teacher code's version (`checkpoint.code_version("teacher")`), so after a change to the
+teacher's code the benchmarks train afresh instead of measuring a teacher the old code
+trained, while a change to distillation alone keeps the cached teachers.
 Imported lazily by bench.quality, whose parent process stays free of torch.
 """
 
@@ -24,7 +25,7 @@ def teacher_config(*, seed: int, threads: int, quick: bool) -> TeacherConfig:
 
 
 def teacher_cache_path(cache_dir: Path, fold: str, *, quick: bool, seed: int) -> Path:
-    code = checkpoint.code_version()[:12]
+    code = checkpoint.code_version("teacher")[:12]
     return (
         Path(cache_dir) / f"teacher-ml-100k-{fold}{'-quick' if quick else ''}-seed{seed}-{code}.pt"
     )

@@ -396,6 +396,13 @@ def _weights_lines(folds: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+MF_NOTE = (
+    " The teacher's MF component holds each user's training items in its user vectors "
+    "(SVD++'s implicit term, in both heads); bench/results/mf-history.md has the validation "
+    "evidence for it."
+)
+
+
 def write_markdown(result: dict[str, Any], path: Path, *, command: str) -> None:
     folds = result["folds"]
     run = result["run"]
@@ -422,7 +429,7 @@ def write_markdown(result: dict[str, Any], path: Path, *, command: str) -> None:
         "implicit ALS (64 factors, regularisation 0.05, 20 iterations) on binary "
         "interactions has no rating prediction; `implicit-als-tuned` (factors, "
         "regularisation, alpha) and `ease` (EASE, Steck 2019, lambda) are tuned on the "
-        "validation split below.",
+        "validation split below." + (MF_NOTE if teacher else ""),
         "",
         f"Run: {run['when']}, {run['platform']}, {run['cpus']} CPUs, torch threads per fold "
         f"{run['threads']}, {run['jobs']} fold(s) in parallel, quick={run['quick']}, "

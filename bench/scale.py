@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 SETS: dict[str, tuple[int, int, int]] = {  # users, items, ratings
     "ml1m": (6_000, 4_000, 1_000_000),
@@ -73,42 +75,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_measured(cmd: list[str], *, limit: float, log_path: Path) -> dict[str, Any]:
-    """Runs `cmd` in a fresh process: wall seconds, peak RSS (GB), exit code, timeout."""
+    """Runs `cmd` in a fresh process: wall seconds, peak RSS (GB), exit code, timeout.
+
+    Memory covers the process and every descendant (torchrun's workers, the teacher's
+    component processes): `peak_rss_gb` is the largest single process's own high-water
+    mark, `peak_tree_rss_gb` the largest sum of the tree's resident sets seen at once.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        # The child's own high-water mark (VmHWM, reset by exec), read while it runs.
-        # Not rusage: Linux carries ru_maxrss across fork and exec, so every child would
-        # report at least this benchmark process's own peak.
         deadline = started + limit
         timed_out = False
-        peak_kb = 0
+        memory = TreeMemory(proc.pid)
         while True:
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            memory.sample()
             pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline and not timed_out:
+                for child in memory.descendants():
+                    child.kill()
                 proc.kill()
                 timed_out = True
             time.sleep(0.02)
     return {
         "seconds": time.perf_counter() - started,
-        "peak_rss_gb": peak_kb / 1e6,
+        "peak_rss_gb": memory.peak_process_kb() / 1e6,
+        "peak_tree_rss_gb": memory.peak_tree_kb / 1e6,
         "returncode": os.waitstatus_to_exitcode(status),
         "timed_out": timed_out,
     }
 
 
-def _vm_hwm_kb(pid: int) -> int:
+class TreeMemory:
+    """Memory readings of a process tree, sampled while it runs.
+
+    Each process's own high-water mark is VmHWM (reset by exec), not rusage: Linux carries
+    ru_maxrss across fork and exec, so every child would report at least this benchmark's
+    own peak. psutil finds the descendants; the sum of their current RSS is sampled.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.hwm_kb: dict[int, int] = {}
+        self.peak_tree_kb = 0
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return list(self.root.children(recursive=True))
+        except psutil.Error:
+            return []
+
+    def sample(self) -> None:
+        total = 0
+        for proc in [self.root, *self.descendants()]:
+            hwm, rss = _status_kb(proc.pid)
+            self.hwm_kb[proc.pid] = max(self.hwm_kb.get(proc.pid, 0), hwm)
+            total += rss
+        self.peak_tree_kb = max(self.peak_tree_kb, total)
+
+    def peak_process_kb(self) -> int:
+        return max(self.hwm_kb.values(), default=0)
+
+
+def _status_kb(pid: int) -> tuple[int, int]:
+    """(VmHWM, VmRSS) of a live process in kB; zeros once it has exited."""
+    found = {"VmHWM:": 0, "VmRSS:": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+            key = line.split(":", 1)[0] + ":"
+            if key in found:
+                found[key] = int(line.split()[1])
     except (OSError, ValueError):
         pass  # the process has just exited: its last reading stands
-    return 0
+    return found["VmHWM:"], found["VmRSS:"]
 
 
 def ensure_data(name: str, work: Path) -> Path:
@@ -235,8 +276,16 @@ def render(results: dict[str, Any]) -> str:
             f"| {name} | {load.get('load_seconds') or float('nan'):.1f} | "
             f"{load.get('peak_rss_gb', float('nan')):.2f} | " + " | ".join(cells) + " |"
         )
-    lines += ["", "| data set | mode | processes | total s | peak RSS GB | finished | s per step |"]
-    lines += ["|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Peak RSS: the largest single process; all processes: the largest sum of the "
+        "resident sets of the run's processes at one time (torchrun's launcher and workers, "
+        "the teacher's component processes; - where a run predates that reading).",
+        "",
+        "| data set | mode | processes | total s | peak RSS GB | all processes GB | finished "
+        "| s per step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results["sets"].items():
         for p in r.get("pipeline", []):
             steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps"].items())
@@ -246,9 +295,10 @@ def render(results: dict[str, Any]) -> str:
                 if p["nproc"] > 1
                 else f"1 ({p.get('component_jobs', 1)} for the components)"
             )
+            tree = f"{p['peak_tree_rss_gb']:.2f}" if "peak_tree_rss_gb" in p else "-"
             lines.append(
                 f"| {name} | {'quick' if p['quick'] else 'full'} | {procs} | "
-                f"{p['seconds']:.0f} | {p['peak_rss_gb']:.2f} | {done} | {steps} |"
+                f"{p['seconds']:.0f} | {p['peak_rss_gb']:.2f} | {tree} | {done} | {steps} |"
             )
     lines += ["", END]
     return "\n".join(lines)

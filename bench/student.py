@@ -4,9 +4,10 @@
 
 For each fold and each of --seeds seeds: trains (or loads from --teacher-cache) the
 teacher, measures it, runs the Fisher analysis (first fold), distils students at every
---ratios value with Fisher pruning, then the ablations at --ratio: a same-size student
-trained without KD, magnitude and random pruning, and KD into the final shape without
-pruning. Teacher and students are exported to
+--ratios value with Fisher pruning, then the ablations at --ratio (--ablations all): a
+same-size student trained without KD, magnitude and random pruning, other loss weights and
+scopes, and KD into the final shape without pruning; --ablations pruning keeps only the
+magnitude and random pruning runs. Teacher and students are exported to
 ONNX and timed side by side in this one run. The targets section checks the student
 against the teacher on every fold separately (mean over seeds, with the spread), and
 gives each headline ratio as the mean over seeds with its standard deviation. Writes
@@ -75,13 +76,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["fisher", "magnitude", "random"],
         help="default pruning method of the curve",
     )
-    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument(
+        "--ablations",
+        choices=["all", "pruning", "none"],
+        default="all",
+        help="variants at --ratio: all of them; pruning = magnitude and random pruning "
+        "only (the Fisher question, cheap enough for every fold and seed); none",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budget: for tests only")
     parser.add_argument(
         "--teacher-cache",
         type=Path,
         default=None,
         help="folder to save/load trained teachers (checkpoints keyed by the model code)",
+    )
+    parser.add_argument(
+        "--wait-for-teachers",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for a teacher missing from --teacher-cache to appear "
+        "(a bench.quality --save-teachers run still writing them) before training it",
     )
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("docs"))
@@ -107,6 +122,8 @@ def get_teacher(
         if args.teacher_cache
         else None
     )
+    if cached is not None:
+        _await(cached, args.wait_for_teachers)
     if cached is not None and cached.is_file():
         log.info("loading the teacher from %s", cached)
         try:
@@ -120,6 +137,17 @@ def get_teacher(
     if cached is not None:
         save_teacher(teacher, cached, config=config, fm=dataset.feature_map)
     return teacher.eval(), seconds
+
+
+def _await(path: Path, seconds: float, *, poll: float = 5.0) -> bool:
+    """Whether `path` is a file, waiting up to `seconds` for it (checkpoints are written
+    whole and renamed into place, so one that appears is complete)."""
+    deadline = time.monotonic() + seconds
+    if not path.is_file() and seconds > 0:
+        log.info("waiting up to %.0f s for %s", seconds, path)
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
+    return path.is_file()
 
 
 _SHARED: dict[str, Any] = {}  # dataset, split, teacher: inherited by forked workers
@@ -221,21 +249,10 @@ def run_fold(
         "gt_none": "PAKD, KD only (ground-truth weight 0)",
         "list_kd": "PAKD, ranking KD over the sampled list only",
     }
-    if not args.no_ablations:
-        jobs += [
-            (names[m], replace(base, prune_ratio=args.ratio, method=m))  # type: ignore[arg-type]
-            for m in ("magnitude", "random")
-            if m != args.method
-        ]
-        # The default's small ground-truth weight, against a larger one and none at all.
-        jobs += [
-            (names["gt_high"], replace(base, prune_ratio=args.ratio, w_ground_truth=0.2)),
-            (names["gt_none"], replace(base, prune_ratio=args.ratio, w_ground_truth=0.0)),
-            (names["list_kd"], replace(base, prune_ratio=args.ratio, ranking_kd_scope="list")),
-        ]
+    jobs += _ablation_jobs(args, base, names)
     done = run_jobs(jobs, args.jobs)
     chosen_model, chosen_info, chosen_metrics = done[f"ratio {args.ratio}"]
-    if not args.no_ablations:
+    if args.ablations == "all":
         small = replace(
             base, prune_ratio=args.ratio, initial="shape", shape=chosen_model.shape, prune=False
         )  # type: ignore[attr-defined]
@@ -285,7 +302,7 @@ def run_fold(
                 }
             )
             results.setdefault("student", {"info": info})
-    if args.no_ablations:
+    if args.ablations == "none":
         return
     rows = [(f"PAKD, {args.method} pruning (default)", chosen_info, chosen_metrics)]
     rows += [(name, done[name][1], done[name][2]) for name in names.values() if name in done]
@@ -300,10 +317,33 @@ def run_fold(
                 **metrics,
             }
         )
+    if names["scratch"] not in done:
+        return
     scratch_row = done[names["scratch"]][2]
     summary = results["summary_rows"][-1]
     summary["rmse_vs_scratch"] = summary["_rmse"] / scratch_row["rmse"]
     summary["ndcg_vs_scratch"] = summary["_ndcg"] / scratch_row["ndcg@10"]
+
+
+def _ablation_jobs(
+    args: argparse.Namespace, base: StudentConfig, names: dict[str, str]
+) -> list[tuple[str, StudentConfig]]:
+    """The variants distilled beside the chosen student, all at --ratio."""
+    if args.ablations == "none":
+        return []
+    jobs = [
+        (names[m], replace(base, prune_ratio=args.ratio, method=m))  # type: ignore[arg-type]
+        for m in ("magnitude", "random")
+        if m != args.method
+    ]
+    if args.ablations == "all":
+        # The default's small ground-truth weight, against a larger one and none at all.
+        jobs += [
+            (names["gt_high"], replace(base, prune_ratio=args.ratio, w_ground_truth=0.2)),
+            (names["gt_none"], replace(base, prune_ratio=args.ratio, w_ground_truth=0.0)),
+            (names["list_kd"], replace(base, prune_ratio=args.ratio, ranking_kd_scope="list")),
+        ]
+    return jobs
 
 
 def summary_row(

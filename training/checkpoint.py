@@ -5,7 +5,8 @@ saves them, read back with `torch.load(weights_only=True)`: nothing in the file 
 moving or renaming a module never breaks a checkpoint, and loading one never runs code.
 Loading rebuilds the model from `config` and loads the state dict strictly.
 
-`code_version` hashes the source of the code the weights depend on (see `code_version`).
+`code_version` hashes the source of the code the weights depend on (see `code_version`):
+a teacher's checkpoint the teacher's training code, a student's all the model code.
 A checkpoint written by other code, or in another format, is refused with both versions
 named rather than loaded into a model it may no longer fit, or fit with another meaning.
 
@@ -85,24 +86,66 @@ class StaleCheckpointError(CheckpointError):
     """A checkpoint from another code version or checkpoint format."""
 
 
-def model_code_files() -> list[Path]:
-    """The source files `code_version` hashes, in a fixed order."""
-    return [
-        p
-        for p in sorted(_PACKAGE.rglob("*.py"))
-        if not (p.parent == _PACKAGE and p.name in _NOT_MODEL_CODE)
-    ]
+# What each scope's weights are produced by: "teacher" is the code `training.train` runs
+# on (imports followed, transitively), so a change to distillation alone keeps cached
+# teachers valid; "all" is every model module (students, and the pipeline's run key).
+Scope = Literal["all", "teacher"]
+_SCOPE_ROOTS: dict[str, tuple[str, ...]] = {"teacher": ("training.train",)}
+_KIND_SCOPE: dict[str, Scope] = {"component": "teacher", "ensemble": "teacher", "student": "all"}
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 over the model code: each file's path and its syntax tree.
+def _is_model_code(path: Path) -> bool:
+    return not (path.parent == _PACKAGE and path.name in _NOT_MODEL_CODE)
+
+
+def _module_path(name: str) -> Path | None:
+    """The file of module `training.x.y` under _PACKAGE, if it is one."""
+    parts = name.split(".")[1:]
+    for path in (
+        _PACKAGE.joinpath(*parts).with_suffix(".py"),
+        _PACKAGE.joinpath(*parts, "__init__.py"),
+    ):
+        if parts and path.is_file():
+            return path
+    return None
+
+
+def _imported(path: Path) -> set[str]:
+    """Every `training...` module `path` imports (TYPE_CHECKING and lazy imports too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from training import x` may import the module training.x.
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.split(".")[0] == _PACKAGE.name}
+
+
+def model_code_files(scope: Scope = "all") -> list[Path]:
+    """The source files `code_version(scope)` hashes, in a fixed order."""
+    if scope == "all":
+        return [p for p in sorted(_PACKAGE.rglob("*.py")) if _is_model_code(p)]
+    found: set[Path] = set()
+    todo = [p for p in map(_module_path, _SCOPE_ROOTS[scope]) if p is not None]
+    while todo:
+        path = todo.pop()
+        if path not in found:
+            found.add(path)
+            todo.extend(p for p in map(_module_path, _imported(path)) if p is not None)
+    return sorted(p for p in found if _is_model_code(p))
+
+
+@lru_cache(maxsize=2)
+def code_version(scope: Scope = "all") -> str:
+    """sha256 over the model code of `scope`: each file's path and its syntax tree.
 
     The syntax tree (`ast.dump`) leaves out comments and formatting, so reformatting or
     rewording a comment keeps the version; any change to code or docstrings changes it.
     """
     digest = hashlib.sha256()
-    for path in model_code_files():
+    for path in model_code_files(scope):
         digest.update(path.relative_to(_PACKAGE.parent).as_posix().encode())
         digest.update(b"\0")
         digest.update(ast.dump(ast.parse(path.read_text(encoding="utf-8"))).encode())
@@ -146,7 +189,7 @@ def _write(path: Path, *, kind: Kind, config: dict[str, Any], model: TwoHeadMode
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "format_version": FORMAT_VERSION,
-        "code_version": code_version(),
+        "code_version": code_version(_KIND_SCOPE[kind]),
         "kind": kind,
         "config": config,
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -181,14 +224,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} has checkpoint format {found!r}; this code reads format "
             f"{FORMAT_VERSION}: retrain, or load it with the code that wrote it"
         )
-    written_by, current = checkpoint.get("code_version"), code_version()
+    if checkpoint.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {checkpoint.get('kind')!r}")
+    written_by = checkpoint.get("code_version")
+    current = code_version(_KIND_SCOPE[checkpoint["kind"]])
     if written_by != current:
         raise StaleCheckpointError(
             f"{path} was written by model code version {written_by!r}; this is model code "
             f"version {current!r}: retrain, or load it with the code that wrote it"
         )
-    if checkpoint.get("kind") not in KINDS:
-        raise CheckpointError(f"{path}: unknown checkpoint kind {checkpoint.get('kind')!r}")
     return dict(checkpoint)
 
 

@@ -90,8 +90,12 @@ def wrap(module: nn.Module, world: World) -> nn.Module:
     if params and params[0].device.type == "cuda":
         device_ids = [params[0].device.index]
     # find_unused_parameters: id-dropout and masked lists may leave a row table unused.
+    # broadcast_buffers off: the models' buffers are constants every rank builds alike
+    # (field offsets, the global mean, the users' training items of MF's history term),
+    # and the histories are the size of the training data: sent every step they would
+    # cost more than the gradients.
     return nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, find_unused_parameters=True
+        module, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
     )
 
 

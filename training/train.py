@@ -285,7 +285,7 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
         if n_neg
         else torch.arange(1, data.n_items + 1)
     ).to(dev)
-    user_vec = model.user_tower(u_in, uf)  # [B, D]
+    user_vec = model.train_user_tower(u_in, uf, i)  # [B, D]
     pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
     neg_vec = model.item_tower(neg, data.item_feats[neg], data.item_genres[neg])  # [N, D]
     pos_logit = (user_vec * pos_vec).sum(dim=1, keepdim=True)  # [B, 1]
@@ -395,6 +395,23 @@ def _merge_heads(
     }
 
 
+def _training_model(
+    name: str, fm: FeatureMap, config: ComponentConfig, data: TrainData, *, global_mean: float
+) -> TowerScoring:
+    """A new component on the data's device, with what only training needs attached."""
+    model = build_component(name, fm, config, global_mean=global_mean)
+    model.to(data.device)
+    if isinstance(model, BiasedMF) and isinstance(config, MFConfig) and config.history:
+        seen = data.seen_mask
+        model.attach_history(
+            seen.indptr, seen.indices, alpha=config.history_alpha, rating=config.rating_history
+        )
+    n_sparse = sparsify_embeddings(model, min_rows=SPARSE_MIN_ROWS)
+    if n_sparse:
+        log.info("%s: %d embedding tables with sparse gradients (lazy Adam)", name, n_sparse)
+    return model
+
+
 def train_component(
     name: str,
     fm: FeatureMap,
@@ -421,11 +438,8 @@ def train_component(
         raise ValueError(f"cannot train {name}: the training split has no ratings")
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_component(name, fm, config, global_mean=float(train.rating.mean()))
-    n_sparse = sparsify_embeddings(model, min_rows=SPARSE_MIN_ROWS)
-    if n_sparse:
-        log.info("%s: %d embedding tables with sparse gradients (lazy Adam)", name, n_sparse)
-    model.to(device)
+    data = TrainData.build(train, tables, fm, device=device)
+    model = _training_model(name, fm, config, data, global_mean=float(train.rating.mean()))
     if head_epochs is not None:
         config = replace(config, epochs=max(head_epochs))
     world = current()
@@ -433,7 +447,7 @@ def train_component(
         name=name,
         model=model,
         config=config,
-        data=TrainData.build(train, tables, fm, device=device),
+        data=data,
         opt=make_optimizer(model, config),
         gen=gen,
         progress=progress,
@@ -470,6 +484,8 @@ def train_component(
             ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"),
         )
     epochs_kept = selector.restore(model, last_epoch=config.epochs)
+    if isinstance(model, BiasedMF):
+        model.fold_history()
     densify_embeddings(model)
     model.eval()
     info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,18 @@ def test_student_benchmark_runs_every_fold_with_every_seed(
     assert [e["fold"] for e in saved["fold_targets"]] == ["u1", "u2"]
     assert saved["summary_spread"]["ndcg_ratio"]["mean"] == pytest.approx(0.985)
     assert saved["summary_spread"]["ndcg_ratio"]["std"] == pytest.approx(0.00707, abs=1e-5)
+
+
+def test_waits_for_a_teacher_another_benchmark_is_still_writing(tmp_path: Path) -> None:
+    path = tmp_path / "teacher.pt"
+    assert not student._await(path, 0.0)
+    started = time.monotonic()
+    assert not student._await(path, 0.3, poll=0.05)
+    assert time.monotonic() - started >= 0.3
+    writer = threading.Timer(0.2, path.write_bytes, args=(b"checkpoint",))
+    writer.start()
+    try:
+        assert student._await(path, 30.0, poll=0.05)
+    finally:
+        writer.join()
+    assert time.monotonic() - started < 10

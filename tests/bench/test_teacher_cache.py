@@ -13,10 +13,10 @@ from training import checkpoint
 from training.data import load_dataset, make_split
 
 
-def test_cache_path_names_the_model_code_version(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_path_names_the_teacher_code_version(monkeypatch: pytest.MonkeyPatch) -> None:
     now = teacher_cache_path(Path("cache"), "u1", quick=True, seed=0)
-    assert checkpoint.code_version()[:12] in now.name
-    monkeypatch.setattr(checkpoint, "code_version", lambda: "0" * 64)
+    assert checkpoint.code_version("teacher")[:12] in now.name
+    monkeypatch.setattr(checkpoint, "code_version", lambda scope="all": "0" * 64)
     assert teacher_cache_path(Path("cache"), "u1", quick=True, seed=0) != now
 
 
@@ -46,4 +46,4 @@ def test_cached_teacher_is_reused_and_a_stale_one_retrained(
         _, seconds = bench_student.get_teacher(args, ds, train, "u1")
     assert seconds > 0.0
     assert "not using the cached teacher" in caplog.text
-    assert checkpoint.read_checkpoint(path)["code_version"] == checkpoint.code_version()
+    assert checkpoint.read_checkpoint(path)["code_version"] == checkpoint.code_version("teacher")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_checkpoint_from_older_model_code_is_refused(
 ) -> None:
     path = tmp_path / "mf.pt"
     with monkeypatch.context() as m:
-        m.setattr(checkpoint, "code_version", lambda: "a" * 64)
+        m.setattr(checkpoint, "code_version", lambda scope="all": "a" * 64)
         checkpoint.save_component(
             _component("mf", dataset, 0), path, name="mf", config=CONFIG.mf,
             fm=dataset.feature_map,
@@ -122,7 +123,7 @@ def test_checkpoint_from_older_model_code_is_refused(
     with pytest.raises(checkpoint.StaleCheckpointError) as err:
         checkpoint.load_model(path)
     message = str(err.value)
-    assert "a" * 64 in message and checkpoint.code_version() in message
+    assert "a" * 64 in message and checkpoint.code_version("teacher") in message
     assert "retrain" in message
 
 
@@ -164,26 +165,51 @@ def test_wrong_kind_or_feature_map_is_refused(dataset: Dataset, tmp_path: Path) 
     )
 
 
-def test_code_version_follows_model_code_not_comments(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def package_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of training/ that code_version reads instead, free to edit."""
     copy = tmp_path / "training"
     shutil.copytree(checkpoint._PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(checkpoint, "_PACKAGE", copy)
     checkpoint.code_version.cache_clear()
-    try:
-        base = checkpoint.code_version()
-        mf = copy / "models" / "mf.py"
-        source = mf.read_text()
-        mf.write_text(source + "\n# a comment only\n")
-        checkpoint.code_version.cache_clear()
-        assert checkpoint.code_version() == base
-        report = copy / "report.py"  # only uses trained models
-        report.write_text(report.read_text() + "\nX = 1\n")
-        checkpoint.code_version.cache_clear()
-        assert checkpoint.code_version() == base
-        mf.write_text(source + "\nMODEL_CODE_CHANGED = 1\n")
-        checkpoint.code_version.cache_clear()
-        assert checkpoint.code_version() != base
-    finally:
-        checkpoint.code_version.cache_clear()
+    yield copy
+    checkpoint.code_version.cache_clear()
+
+
+def _versions() -> tuple[str, str]:
+    """(teacher, all) code versions of the files as they are now."""
+    checkpoint.code_version.cache_clear()
+    return checkpoint.code_version("teacher"), checkpoint.code_version("all")
+
+
+def test_code_version_follows_model_code_not_comments(package_copy: Path) -> None:
+    base = _versions()
+    mf = package_copy / "models" / "mf.py"
+    source = mf.read_text()
+    mf.write_text(source + "\n# a comment only\n")
+    assert _versions() == base
+    report = package_copy / "report.py"  # only uses trained models
+    report.write_text(report.read_text() + "\nX = 1\n")
+    assert _versions() == base
+    mf.write_text(source + "\nMODEL_CODE_CHANGED = 1\n")
+    changed = _versions()
+    assert changed[0] != base[0] and changed[1] != base[1]
+
+
+def test_teacher_code_version_leaves_distillation_code_out(package_copy: Path) -> None:
+    teacher_files = {
+        p.relative_to(package_copy).as_posix() for p in checkpoint.model_code_files("teacher")
+    }
+    # What training.train runs on, followed through imports; no distillation module.
+    assert {"train.py", "models/mf.py", "models/layers.py", "features.py", "sparse.py"} <= (
+        teacher_files
+    )
+    assert not teacher_files & {"distill.py", "losses.py", "prune.py", "models/student.py"}
+    teacher, everything = _versions()
+    distill = package_copy / "distill.py"
+    distill.write_text(distill.read_text() + "\nDISTILLATION_CHANGED = 1\n")
+    changed_teacher, changed_all = _versions()
+    assert changed_teacher == teacher and changed_all != everything
+    columnar = package_copy / "columnar.py"  # reached from train.py through data.py
+    columnar.write_text(columnar.read_text() + "\nREADER_CHANGED = 1\n")
+    assert _versions()[0] != teacher

@@ -13,6 +13,7 @@ from training.models.layers import (
     FieldEmbedding,
     InteractingLayer,
     TowerScoring,
+    UserHistory,
     attention_stack,
     mlp,
 )
@@ -186,3 +187,46 @@ def test_tower_scoring_scores_pairs_and_the_catalogue_alike() -> None:
     torch.testing.assert_close(matrix[torch.arange(B), item], score)
     with pytest.raises(NotImplementedError):
         TowerScoring().regularizer(user, item, user_feats, item_feats, genres)
+
+
+def _history() -> tuple[UserHistory, list[list[int]]]:
+    rows = [[], [2, 5, 7], [], [1], [3, 4, 6, 7, 9]]  # users 0..4; 0 and 2 have no history
+    indptr = torch.tensor(np.cumsum([0, *map(len, rows)]))
+    items = torch.tensor([i for row in rows for i in row])
+    torch.manual_seed(0)
+    return UserHistory(10, D, indptr=indptr, items=items, alpha=0.5), rows
+
+
+def test_user_history_is_the_scaled_sum_of_the_users_items() -> None:
+    history, rows = _history()
+    z = history.table.weight.detach()
+    users = torch.tensor([4, 0, 1, 3, 2, 1])
+    got = history(users)  # [6, D]
+    for row, u in enumerate(users.tolist()):
+        items = rows[u]
+        want = z[items].sum(0) / np.sqrt(len(items)) if items else torch.zeros(D)
+        torch.testing.assert_close(got[row], want)
+
+
+def test_user_history_leaves_the_training_positive_out() -> None:
+    history, rows = _history()
+    z = history.table.weight.detach()
+    users, positives = torch.tensor([1, 4, 3, 0]), torch.tensor([5, 9, 1, 8])
+    got = history(users, exclude=positives)
+    for row, (u, i) in enumerate(zip(users.tolist(), positives.tolist(), strict=True)):
+        rest = [j for j in rows[u] if j != i] if rows[u] else []
+        want = z[rest].sum(0) / np.sqrt(max(len(rest), 1)) if rest else torch.zeros(D)
+        # User 0 has no history (an id dropped to the unknown user): nothing to leave out.
+        torch.testing.assert_close(got[row], want)
+    assert torch.equal(history.vectors(5), history(torch.arange(5)))
+
+
+def test_user_history_gradients_reach_only_the_items_used() -> None:
+    history, _ = _history()
+    history(torch.tensor([1]), exclude=torch.tensor([5])).sum().backward()
+    grad = history.table.weight.grad
+    assert grad is not None
+    # The positive's own row (5) gets +1 through the sum and -1 through the exclusion.
+    assert set(torch.nonzero(grad.abs().sum(1)).ravel().tolist()) == {2, 7}
+    assert "table.weight" in dict(history.named_parameters())
+    assert set(history.state_dict()) == {"table.weight"}  # histories are not checkpointed

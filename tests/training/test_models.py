@@ -20,6 +20,7 @@ from training.models.ensemble import DEFAULT_WEIGHTS, EnsembleTeacher
 from training.models.layers import TowerScoring
 from training.models.mf import BiasedMF
 from training.models.xdeepfm import XDeepFM
+from training.seen import SeenIndex
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +241,40 @@ def test_ensemble_exports_as_one_onnx_graph(dataset: Dataset, tmp_path: Path) ->
         )
     np.testing.assert_allclose(rating, ref_rating.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_mf_folds_its_histories_into_plain_user_tables(dataset: Dataset) -> None:
+    fm, tables = dataset.feature_map, dataset.tables
+    model = _models(dataset)["mf"]
+    assert isinstance(model, BiasedMF)
+    fresh_keys = set(model.state_dict())
+    seen = SeenIndex.from_ratings(dataset.ratings, n_users=fm.n_users, n_items=fm.n_items)
+    indptr, items = torch.as_tensor(seen.indptr), torch.as_tensor(seen.indices)
+    model.attach_history(indptr, items, alpha=0.5, rating=True)
+    assert model.history is not None and model.rating_history is not None
+    for term in (model.history, model.rating_history):
+        torch.nn.init.normal_(term.table.weight, std=0.1)
+    users = np.arange(fm.n_users + 1)
+    inputs = _inputs(dataset, batch=50)
+    with torch.no_grad():
+        scores, rating = model.score_matrix(users, tables), model.heads(*inputs)["rating"]
+        model.history, model.rating_history, kept = (
+            None,
+            None,
+            (model.history, model.rating_history),
+        )
+        plain_scores, plain_rating = (
+            model.score_matrix(users, tables),
+            model.heads(*inputs)["rating"],
+        )
+        model.history, model.rating_history = kept
+    # The histories move both heads' user vectors ...
+    assert not torch.allclose(scores, plain_scores)
+    assert not torch.allclose(rating, plain_rating)
+    model.fold_history()
+    # ... and folding keeps every score and rating while leaving plain MF behind.
+    assert model.history is None and model.rating_history is None
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_matrix(users, tables), scores)
+        torch.testing.assert_close(model.heads(*inputs)["rating"], rating)
+    assert set(model.state_dict()) == fresh_keys  # checkpoints and export see plain MF

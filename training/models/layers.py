@@ -4,6 +4,7 @@
 * `mlp`: Linear/ReLU(/Dropout) stacks (xDeepFM's DNN and towers).
 * `CIN`: xDeepFM's Compressed Interaction Network.
 * `InteractingLayer`, `attention_stack`: AutoInt's multi-head self-attention.
+* `UserHistory`: a user's training items as a ranking vector (SVD++'s implicit term).
 * `TowerScoring`: the two-tower ranking base all three components (and the ensemble)
   share. score(u, i) = <U(u), V(i)>: ranking is evaluated over the whole catalogue, so the
   ranking loss needs the score of many items per user; towers make that one matrix
@@ -171,6 +172,63 @@ def attention_stack(d_in: int, *, layers: int, heads: int, d_head: int) -> nn.Se
     return nn.Sequential(*blocks)
 
 
+class UserHistory(nn.Module):
+    """A user's training items as a ranking vector: |N(u)|^-alpha * sum_{j in N(u)} z_j.
+
+    The implicit-feedback term of SVD++ (Koren, 2008), on the ranking side: a user is also
+    the items they chose, which ties users with few ratings to what those items share.
+    Training leaves the positive item out of its own user's sum (`exclude`): with it, an
+    item would learn to recommend itself, the trivial solution EASE's zero diagonal rules
+    out. The histories are buffers of the training run only (not in the state dict):
+    `vectors` gives every user's term once training is over, to be folded into a table.
+    """
+
+    indptr: Tensor
+    items: Tensor
+
+    def __init__(
+        self,
+        item_vocab: int,
+        dim: int,
+        *,
+        indptr: Tensor,
+        items: Tensor,
+        alpha: float = 0.5,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.table = nn.Embedding(item_vocab, dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+        self.alpha = alpha
+        self.register_buffer("indptr", indptr.long(), persistent=False)
+        self.register_buffer("items", items.long(), persistent=False)
+
+    def forward(self, user: Tensor, exclude: Tensor | None = None) -> Tensor:
+        start = self.indptr[user]  # [B]
+        length = self.indptr[user + 1] - start  # [B]
+        offsets = torch.cumsum(length, 0) - length  # [B]
+        # The B users' histories as one flat run of item ids, bag b at offsets[b].
+        within = torch.arange(int(length.sum()), device=user.device)
+        within = within - torch.repeat_interleave(offsets, length)
+        flat = self.items[torch.repeat_interleave(start, length) + within]  # [sum(length)]
+        total = nn.functional.embedding_bag(
+            flat, self.table.weight, offsets, mode="sum", sparse=self.table.sparse
+        )  # [B, D]
+        count = length.to(total.dtype)
+        if exclude is not None:
+            # A user with a history holds every training positive of theirs in it.
+            held = (length > 0).to(total.dtype)  # [B]
+            total = total - self.table(exclude) * held[:, None]
+            count = count - held
+        return total * count.clamp(min=1.0).pow(-self.alpha)[:, None]  # [B, D]
+
+    @torch.no_grad()
+    def vectors(self, n_rows: int, *, chunk: int = 65_536) -> Tensor:
+        """The term of every user index 0..n_rows-1: [n_rows, D]."""
+        users = torch.arange(n_rows, device=self.indptr.device)
+        return torch.cat([self(users[s : s + chunk]) for s in range(0, n_rows, chunk)])
+
+
 class TowerScoring(TwoHeadModel):
     """A TwoHeadModel whose ranking score is the dot product of a user and an item tower.
 
@@ -180,6 +238,11 @@ class TowerScoring(TwoHeadModel):
     """
 
     tower_prefixes: tuple[str, ...] = ()
+
+    def train_user_tower(self, user: Tensor, user_feats: Tensor, item: Tensor) -> Tensor:
+        """The user tower for the training pairs (user, item): [B, D]. A model whose user
+        tower reads the user's training items leaves `item` out of them here."""
+        return self.user_tower(user, user_feats)
 
     def tower_score(
         self,

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from training.features import FeatureMap
 from training.models.configs import MFConfig
-from training.models.layers import FieldEmbedding, TowerScoring
+from training.models.layers import FieldEmbedding, TowerScoring, UserHistory
 
 
 class BiasedMF(TowerScoring):
@@ -20,6 +20,11 @@ class BiasedMF(TowerScoring):
     group (docs/QUALITY.md measures the component with them).
     The ranking embeddings x, y are separate from the rating factors p, q: the sampled
     softmax pulls embedding norms towards popularity, which hurts the rating fit.
+
+    In training, the ranking user vector also holds the user's training items
+    (`UserHistory`, attached by `attach_history`); `fold_history` then adds that term to
+    each user's row of x, so the trained model, its checkpoint and its ONNX user tower are
+    a plain embedding lookup again, with the same scores.
     """
 
     mu: Tensor
@@ -34,7 +39,9 @@ class BiasedMF(TowerScoring):
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
-        self.tower_prefixes = ("user_rank.", "item_rank.", "item_rank_bias.")
+        self.tower_prefixes = ("user_rank.", "item_rank.", "item_rank_bias.", "history.")
+        self.history: UserHistory | None = None
+        self.rating_history: UserHistory | None = None
         self.register_buffer("mu", torch.tensor(float(global_mean)))
         self.factors = FieldEmbedding(fm, dim, init_std=init_std)
         self.biases = FieldEmbedding(fm, 1, init_std=0.0)
@@ -49,8 +56,44 @@ class BiasedMF(TowerScoring):
     def from_config(cls, config: MFConfig, fm: FeatureMap, *, global_mean: float = 3.5) -> BiasedMF:
         return cls(fm, dim=config.dim, score_dim=config.score_dim, global_mean=global_mean)
 
+    def attach_history(
+        self, indptr: Tensor, items: Tensor, *, alpha: float, rating: bool = False
+    ) -> None:
+        """Users' training items as CSR rows (user index u: items[indptr[u]:indptr[u+1]]),
+        for the ranking vector and, with `rating`, the rating factor p_u (SVD++)."""
+        dev = self.mu.device
+
+        def term(dim: int) -> UserHistory:
+            n = self.item_rank.num_embeddings
+            return UserHistory(n, dim, indptr=indptr, items=items, alpha=alpha).to(dev)
+
+        self.history = term(self.item_rank.embedding_dim)
+        if rating:
+            self.rating_history = term(self.factors.dim)
+
+    @torch.no_grad()
+    def fold_history(self) -> None:
+        """Adds the history terms to every user's rows and drops the histories."""
+        n_users = self.user_rank.num_embeddings
+        if self.history is not None:
+            self.user_rank.weight += self.history.vectors(n_users)
+            self.history = None
+        if self.rating_history is not None:
+            # The user id's rows come first in the factor table (FieldEmbedding).
+            rows = self.factors.user_offsets[0] + torch.arange(n_users, device=self.mu.device)
+            self.factors.table.weight[rows] += self.rating_history.vectors(n_users)
+            self.rating_history = None
+
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
         x = self.user_rank(user)  # [B, D]
+        if self.history is not None:
+            x = x + self.history(user)  # [B, D]
+        return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [B, D+1]
+
+    def train_user_tower(self, user: Tensor, user_feats: Tensor, item: Tensor) -> Tensor:
+        if self.history is None:
+            return self.user_tower(user, user_feats)
+        x = self.user_rank(user) + self.history(user, exclude=item)  # [B, D]
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [B, D+1]
 
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
@@ -65,6 +108,8 @@ class BiasedMF(TowerScoring):
         item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
         p = self.factors.user_side(user, user_feats).sum(dim=1)  # [B, d]
+        if self.rating_history is not None:
+            p = p + self.rating_history(user)  # [B, d]
         q = self.factors.item_side(item, item_feats, item_genres).sum(dim=1)  # [B, d]
         bias = self.biases(user, item, user_feats, item_feats, item_genres).sum(dim=(1, 2))  # [B]
         rating = self.mu + bias + (p * q).sum(dim=1)  # [B]
@@ -80,4 +125,8 @@ class BiasedMF(TowerScoring):
         item_genres: Tensor,
     ) -> Tensor:
         args = (user, item, user_feats, item_feats, item_genres)
-        return self.factors.squared_norm(*args) + self.biases.squared_norm(*args)  # [B]
+        norm = self.factors.squared_norm(*args) + self.biases.squared_norm(*args)  # [B]
+        if self.rating_history is not None:
+            # Without it the implicit term overfits within five epochs (validation RMSE).
+            norm = norm + self.rating_history(user).pow(2).sum(dim=1)  # [B]
+        return norm
