@@ -277,8 +277,8 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
     u_in = u.masked_fill((torch.rand(u.shape, generator=gen) < config.id_dropout).to(dev), 0)
     i_in = i.masked_fill((torch.rand(i.shape, generator=gen) < config.id_dropout).to(dev), 0)
     uf, itf, ig = data.user_feats[u], data.item_feats[i], data.item_genres[i]
-    out = model.heads(u_in, i_in, uf, itf, ig)
-    mse = (out["rating"] - r).pow(2).mean()
+    rating, penalty = model.rating_fit(u_in, i_in, uf, itf, ig)
+    mse = (rating - r).pow(2).mean()
     n_neg = config.n_negatives if 0 < config.n_negatives < data.n_items else 0
     neg = (
         torch.randint(1, data.n_items + 1, (n_neg,), generator=gen)
@@ -294,7 +294,7 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
     pos_weight = torch.where(r >= RELEVANT_MIN_RATING, 1.0, config.low_rating_weight)
     rank_each = torch.logsumexp(logits, dim=1) - logits[:, 0]  # [B]
     rank = (rank_each * pos_weight).sum() / pos_weight.sum().clamp(min=1e-12)
-    reg = config.rating_l2 * model.regularizer(u_in, i_in, uf, itf, ig).mean()
+    reg = config.rating_l2 * penalty.mean()
     reg = reg + config.tower_l2 * (user_vec.pow(2).sum(1) + pos_vec.pow(2).sum(1)).mean()
     loss = config.rating_weight * mse + config.ranking_weight * rank + reg
     return loss, mse, rank

@@ -278,3 +278,23 @@ def test_mf_folds_its_histories_into_plain_user_tables(dataset: Dataset) -> None
         torch.testing.assert_close(model.score_matrix(users, tables), scores)
         torch.testing.assert_close(model.heads(*inputs)["rating"], rating)
     assert set(model.state_dict()) == fresh_keys  # checkpoints and export see plain MF
+
+
+@pytest.mark.parametrize("name", ["mf", "xdeepfm", "autoint"])
+def test_rating_fit_is_the_rating_head_and_its_penalty(dataset: Dataset, name: str) -> None:
+    model = _models(dataset)[name]
+    if isinstance(model, BiasedMF):
+        fm = dataset.feature_map
+        seen = SeenIndex.from_ratings(dataset.ratings, n_users=fm.n_users, n_items=fm.n_items)
+        model.attach_history(
+            torch.as_tensor(seen.indptr), torch.as_tensor(seen.indices), alpha=0.5, rating=True
+        )
+        assert model.rating_history is not None
+        torch.nn.init.normal_(model.rating_history.table.weight, std=0.1)
+    model.eval()  # xDeepFM's DNN dropout would draw different masks per call
+    inputs = _inputs(dataset, batch=20)
+    rating, penalty = model.rating_fit(*inputs)
+    heads = model.heads(*inputs)
+    torch.testing.assert_close(rating, heads["rating"])
+    torch.testing.assert_close(penalty, model.regularizer(*inputs))
+    assert set(heads) >= {"rating", "score"} and bool((penalty > 0).all())

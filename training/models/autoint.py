@@ -62,7 +62,7 @@ class AutoInt(TowerScoring):
             global_mean=global_mean,
         )
 
-    def heads(
+    def rating_head(
         self,
         user: Tensor,  # [B]
         item: Tensor,  # [B]
@@ -74,8 +74,7 @@ class AutoInt(TowerScoring):
         rep = self.attention(e).flatten(1)  # [B, F*H*dh]
         lin = self.linear(user, item, user_feats, item_feats, item_genres).sum(dim=(1, 2))  # [B]
         rating = self.mu + lin + self.out(rep).squeeze(1)  # [B]
-        score = self.tower_score(user, item, user_feats, item_feats, item_genres)  # [B]
-        return {"rating": rating, "score": score, "repr": rep}
+        return {"rating": rating, "repr": rep}
 
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
         side = self.rank_embed.user_side(user, user_feats)  # [B, 1+Fu, d]

@@ -244,6 +244,42 @@ class TowerScoring(TwoHeadModel):
         tower reads the user's training items leaves `item` out of them here."""
         return self.user_tower(user, user_feats)
 
+    def rating_head(
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+    ) -> dict[str, Tensor]:
+        """The rating head alone: 'rating' [B] (unclipped), and 'repr' [B, D] where the
+        model has one. Training fits it without running the towers a second time."""
+        raise NotImplementedError
+
+    def heads(
+        self,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
+    ) -> dict[str, Tensor]:
+        args = (user, item, user_feats, item_feats, item_genres)
+        return {**self.rating_head(*args), "score": self.tower_score(*args)}  # [B] each
+
+    def rating_fit(
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """(rating [B], L2 penalty [B]) of a training batch; a model whose head and
+        penalty share work overrides it to do that work once."""
+        args = (user, item, user_feats, item_feats, item_genres)
+        return self.rating_head(*args)["rating"], self.regularizer(*args)
+
     def tower_score(
         self,
         user: Tensor,

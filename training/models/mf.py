@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from training.features import FeatureMap
+from training.models.base import Inputs
 from training.models.configs import MFConfig
 from training.models.layers import FieldEmbedding, TowerScoring, UserHistory
 
@@ -99,7 +100,26 @@ class BiasedMF(TowerScoring):
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
         return torch.cat([self.item_rank(item), self.item_rank_bias(item)], dim=1)  # [N, D+1]
 
-    def heads(
+    def _history_factor(self, user: Tensor) -> Tensor | None:
+        return None if self.rating_history is None else self.rating_history(user)  # [B, d]
+
+    def _rating(self, args: Inputs, hist: Tensor | None) -> Tensor:
+        user, item, user_feats, item_feats, item_genres = args
+        p = self.factors.user_side(user, user_feats).sum(dim=1)  # [B, d]
+        if hist is not None:
+            p = p + hist  # [B, d]
+        q = self.factors.item_side(item, item_feats, item_genres).sum(dim=1)  # [B, d]
+        bias = self.biases(*args).sum(dim=(1, 2))  # [B]
+        return self.mu + bias + (p * q).sum(dim=1)  # [B]
+
+    def _penalty(self, args: Inputs, hist: Tensor | None) -> Tensor:
+        norm = self.factors.squared_norm(*args) + self.biases.squared_norm(*args)  # [B]
+        if hist is not None:
+            # Without it the implicit term overfits within five epochs (validation RMSE).
+            norm = norm + hist.pow(2).sum(dim=1)  # [B]
+        return norm
+
+    def rating_head(
         self,
         user: Tensor,  # [B]
         item: Tensor,  # [B]
@@ -107,14 +127,8 @@ class BiasedMF(TowerScoring):
         item_feats: Tensor,  # [B, Fi]
         item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
-        p = self.factors.user_side(user, user_feats).sum(dim=1)  # [B, d]
-        if self.rating_history is not None:
-            p = p + self.rating_history(user)  # [B, d]
-        q = self.factors.item_side(item, item_feats, item_genres).sum(dim=1)  # [B, d]
-        bias = self.biases(user, item, user_feats, item_feats, item_genres).sum(dim=(1, 2))  # [B]
-        rating = self.mu + bias + (p * q).sum(dim=1)  # [B]
-        score = self.tower_score(user, item, user_feats, item_feats, item_genres)  # [B]
-        return {"rating": rating, "score": score}
+        args = (user, item, user_feats, item_feats, item_genres)
+        return {"rating": self._rating(args, self._history_factor(user))}  # [B]
 
     def regularizer(
         self,
@@ -125,8 +139,16 @@ class BiasedMF(TowerScoring):
         item_genres: Tensor,
     ) -> Tensor:
         args = (user, item, user_feats, item_feats, item_genres)
-        norm = self.factors.squared_norm(*args) + self.biases.squared_norm(*args)  # [B]
-        if self.rating_history is not None:
-            # Without it the implicit term overfits within five epochs (validation RMSE).
-            norm = norm + self.rating_history(user).pow(2).sum(dim=1)  # [B]
-        return norm
+        return self._penalty(args, self._history_factor(user))  # [B]
+
+    def rating_fit(
+        self,
+        user: Tensor,
+        item: Tensor,
+        user_feats: Tensor,
+        item_feats: Tensor,
+        item_genres: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        args = (user, item, user_feats, item_feats, item_genres)
+        hist = self._history_factor(user)  # the user's whole history, once per batch
+        return self._rating(args, hist), self._penalty(args, hist)  # [B], [B]

@@ -62,7 +62,7 @@ class XDeepFM(TowerScoring):
             global_mean=global_mean,
         )
 
-    def heads(
+    def rating_head(
         self,
         user: Tensor,  # [B]
         item: Tensor,  # [B]
@@ -74,9 +74,7 @@ class XDeepFM(TowerScoring):
         lin = self.linear(user, item, user_feats, item_feats, item_genres).sum(dim=(1, 2))  # [B]
         cin = self.cin_out(self.cin(e)).squeeze(1)  # [B]
         deep = self.dnn(e.flatten(1)).squeeze(1)  # [B]
-        rating = self.mu + lin + cin + deep  # [B]
-        score = self.tower_score(user, item, user_feats, item_feats, item_genres)  # [B]
-        return {"rating": rating, "score": score}
+        return {"rating": self.mu + lin + cin + deep}  # [B]
 
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
         return self.user_mlp(self.rank_embed.user_side(user, user_feats).flatten(1))  # [B, D]
