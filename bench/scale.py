@@ -1,20 +1,22 @@
 """Scale benchmark: loading, training throughput and the whole pipeline on large data.
 
     python -m bench.scale [--sets ml1m,ml10m,cat50k,cat1m] [--quick] [--nproc 1,2] [--work DIR]
-                          [--pipeline-limit SECONDS] [--movielens-1m DIR]
+                          [--pipeline-limit SECONDS] [--movielens-1m DIR] [--movielens-100k DIR]
 
 Synthetic data sets in the ml-latest format (training.synth; reused when WORK/NAME
 already holds ratings.csv): ML-1M-shaped (6,000 users, 4,000 items, 1M ratings),
 ML-10M-shaped (70,000 users, 10,000 items, 10M ratings), and large catalogues (50,000 and
-1,000,000 items). Real ML-1M is added when --movielens-1m (or $MOVIELENS_1M_DIR) is given.
+1,000,000 items). Real ML-1M is added when --movielens-1m (or $MOVIELENS_1M_DIR) is given,
+real ml-100k with --movielens-100k (its pipeline run trains on all of it, as `make run`).
 
 For each set it measures, each in a fresh process so peak RSS is its own: load time and
 peak RSS; training throughput of each teacher component (ratings per second over a
 bounded number of batches, one thread, `--quick` sizes when --quick); and the pipeline
-(`python -m training pipeline --split random`, full or --quick) with the time of every
-step and peak RSS, stopped at --pipeline-limit. Writes bench/results/scale.json and the
-measured part of docs/SCALE.md (between its bench.scale markers). The machine's load is
-recorded with the numbers: on a shared machine they are noisy.
+(`python -m training pipeline --split random`, full or --quick; `--split none` on
+ml-100k) with the time of every step and peak RSS, stopped at --pipeline-limit. Writes
+bench/results/scale.json and the measured part of docs/SCALE.md (between its bench.scale
+markers). The machine's load is recorded with the numbers: on a shared machine they are
+noisy.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--movielens-1m", type=Path, default=os.environ.get("MOVIELENS_1M_DIR") or None
+    )
+    parser.add_argument(
+        "--movielens-100k",
+        type=Path,
+        default=None,
+        help="real ml-100k (e.g. $MOVIELENS_DIR): its pipeline run is make run's (--split none)",
     )
     parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "SCALE.md")
     parser.add_argument("--out-json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
@@ -192,9 +200,9 @@ def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -
     for name in COMPONENTS:
         comp = getattr(config, name)
         T.set_seed(0)
-        model = T.build_component(name, ds.feature_map, comp, global_mean=3.5)
-        T.sparsify_embeddings(model, min_rows=T.SPARSE_MIN_ROWS)
         data_t = T.TrainData.build(ds.ratings, ds.tables, ds.feature_map)
+        # As training builds it: MF with its users' histories, large tables sparse.
+        model = T.training_model(name, ds.feature_map, comp, data_t, global_mean=3.5)
         gen = torch.Generator().manual_seed(0)
         trainer = T.Trainer(name, model, comp, data_t, T.make_optimizer(model, comp), gen, False)
         perm = torch.randperm(len(data_t), generator=gen)
@@ -221,13 +229,15 @@ def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -
 def measure_pipeline(
     data: Path, dataset: str, work: Path, *, quick: bool, limit: float, device: str, nproc: int
 ) -> dict[str, Any]:
+    # ml-100k trains on all of it, as `make run` does; the others keep a test split.
+    split = "none" if dataset == "ml-100k" else "random"
     tag = f"{data.name}{'-quick' if quick else ''}-{nproc}p"
     out_dir = work / f"run-{tag}"
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*launcher, "-m", "training", "pipeline", "--data-dir", str(data)]
-    cmd += ["--dataset", dataset, "--split", "random", "--out-dir", str(out_dir)]
+    cmd += ["--dataset", dataset, "--split", split, "--out-dir", str(out_dir)]
     cmd += ["--no-progress", "--device", device] + (["--quick"] if quick else [])
     log_path = work / f"pipeline-{tag}.log"
     out = run_measured(cmd, limit=limit, log_path=log_path)
@@ -236,6 +246,7 @@ def measure_pipeline(
     }
     out["quick"] = quick
     out["nproc"] = nproc
+    out["split"] = split
     from training.component_pool import resolve_jobs  # noqa: PLC0415
 
     # Processes training the teacher's components (the pipeline's --jobs auto): a pool
@@ -326,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         sets.append((name, ensure_data(name, args.work), "ml-latest"))
     if args.movielens_1m is not None:
         sets.append(("real-ml-1m", Path(args.movielens_1m), "ml-1m"))
+    if args.movielens_100k is not None:
+        sets.append(("real-ml-100k", Path(args.movielens_100k), "ml-100k"))
     results: dict[str, Any] = {
         "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
         "conditions": conditions(),

@@ -82,7 +82,11 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models and few epochs (tests)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads, 0 = torch default (default 1)"
+        "--threads",
+        type=_non_negative,
+        default=0,
+        help="torch CPU threads; 0 = one per teacher component process and every usable "
+        "CPU (shared among torchrun's local ranks) in the other steps (default 0)",
     )
     parser.add_argument(
         "--jobs",

@@ -17,7 +17,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,31 +81,81 @@ def resolve_jobs(jobs: int, *, threads: int, tasks: int) -> int:
     return max(1, min(tasks, usable_cpus() // per_process))
 
 
+@dataclass(frozen=True)
+class Refit:
+    """A second run of every component on other data (all training ratings), each
+    repeating what its first run selected (`task_for(first task, its info)`)."""
+
+    shared: SharedInputs
+    task_for: Callable[[ComponentTask, dict[str, Any]], ComponentTask]
+
+
+Trained = tuple["TowerScoring", dict[str, Any]]
+
+
 def train_components(
     tasks: Sequence[ComponentTask],
     shared: SharedInputs,
     *,
     jobs: int,
     device: torch.device,
-) -> list[tuple[TowerScoring, dict[str, Any]]]:
-    """Each task's trained model and training info, in the order of `tasks`."""
+    refit: Refit | None = None,
+) -> tuple[list[Trained], list[Trained]]:
+    """Each task's trained model and training info, in the order of `tasks`, and those of
+    its refit (empty without one).
+
+    In a pool, a component's refit starts as soon as its own first run is done, in a
+    process another component's first run would otherwise leave idle: the teacher step
+    then takes about the sum of all runs over the processes, not the slowest first run
+    plus the slowest refit.
+    """
     if jobs <= 1 or len(tasks) <= 1:
-        return [_train(task, shared, device=device) for task in tasks]
+        first = [_train(task, shared, device=device) for task in tasks]
+        second = (
+            []
+            if refit is None
+            else [
+                _train(refit.task_for(task, info), refit.shared, device=device)
+                for task, (_, info) in zip(tasks, first, strict=True)
+            ]
+        )
+        return first, second
     log.info("training %d components in %d processes", len(tasks), jobs)
     # spawn, not fork: the parent may hold torch's thread pools and open files.
     context = multiprocessing.get_context("spawn")
+    runs: dict[tuple[int, int], tuple[ComponentTask, SharedInputs, Any]] = {}
     with ProcessPoolExecutor(
         max_workers=jobs,
         mp_context=context,
         initializer=_init_child,
         initargs=(logging.getLogger().getEffectiveLevel(), shared.threads),
     ) as pool:
-        futures = [pool.submit(_train_state, task, shared) for task in tasks]
-        results = [future.result() for future in futures]
-    return [
-        (_rebuild(task, shared, state), info)
-        for task, (state, info) in zip(tasks, results, strict=True)
-    ]
+        pending: dict[Future[Any], tuple[int, int, ComponentTask, SharedInputs]] = {
+            pool.submit(_train_state, task, shared): (0, k, task, shared)
+            for k, task in enumerate(tasks)
+        }
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run, k, task, inputs = pending.pop(future)
+                    state, info = future.result()
+                    runs[(run, k)] = (task, inputs, (state, info))
+                    if run == 0 and refit is not None:
+                        again = refit.task_for(task, info)
+                        pending[pool.submit(_train_state, again, refit.shared)] = (
+                            1,
+                            k,
+                            again,
+                            refit.shared,
+                        )
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    out: tuple[list[Trained], list[Trained]] = ([], [])
+    for (run, _), (task, inputs, (state, info)) in sorted(runs.items(), key=lambda kv: kv[0]):
+        out[run].append((_rebuild(task, inputs, state), info))
+    return out
 
 
 def _init_child(level: int, threads: int) -> None:

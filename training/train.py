@@ -23,7 +23,13 @@ from scipy.optimize import nnls
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from training.component_pool import ComponentTask, SharedInputs, resolve_jobs, train_components
+from training.component_pool import (
+    ComponentTask,
+    Refit,
+    SharedInputs,
+    resolve_jobs,
+    train_components,
+)
 from training.data import Ratings, holdout
 from training.device import resolve_device
 from training.distributed import World, broadcast, current, local_device, shard, wrap
@@ -395,7 +401,7 @@ def _merge_heads(
     }
 
 
-def _training_model(
+def training_model(
     name: str, fm: FeatureMap, config: ComponentConfig, data: TrainData, *, global_mean: float
 ) -> TowerScoring:
     """A new component on the data's device, with what only training needs attached."""
@@ -439,7 +445,7 @@ def train_component(
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = TrainData.build(train, tables, fm, device=device)
-    model = _training_model(name, fm, config, data, global_mean=float(train.rating.mean()))
+    model = training_model(name, fm, config, data, global_mean=float(train.rating.mean()))
     if head_epochs is not None:
         config = replace(config, epochs=max(head_epochs))
     world = current()
@@ -523,8 +529,15 @@ def train_teacher(
         ComponentTask(name, config=configs[name], seed=config.seed + k, valid=valid)
         for k, name in enumerate(COMPONENTS)
     ]
-    trained = train_components(
-        tasks, _shared(dataset, fit, config), jobs=_jobs(config, device), device=device
+    report["refit_full"] = config.refits(len(train))
+    log.info("teacher refit on all %d training ratings: %s", len(train), report["refit_full"])
+    refit = Refit(_shared(dataset, train, config), _refit_task) if report["refit_full"] else None
+    trained, refitted = train_components(
+        tasks,
+        _shared(dataset, fit, config),
+        jobs=_jobs(config, device),
+        device=device,
+        refit=refit,
     )
     for name, (model, info) in zip(COMPONENTS, trained, strict=True):
         info["valid"] = evaluate_component(model, tables, train=fit, valid=valid, fm=fm)
@@ -542,10 +555,8 @@ def train_teacher(
         seed=config.seed,
     )
     report["ensemble"] = weights
-    report["refit_full"] = config.refits(len(train))
-    log.info("teacher refit on all %d training ratings: %s", len(train), report["refit_full"])
-    if report["refit_full"]:
-        teacher = _refit(dataset, train, teacher, config, report, valid=valid, device=device)
+    if refitted:
+        teacher = _refitted(dataset, teacher, refitted, report, valid=valid)
     report["seconds"] = time.perf_counter() - started
     report["device"] = str(device)
     teacher.eval()
@@ -573,36 +584,30 @@ def _jobs(config: TeacherConfig, device: torch.device) -> int:
     return resolve_jobs(config.jobs, threads=config.threads, tasks=len(COMPONENTS))
 
 
-def _refit(
+def _refit_task(task: ComponentTask, info: dict[str, Any]) -> ComponentTask:
+    """The same component on all training data, with the epochs its first run selected."""
+    kept = info["head_epochs"]
+    return ComponentTask(
+        task.name, config=task.config, seed=task.seed, head_epochs=(int(kept[0]), int(kept[1]))
+    )
+
+
+def _refitted(
     dataset: Dataset,
-    train: Ratings,
     teacher: EnsembleTeacher,
-    config: TeacherConfig,
+    refitted: list[tuple[TowerScoring, dict[str, Any]]],
     report: dict[str, Any],
     *,
     valid: Ratings,
-    device: torch.device,
 ) -> EnsembleTeacher:
-    """The components retrained on all of `train` with the selected epochs and blend."""
-    tasks = []
-    for k, name in enumerate(COMPONENTS):
-        kept = report["components"][name]["head_epochs"]
-        head_epochs = (int(kept[0]), int(kept[1]))
-        tasks.append(
-            ComponentTask(
-                name, config=getattr(config, name), seed=config.seed + k, head_epochs=head_epochs
-            )
-        )
-    trained = train_components(
-        tasks, _shared(dataset, train, config), jobs=_jobs(config, device), device=device
-    )
+    """The teacher of the refitted components, with the blend fitted on the first run."""
     refit: dict[str, TowerScoring] = {}
-    for name, (model, info) in zip(COMPONENTS, trained, strict=True):
+    for name, (model, info) in zip(COMPONENTS, refitted, strict=True):
         refit[name] = model
         report["components"][name]["refit_seconds"] = info["seconds"]
-    refitted = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
-    refitted.load_weights_from(teacher, tables=dataset.tables, users=np.unique(valid.user))
-    return refitted
+    teacher_all = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
+    teacher_all.load_weights_from(teacher, tables=dataset.tables, users=np.unique(valid.user))
+    return teacher_all
 
 
 def simplex_grid(step: float, *, dims: int = 3) -> list[tuple[float, ...]]:

@@ -211,7 +211,8 @@ def test_user_history_is_the_scaled_sum_of_the_users_items() -> None:
 def test_user_history_leaves_the_training_positive_out() -> None:
     history, rows = _history()
     z = history.table.weight.detach()
-    users, positives = torch.tensor([1, 4, 3, 0]), torch.tensor([5, 9, 1, 8])
+    # User 1 twice, with a different positive each time: each pair leaves out its own.
+    users, positives = torch.tensor([1, 4, 3, 0, 1]), torch.tensor([5, 9, 1, 8, 2])
     got = history(users, exclude=positives)
     for row, (u, i) in enumerate(zip(users.tolist(), positives.tolist(), strict=True)):
         rest = [j for j in rows[u] if j != i] if rows[u] else []
