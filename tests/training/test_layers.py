@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from training.features import FeatureMap, FeatureTables, FieldSpec
+from training.models import layers
 from training.models.layers import (
     CIN,
     FieldEmbedding,
@@ -231,3 +232,19 @@ def test_user_history_gradients_reach_only_the_items_used() -> None:
     assert set(torch.nonzero(grad.abs().sum(1)).ravel().tolist()) == {2, 7}
     assert "table.weight" in dict(history.named_parameters())
     assert set(history.state_dict()) == {"table.weight"}  # histories are not checkpointed
+
+
+def test_user_history_sums_alike_by_matrix_product_and_by_embedding_bag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    users, positives = torch.tensor([1, 4, 3, 0, 1, 2]), torch.tensor([5, 9, 1, 8, 2, 3])
+    results = []
+    for limit in (layers.DENSE_HISTORY_MAX, 0):  # the product, then embedding_bag
+        monkeypatch.setattr(layers, "DENSE_HISTORY_MAX", limit)
+        history, _ = _history()
+        out = history(users, exclude=positives)
+        out.pow(2).sum().backward()
+        assert history.table.weight.grad is not None
+        results.append((out.detach(), history.table.weight.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])

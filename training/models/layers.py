@@ -172,6 +172,11 @@ def attention_stack(d_in: int, *, layers: int, heads: int, d_head: int) -> nn.Se
     return nn.Sequential(*blocks)
 
 
+# Batches whose users x catalogue count matrix stays under this many entries (64 MiB in
+# float32) sum their histories by a matrix product; larger ones by embedding_bag.
+DENSE_HISTORY_MAX = 2**24
+
+
 class UserHistory(nn.Module):
     """A user's training items as a ranking vector: |N(u)|^-alpha * sum_{j in N(u)} z_j.
 
@@ -206,7 +211,7 @@ class UserHistory(nn.Module):
     def forward(self, user: Tensor, exclude: Tensor | None = None) -> Tensor:
         # A batch of training pairs repeats its heavy users (a user appears about as often
         # as they rated), and their histories are the long ones: summing each distinct
-        # user's once cut MF's ml-100k epoch by more than half (docs/SCALE.md).
+        # user's once took MF's ml-100k steps from 20k to 36k ratings/s (docs/SCALE.md).
         distinct, inverse = torch.unique(user, return_inverse=True)  # [U], [B]
         start = self.indptr[distinct]  # [U]
         length = self.indptr[distinct + 1] - start  # [U]
@@ -215,9 +220,7 @@ class UserHistory(nn.Module):
         within = torch.arange(int(length.sum()), device=user.device)
         within = within - torch.repeat_interleave(offsets, length)
         flat = self.items[torch.repeat_interleave(start, length) + within]  # [sum(length)]
-        total = nn.functional.embedding_bag(
-            flat, self.table.weight, offsets, mode="sum", sparse=self.table.sparse
-        )[inverse]  # [B, D]
+        total = self._bag_sums(flat, offsets, length)[inverse]  # [B, D]
         length = length[inverse]  # [B]
         count = length.to(total.dtype)
         if exclude is not None:
@@ -226,6 +229,22 @@ class UserHistory(nn.Module):
             total = total - self.table(exclude) * held[:, None]
             count = count - held
         return total * count.clamp(min=1.0).pow(-self.alpha)[:, None]  # [B, D]
+
+    def _bag_sums(self, flat: Tensor, offsets: Tensor, length: Tensor) -> Tensor:
+        """Sum of the table rows of each bag: [U, D]."""
+        weight = self.table.weight
+        n_bags, n_rows = length.shape[0], weight.shape[0]
+        if self.table.sparse or n_bags * n_rows > DENSE_HISTORY_MAX:
+            return nn.functional.embedding_bag(
+                flat, weight, offsets, mode="sum", sparse=self.table.sparse
+            )  # [U, D]
+        # embedding_bag's backward sorts every history item of the batch (hundreds of
+        # thousands at ML-1M); the same sums as a [U, items] count matrix times the table
+        # are two matrix products: MF's steps run 1.3x faster at ML-1M, 1.1x at ml-100k.
+        bag = torch.repeat_interleave(torch.arange(n_bags, device=flat.device), length)
+        counts = torch.zeros(n_bags, n_rows, dtype=weight.dtype, device=flat.device)
+        counts.index_put_((bag, flat), torch.ones((), dtype=weight.dtype), accumulate=True)
+        return counts @ weight  # [U, D]
 
     @torch.no_grad()
     def vectors(self, n_rows: int, *, chunk: int = 65_536) -> Tensor:
