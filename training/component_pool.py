@@ -2,8 +2,8 @@
 
 The three components share nothing until the blend is fitted, and on a CPU one small
 model's batches do not keep several cores busy (intra-op threads gain little at these
-sizes), so a process per component is the cheap way to use a machine's cores: on two
-cores the teacher step takes about the time of its slowest component plus the fastest.
+sizes), so a process per component is the cheap way to use a machine's cores: the
+teacher step takes about the sum of the components' CPU time over the cores.
 torchrun's data parallelism (training/distributed.py) is the way across machines; inside
 a torchrun rank, or on a GPU (one device, already parallel), components run one by one.
 
@@ -74,11 +74,17 @@ def usable_cpus() -> int:
 
 
 def resolve_jobs(jobs: int, *, threads: int, tasks: int) -> int:
-    """`jobs` = 0 (auto): as many processes as the CPUs hold at `threads` each."""
+    """`jobs` = 0 (auto): a process per task where the CPUs hold at least two processes
+    at `threads` each, else one.
+
+    Even beyond the CPUs: with fewer processes than components, the last component trains
+    alone while the other cores idle (three on two cores: the third one's whole run),
+    whereas three processes share two cores until all are done.
+    """
     if jobs > 0:
         return min(jobs, tasks)
     per_process = threads if threads > 0 else usable_cpus()  # 0: torch takes every core
-    return max(1, min(tasks, usable_cpus() // per_process))
+    return tasks if usable_cpus() // per_process >= 2 else 1
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,8 @@ def train_components(
     """Each task's trained model and training info, in the order of `tasks`, and those of
     its refit (empty without one).
 
-    In a pool, a component's refit starts as soon as its own first run is done, in a
-    process another component's first run would otherwise leave idle: the teacher step
-    then takes about the sum of all runs over the processes, not the slowest first run
-    plus the slowest refit.
+    In a pool, a component's refit starts as soon as its own first run is done, rather
+    than after the slowest first run: no core waits for another component.
     """
     if jobs <= 1 or len(tasks) <= 1:
         first = [_train(task, shared, device=device) for task in tasks]
