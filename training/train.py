@@ -379,6 +379,13 @@ class HeadSelector:
             if epoch == self.head_epochs[1]:
                 self.ranking = Snapshot(0.0, epoch, _state(model))
 
+    def stale(self, epoch: int, patience: int) -> bool:
+        """Whether neither head improved in the last `patience` epochs (never without
+        validation snapshots or with patience 0)."""
+        if patience <= 0 or self.rating is None or self.ranking is None:
+            return False
+        return epoch - max(self.rating.epoch, self.ranking.epoch) >= patience
+
     def restore(self, model: TowerScoring, *, last_epoch: int) -> list[int]:
         """Loads the kept heads into `model`; returns [rating epoch, ranking epoch]."""
         if self.rating is None or self.ranking is None:
@@ -467,9 +474,35 @@ def train_component(
     selector = HeadSelector(select=config.select, head_epochs=head_epochs)
     # An empty validation split selects nothing: head_epochs, or the last epoch, then apply.
     valid = valid if valid is not None and len(valid) > 0 else None
-    curves: list[dict[str, float]] = []
     started = time.perf_counter()
-    for epoch in tqdm(range(config.epochs), desc=name, disable=not progress, leave=False):
+    curves = run_epochs(t, selector, fm, tables, train=train, valid=valid)
+    last = len(curves)
+    epochs_kept = selector.restore(model, last_epoch=last)
+    if isinstance(model, BiasedMF):
+        model.fold_history()
+    densify_embeddings(model)
+    model.eval()
+    info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}
+    return model, info
+
+
+def run_epochs(
+    t: Trainer,
+    selector: HeadSelector,
+    fm: FeatureMap,
+    tables: FeatureTables,
+    *,
+    train: Ratings,
+    valid: Ratings | None,
+) -> list[dict[str, float]]:
+    """The epochs of one component, each validated when `valid` is given, until the
+    configured count or until no head has improved for `config.patience` epochs."""
+    model, config, world = t.model, t.config, t.world
+    curves: list[dict[str, float]] = []
+    for epoch in tqdm(range(config.epochs), desc=t.name, disable=not t.progress, leave=False):
+        if selector.stale(epoch, config.patience):
+            log.info("%s: no head improved in %d epochs, stopped", t.name, config.patience)
+            break
         point: dict[str, float] = {"epoch": float(epoch + 1), **train_epoch(t, epoch)}
         metrics = None
         if valid is not None:
@@ -485,17 +518,11 @@ def train_component(
         curves.append(point)
         log.info(
             "%s epoch %d: %s",
-            name,
+            t.name,
             epoch + 1,
             ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"),
         )
-    epochs_kept = selector.restore(model, last_epoch=config.epochs)
-    if isinstance(model, BiasedMF):
-        model.fold_history()
-    densify_embeddings(model)
-    model.eval()
-    info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}
-    return model, info
+    return curves
 
 
 def train_teacher(

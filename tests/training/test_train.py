@@ -18,6 +18,7 @@ from training.seen import SeenIndex
 from training.train import (
     REFIT_MAX_RATINGS,
     AutoIntConfig,
+    HeadSelector,
     MFConfig,
     TeacherConfig,
     TrainData,
@@ -74,7 +75,7 @@ def test_training_is_deterministic_under_a_seed(
             config=config,
             seed=seed,
             progress=False,
-        )  # type: ignore[arg-type]
+        )
         return model.state_dict()
 
     first, second, other = run(3), run(3), run(4)
@@ -273,3 +274,42 @@ def test_refit_full_auto_refits_only_small_training_sets() -> None:
     assert not config.refits(900_000)  # ML-1M-sized data skip it
     assert replace(config, refit_full=True).refits(10 * REFIT_MAX_RATINGS)
     assert not replace(config, refit_full=False).refits(10)
+
+
+def test_training_stops_once_no_head_improves_for_patience_epochs(
+    dataset: Dataset, train_ratings: Ratings
+) -> None:
+    fit, valid = holdout(train_ratings, fraction=0.2, seed=0)
+    runs = {}
+    for patience in (0, 1):  # every epoch, then stop after one epoch without a new best
+        runs[patience] = train_component(
+            "mf",
+            dataset.feature_map,
+            dataset.tables,
+            fit,
+            config=replace(QUICK_MF, epochs=12, lr=0.05, tower_lr=0.05, patience=patience),
+            valid=valid,
+            progress=False,
+            seed=1,
+        )[1]
+    full, early = runs[0], runs[1]
+    assert len(full["curves"]) == 12
+    # The full run's curves up to the stop are the early run's, and the stop came one
+    # epoch after the last epoch where either head reached a new best.
+    n = len(early["curves"])
+    assert early["curves"] == full["curves"][:n]
+    rmse = [p["valid_rmse"] for p in early["curves"]]
+    ndcg = [p["valid_ndcg@10"] for p in early["curves"]]
+    best = max(int(np.argmin(rmse)), int(np.argmax(ndcg))) + 1
+    assert n == min(best + 1, 12)
+    assert early["head_epochs"] == [int(np.argmin(rmse)) + 1, int(np.argmax(ndcg)) + 1]
+
+
+def test_head_selector_is_stale_only_after_a_plateau_of_patience_epochs() -> None:
+    selector = HeadSelector(select="heads")
+    model = torch.nn.Linear(1, 1)
+    assert not selector.stale(5, 2)  # nothing observed yet
+    selector.observe(model, 1, {"rmse": 1.0, "ndcg@10": 0.1})
+    selector.observe(model, 2, {"rmse": 0.9, "ndcg@10": 0.1})
+    assert not selector.stale(3, 2) and selector.stale(4, 2)
+    assert not selector.stale(40, 0)  # patience 0 never stops

@@ -211,7 +211,7 @@ class UserHistory(nn.Module):
     def forward(self, user: Tensor, exclude: Tensor | None = None) -> Tensor:
         # A batch of training pairs repeats its heavy users (a user appears about as often
         # as they rated), and their histories are the long ones: summing each distinct
-        # user's once took MF's ml-100k steps from 20k to 36k ratings/s (docs/SCALE.md).
+        # user's once saves most of that work (docs/SCALE.md, item 10).
         distinct, inverse = torch.unique(user, return_inverse=True)  # [U], [B]
         start = self.indptr[distinct]  # [U]
         length = self.indptr[distinct + 1] - start  # [U]
