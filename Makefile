@@ -83,7 +83,8 @@ bench-attack: bundle
 
 # Synthetic ML-1M-shaped and large-catalogue sets (training.synth); real ML-1M if given.
 bench-scale: install
-	$(PY) -m bench.scale --nproc 1,2 $(if $(MOVIELENS_1M_DIR),--movielens-1m "$(MOVIELENS_1M_DIR)")
+	$(PY) -m bench.scale --nproc 1,2 $(if $(MOVIELENS_1M_DIR),--movielens-1m "$(MOVIELENS_1M_DIR)") \
+		$(if $(MOVIELENS_DIR),--movielens-100k "$(MOVIELENS_DIR)")
 
 # Two-stage /recommend against catalogue size (docs/BENCHMARKS.md, "Catalogue size").
 CATALOGUE_SIZES ?= 10000,100000,1000000
