@@ -86,15 +86,15 @@ class BiasedMF(TowerScoring):
             self.rating_history = None
 
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
-        x = self.user_rank(user)  # [B, D]
-        if self.history is not None:
-            x = x + self.history(user)  # [B, D]
-        return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [B, D+1]
+        return self._rank_vector(user, exclude=None)  # [B, D+1]
 
     def train_user_tower(self, user: Tensor, user_feats: Tensor, item: Tensor) -> Tensor:
-        if self.history is None:
-            return self.user_tower(user, user_feats)
-        x = self.user_rank(user) + self.history(user, exclude=item)  # [B, D]
+        return self._rank_vector(user, exclude=item)  # [B, D+1]
+
+    def _rank_vector(self, user: Tensor, *, exclude: Tensor | None) -> Tensor:
+        x = self.user_rank(user)  # [B, D]
+        if self.history is not None:
+            x = x + self.history(user, exclude=exclude)  # [B, D]
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [B, D+1]
 
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
