@@ -82,8 +82,10 @@ bench-attack: bundle
 	$(PY) -m bench.attack --model-dir $(MODELS)/current --docs docs/deploy.md
 
 # Synthetic ML-1M-shaped and large-catalogue sets (training.synth); real ML-1M if given.
+# The command behind docs/SCALE.md's table (about 80 minutes on 2 cores).
 bench-scale: install
-	$(PY) -m bench.scale --nproc 1,2 $(if $(MOVIELENS_1M_DIR),--movielens-1m "$(MOVIELENS_1M_DIR)") \
+	$(PY) -m bench.scale --sets ml1m,ml10m,cat50k,cat1m --pipeline-sets ml1m,real-ml-100k,real-ml-1m \
+		--nproc 1,2 --batches 50 $(if $(MOVIELENS_1M_DIR),--movielens-1m "$(MOVIELENS_1M_DIR)") \
 		$(if $(MOVIELENS_DIR),--movielens-100k "$(MOVIELENS_DIR)")
 
 # Two-stage /recommend against catalogue size (docs/BENCHMARKS.md, "Catalogue size").

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from training.device import resolve_device
 from training.distill_config import StudentConfig
 from training.distributed import current, local_device, shard, wrap
-from training.kd_targets import CatalogueTargets, teacher_pools
+from training.kd_targets import CatalogueTargets, TeacherPool, teacher_pools
 from training.losses import DistillLoss
 from training.models.base import count_params
 from training.models.student import Student, StudentShape
@@ -85,7 +85,7 @@ class Distillation:
         config: StudentConfig,
         student: Student,
         loss: DistillLoss,
-        pools: list[dict[str, Tensor]],
+        pools: list[TeacherPool],
         *,
         target_params: int,
         device: torch.device | None = None,
@@ -154,12 +154,12 @@ class Distillation:
             if device == self.device:
                 self.objective = self._objective()
 
-    def train_epoch(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
+    def train_epoch(self, epoch: int, pool: TeacherPool) -> None:
         """One pass over `pool` in a random order; appends the mean losses to the curves."""
         cfg = self.cfg
         self.student.train()
         # Every rank draws the same permutation and trains on its shard of it.
-        perm = shard(torch.randperm(pool["user"].shape[0], generator=self.gen), self.world)
+        perm = shard(torch.randperm(len(pool), generator=self.gen), self.world)
         n = perm.numel()
         sums: dict[str, float] = {}
         bar = tqdm(
@@ -170,7 +170,7 @@ class Distillation:
         )
         for start in bar:
             idx = perm[start : start + cfg.lists_per_batch]
-            losses = self.train_step({k: v[idx].to(self.device) for k, v in pool.items()})
+            losses = self.train_step({k: v.to(self.device) for k, v in pool.batch(idx).items()})
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v * idx.numel()
         self.curves["epoch"].append(epoch + 1)
@@ -187,7 +187,7 @@ class Distillation:
         self.opt.step()
         return {**{k: float(v.detach()) for k, v in means.items()}, "total": float(total.detach())}
 
-    def prune_after(self, epoch: int, pool: Mapping[str, Tensor]) -> None:
+    def prune_after(self, epoch: int, pool: TeacherPool) -> None:
         """Runs the pruning steps scheduled after `epoch`, each with a fresh optimiser."""
         n_steps = len(self.schedule)
         pruned = False
@@ -210,13 +210,12 @@ class Distillation:
             pruned = True
         self._place(self.device, rebuild=pruned)
 
-    def _importance_batches(self, pool: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+    def _importance_batches(self, pool: TeacherPool) -> list[dict[str, Tensor]]:
         cfg = self.cfg
-        n = pool["user"].shape[0]
         # One permutation for every field: an importance example must keep its user, items,
         # ratings and teacher targets together (an earlier version drew one per field).
-        pick = torch.randperm(n, generator=self.gen)[: cfg.importance_examples]
-        examples = {k: v[pick] for k, v in pool.items()}
+        pick = torch.randperm(len(pool), generator=self.gen)[: cfg.importance_examples]
+        examples = pool.batch(pick)
         return [
             {k: v[s : s + cfg.lists_per_batch] for k, v in examples.items()}
             for s in range(0, examples["user"].shape[0], cfg.lists_per_batch)
@@ -238,7 +237,7 @@ def _distill_loss(
     teacher: nn.Module,
     *,
     shape: StudentShape,
-    t_repr: Tensor | None,
+    pool: TeacherPool,
 ) -> DistillLoss:
     catalogue: CatalogueTargets | None = None
     scope = cfg.kd_scope(dataset.feature_map.n_items)
@@ -257,11 +256,11 @@ def _distill_loss(
     loss = DistillLoss(
         cfg,
         student_repr=shape.rating_factor + shape.score_factor,
-        teacher_repr=None if t_repr is None else int(t_repr.shape[-1]),
-        teacher_repr_scale=1.0 if t_repr is None else float(t_repr.pow(2).mean()),
+        teacher_repr=pool.repr_dim,
+        teacher_repr_scale=pool.repr_scale,
         catalogue=catalogue,
     )
-    if t_repr is None and cfg.w_feature_kd > 0:
+    if pool.repr_dim is None and cfg.w_feature_kd > 0:
         log.warning("the teacher has no 'repr' output: feature distillation is off")
     return loss
 
@@ -272,7 +271,7 @@ def distill_student(
     teacher: nn.Module,
     *,
     config: StudentConfig,
-    pools: list[dict[str, Tensor]] | None = None,
+    pools: list[TeacherPool] | None = None,
 ) -> tuple[Student, dict[str, Any]]:
     """Distils (and, unless config.prune is off, progressively prunes) a student.
 
@@ -291,7 +290,7 @@ def distill_student(
     initial_params = count_params(student)
     if pools is None:
         pools = teacher_pools(dataset, train, teacher, config=cfg)
-    loss = _distill_loss(cfg, dataset, train, teacher, shape=shape, t_repr=pools[0].get("t_repr"))
+    loss = _distill_loss(cfg, dataset, train, teacher, shape=shape, pool=pools[0])
     device = local_device(resolve_device(cfg.device))
     log.info("student distils on %s", device)
     run = Distillation(cfg, student, loss, pools, target_params=target, device=device)

@@ -13,6 +13,7 @@ GPU), and only rank 0 writes checkpoints, reports and the bundle.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -90,13 +91,24 @@ def wrap(module: nn.Module, world: World) -> nn.Module:
     if params and params[0].device.type == "cuda":
         device_ids = [params[0].device.index]
     # find_unused_parameters: id-dropout and masked lists may leave a row table unused.
-    # broadcast_buffers off: the models' buffers are constants every rank builds alike
-    # (field offsets, the global mean, the users' training items of MF's history term),
-    # and the histories are the size of the training data: sent every step they would
-    # cost more than the gradients.
     return nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
+        module, device_ids=device_ids, find_unused_parameters=True, **_no_buffer_sync()
     )
+
+
+def _no_buffer_sync() -> dict[str, Any]:
+    """DDP's switch for no buffer sync before every forward.
+
+    The models' buffers are constants every rank builds alike (field offsets, the global
+    mean, the users' training items of MF's history term), and the histories are the size
+    of the training data: sent every step they would cost more than the gradients. torch
+    2.13 renamed the switch and warns on the old name (the new one still syncs once, at
+    construction, which is harmless); the old name serves torch >= 2.2.
+    """
+    ddp = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in ddp:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def broadcast(obj: Any, world: World) -> Any:

@@ -3,6 +3,8 @@ and its scores over the whole catalogue for a batch of users."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,41 +14,53 @@ from torch import Tensor, nn
 from training.distill_config import StudentConfig
 from training.features import FeatureTables
 from training.heads import run_heads
-from training.sampling import ListSampler
+from training.sampling import ListSampler, list_tensors
 from training.seen import SeenIndex
 
 if TYPE_CHECKING:
     from training.data import Dataset, Ratings
 
+log = logging.getLogger(__name__)
+
+
+# Lists annotated at a time while a pool is built: bounds the per-pair features held.
+POOL_CHUNK = 4096
+
+
+@torch.no_grad()
+def item_tower_table(teacher: nn.Module, tables: FeatureTables) -> Tensor:
+    """The frozen two-tower teacher's item vectors for every catalogue row [M + 1, D]."""
+    was_training = teacher.training
+    teacher.eval()
+    rows = tables.item_feats.shape[0]
+    vectors: Tensor = teacher.item_tower(  # type: ignore[operator]
+        torch.arange(rows), torch.as_tensor(tables.item_feats), torch.as_tensor(tables.item_genres)
+    )
+    teacher.train(was_training)
+    return vectors
+
 
 @torch.no_grad()
 def annotate(
-    teacher: nn.Module, ex: dict[str, Tensor], *, kd_items: int | None = None, chunk: int = 512
+    teacher: nn.Module,
+    ex: dict[str, Tensor],
+    *,
+    kd_items: int | None = None,
+    chunk: int = 512,
+    item_vectors: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Adds the teacher's outputs to [N, L] lists.
 
     t_score covers every item of a list; t_rating (clipped) and t_repr only the first
     `kd_items` (all if None), because they need the teacher's full per-pair forward, while
-    a two-tower teacher (`user_tower`/`item_tower`) scores the rest with one dot product.
+    a two-tower teacher given its `item_vectors` (`item_tower_table`) scores the rest with
+    one dot product.
     """
     was_training = teacher.training
     teacher.eval()
     n, length = ex["user"].shape[:2]
     k = length if kd_items is None else min(kd_items, length)
-    towers = hasattr(teacher, "user_tower") and hasattr(teacher, "item_tower") and k < length
-    item_vectors: Tensor | None = None
-    if towers:
-        all_items = torch.unique(ex["item"])
-        rows = torch.zeros(int(all_items.max()) + 1, dtype=torch.long)
-        rows[all_items] = torch.arange(all_items.numel())
-        first = torch.zeros_like(all_items)
-        flat_item = ex["item"].reshape(-1)
-        first[rows[flat_item]] = torch.arange(flat_item.numel())
-        item_vectors = teacher.item_tower(  # type: ignore[operator]
-            all_items,
-            ex["item_feats"].reshape(flat_item.numel(), -1)[first],
-            ex["item_genres"].reshape(flat_item.numel(), -1)[first],
-        )  # [n_distinct, D]
+    towers = item_vectors is not None and k < length
     parts: dict[str, list[Tensor]] = {}
     for start in range(0, n, chunk):
         # Without towers the heads must see the whole list for its scores anyway.
@@ -59,7 +73,7 @@ def annotate(
         if towers and item_vectors is not None:
             users = ex["user"][start : start + chunk, 0]
             u = teacher.user_tower(users, ex["user_feats"][start : start + chunk, 0])  # type: ignore[operator]
-            v = item_vectors[rows[ex["item"][start : start + chunk]]]  # [b, L, D]
+            v = item_vectors[ex["item"][start : start + chunk]]  # [b, L, D]
             parts.setdefault("t_score", []).append((v * u.unsqueeze(1)).sum(dim=-1))  # [b, L]
         else:
             parts.setdefault("t_score", []).append(out["score"])
@@ -67,9 +81,88 @@ def annotate(
     return {**ex, **{key: torch.cat(v) for key, v in parts.items()}}
 
 
+@dataclass
+class TeacherPool:
+    """One sampling of lists with the teacher's outputs on them, held compactly.
+
+    A run keeps its pools through every epoch, so the per-pair features (a float genre row
+    per pair) are gathered from the tables per batch instead of stored, and the teacher's
+    per-pair representations are stored in float16: on the ML-1M-shaped set two pools of
+    full float32 examples held 5.5 GB (docs/SCALE.md). float16 keeps about three
+    significant digits of a feature-distillation target; `repr_scale` is computed before
+    the rounding.
+    """
+
+    tables: FeatureTables
+    lists: dict[str, Tensor]  # user [N]; item, rating, rated [N, L]
+    targets: dict[str, Tensor]  # t_score [N, L]; t_rating [N, K]; t_repr [N, K, D] float16
+    repr_scale: float = 1.0  # mean square of t_repr
+
+    def __len__(self) -> int:
+        return int(self.lists["user"].shape[0])
+
+    @property
+    def repr_dim(self) -> int | None:
+        t_repr = self.targets.get("t_repr")
+        return None if t_repr is None else int(t_repr.shape[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size() for t in (*self.lists.values(), *self.targets.values())
+        )
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        """Lists `idx` as examples: [b, L] ids with their features, float32 targets."""
+        item = self.lists["item"][idx]
+        user = self.lists["user"][idx].unsqueeze(1).expand_as(item).contiguous()
+        arrays = {
+            "user": user,
+            "item": item,
+            "rating": self.lists["rating"][idx],
+            "rated": self.lists["rated"][idx],
+        }
+        ex = list_tensors(self.tables, {k: v.numpy() for k, v in arrays.items()})
+        return {**ex, **{key: v[idx].float() for key, v in self.targets.items()}}
+
+
+def _annotated_pool(
+    teacher: nn.Module, sampler: ListSampler, *, kd_items: int, item_vectors: Tensor | None
+) -> TeacherPool:
+    """One epoch of lists, annotated POOL_CHUNK lists at a time into preallocated targets
+    (a final concatenation would hold every target twice)."""
+    lists = sampler.epoch_lists()
+    n = lists["user"].shape[0]
+    targets: dict[str, Tensor] = {}
+    square_sum = 0.0
+    for start in range(0, n, POOL_CHUNK):
+        part = sampler.tensors({k: v[start : start + POOL_CHUNK] for k, v in lists.items()})
+        out = annotate(teacher, part, kd_items=kd_items, item_vectors=item_vectors)
+        for key in ("t_score", "t_rating", "t_repr"):
+            if key not in out:
+                continue
+            value = out[key]
+            if key == "t_repr":
+                square_sum += float(value.double().pow(2).sum())
+            if key not in targets:
+                dtype = torch.float16 if key == "t_repr" else value.dtype
+                targets[key] = torch.empty((n, *value.shape[1:]), dtype=dtype)
+            targets[key][start : start + value.shape[0]] = value
+    t_repr = targets.get("t_repr")
+    return TeacherPool(
+        tables=sampler.tables,
+        lists={
+            "user": torch.as_tensor(lists["user"][:, 0].copy()),
+            **{key: torch.as_tensor(lists[key]) for key in ("item", "rating", "rated")},
+        },
+        targets=targets,
+        repr_scale=1.0 if t_repr is None else square_sum / t_repr.numel(),
+    )
+
+
 def teacher_pools(
     dataset: Dataset, train: Ratings, teacher: nn.Module, *, config: StudentConfig
-) -> list[dict[str, Tensor]]:
+) -> list[TeacherPool]:
     """The list samplings a run cycles through, with the teacher's outputs cached.
 
     The teacher's per-pair forward is the dearest part of distillation, so a benchmark
@@ -84,11 +177,19 @@ def teacher_pools(
         negatives=cfg.list_negatives,
         seed=cfg.seed,
     )
-    pools = []
-    for _ in range(max(cfg.teacher_pools, 1)):
-        pools.append(
-            annotate(teacher, sampler.tensors(sampler.epoch_lists()), kd_items=cfg.kd_items)
-        )
+    vectors = None
+    if CatalogueTargets.supports(teacher):
+        vectors = item_tower_table(teacher, dataset.tables)
+    pools = [
+        _annotated_pool(teacher, sampler, kd_items=cfg.kd_items, item_vectors=vectors)
+        for _ in range(max(cfg.teacher_pools, 1))
+    ]
+    log.info(
+        "teacher outputs cached on %d x %d lists (%.0f MiB)",
+        len(pools),
+        len(pools[0]),
+        sum(pool.nbytes for pool in pools) / 2**20,
+    )
     return pools
 
 
@@ -105,13 +206,7 @@ class CatalogueTargets:
         self.item_feats = torch.as_tensor(tables.item_feats)
         self.item_genres = torch.as_tensor(tables.item_genres)
         n_items = self.item_feats.shape[0]
-        with torch.no_grad():
-            was_training = teacher.training
-            teacher.eval()
-            self.item_vectors = teacher.item_tower(  # type: ignore[operator]
-                torch.arange(n_items), self.item_feats, self.item_genres
-            )  # [M, D]
-            teacher.train(was_training)
+        self.item_vectors = item_tower_table(teacher, tables)  # [M, D]
         self.seen = SeenIndex.from_ratings(
             train, n_users=tables.user_feats.shape[0] - 1, n_items=n_items - 1
         )

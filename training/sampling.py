@@ -89,13 +89,18 @@ class ListSampler:
         return self.tensors(self._lists(users))
 
     def tensors(self, lists: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
-        user, item = lists["user"], lists["item"]
-        return {
-            "user": torch.as_tensor(user),
-            "item": torch.as_tensor(item),
-            "user_feats": torch.as_tensor(self.tables.user_feats[user]),
-            "item_feats": torch.as_tensor(self.tables.item_feats[item]),
-            "item_genres": torch.as_tensor(self.tables.item_genres[item]),
-            "rating": torch.as_tensor(lists["rating"]),
-            "rated": torch.as_tensor(lists["rated"]),
-        }
+        return list_tensors(self.tables, lists)
+
+
+def list_tensors(tables: FeatureTables, lists: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """[N, L] user, item, rating and rated arrays -> the examples, features gathered."""
+    user, item = lists["user"], lists["item"]
+    return {
+        "user": torch.as_tensor(user),
+        "item": torch.as_tensor(item),
+        "user_feats": torch.as_tensor(tables.user_feats[user]),
+        "item_feats": torch.as_tensor(tables.item_feats[item]),
+        "item_genres": torch.as_tensor(tables.item_genres[item]),
+        "rating": torch.as_tensor(lists["rating"]),
+        "rated": torch.as_tensor(lists["rated"]),
+    }

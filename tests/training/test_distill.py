@@ -12,10 +12,11 @@ import torch
 from tests.datagen import write_ml100k
 from tests.training.test_fisher import lists, tiny_student
 from tests.training.test_student import feature_map
+from training import kd_targets
 from training.data import Dataset, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
-from training.kd_targets import CatalogueTargets, annotate
+from training.kd_targets import CatalogueTargets, annotate, item_tower_table, teacher_pools
 from training.losses import (
     DistillLoss,
     catalogue_ranking_kd,
@@ -222,8 +223,34 @@ def test_tower_scores_of_the_teacher_match_its_heads(tmp_path: Path) -> None:
     sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=3, negatives=5, seed=1)
     ex = sampler.tensors(sampler.epoch_lists())
     full = annotate(teacher, ex)
-    part = annotate(teacher, ex, kd_items=4)
+    part = annotate(teacher, ex, kd_items=4, item_vectors=item_tower_table(teacher, ds.tables))
     torch.testing.assert_close(part["t_score"], full["t_score"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(part["t_rating"], full["t_rating"][:, :4])
     torch.testing.assert_close(part["t_repr"], full["t_repr"][:, :4])
     assert full["t_rating"].shape == ex["item"].shape
+
+
+def test_a_teacher_pool_batch_is_the_annotated_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=20, n_items=30, n_ratings=300))
+    split = make_split(ds, split="u1")
+    teacher = quick_teacher(ds)
+    monkeypatch.setattr(kd_targets, "POOL_CHUNK", 7)  # several chunks, a short last one
+    cfg = StudentConfig(list_positives=3, list_negatives=5, kd_items=4, teacher_pools=2, seed=1)
+    pools = teacher_pools(ds, split.train, teacher, config=cfg)
+    # The same draws, annotated as whole examples the way pools were before they were compact.
+    sampler = ListSampler(ds.feature_map, ds.tables, split.train, positives=3, negatives=5, seed=1)
+    for pool in pools:
+        full = annotate(teacher, sampler.tensors(sampler.epoch_lists()), kd_items=4)
+        assert len(pool) == full["user"].shape[0] > 2 * kd_targets.POOL_CHUNK
+        idx = torch.tensor([len(pool) - 1, 0, 9, 3])
+        got = pool.batch(idx)
+        assert got.keys() == full.keys()
+        for key, want in full.items():
+            assert got[key].dtype == want.dtype, key
+            # float16 storage of the representations: about three significant digits
+            tol = 2e-3 if key == "t_repr" else 1e-5
+            torch.testing.assert_close(got[key], want[idx], rtol=tol, atol=tol)
+        assert pool.repr_dim == full["t_repr"].shape[-1]
+        assert pool.repr_scale == pytest.approx(float(full["t_repr"].pow(2).mean()), rel=1e-5)
