@@ -60,20 +60,21 @@ def annotate(
     teacher.eval()
     n, length = ex["user"].shape[:2]
     k = length if kd_items is None else min(kd_items, length)
-    towers = item_vectors is not None and k < length
+    # The item vectors score a list only where the heads do not already cover all of it.
+    vectors = item_vectors if k < length else None
     parts: dict[str, list[Tensor]] = {}
     for start in range(0, n, chunk):
         # Without towers the heads must see the whole list for its scores anyway.
-        cols = k if towers else length
+        cols = length if vectors is None else k
         part = {key: v[start : start + chunk, :cols] for key, v in ex.items()}
         out = run_heads(teacher.heads, part)  # type: ignore[arg-type]
         parts.setdefault("t_rating", []).append(out["rating"][:, :k].clamp(1.0, 5.0))
         if "repr" in out:
             parts.setdefault("t_repr", []).append(out["repr"][:, :k])
-        if towers and item_vectors is not None:
+        if vectors is not None:
             users = ex["user"][start : start + chunk, 0]
             u = teacher.user_tower(users, ex["user_feats"][start : start + chunk, 0])  # type: ignore[operator]
-            v = item_vectors[ex["item"][start : start + chunk]]  # [b, L, D]
+            v = vectors[ex["item"][start : start + chunk]]  # [b, L, D]
             parts.setdefault("t_score", []).append((v * u.unsqueeze(1)).sum(dim=-1))  # [b, L]
         else:
             parts.setdefault("t_score", []).append(out["score"])
