@@ -275,7 +275,11 @@ def make_optimizer(
 
 
 def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(total loss, rating MSE, ranking loss) of one batch of training pairs."""
+    """(total loss, rating MSE, ranking loss) of one batch of training pairs.
+
+    A head whose loss weight is 0 is not run at all (its loss reads 0): a refit of the
+    other head alone (`ComponentConfig.refit_heads`) pays only for that head.
+    """
     model, config, data, gen = t.model, t.config, t.data, t.gen
     # Random draws come from the CPU generator on every device, so a seed gives the same
     # draws on CPU and GPU; .to() is a no-op on the CPU.
@@ -283,11 +287,35 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
     u_in = u.masked_fill((torch.rand(u.shape, generator=gen) < config.id_dropout).to(dev), 0)
     i_in = i.masked_fill((torch.rand(i.shape, generator=gen) < config.id_dropout).to(dev), 0)
     uf, itf, ig = data.user_feats[u], data.item_feats[i], data.item_genres[i]
-    rating, penalty = model.rating_fit(u_in, i_in, uf, itf, ig)
-    mse = (rating - r).pow(2).mean()
+    mse = rank = reg = torch.zeros((), device=dev)
+    if config.rating_weight:
+        rating, penalty = model.rating_fit(u_in, i_in, uf, itf, ig)
+        mse = (rating - r).pow(2).mean()
+        reg = config.rating_l2 * penalty.mean()
+    if config.ranking_weight:
+        rank, tower_norms = _ranking_loss(t, u, i, r, u_in=u_in, i_in=i_in, feats=(uf, itf, ig))
+        reg = reg + config.tower_l2 * tower_norms
+    loss = config.rating_weight * mse + config.ranking_weight * rank + reg
+    return loss, mse, rank
+
+
+def _ranking_loss(
+    t: Trainer,
+    u: Tensor,
+    i: Tensor,
+    r: Tensor,
+    *,
+    u_in: Tensor,
+    i_in: Tensor,
+    feats: tuple[Tensor, Tensor, Tensor],
+) -> tuple[Tensor, Tensor]:
+    """The towers' sampled-softmax loss (weighted by rating) and their mean squared norms."""
+    model, config, data = t.model, t.config, t.data
+    uf, itf, ig = feats
+    dev = data.device
     n_neg = config.n_negatives if 0 < config.n_negatives < data.n_items else 0
     neg = (
-        torch.randint(1, data.n_items + 1, (n_neg,), generator=gen)
+        torch.randint(1, data.n_items + 1, (n_neg,), generator=t.gen)
         if n_neg
         else torch.arange(1, data.n_items + 1)
     ).to(dev)
@@ -300,10 +328,8 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
     pos_weight = torch.where(r >= RELEVANT_MIN_RATING, 1.0, config.low_rating_weight)
     rank_each = torch.logsumexp(logits, dim=1) - logits[:, 0]  # [B]
     rank = (rank_each * pos_weight).sum() / pos_weight.sum().clamp(min=1e-12)
-    reg = config.rating_l2 * penalty.mean()
-    reg = reg + config.tower_l2 * (user_vec.pow(2).sum(1) + pos_vec.pow(2).sum(1)).mean()
-    loss = config.rating_weight * mse + config.ranking_weight * rank + reg
-    return loss, mse, rank
+    norms = (user_vec.pow(2).sum(1) + pos_vec.pow(2).sum(1)).mean()
+    return rank, norms
 
 
 def train_step(t: Trainer, idx: Tensor) -> tuple[float, float, float]:
@@ -612,10 +638,20 @@ def _jobs(config: TeacherConfig, device: torch.device) -> int:
 
 
 def _refit_task(task: ComponentTask, info: dict[str, Any]) -> ComponentTask:
-    """The same component on all training data, with the epochs its first run selected."""
-    kept = info["head_epochs"]
+    """The same component on all training data, for the epochs its first run selected;
+    a head outside `refit_heads` is not trained (its loss weight 0) and takes the other's
+    epoch, so the refit stops at the last epoch a refitted head needs."""
+    rating_epoch, ranking_epoch = (int(e) for e in info["head_epochs"])
+    heads = set(task.config.refit_heads)
+    if not heads or heads - {"rating", "ranking"}:
+        raise ValueError(f"{task.name}: refit_heads must name rating and/or ranking: {heads}")
+    config = task.config
+    if "ranking" not in heads:
+        config, ranking_epoch = replace(config, ranking_weight=0.0), rating_epoch
+    if "rating" not in heads:
+        config, rating_epoch = replace(config, rating_weight=0.0), ranking_epoch
     return ComponentTask(
-        task.name, config=task.config, seed=task.seed, head_epochs=(int(kept[0]), int(kept[1]))
+        task.name, config=config, seed=task.seed, head_epochs=(rating_epoch, ranking_epoch)
     )
 
 
@@ -627,11 +663,18 @@ def _refitted(
     *,
     valid: Ratings,
 ) -> EnsembleTeacher:
-    """The teacher of the refitted components, with the blend fitted on the first run."""
+    """The teacher of the refitted components, with the blend fitted on the first run;
+    a head a component does not refit comes from its first run."""
     refit: dict[str, TowerScoring] = {}
-    for name, (model, info) in zip(COMPONENTS, refitted, strict=True):
+    for first, name, (model, info) in zip(teacher.components, COMPONENTS, refitted, strict=True):
+        heads = report["config"][name]["refit_heads"]
+        if "rating" not in heads or "ranking" not in heads:
+            again, before = model.state_dict(), first.state_dict()
+            rating_from, ranking_from = (again, before) if "rating" in heads else (before, again)
+            model.load_state_dict(_merge_heads(model, rating_from, ranking_from))
         refit[name] = model
         report["components"][name]["refit_seconds"] = info["seconds"]
+        report["components"][name]["refit_heads"] = list(heads)
     teacher_all = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
     teacher_all.load_weights_from(teacher, tables=dataset.tables, users=np.unique(valid.user))
     return teacher_all

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.component_pool import ComponentTask
 from training.data import Dataset, Ratings, holdout, load_dataset, make_split
 from training.evaluate import evaluate_model, evaluate_popularity, rating_metrics
 from training.features import FeatureMap, FeatureTables
@@ -22,10 +23,15 @@ from training.train import (
     MFConfig,
     TeacherConfig,
     TrainData,
+    Trainer,
     XDeepFMConfig,
+    _refit_task,
+    component_loss,
+    make_optimizer,
     simplex_grid,
     train_component,
     train_teacher,
+    training_model,
 )
 
 QUICK_MF = MFConfig(epochs=2, dim=8, score_dim=8, batch_size=128, lr=1e-2)
@@ -313,3 +319,43 @@ def test_head_selector_is_stale_only_after_a_plateau_of_patience_epochs() -> Non
     selector.observe(model, 2, {"rmse": 0.9, "ndcg@10": 0.1})
     assert not selector.stale(3, 2) and selector.stale(4, 2)
     assert not selector.stale(40, 0)  # patience 0 never stops
+
+
+def test_a_head_left_out_of_the_refit_keeps_its_first_run_parameters(
+    dataset: Dataset, train_ratings: Ratings
+) -> None:
+    quick = TeacherConfig(progress=False, threads=1, seed=2).quick()
+    assert quick.xdeepfm.refit_heads == ("rating",)  # the default, as bench/refit.py found
+    first, _ = train_teacher(dataset, train_ratings, config=quick)
+    both, report = train_teacher(dataset, train_ratings, config=replace(quick, refit_full=True))
+    assert report["components"]["xdeepfm"]["refit_heads"] == ["rating"]
+    towers = both.xdeepfm.tower_prefixes
+    for (name, kept), (_, refitted) in zip(
+        first.xdeepfm.named_parameters(), both.xdeepfm.named_parameters(), strict=True
+    ):
+        assert torch.equal(kept, refitted) == name.startswith(towers), name
+    # The components refitting both heads change both.
+    assert not torch.equal(first.mf.state_dict()["user_rank.weight"], both.mf.user_rank.weight)
+
+
+def test_a_refit_of_one_head_runs_that_head_alone(dataset: Dataset, train_ratings: Ratings) -> None:
+    config = replace(TeacherConfig().quick().xdeepfm, refit_heads=("rating",))
+    task = _refit_task(ComponentTask("xdeepfm", config=config, seed=0), {"head_epochs": [2, 3]})
+    assert task.head_epochs == (2, 2) and task.config.ranking_weight == 0.0
+    data = TrainData.build(train_ratings, dataset.tables, dataset.feature_map)
+    model = training_model("xdeepfm", dataset.feature_map, task.config, data, global_mean=3.5)
+    trainer = Trainer(
+        "xdeepfm", model, task.config, data, make_optimizer(model, task.config),
+        torch.Generator().manual_seed(0), progress=False,
+    )  # fmt: skip
+    idx = torch.arange(64)
+    loss, mse, rank = component_loss(trainer, data.users[idx], data.items[idx], data.ratings[idx])
+    loss.backward()
+    assert float(rank.detach()) == 0.0 and float(mse.detach()) > 0.0
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == name.startswith(model.tower_prefixes), name
+    with pytest.raises(ValueError, match="refit_heads"):
+        _refit_task(
+            ComponentTask("mf", config=replace(config, refit_heads=()), seed=0),
+            {"head_epochs": [1, 1]},
+        )
