@@ -70,7 +70,9 @@ def make_adam(
         groups.setdefault((id(param) in sparse, lr), []).append(param)
     dense = [{"params": ps, "lr": lr} for (is_sparse, lr), ps in groups.items() if not is_sparse]
     lazy = [{"params": ps, "lr": lr} for (is_sparse, lr), ps in groups.items() if is_sparse]
-    adam = torch.optim.Adam(dense)
+    # The fused kernel (CPU and CUDA, the devices we train on) makes the same update in one
+    # pass per tensor instead of one per operation: fewer passes over memory per step.
+    adam = torch.optim.Adam(dense, fused=True)
     if not lazy:
         return adam
     return Optimizers([adam, torch.optim.SparseAdam(lazy)])

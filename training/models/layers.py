@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import cast
 
 import numpy as np
 import torch
@@ -125,14 +126,24 @@ class CIN(nn.Module):
         self.out_dim = sum(layer_sizes)
 
     def forward(self, x0: Tensor) -> Tensor:
-        batch, _, dim = x0.shape  # x0: [B, F, d]
-        xk = x0  # [B, H_k, d]
+        batch, n_fields, dim = x0.shape  # x0: [B, F, d]
+        # Channels first, with batch and embedding dimension flattened into one long last
+        # axis: each layer's outer product is then a broadcast over contiguous rows and its
+        # width-1 convolution one matrix product. The same sums as the paper's
+        # [B, H*F, d] layout, in about 60% of its training time per step on CPU
+        # (PyTorch broadcasts poorly over a last axis of F) and fewer exported operators
+        # per row. The parameters stay the Conv1d layers' (checkpoints, Fisher's units).
+        n = batch * dim
+        x0c = x0.transpose(0, 1).reshape(n_fields, n)  # [F, B*d]
+        xk = x0c  # [H_k, B*d]
         pooled = []
         for conv in self.convs:
-            z = (xk.unsqueeze(2) * x0.unsqueeze(1)).reshape(batch, -1, dim)  # [B, H_k*F, d]
-            xk = torch.relu(conv(z))  # [B, H_k+1, d]
-            pooled.append(xk.sum(dim=2))  # [B, H_k+1]
-        return torch.cat(pooled, dim=1)  # [B, sum H]
+            z = (xk.unsqueeze(1) * x0c.unsqueeze(0)).reshape(-1, n)  # [H_k*F, B*d]
+            weight, bias = cast(Tensor, conv.weight), cast(Tensor, conv.bias)
+            # weight [H_k+1, H_k*F, 1], bias [H_k+1]
+            xk = torch.relu(torch.addmm(bias.unsqueeze(1), weight.squeeze(2), z))  # [H_k+1, B*d]
+            pooled.append(xk.reshape(-1, batch, dim).sum(dim=2))  # [H_k+1, B]
+        return torch.cat(pooled, dim=0).transpose(0, 1)  # [B, sum H]
 
 
 class InteractingLayer(nn.Module):
@@ -155,8 +166,12 @@ class InteractingLayer(nn.Module):
         # batches (the k items of /recommend).
         parts = self.qkv(x).split(self.d_head, dim=-1)  # 3*H x [B, F, dh]: q heads, k, v
         q, k, v = parts[: self.heads], parts[self.heads : 2 * self.heads], parts[2 * self.heads :]
+        # Scores as [B, keys, queries], normalised over dim 1: PyTorch's CPU softmax over a
+        # last axis as short as the field count is slow (a sixth of AutoInt's training
+        # step); over a middle axis it takes about 40% of that time.
         heads = [
-            torch.softmax((q[h] @ k[h].transpose(-1, -2)) * self.scale, dim=-1) @ v[h]
+            torch.softmax((k[h] @ q[h].transpose(-1, -2)) * self.scale, dim=1).transpose(-1, -2)
+            @ v[h]  # [B, F, F] weights, queries first, times [B, F, dh]
             for h in range(self.heads)
         ]  # H x [B, F, dh]
         out = torch.cat(heads, dim=-1)  # [B, F, H*dh]
