@@ -130,9 +130,9 @@ class CIN(nn.Module):
         # Channels first, with batch and embedding dimension flattened into one long last
         # axis: each layer's outer product is then a broadcast over contiguous rows and its
         # width-1 convolution one matrix product. The same sums as the paper's
-        # [B, H*F, d] layout, in about 60% of its training time per step on CPU
-        # (PyTorch broadcasts poorly over a last axis of F) and fewer exported operators
-        # per row. The parameters stay the Conv1d layers' (checkpoints, Fisher's units).
+        # [B, H*F, d] layout, faster on CPU, where PyTorch broadcasts poorly over a last
+        # axis as short as F (docs/SCALE.md, item 15). The parameters stay the Conv1d
+        # layers' (checkpoints, Fisher's units).
         n = batch * dim
         x0c = x0.transpose(0, 1).reshape(n_fields, n)  # [F, B*d]
         xk = x0c  # [H_k, B*d]
@@ -167,8 +167,8 @@ class InteractingLayer(nn.Module):
         parts = self.qkv(x).split(self.d_head, dim=-1)  # 3*H x [B, F, dh]: q heads, k, v
         q, k, v = parts[: self.heads], parts[self.heads : 2 * self.heads], parts[2 * self.heads :]
         # Scores as [B, keys, queries], normalised over dim 1: PyTorch's CPU softmax over a
-        # last axis as short as the field count is slow (a sixth of AutoInt's training
-        # step); over a middle axis it takes about 40% of that time.
+        # last axis as short as the field count is slow, over a middle axis much less so
+        # (docs/SCALE.md, item 15).
         heads = [
             torch.softmax((k[h] @ q[h].transpose(-1, -2)) * self.scale, dim=1).transpose(-1, -2)
             @ v[h]  # [B, F, F] weights, queries first, times [B, F, dh]
