@@ -17,6 +17,11 @@ ml-100k) with the time of every step and peak RSS, stopped at --pipeline-limit. 
 bench/results/scale.json and the measured part of docs/SCALE.md (between its bench.scale
 markers). The machine's load is recorded with the numbers: on a shared machine they are
 noisy.
+
+A run merges into the previous results (--out-json): the sets and pipeline modes it
+measured replace theirs, the others keep their rows, and every row names the run it comes
+from, so that one expensive row can be re-measured without re-running the rest.
+--fresh starts from nothing.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="real ml-100k (e.g. $MOVIELENS_DIR): its pipeline run is make run's (--split none)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="drop the previous results instead of merging"
     )
     parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "SCALE.md")
     parser.add_argument("--out-json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
@@ -270,22 +278,89 @@ def conditions() -> dict[str, Any]:
     }
 
 
-def render(results: dict[str, Any]) -> str:
-    lines = [BEGIN, "", f"Measured {results['conditions']['when']} by `{results['command']}`; "]
-    c = results["conditions"]
-    lines[-1] += (
-        f"{c['cpus']} CPUs, load average {c['load_average_1m']:.1f} when it started "
-        f"(other work shared the machine), torch {c['torch']}."
+def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
+    """Results of one run (the format before merging) as a one-run history."""
+    if "runs" in results:
+        return results
+    sets = {
+        name: {
+            **entry,
+            "run": 1,
+            "pipeline": [{**p, "run": 1} for p in entry.get("pipeline", [])],
+        }
+        for name, entry in results["sets"].items()
+    }
+    run = {"command": results["command"], "conditions": results["conditions"]}
+    return {"runs": [run], "sets": sets}
+
+
+def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """`current` (one run) over `previous`: a set's load and throughput, and its pipeline
+    rows of the same mode and process count, are replaced; the rest stay, with their runs.
+    Runs no row cites any more are dropped and the rest renumbered in order."""
+    merged = _upgrade(previous) if previous else {"runs": [], "sets": {}}
+    runs = [*merged["runs"], {"command": current["command"], "conditions": current["conditions"]}]
+    sets: dict[str, Any] = dict(merged["sets"])
+    for name, entry in current["sets"].items():
+        new_rows = [{**p, "run": len(runs)} for p in entry.get("pipeline", [])]
+        replaced = {(p["quick"], p["nproc"]) for p in new_rows}
+        kept = [
+            p
+            for p in sets.get(name, {}).get("pipeline", [])
+            if (p["quick"], p["nproc"]) not in replaced
+        ]
+        sets[name] = {**entry, "run": len(runs), "pipeline": kept + new_rows}
+    cited = sorted(
+        {e["run"] for e in sets.values()} | {p["run"] for e in sets.values() for p in e["pipeline"]}
     )
-    lines += ["", "| data set | load s | load peak RSS GB | mf r/s | xdeepfm r/s | autoint r/s |"]
-    lines += ["|---|---|---|---|---|---|"]
+    number = {old: new for new, old in enumerate(cited, start=1)}
+    for entry in sets.values():
+        entry["run"] = number[entry["run"]]
+        for p in entry["pipeline"]:
+            p["run"] = number[p["run"]]
+    return {"runs": [runs[i - 1] for i in cited], "sets": sets}
+
+
+def _run_line(number: int, run: dict[str, Any]) -> str:
+    c = run["conditions"]
+    return (
+        f"{number}. {c['when']}: `{run['command']}`; {c['cpus']} CPUs, load average "
+        f"{c['load_average_1m']:.1f} when it started, torch {c['torch']}."
+    )
+
+
+def _pipeline_row(name: str, p: dict[str, Any]) -> str:
+    steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps"].items())
+    done = "yes" if p["returncode"] == 0 else ("timed out" if p["timed_out"] else "failed")
+    procs = (
+        f"{p['nproc']} (torchrun)"
+        if p["nproc"] > 1
+        else f"1 ({p.get('component_jobs', 1)} for the components)"
+    )
+    tree = f"{p['peak_tree_rss_gb']:.2f}" if "peak_tree_rss_gb" in p else "-"
+    return (
+        f"| {name} | {'quick' if p['quick'] else 'full'} | {procs} | {p['seconds']:.0f} | "
+        f"{p['peak_rss_gb']:.2f} | {tree} | {done} | {steps} | {p['run']} |"
+    )
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [BEGIN, "", "Runs (other work may have shared the machine; its load is noted):", ""]
+    lines += [_run_line(i, run) for i, run in enumerate(results["runs"], start=1)]
+    lines += [
+        "",
+        "| data set | load s | load peak RSS GB | mf r/s | xdeepfm r/s | autoint r/s | run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results["sets"].items():
         tp = r.get("throughput", {})
         cells = [f"{tp[c]['ratings_per_s']:.0f}" if c in tp else "-" for c in COMPONENTS]
         load = r.get("load", {})
         lines.append(
             f"| {name} | {load.get('load_seconds') or float('nan'):.1f} | "
-            f"{load.get('peak_rss_gb', float('nan')):.2f} | " + " | ".join(cells) + " |"
+            f"{load.get('peak_rss_gb', float('nan')):.2f} | "
+            + " | ".join(cells)
+            + f" | {r['run']} |"
         )
     lines += [
         "",
@@ -294,23 +369,14 @@ def render(results: dict[str, Any]) -> str:
         "the teacher's component processes; - where a run predates that reading).",
         "",
         "| data set | mode | processes | total s | peak RSS GB | all processes GB | finished "
-        "| s per step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| s per step | run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results["sets"].items():
-        for p in r.get("pipeline", []):
-            steps = ", ".join(f"{k} {v:.0f}" for k, v in p["steps"].items())
-            done = "yes" if p["returncode"] == 0 else ("timed out" if p["timed_out"] else "failed")
-            procs = (
-                f"{p['nproc']} (torchrun)"
-                if p["nproc"] > 1
-                else f"1 ({p.get('component_jobs', 1)} for the components)"
-            )
-            tree = f"{p['peak_tree_rss_gb']:.2f}" if "peak_tree_rss_gb" in p else "-"
-            lines.append(
-                f"| {name} | {'quick' if p['quick'] else 'full'} | {procs} | "
-                f"{p['seconds']:.0f} | {p['peak_rss_gb']:.2f} | {tree} | {done} | {steps} |"
-            )
+    lines += [
+        _pipeline_row(name, p)
+        for name, r in results["sets"].items()
+        for p in sorted(r["pipeline"], key=lambda p: (p["quick"], p["nproc"]))
+    ]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -365,9 +431,13 @@ def main(argv: list[str] | None = None) -> int:
             ]
         results["sets"][name] = entry
         log.info("%s: %s", name, json.dumps(entry))
+    previous = None
+    if not args.fresh and args.out_json.is_file():
+        previous = json.loads(args.out_json.read_text(encoding="utf-8"))
+    merged = merge(previous, results)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    write_markdown(args.out_md, render(results))
+    args.out_json.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    write_markdown(args.out_md, render(merged))
     return 0
 
 

@@ -10,13 +10,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException
 from starlette.responses import Response
 
-from app.api.deps import (
-    AdmissionDep,
-    SettingsDep,
-    StateDep,
-    VariantChooserDep,
-    VariantOverride,
-)
+from app.api.deps import ScoringDep, VariantOverride
 from app.responses import JSONBytesResponse
 from app.schemas import (
     BatchRatingResponse,
@@ -44,13 +38,11 @@ def _unknown_items(unknown: list[str]) -> HTTPException:
 )
 def predict_rating(
     body: PredictRequest,
-    state: StateDep,
-    settings: SettingsDep,
-    choose_variant: VariantChooserDep,
-    admission: AdmissionDep,
+    scoring: ScoringDep,
     *,
     x_variant: VariantOverride = None,
 ) -> Response:
+    state, choose_variant, admission = scoring.state, scoring.choose_variant, scoring.admission
     if body.pairs is None:
         assert body.user_id is not None and body.item_id is not None
         user_raw, item_raw = body.user_id, body.item_id
@@ -74,7 +66,7 @@ def predict_rating(
             }
         )
 
-    limit = settings.max_batch_pairs
+    limit = scoring.settings.max_batch_pairs
     if len(body.pairs) > limit:
         raise HTTPException(
             status_code=422,

@@ -19,14 +19,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from app.admission import AdmissionGate
-from app.api.deps import (
-    AdmissionDep,
-    CacheDep,
-    LoopDep,
-    StateDep,
-    VariantChooserDep,
-    VariantOverride,
-)
+from app.api.deps import ScoringDep, VariantOverride
 from app.cache import RecommendationCache
 from app.feedback import recommend_hook
 from app.logging_setup import request_id_var
@@ -71,11 +64,7 @@ def _unknown_user(
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def recommend(
-    state: StateDep,
-    cache: CacheDep,
-    choose_variant: VariantChooserDep,
-    admission: AdmissionDep,
-    loop: LoopDep,
+    scoring: ScoringDep,
     *,
     user_id: Annotated[str, Query(min_length=1, max_length=128, description="raw user id")],
     k: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -89,12 +78,13 @@ async def recommend(
     """Known user: the catalogue minus seen items, ranked by the model.
     Unknown user with demographics: the model's cold-start path (`fallback: cold_start`).
     Unknown user without them: the popularity list (`fallback: popular`)."""
+    state, cache = scoring.state, scoring.cache
     raw_user = user_id.strip()
-    variant = choose_variant(raw_user, override=x_variant)
+    variant = scoring.choose_variant(raw_user, override=x_variant)
 
     position = state.user_position(raw_user)
     hook = await recommend_hook(
-        loop, raw_user, state, known=position, k=k, exclude_seen=exclude_seen
+        scoring.loop, raw_user, state, known=position, k=k, exclude_seen=exclude_seen
     )
     if position is not None:
         who = f"u{position}{hook.key_suffix}"  # fresh interactions change the key
@@ -116,7 +106,7 @@ async def recommend(
         fragment, hit = near, True
     else:
         fragment, hit = await _miss(
-            state, cache, admission, variant=variant, key=key, compute=compute
+            state, cache, scoring.admission, variant=variant, key=key, compute=compute
         )
     request_id = request_id_var.get() or uuid.uuid4().hex
     await hook.served(request_id, variant=variant, fragment=fragment, cached=hit)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from app.api.deps import VariantChooser, get_variant_chooser
+from app.api.deps import Scoring, VariantChooser, get_scoring
 from app.main import create_app
 from app.routing import ABRouter
 from tests.app.conftest import Reference, metric_value, settings_for
@@ -52,17 +53,18 @@ def test_without_a_bundle_the_routes_answer_503_and_readyz_says_loading(
 def test_an_overridden_variant_chooser_decides_the_variant(
     make_client: Callable[..., TestClient], reference: Reference
 ) -> None:
-    """The handlers take the variant chooser from its dependency, so overriding it
+    """The handlers take the variant chooser from their dependency, so overriding it
     (FastAPI's dependency_overrides) changes whom every request goes to."""
     client = make_client(ab_student_percent=0)
     app = client.app
     everyone_student = ABRouter(student_percent=100, salt="test")
     metrics = app.state.services.metrics  # type: ignore[attr-defined]
 
-    def chooser(request: Request) -> VariantChooser:
-        return VariantChooser(request, everyone_student, metrics)
+    async def scoring(request: Request) -> Scoring:
+        chooser = VariantChooser(request, everyone_student, metrics)
+        return replace(await get_scoring(request), choose_variant=chooser)
 
-    app.dependency_overrides[get_variant_chooser] = chooser  # type: ignore[attr-defined]
+    app.dependency_overrides[get_scoring] = scoring  # type: ignore[attr-defined]
     user, item = reference.users[0], reference.items[0]
     assert client.get("/recommend", params={"user_id": user}).json()["variant"] == "student"
     answer = client.post("/predict_rating", json={"user_id": user, "item_id": item}).json()

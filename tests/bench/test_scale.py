@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.scale import run_measured
+from bench.scale import merge, render, run_measured
 
 # A parent holding ~60 MB that starts a child holding ~300 MB, as torchrun starts workers.
 _TREE = """
@@ -45,3 +45,61 @@ def test_a_run_past_its_limit_is_killed_with_its_children(tmp_path: Path) -> Non
     while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the run's child outlived the limit"
         time.sleep(0.05)
+
+
+def _conditions(when: str) -> dict[str, object]:
+    return {"cpus": 2, "load_average_1m": 0.5, "torch": "2.13.0+cpu", "when": when}
+
+
+def _pipeline(nproc: int, seconds: float) -> dict[str, object]:
+    return {
+        "seconds": seconds,
+        "peak_rss_gb": 1.0,
+        "returncode": 0,
+        "timed_out": False,
+        "steps": {"teacher": seconds / 2},
+        "quick": False,
+        "nproc": nproc,
+    }
+
+
+def _run(when: str, sets: dict[str, object]) -> dict[str, object]:
+    return {"command": f"python -m bench.scale # {when}", "conditions": _conditions(when),
+            "sets": sets}  # fmt: skip
+
+
+def _entry(load_s: float, *pipelines: dict[str, object]) -> dict[str, object]:
+    entry: dict[str, object] = {"load": {"load_seconds": load_s, "peak_rss_gb": 0.2}}
+    entry["throughput"] = {"mf": {"ratings_per_s": 1000.0}}
+    if pipelines:
+        entry["pipeline"] = list(pipelines)
+    return entry
+
+
+def test_a_run_replaces_only_what_it_measured() -> None:
+    first = _run("t1", {
+        "ml1m": _entry(0.3, _pipeline(1, 1600.0), _pipeline(2, 2000.0)),
+        "cat1m": _entry(7.9),
+    })  # fmt: skip
+    # The format before merging: one run, no run numbers.
+    second = _run("t2", {"ml1m": _entry(0.2, _pipeline(1, 1300.0))})
+    merged = merge(first, second)
+    assert [r["conditions"]["when"] for r in merged["runs"]] == ["t1", "t2"]
+    ml1m = merged["sets"]["ml1m"]
+    assert ml1m["run"] == 2 and ml1m["load"]["load_seconds"] == 0.2
+    rows = {p["nproc"]: (p["seconds"], p["run"]) for p in ml1m["pipeline"]}
+    assert rows == {1: (1300.0, 2), 2: (2000.0, 1)}
+    assert merged["sets"]["cat1m"]["run"] == 1
+    text = render(merged)
+    assert "| ml1m | full | 1 (1 for the components) | 1300 |" in text
+    assert text.count("`python -m bench.scale # t") == 2
+
+
+def test_runs_no_row_cites_are_dropped_and_renumbered() -> None:
+    first = merge(None, _run("t1", {"ml1m": _entry(0.3, _pipeline(1, 1600.0))}))
+    second = merge(first, _run("t2", {"cat1m": _entry(7.9)}))
+    third = merge(second, _run("t3", {"ml1m": _entry(0.2, _pipeline(1, 1300.0))}))
+    assert [r["conditions"]["when"] for r in third["runs"]] == ["t2", "t3"]
+    assert third["sets"]["cat1m"]["run"] == 1
+    assert third["sets"]["ml1m"]["run"] == 2
+    assert third["sets"]["ml1m"]["pipeline"][0]["run"] == 2
