@@ -314,11 +314,15 @@ def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str,
         {e["run"] for e in sets.values()} | {p["run"] for e in sets.values() for p in e["pipeline"]}
     )
     number = {old: new for new, old in enumerate(cited, start=1)}
-    for entry in sets.values():
-        entry["run"] = number[entry["run"]]
-        for p in entry["pipeline"]:
-            p["run"] = number[p["run"]]
-    return {"runs": [runs[i - 1] for i in cited], "sets": sets}
+    renumbered = {
+        name: {
+            **entry,
+            "run": number[entry["run"]],
+            "pipeline": [{**p, "run": number[p["run"]]} for p in entry["pipeline"]],
+        }
+        for name, entry in sets.items()
+    }
+    return {"runs": [runs[i - 1] for i in cited], "sets": renumbered}
 
 
 def _run_line(number: int, run: dict[str, Any]) -> str:

@@ -103,3 +103,5 @@ def test_runs_no_row_cites_are_dropped_and_renumbered() -> None:
     assert third["sets"]["cat1m"]["run"] == 1
     assert third["sets"]["ml1m"]["run"] == 2
     assert third["sets"]["ml1m"]["pipeline"][0]["run"] == 2
+    # The earlier results are left as they were.
+    assert second["sets"]["ml1m"]["run"] == 1 and len(second["runs"]) == 2
