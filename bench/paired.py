@@ -24,6 +24,8 @@ from typing import Any
 
 from scipy import stats
 
+from bench._spread import spread
+
 log = logging.getLogger("bench.paired")
 METRICS = ("rmse", "recall@10", "ndcg@10")
 Cell = tuple[str, int]  # (fold, seed)
@@ -82,9 +84,8 @@ def _finite(value: object) -> bool:
 
 
 def _paired(model: str, metric: str, diffs: Sequence[float]) -> Paired:
-    n = len(diffs)
-    mean = sum(diffs) / n
-    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+    s = spread(diffs)  # mean and sample standard deviation (0 for one cell)
+    n, mean, std = len(diffs), s["mean"], s["std"]
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.inf
     return Paired(
         model=model,
