@@ -71,11 +71,16 @@ _NOT_MODEL_CODE = frozenset(
         "bundle.py",
         "checkpoint.py",
         "evaluate.py",
+        "ann.py",
         "export.py",
         "pipeline.py",
         "report.py",
+        "towers.py",
     }
 )
+# What writes the exported graphs, item matrices and ANN indexes: a change here redoes the
+# export step of a cached run (training/pipeline.py) but keeps its trained weights.
+_EXPORT_CODE = ("ann.py", "export.py", "towers.py")
 
 
 class CheckpointError(RuntimeError):
@@ -144,8 +149,17 @@ def code_version(scope: Scope = "all") -> str:
     The syntax tree (`ast.dump`) leaves out comments and formatting, so reformatting or
     rewording a comment keeps the version; any change to code or docstrings changes it.
     """
+    return _digest(model_code_files(scope))
+
+
+def export_code_version() -> str:
+    """sha256 over the export code (`_EXPORT_CODE`), as `code_version` hashes model code."""
+    return _digest([_PACKAGE / name for name in _EXPORT_CODE])
+
+
+def _digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in model_code_files(scope):
+    for path in paths:
         digest.update(path.relative_to(_PACKAGE.parent).as_posix().encode())
         digest.update(b"\0")
         digest.update(ast.dump(ast.parse(path.read_text(encoding="utf-8"))).encode())

@@ -233,7 +233,11 @@ def step_export(ctx: Context) -> dict[str, Any]:
     fm = ctx.dataset.feature_map
     version = bundle_mod.make_version(ctx.config.dataset, ctx.config.split)
     metadata = {"bundle_version": version, "dataset": ctx.config.dataset}
-    out: dict[str, Any] = {"version": version, "models": {}}
+    out: dict[str, Any] = {
+        "version": version,
+        "export_code": checkpoint.export_code_version(),
+        "models": {},
+    }
     for key, model in (("teacher", ctx.teacher), ("student", ctx.student)):
         path = ctx.work / bundle_mod.MODEL_FILES[key]
         export_mod.export_onnx(_need(model, key), fm, path, metadata={**metadata, "model": key})
@@ -538,6 +542,9 @@ def _load_state(ctx: Context, step: str) -> bool:
         else:
             ctx.student = model
     elif step == "export":
+        if ctx.state["export"].get("export_code") != checkpoint.export_code_version():
+            log.info("export: the export code changed since; exporting again")
+            return False
         for entry in ctx.state["export"]["models"].values():
             if not (ctx.work / entry["file"]).is_file():
                 return False

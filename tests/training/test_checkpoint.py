@@ -188,8 +188,9 @@ def test_code_version_follows_model_code_not_comments(package_copy: Path) -> Non
     source = mf.read_text()
     mf.write_text(source + "\n# a comment only\n")
     assert _versions() == base
-    report = package_copy / "report.py"  # only uses trained models
-    report.write_text(report.read_text() + "\nX = 1\n")
+    for name in ("report.py", "ann.py"):  # use trained models: report, export an index
+        used = package_copy / name
+        used.write_text(used.read_text() + "\nX = 1\n")
     assert _versions() == base
     mf.write_text(source + "\nMODEL_CODE_CHANGED = 1\n")
     changed = _versions()

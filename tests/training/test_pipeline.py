@@ -106,6 +106,29 @@ def test_pipeline_resumes_after_a_crash(
     assert visible == {"current", published.name}
 
 
+def test_an_export_code_change_exports_again_from_the_trained_models(
+    synthetic_ml100k: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(synthetic_ml100k, tmp_path / "models")
+    ctx = run_pipeline(config, until="export")
+    first = json.loads((ctx.work / "export.json").read_text())
+    assert first["export_code"] == checkpoint.export_code_version()
+
+    def must_not_run(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a trained model was trained again")
+
+    monkeypatch.setattr(pipeline_mod, "train_teacher", must_not_run)
+    monkeypatch.setattr(pipeline_mod, "distill_student", must_not_run)
+    # Unchanged export code: the export is reused as it is.
+    assert run_pipeline(config, until="export").state["export"] == first
+    # As if ann.py (or towers.py, export.py) had changed since the export was written.
+    monkeypatch.setattr(checkpoint, "export_code_version", lambda: "e" * 64)
+    again = run_pipeline(config, until="export")
+    assert again.work == ctx.work
+    assert again.state["export"]["export_code"] == "e" * 64
+    assert again.state["export"]["version"] != first["version"]
+
+
 def test_split_none_builds_a_production_bundle(synthetic_ml100k: Path, tmp_path: Path) -> None:
     out = tmp_path / "models"
     ctx = run_pipeline(_config(synthetic_ml100k, out, split="none", seed=1))
