@@ -42,6 +42,7 @@ _RESULTS = _REPO / "bench" / "results" / "catalogue.json"
 _MARK_BEGIN = "<!-- catalogue:begin -->"
 _MARK_END = "<!-- catalogue:end -->"
 VARIANTS = ("teacher", "student")
+_REQUESTS = 300  # per variant and size
 _SETTLED_LOAD = 0.5
 # Issue 16's targets: at the largest size, uncached p50 within these limits (ms) and within
 # _GROWTH times the same variant's p50 at the smallest size; ANN recall@10 against exact
@@ -251,7 +252,7 @@ about 2 are pessimistic.
 
 
 def render(rows: list[dict[str, Any]], *, command: str) -> str:
-    requests = rows[0].get("requests", 300) if rows else 300
+    requests = rows[0].get("requests", _REQUESTS) if rows else _REQUESTS
     lines = [
         _MARK_BEGIN,
         _INTRO.format(command=command, requests=requests),
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.catalogue", description=__doc__)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--work", type=Path, default=Path("/tmp/recsys-catalogue"))
-    parser.add_argument("--requests", type=int, default=300, help="requests per variant")
+    parser.add_argument("--requests", type=int, default=_REQUESTS, help="requests per variant")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", type=Path, default=_REPO / "docs" / "BENCHMARKS.md")
