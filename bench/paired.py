@@ -41,6 +41,7 @@ class Paired:
     low: float  # 95% confidence interval of the mean difference
     high: float
     lower_in: int  # cells where after < before
+    higher_in: int  # cells where after > before
 
 
 def cells(runs: Iterable[Mapping[str, Any]]) -> dict[Cell, Mapping[str, Mapping[str, float]]]:
@@ -96,6 +97,7 @@ def _paired(model: str, metric: str, diffs: Sequence[float]) -> Paired:
         low=mean - half,
         high=mean + half,
         lower_in=sum(d < 0 for d in diffs),
+        higher_in=sum(d > 0 for d in diffs),
     )
 
 

@@ -18,18 +18,17 @@ Writes bench/results/refit.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import multiprocessing
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from bench._heldout import held_back_splits, run_pool, write_outputs
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("mf", "xdeepfm", "autoint")
 METRICS = ("rmse", "ndcg@10", "recall@10")
-CHECK_SEED = 1  # the teacher's own validation split uses seed 0
 
 log = logging.getLogger("bench.refit")
 
@@ -49,7 +48,7 @@ def run_one(task: tuple[Path, str, str, bool]) -> dict[str, Any]:
     """One (fold, component): its first run and its refit, both scored on the check tenth."""
     import torch  # noqa: PLC0415
 
-    from training.data import holdout, load_dataset, make_split  # noqa: PLC0415
+    from training.data import load_dataset  # noqa: PLC0415
     from training.evaluate import evaluate_model  # noqa: PLC0415
     from training.train import TeacherConfig, train_component  # noqa: PLC0415
 
@@ -60,8 +59,7 @@ def run_one(task: tuple[Path, str, str, bool]) -> dict[str, Any]:
     teacher = TeacherConfig().quick() if quick else TeacherConfig()
     config = getattr(teacher, name)
     seed = teacher.seed + COMPONENTS.index(name)  # as train_teacher seeds each component
-    train, check = holdout(make_split(ds, split=fold, data_dir=data_dir).train, seed=CHECK_SEED)
-    fit, valid = holdout(train, fraction=teacher.valid_fraction, seed=teacher.seed)
+    train, check, fit, valid = held_back_splits(ds, data_dir, fold, teacher)
     row: dict[str, Any] = {"fold": fold, "component": name}
     for label, data, held in (("first", fit, valid), ("refit", train, None)):
         started = time.perf_counter()
@@ -147,17 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     # The slowest component first, so that the pool's last task is a short one.
     order = sorted(names, key=("xdeepfm", "autoint", "mf").index)
     tasks = [(args.data_dir, f, name, args.quick) for f in folds for name in order]
-    with multiprocessing.get_context("spawn").Pool(max(1, args.jobs)) as pool:
-        rows = pool.map(run_one, tasks, chunksize=1)
+    rows = run_pool(run_one, tasks, args.jobs)
     totals = summary(rows)
     command = f"python -m bench.refit --data-dir $MOVIELENS_DIR --folds {args.folds}"
     command += f" --components {args.components} --jobs {args.jobs}"
     command += " --quick" if args.quick else ""
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "rows": rows, "summary": totals}
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    args.out.with_suffix(".md").write_text(markdown(rows, totals, command), encoding="utf-8")
-    log.info("wrote %s", args.out.with_suffix(".md"))
+    write_outputs(args.out, payload, markdown(rows, totals, command))
     return 0
 
 

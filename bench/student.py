@@ -10,8 +10,13 @@ scopes, and KD into the final shape without pruning; --ablations pruning keeps o
 magnitude and random pruning runs. Teacher and students are exported to
 ONNX and timed side by side in this one run. The targets section checks the student
 against the teacher on every fold separately (mean over seeds, with the spread), and
-gives each headline ratio as the mean over seeds with its standard deviation. Writes
-docs/student.md (generated section), docs/student/*.png and docs/student_results.json.
+gives each headline ratio as the mean over seeds with its standard deviation; with
+pruning ablations, the default pruning order is compared with the others fold by fold and
+seed by seed. Writes docs/student.md (generated section), docs/student/*.png and
+docs/student_results.json under --out.
+
+Tuning never reads the test folds: --holdout scores on a held-back tenth of each fold's
+training ratings instead, and --set FIELD=VALUE changes a StudentConfig field.
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench._heldout import CHECK_SEED
 from bench._spread import fmt_spread, seed_list, spread
 from bench._teacher_cache import load_teacher, save_teacher, teacher_cache_path, teacher_config
+from bench.paired import Cell, compare
 from training.checkpoint import CheckpointError
-from training.data import Ratings, load_dataset, make_split
+from training.data import Ratings, Split, holdout, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
 from training.evaluate import evaluate_model, evaluate_popularity
@@ -107,11 +114,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="seeds per fold (--seed, --seed+1, ...): teacher and students trained per seed",
     )
+    parser.add_argument(
+        "--holdout",
+        action="store_true",
+        help="tuning mode: score on a held-back tenth of each fold's training ratings "
+        "(seed 1, as bench/refit.py), never on the test fold; teachers train on the rest",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a StudentConfig field for every student of the run (repeatable), e.g. "
+        "--set finetune_epochs=6; with --holdout, to tune on validation data",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     parser.add_argument(
         "--jobs", type=int, default=1, help="distillation runs in parallel (forked processes)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.config_overrides = config_overrides(args.overrides)
+    except ValueError as err:
+        parser.error(f"--set: {err}")
+    return args
+
+
+def config_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`FIELD=VALUE` strings as StudentConfig fields, each value parsed as its field's type."""
+    defaults = {f.name: getattr(StudentConfig(), f.name) for f in fields(StudentConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or name not in defaults:
+            raise ValueError(f"{pair!r} is not FIELD=VALUE with a StudentConfig field")
+        default = defaults[name]
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"{name} takes true or false, got {text!r}")
+            out[name] = text.lower() == "true"
+        elif isinstance(default, int | float | str):
+            try:
+                out[name] = type(default)(text)
+            except ValueError:
+                kind = type(default).__name__
+                raise ValueError(f"{name}: {text!r} is not a valid {kind}") from None
+        else:
+            raise ValueError(f"{name} cannot be set from the command line")
+    return out
 
 
 def get_teacher(
@@ -200,10 +252,21 @@ def onnx_row(
     }
 
 
+def fold_split(dataset: Any, fold: str, *, held_back: bool) -> Split:
+    """The canonical fold, or (`held_back`) its training ratings split into a training
+    part and a held-back tenth that stands in for the test fold (tuning on validation)."""
+    split = make_split(dataset, split=fold)
+    if not held_back:
+        return split
+    train, check = holdout(split.train, seed=CHECK_SEED)
+    return Split(name=f"{fold}-holdout", train=train, test=check)
+
+
 def run_fold(
     args: argparse.Namespace, dataset: Any, fold: str, results: dict[str, Any], tmp: Path
 ) -> None:
-    split = make_split(dataset, split=fold)
+    split = fold_split(dataset, fold, held_back=args.holdout)
+    fold = split.name  # the rows say which data scored them
     fm = dataset.feature_map
     seed = args.seed
     teacher, teacher_seconds = get_teacher(args, dataset, split.train, fold)
@@ -220,6 +283,7 @@ def run_fold(
     base = StudentConfig(
         quick=args.quick, seed=args.seed, threads=args.threads, method=args.method, progress=False
     )
+    base = replace(base, **args.config_overrides)
     stage_started = time.perf_counter()
     if "fisher" not in results:
         eff = base.effective()
@@ -409,6 +473,52 @@ def summary_spread(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+PRUNING_METRICS = ("ndcg@10", "recall@10", "rmse")
+
+
+def pruning_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The default student minus each other pruning method's, paired by fold and seed.
+
+    Students of one (fold, seed) share the teacher, the data and the distillation seed:
+    only the pruning order differs, so the paired difference removes the fold's difficulty
+    and the teacher's noise. Per fold and over all folds: the mean difference, its 95%
+    confidence interval (bench/paired.py) and in how many cells the default was better.
+    """
+    cells: dict[str, dict[Cell, dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault(row["name"], {})[(str(row["fold"]), int(row["seed"]))] = row
+    default = next((n for n in cells if n.endswith("(default)")), None)
+    if default is None:
+        return []
+    folds = list(dict.fromkeys(fold for fold, _ in cells[default]))
+    out = []
+    for name, other in cells.items():
+        if name == default or not name.endswith(" pruning"):
+            continue
+        for fold in [*folds, "all"] if len(folds) > 1 else folds:
+            mine = {c for c in cells[default] if fold in ("all", c[0])}
+            after = {c: {"student": cells[default][c]} for c in mine}
+            before = {c: {"student": r} for c, r in other.items() if c in mine}
+            if not before:
+                continue
+            for paired in compare(before, after, metrics=PRUNING_METRICS):
+                out.append(
+                    {
+                        "against": name,
+                        "fold": fold,
+                        "metric": paired.metric,
+                        "cells": paired.n,
+                        "mean": paired.mean,
+                        "low": paired.low,
+                        "high": paired.high,
+                        "default_better_in": (
+                            paired.lower_in if paired.metric == "rmse" else paired.higher_in
+                        ),
+                    }
+                )
+    return out
+
+
 def ablation_note(rows: list[dict[str, Any]], method: str) -> str:
     """One line per PAKD variant: does the default beat it (means over the folds run)?"""
     by: dict[str, dict[str, float]] = {}
@@ -446,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.render_only:
         saved = json.loads((args.out / "student_results.json").read_text(encoding="utf-8"))
+        saved["pruning"] = pruning_comparison(saved.get("ablations", []))
         log.info("wrote %s", write_student_report(saved, args.out))
         return 0
     if args.data_dir is None:
@@ -478,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 {k: fmt_spread(entry[k]) for k, _, _ in FOLD_TARGETS},
             )
     results["ablation_note"] = ablation_note(results["ablations"], args.method)
+    results["pruning"] = pruning_comparison(results["ablations"])
     results["meta"] = {
         "command": "python -m bench.student " + " ".join(sys.argv[1:] if argv is None else argv),
         "dataset": "ml-100k",

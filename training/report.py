@@ -375,6 +375,31 @@ def _ablation_section(results: Mapping[str, Any], plots: Mapping[str, str]) -> l
     return parts
 
 
+def _pruning_section(results: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
+    """Does Fisher's pruning order earn its place? Paired differences per fold and seed."""
+    rows = results.get("pruning")
+    if not rows:
+        return []
+    lines = [
+        "### Pruning order: the default against the other methods, paired by fold and seed",
+        "",
+        "Each cell is one fold and seed: the same teacher, data and distillation seed, only the"
+        " order in which units are removed differs. `diff` is the default minus the other"
+        " method (for RMSE lower is better, for the ranking metrics higher), with the 95%"
+        " confidence interval of its mean; an interval that contains 0 is no measured"
+        " difference.",
+        "",
+        "| against | fold | metric | cells | diff | 95% CI | default better in |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    lines += [
+        f"| {r['against']} | {r['fold']} | {r['metric']} | {r['cells']} | {r['mean']:+.4f} | "
+        f"[{r['low']:+.4f}, {r['high']:+.4f}] | {r['default_better_in']} of {r['cells']} |"
+        for r in rows
+    ]
+    return ["\n".join(lines)]
+
+
 def _distillation_section(results: Mapping[str, Any], plots: Mapping[str, str]) -> list[str]:
     info = _unwrap(results, "student", "info")
     if not (isinstance(info, Mapping) and info.get("curves")):
@@ -421,6 +446,7 @@ SECTIONS = (
     _side_by_side_section,
     _curve_section,
     _ablation_section,
+    _pruning_section,
     _distillation_section,
     _fisher_section,
 )

@@ -67,6 +67,39 @@ def test_targets_section_shows_each_fold_and_fails_when_one_fold_does(tmp_path: 
     assert "mean ± std over seeds" in text  # the headline targets carry their spread
 
 
+def _ablation(name: str, fold: str, seed: int, ndcg: float, rmse: float) -> dict[str, Any]:
+    return {"name": name, "fold": fold, "seed": seed, "ndcg@10": ndcg, "recall@10": ndcg / 2,
+            "rmse": rmse}  # fmt: skip
+
+
+def test_pruning_comparison_pairs_each_fold_and_seed(tmp_path: Path) -> None:
+    fisher, magnitude = "PAKD, fisher pruning (default)", "PAKD, magnitude pruning"
+    rows = [
+        _ablation(fisher, "u1", 0, 0.40, 0.90),
+        _ablation(magnitude, "u1", 0, 0.38, 0.91),
+        _ablation(fisher, "u1", 1, 0.41, 0.92),
+        _ablation(magnitude, "u1", 1, 0.42, 0.91),
+        _ablation(fisher, "u2", 0, 0.30, 0.95),
+        _ablation(magnitude, "u2", 0, 0.20, 0.99),
+        _ablation("same size, no KD (ground truth only, scratch)", "u2", 0, 0.1, 1.2),
+    ]
+    out = student.pruning_comparison(rows)
+    # Only pruning methods are compared; u1, u2 and all folds, three metrics each.
+    assert {r["against"] for r in out} == {magnitude}
+    by = {(r["fold"], r["metric"]): r for r in out}
+    assert set(by) == {(f, m) for f in ("u1", "u2", "all") for m in student.PRUNING_METRICS}
+    u1 = by[("u1", "ndcg@10")]
+    assert u1["cells"] == 2 and u1["mean"] == pytest.approx(0.005)
+    assert u1["default_better_in"] == 1
+    assert u1["low"] < 0 < u1["high"]  # +0.02 and -0.01: no measured difference
+    assert by[("all", "rmse")]["default_better_in"] == 2  # lower RMSE in u1 seed 0 and u2
+    assert by[("all", "ndcg@10")]["mean"] == pytest.approx((0.02 - 0.01 + 0.10) / 3)
+    assert by[("u2", "ndcg@10")]["cells"] == 1  # one cell: an unbounded interval
+    text = write_student_report({"pruning": out}, tmp_path).read_text()
+    line = next(x for x in text.splitlines() if x.startswith(f"| {magnitude} | all | rmse |"))
+    assert "| 3 | -0.0133 |" in line and line.endswith("| 2 of 3 |")
+
+
 def test_student_benchmark_runs_every_fold_with_every_seed(
     synthetic_ml100k: Path, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -105,3 +138,47 @@ def test_waits_for_a_teacher_another_benchmark_is_still_writing(tmp_path: Path) 
     finally:
         writer.join()
     assert time.monotonic() - started < 10
+
+
+def test_set_parses_each_value_as_its_field_type() -> None:
+    out = student.config_overrides(["finetune_epochs=6", "w_ranking_kd=0.5", "prune=false"])
+    assert out == {"finetune_epochs": 6, "w_ranking_kd": 0.5, "prune": False}
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [("epochz=3", "StudentConfig field"), ("finetune_epochs", "FIELD=VALUE"),
+     ("finetune_epochs=many", "is not a valid int"), ("prune=maybe", "true or false"),
+     ("shape=1", "cannot be set")],
+)  # fmt: skip
+def test_a_bad_set_is_a_one_line_error(
+    pair: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        student.parse_args(["--set", pair])
+    assert message in capsys.readouterr().err
+
+
+def test_holdout_tunes_on_held_back_training_ratings_never_the_test_fold(
+    synthetic_ml100k: Path, tmp_path: Path
+) -> None:
+    code = student.main([
+        "--data-dir", str(synthetic_ml100k), "--folds", "u1", "--seeds", "1", "--quick",
+        "--holdout", "--set", "finetune_epochs=2", "--ratios", "0.5", "--ratio", "0.5",
+        "--ablations", "pruning", "--latency-runs", "2", "--out", str(tmp_path),
+    ])  # fmt: skip
+    assert code == 0
+    saved = json.loads((tmp_path / "student_results.json").read_text())
+    assert {r["fold"] for r in saved["curve"] + saved["ablations"]} == {"u1-holdout"}
+    assert saved["student"]["info"]["config"]["finetune_epochs"] == 2
+    # Fisher against magnitude and random pruning, paired on the one (fold, seed) cell.
+    assert {r["against"] for r in saved["pruning"]} == {
+        "PAKD, magnitude pruning",
+        "PAKD, random pruning",
+    }
+    assert all(r["cells"] == 1 for r in saved["pruning"])
+    dataset = student.load_dataset(synthetic_ml100k, dataset="ml-100k")
+    split = student.fold_split(dataset, "u1", held_back=True)
+    fold = student.make_split(dataset, split="u1")
+    assert len(split.train) + len(split.test) == len(fold.train)
+    assert len(split.test) == round(0.1 * len(fold.train))
