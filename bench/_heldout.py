@@ -1,5 +1,5 @@
-"""What the held-back-data benchmarks (bench.refit, bench.batch) share: their splits, their
-process pool and their output files.
+"""What the held-back-data benchmarks (bench.refit, bench.batch, bench.student --holdout)
+share: their command-line arguments, their splits, their process pool and their outputs.
 
 A fold's training ratings lose a tenth first (`CHECK_SEED`; the test fold is never read);
 the teacher's own 90/10 selection split is then drawn from the rest, as `train_teacher`
@@ -8,6 +8,7 @@ draws it, and models are scored on the held-back tenth.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import multiprocessing
@@ -19,10 +20,47 @@ if TYPE_CHECKING:  # torch is imported by the worker processes only
     from training.data import Dataset, Ratings
     from training.train import TeacherConfig
 
+ROOT = Path(__file__).resolve().parent.parent
 CHECK_SEED = 1  # the teacher's own validation split uses seed 0
+COMPONENTS = ("mf", "xdeepfm", "autoint")
+METRICS = ("rmse", "ndcg@10", "recall@10")
 
 log = logging.getLogger("bench.heldout")
 Task = TypeVar("Task")
+
+
+def component_parser(
+    doc: str | None, *, folds: str, jobs: int, out: str
+) -> argparse.ArgumentParser:
+    """The arguments every per-component benchmark takes; `out` names its results file."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="ml-100k folder")
+    parser.add_argument("--folds", default=folds, help="comma-separated folds")
+    parser.add_argument("--components", default=",".join(COMPONENTS))
+    parser.add_argument("--jobs", type=int, default=jobs, help="runs in parallel processes")
+    parser.add_argument("--quick", action="store_true", help="the --quick teacher (tests)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
+    return parser
+
+
+def parse_components(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parsed arguments plus `fold_list` and `component_order` (the slowest component
+    first, so that a pool's last task is a short one); unknown components are a usage error."""
+    args = parser.parse_args(argv)
+    args.fold_list = [f.strip() for f in args.folds.split(",") if f.strip()]
+    names = [c.strip() for c in args.components.split(",") if c.strip()]
+    unknown = sorted(set(names) - set(COMPONENTS))
+    if unknown:
+        parser.error(f"unknown components {unknown}; known: {list(COMPONENTS)}")
+    args.component_order = sorted(names, key=("xdeepfm", "autoint", "mf").index)
+    return args
+
+
+def hold_back(train: Ratings) -> tuple[Ratings, Ratings]:
+    """A fold's training ratings as (the rest, the held-back tenth)."""
+    from training.data import holdout  # noqa: PLC0415
+
+    return holdout(train, seed=CHECK_SEED)
 
 
 def held_back_splits(
@@ -32,7 +70,7 @@ def held_back_splits(
     `check`, and `train` split the teacher's way into `fit` and `valid`."""
     from training.data import holdout, make_split  # noqa: PLC0415
 
-    train, check = holdout(make_split(ds, split=fold, data_dir=data_dir).train, seed=CHECK_SEED)
+    train, check = hold_back(make_split(ds, split=fold, data_dir=data_dir).train)
     fit, valid = holdout(train, fraction=teacher.valid_fraction, seed=teacher.seed)
     return train, check, fit, valid
 

@@ -24,33 +24,30 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench._heldout import held_back_splits, run_pool, write_outputs
-from bench.refit import COMPONENTS, METRICS
+from bench._heldout import (
+    COMPONENTS,
+    METRICS,
+    component_parser,
+    held_back_splits,
+    parse_components,
+    run_pool,
+    write_outputs,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench.batch")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="ml-100k folder")
-    parser.add_argument("--folds", default="u1,u2", help="comma-separated folds")
-    parser.add_argument("--components", default=",".join(COMPONENTS))
+    parser = component_parser(__doc__, folds="u1,u2", jobs=1, out="batch")
     parser.add_argument("--scales", default="1,2,4", help="batch size multipliers")
     parser.add_argument("--lr-rule", choices=("sqrt", "linear"), default="sqrt")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
-    parser.add_argument("--quick", action="store_true", help="the --quick teacher (tests)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "batch")
-    args = parser.parse_args(argv)
+    args = parse_components(parser, argv)
     try:
         args.scale_list = [int(s) for s in args.scales.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--scales: whole numbers separated by commas, got {args.scales!r}")
     if not args.scale_list or min(args.scale_list) < 1:
         parser.error("--scales: at least one multiplier, each at least 1")
-    unknown = sorted({c.strip() for c in args.components.split(",")} - set(COMPONENTS))
-    if unknown:
-        parser.error(f"--components: unknown {unknown}; known: {list(COMPONENTS)}")
     return args
 
 
@@ -172,14 +169,10 @@ def markdown(rows: list[dict[str, Any]], totals: list[dict[str, Any]], command: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
-    names = [c.strip() for c in args.components.split(",") if c.strip()]
-    # The slowest runs first, so that the pool's last task is a short one.
-    order = sorted(names, key=("xdeepfm", "autoint", "mf").index)
     tasks = [
         (args.data_dir, f, name, scale, args.lr_rule, args.quick)
-        for f in folds
-        for name in order
+        for f in args.fold_list
+        for name in args.component_order
         for scale in args.scale_list
     ]
     rows = run_pool(run_one, tasks, args.jobs)

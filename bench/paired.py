@@ -80,6 +80,38 @@ def compare(
     return results
 
 
+def compare_by_fold(
+    before: Mapping[Cell, Mapping[str, Mapping[str, float]]],
+    after: Mapping[Cell, Mapping[str, Mapping[str, float]]],
+    *,
+    metrics: Sequence[str] = METRICS,
+) -> list[tuple[str, Paired]]:
+    """`compare` on each fold's shared cells and, with more than one fold, on all of them
+    (fold "all"); nothing when the two sides share no cell."""
+    shared = sorted(set(before) & set(after))
+    folds = list(dict.fromkeys(fold for fold, _ in shared))
+    out = []
+    for fold in [*folds, "all"] if len(folds) > 1 else folds:
+        mine = [c for c in shared if fold in ("all", c[0])]
+        pairs = compare({c: before[c] for c in mine}, {c: after[c] for c in mine}, metrics=metrics)
+        out += [(fold, paired) for paired in pairs]
+    return out
+
+
+def fold_row(fold: str, paired: Paired, *, lower_is_better: bool) -> dict[str, Any]:
+    """A `compare_by_fold` result as a report row: `better_in` counts the cells where the
+    `after` side was better (lower or higher, as the metric wants)."""
+    return {
+        "fold": fold,
+        "metric": paired.metric,
+        "cells": paired.n,
+        "mean": paired.mean,
+        "low": paired.low,
+        "high": paired.high,
+        "better_in": paired.lower_in if lower_is_better else paired.higher_in,
+    }
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 

@@ -24,24 +24,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._heldout import held_back_splits, run_pool, write_outputs
-
-ROOT = Path(__file__).resolve().parent.parent
-COMPONENTS = ("mf", "xdeepfm", "autoint")
-METRICS = ("rmse", "ndcg@10", "recall@10")
+from bench._heldout import (
+    COMPONENTS,
+    METRICS,
+    component_parser,
+    held_back_splits,
+    parse_components,
+    run_pool,
+    write_outputs,
+)
 
 log = logging.getLogger("bench.refit")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="ml-100k folder")
-    parser.add_argument("--folds", default="u1,u2,u3,u4,u5", help="comma-separated folds")
-    parser.add_argument("--components", default=",".join(COMPONENTS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
-    parser.add_argument("--quick", action="store_true", help="the --quick teacher (tests)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "refit")
-    return parser.parse_args(argv)
+    parser = component_parser(__doc__, folds="u1,u2,u3,u4,u5", jobs=2, out="refit")
+    return parse_components(parser, argv)
 
 
 def run_one(task: tuple[Path, str, str, bool]) -> dict[str, Any]:
@@ -137,14 +135,8 @@ def markdown(rows: list[dict[str, Any]], totals: dict[str, dict[str, Any]], comm
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
-    names = [c.strip() for c in args.components.split(",") if c.strip()]
-    unknown = sorted(set(names) - set(COMPONENTS))
-    if unknown:
-        raise SystemExit(f"bench.refit: unknown components {unknown}; known: {COMPONENTS}")
-    # The slowest component first, so that the pool's last task is a short one.
-    order = sorted(names, key=("xdeepfm", "autoint", "mf").index)
-    tasks = [(args.data_dir, f, name, args.quick) for f in folds for name in order]
+    order = args.component_order
+    tasks = [(args.data_dir, f, name, args.quick) for f in args.fold_list for name in order]
     rows = run_pool(run_one, tasks, args.jobs)
     totals = summary(rows)
     command = f"python -m bench.refit --data-dir $MOVIELENS_DIR --folds {args.folds}"

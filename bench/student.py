@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench._heldout import CHECK_SEED
+from bench._heldout import hold_back
 from bench._spread import fmt_spread, seed_list, spread
 from bench._teacher_cache import load_teacher, save_teacher, teacher_cache_path, teacher_config
-from bench.paired import Cell, compare
+from bench.paired import Cell, compare_by_fold, fold_row
 from training.checkpoint import CheckpointError
-from training.data import Ratings, Split, holdout, load_dataset, make_split
+from training.data import Ratings, Split, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
 from training.evaluate import evaluate_model, evaluate_popularity
@@ -258,7 +258,7 @@ def fold_split(dataset: Any, fold: str, *, held_back: bool) -> Split:
     split = make_split(dataset, split=fold)
     if not held_back:
         return split
-    train, check = holdout(split.train, seed=CHECK_SEED)
+    train, check = hold_back(split.train)
     return Split(name=f"{fold}-holdout", train=train, test=check)
 
 
@@ -484,39 +484,19 @@ def pruning_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     and the teacher's noise. Per fold and over all folds: the mean difference, its 95%
     confidence interval (bench/paired.py) and in how many cells the default was better.
     """
-    cells: dict[str, dict[Cell, dict[str, Any]]] = {}
+    cells: dict[str, dict[Cell, dict[str, dict[str, Any]]]] = {}
     for row in rows:
-        cells.setdefault(row["name"], {})[(str(row["fold"]), int(row["seed"]))] = row
+        cell = (str(row["fold"]), int(row["seed"]))
+        cells.setdefault(row["name"], {})[cell] = {"student": row}
     default = next((n for n in cells if n.endswith("(default)")), None)
     if default is None:
         return []
-    folds = list(dict.fromkeys(fold for fold, _ in cells[default]))
-    out = []
-    for name, other in cells.items():
-        if name == default or not name.endswith(" pruning"):
-            continue
-        for fold in [*folds, "all"] if len(folds) > 1 else folds:
-            mine = {c for c in cells[default] if fold in ("all", c[0])}
-            after = {c: {"student": cells[default][c]} for c in mine}
-            before = {c: {"student": r} for c, r in other.items() if c in mine}
-            if not before:
-                continue
-            for paired in compare(before, after, metrics=PRUNING_METRICS):
-                out.append(
-                    {
-                        "against": name,
-                        "fold": fold,
-                        "metric": paired.metric,
-                        "cells": paired.n,
-                        "mean": paired.mean,
-                        "low": paired.low,
-                        "high": paired.high,
-                        "default_better_in": (
-                            paired.lower_in if paired.metric == "rmse" else paired.higher_in
-                        ),
-                    }
-                )
-    return out
+    return [
+        {"against": name, **fold_row(fold, paired, lower_is_better=paired.metric == "rmse")}
+        for name, other in cells.items()
+        if name != default and name.endswith(" pruning")
+        for fold, paired in compare_by_fold(other, cells[default], metrics=PRUNING_METRICS)
+    ]
 
 
 def ablation_note(rows: list[dict[str, Any]], method: str) -> str:

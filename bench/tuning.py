@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.paired import compare_by_fold, fold_row
+
 log = logging.getLogger("bench.tuning")
 RATIOS = (("ndcg@10", "ndcg"), ("recall@10", "recall"), ("rmse", "rmse"))
 
@@ -73,42 +75,32 @@ def run_rows(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
 def paired_rows(
     base: dict[Cell, dict[str, float]], other: dict[Cell, dict[str, float]], name: str
 ) -> list[dict[str, Any]]:
-    """`other` minus `base` on the (fold, seed) cells both hold, per fold and over all:
-    the mean change of the NDCG and RMSE ratios and in how many cells each improved."""
-    shared = sorted(set(base) & set(other))
-    folds = list(dict.fromkeys(f for f, _ in shared))
-    rows = []
-    for fold in [*folds, "all"] if len(folds) > 1 else folds:
-        cells = [c for c in shared if fold in ("all", c[0])]
-        ndcg = [other[c]["ndcg_ratio"] - base[c]["ndcg_ratio"] for c in cells]
-        rmse = [other[c]["rmse_ratio"] - base[c]["rmse_ratio"] for c in cells]
-        rows.append(
-            {
-                "run": name,
-                "fold": fold,
-                "cells": len(cells),
-                "ndcg_delta": statistics.fmean(ndcg),
-                "ndcg_better": sum(d > 0 for d in ndcg),
-                "rmse_delta": statistics.fmean(rmse),
-                "rmse_better": sum(d < 0 for d in rmse),
-            }
-        )
-    return rows
+    """`other` minus `base` on the (fold, seed) cells both hold, per fold and over all: the
+    mean change of the NDCG and RMSE ratios, its 95% interval (bench/paired.py) and in how
+    many cells each improved."""
+    pairs = compare_by_fold(
+        {c: {"student": r} for c, r in base.items()},
+        {c: {"student": r} for c, r in other.items()},
+        metrics=("ndcg_ratio", "rmse_ratio"),
+    )
+    return [
+        {"run": name, **fold_row(fold, paired, lower_is_better=paired.metric == "rmse_ratio")}
+        for fold, paired in pairs
+    ]
 
 
 def paired_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
     lines = [
         f"Against `{baseline}`, paired by fold and seed (the same teacher in both): the change"
-        " of each ratio, and in how many cells it improved (NDCG up, RMSE down).",
+        " of each ratio, the 95% confidence interval of its mean, and in how many cells it"
+        " improved (NDCG up, RMSE down).",
         "",
-        "| run | fold | cells | NDCG ratio change | NDCG better in | RMSE ratio change | "
-        "RMSE better in |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| run | fold | ratio | cells | change | 95% CI | better in |",
+        "|---|---|---|---:|---:|---|---:|",
     ]
     lines += [
-        f"| {r['run']} | {r['fold']} | {r['cells']} | {r['ndcg_delta']:+.4f} | "
-        f"{r['ndcg_better']} of {r['cells']} | {r['rmse_delta']:+.4f} | "
-        f"{r['rmse_better']} of {r['cells']} |"
+        f"| {r['run']} | {r['fold']} | {r['metric']} | {r['cells']} | {r['mean']:+.4f} | "
+        f"[{r['low']:+.4f}, {r['high']:+.4f}] | {r['better_in']} of {r['cells']} |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"

@@ -394,7 +394,7 @@ def _pruning_section(results: Mapping[str, Any], plots: Mapping[str, str]) -> li
     ]
     lines += [
         f"| {r['against']} | {r['fold']} | {r['metric']} | {r['cells']} | {r['mean']:+.4f} | "
-        f"[{r['low']:+.4f}, {r['high']:+.4f}] | {r['default_better_in']} of {r['cells']} |"
+        f"[{r['low']:+.4f}, {r['high']:+.4f}] | {r['better_in']} of {r['cells']} |"
         for r in rows
     ]
     return ["\n".join(lines)]

@@ -61,7 +61,7 @@ def test_trains_each_scale_and_scores_it_on_the_held_back_tenth(
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [("--scales", "1,x", "whole numbers"), ("--scales", "0", "at least 1"),
-     ("--components", "svd", "unknown")],
+     ("--components", "svd", "unknown components")],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_errors(
     synthetic_ml100k: Path, flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]

@@ -90,9 +90,9 @@ def test_pruning_comparison_pairs_each_fold_and_seed(tmp_path: Path) -> None:
     assert set(by) == {(f, m) for f in ("u1", "u2", "all") for m in student.PRUNING_METRICS}
     u1 = by[("u1", "ndcg@10")]
     assert u1["cells"] == 2 and u1["mean"] == pytest.approx(0.005)
-    assert u1["default_better_in"] == 1
+    assert u1["better_in"] == 1
     assert u1["low"] < 0 < u1["high"]  # +0.02 and -0.01: no measured difference
-    assert by[("all", "rmse")]["default_better_in"] == 2  # lower RMSE in u1 seed 0 and u2
+    assert by[("all", "rmse")]["better_in"] == 2  # lower RMSE in u1 seed 0 and u2
     assert by[("all", "ndcg@10")]["mean"] == pytest.approx((0.02 - 0.01 + 0.10) / 3)
     assert by[("u2", "ndcg@10")]["cells"] == 1  # one cell: an unbounded interval
     text = write_student_report({"pruning": out}, tmp_path).read_text()

@@ -61,10 +61,14 @@ def test_paired_compares_each_run_with_the_first_on_shared_cells(tmp_path: Path)
     out = tmp_path / "table.md"
     assert tuning.main([*map(str, runs), "--paired", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
-    *_, u1 = (line for line in lines if line.startswith("| new | u1 | 2 |"))  # paired table
-    assert "| +0.0125 | 1 of 2 | +0.0000 | 0 of 2 |" in u1  # (+0.05 - 0.025) / 2
-    every = next(line for line in lines if line.startswith("| new | all | 3 |"))
-    assert "| 2 of 3 |" in every and "| +0.0333 | 0 of 3 |" in every  # RMSE 0.99/0.9 - 1
+    u1_ndcg = next(line for line in lines if line.startswith("| new | u1 | ndcg_ratio | 2 |"))
+    assert "| +0.0125 |" in u1_ndcg and u1_ndcg.endswith("| 1 of 2 |")  # (+0.05 - 0.025) / 2
+    u1_rmse = next(line for line in lines if line.startswith("| new | u1 | rmse_ratio | 2 |"))
+    assert "| +0.0000 |" in u1_rmse and u1_rmse.endswith("| 0 of 2 |")
+    every = next(line for line in lines if line.startswith("| new | all | rmse_ratio | 3 |"))
+    assert "| +0.0333 |" in every and every.endswith("| 0 of 3 |")  # RMSE 0.99/0.9 - 1
+    every = next(line for line in lines if line.startswith("| new | all | ndcg_ratio | 3 |"))
+    assert every.endswith("| 2 of 3 |")
 
 
 @pytest.mark.parametrize("content", [None, "[1, 2]", "{not json"])
