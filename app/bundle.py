@@ -73,6 +73,13 @@ class Bundle:
             raise BundleError(f"bundle {self.version} has no model {name!r}")
         return self.directory / entry.file
 
+    def rating_graph_path(self, name: str) -> Path | None:
+        """The model's rating graph; None in a bundle from before rating graphs."""
+        entry = getattr(self.manifest.models, name, None)
+        if entry is None or entry.rating_graph is None:
+            return None
+        return self.directory / entry.rating_graph.file
+
     def has_model(self, name: str) -> bool:
         return getattr(self.manifest.models, name, None) is not None
 

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     retrieval_ann_threshold: int = Field(default=50_000, ge=0)
     # Threads one search may use (NumPy BLAS, FAISS OpenMP); requests run in parallel already.
     retrieval_threads: int = Field(default=1, ge=1, le=256)
+    # Known users' query vectors (users x tower dim x 4 bytes per variant) are computed at
+    # load and read per request instead of a user-tower run, when they take at most this
+    # (MiB); cold-start users always run the tower. 0: never.
+    retrieval_user_vectors_mb: float = Field(default=256.0, ge=0)
     # An uncached /recommend whose model work took under this at warm-up runs on the event
     # loop, without the hop to a worker thread (a wake-up and a GIL hand-over that cost as
     # much as the work, docs/BENCHMARKS.md); longer work would hold up other requests.
@@ -122,6 +126,7 @@ class Settings(BaseSettings):
             candidates=self.retrieval_candidates,
             ann_threshold=self.retrieval_ann_threshold,
             threads=self.retrieval_threads,
+            user_vectors_mb=self.retrieval_user_vectors_mb,
         )
 
     @property

@@ -188,6 +188,8 @@ class RetrievalSettings:
     # Threads of one search (BLAS for exact, OpenMP for FAISS). 1: requests already run in
     # parallel, and a multi-threaded matrix-vector product per request only adds contention.
     threads: int = 1
+    # Known users' query vectors are precomputed at load when they take at most this.
+    user_vectors_mb: float = 256.0
 
 
 def limit_search_threads(threads: int) -> None:

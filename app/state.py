@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.bundle import Bundle, load_bundle
-from app.inference import ModelRunner, Prediction, TowerRunner, choose_providers
+from app.inference import ModelRunner, TowerRunner, choose_providers
 from app.metrics import Metrics
 from app.retrieval import RetrievalSettings, Retriever, limit_search_threads, open_retriever
 from contract.errors import BundleError
@@ -44,7 +44,7 @@ class ServingState:
     """Immutable after construction; every array here is shared read-only by all requests."""
 
     bundle: Bundle
-    runners: Mapping[str, ModelRunner]  # pair graphs: ratings and scores of given pairs
+    runners: Mapping[str, ModelRunner]  # rating graphs: ratings of given pairs
     towers: Mapping[str, TowerRunner]  # user towers: the first stage's query vectors
     retrievers: Mapping[str, Retriever]  # item matrices (and ANN indexes) per variant
     metrics: Metrics
@@ -85,10 +85,10 @@ class ServingState:
         user_feats: npt.NDArray[np.int64],
         item_feats: npt.NDArray[np.int64],
         item_genres: npt.NDArray[np.float32],
-    ) -> Prediction:
+    ) -> npt.NDArray[np.float32]:
         runner = self.runners[variant]
         started = time.perf_counter()
-        prediction = runner.run(
+        rating = runner.run(
             user=user,
             item=item,
             user_feats=user_feats,
@@ -98,7 +98,7 @@ class ServingState:
         self.metrics.inference_histogram(variant, endpoint, runner.provider).observe(
             time.perf_counter() - started
         )
-        return prediction
+        return rating
 
     def _retrieve(
         self,
@@ -109,18 +109,17 @@ class ServingState:
         k: int,
         exclude: npt.NDArray[np.int64] | None,
     ) -> list[dict[str, Any]]:
-        """Two stages: the user tower and an inner-product search give the k best items;
-        the pair graph then rates only those k."""
+        """Two stages: the user's query vector (precomputed, or the user tower) and an
+        inner-product search give the k best items; the rating graph then rates only those k."""
         started = time.perf_counter()
-        tower = self.towers[variant]
-        vector = tower.vectors(np.array([user], dtype=np.int64), user_row[None, :])[0]  # [D]
+        vector = self.towers[variant].vector(user, user_row)  # [D]
         hits = self.retrievers[variant].retrieve(vector, k, exclude=exclude)
         self.metrics.retrieval_histogram(variant, "exact" if hits.exact else "ann").observe(
             time.perf_counter() - started
         )
         items = hits.positions + 1
         n = items.shape[0]
-        prediction = self._run(
+        rating = self._run(
             variant,
             endpoint="recommend",
             user=np.full(n, user, dtype=np.int64),
@@ -129,7 +128,7 @@ class ServingState:
             item_feats=self.bundle.item_feats[items],
             item_genres=self.bundle.item_genres[items],
         )
-        return self._items(hits.positions, score=hits.scores, rating=prediction.rating)
+        return self._items(hits.positions, score=hits.scores, rating=rating)
 
     def _items(
         self,
@@ -190,7 +189,7 @@ class ServingState:
             return Recommendation(items=[], fallback="popular")
         n = popular.shape[0]
         fu = self.bundle.user_feats.shape[1]
-        prediction = self._run(
+        rating = self._run(
             variant,
             endpoint="recommend",
             user=np.zeros(n, dtype=np.int64),
@@ -202,7 +201,7 @@ class ServingState:
         total = max(self.bundle.popular.shape[0], 1)
         rank_score = (total - np.arange(n, dtype=np.float64)) / total
         return Recommendation(
-            items=self._items(popular - 1, score=rank_score, rating=prediction.rating),
+            items=self._items(popular - 1, score=rank_score, rating=rating),
             fallback="popular",
         )
 
@@ -211,7 +210,7 @@ class ServingState:
     ) -> npt.NDArray[np.float32]:
         """Ratings for (user index, item index) pairs; user index 0 is the cold-start user."""
         bundle = self.bundle
-        prediction = self._run(
+        return self._run(
             variant,
             endpoint="predict_rating",
             user=users,
@@ -220,7 +219,6 @@ class ServingState:
             item_feats=bundle.item_feats[items],
             item_genres=bundle.item_genres[items],
         )
-        return prediction.rating
 
     def warm_up(self) -> dict[str, float]:
         """Run every session and search, at the shapes requests use; returns each variant's
@@ -252,12 +250,17 @@ class ServingState:
         *,
         extra: npt.NDArray[np.int64] | None = None,
     ) -> None:
-        """Towers for `users`, a search for the last one, and the pair graph on its
-        `_WARM_UP_K` items plus `extra` item indices."""
+        """The last user's query vector as a request gets it, a search, and the rating graph
+        on its `_WARM_UP_K` items plus `extra` item indices; with `extra` (the first run),
+        the user tower on every row of `users` too (the cold-start path's session)."""
         bundle = self.bundle
         user = int(users[-1])
-        vectors = self.towers[variant].vectors(users, bundle.user_feats[users])
-        hits = self.retrievers[variant].retrieve(vectors[-1], _WARM_UP_K)
+        tower = self.towers[variant]
+        if extra is not None:
+            tower.vectors(users, bundle.user_feats[users])
+        hits = self.retrievers[variant].retrieve(
+            tower.vector(user, bundle.user_feats[user]), _WARM_UP_K
+        )
         items = hits.positions + 1
         if extra is not None:
             items = np.concatenate([items, extra])
@@ -279,6 +282,40 @@ def _retrieval_entry(bundle: Bundle, model: str) -> RetrievalEntry:
         if entry is not None and entry.retrieval is not None:
             return entry.retrieval
     raise BundleError(f"bundle {bundle.version} has no retrieval entry for {model!r}")
+
+
+def _runner(
+    bundle: Bundle, model: str, *, providers: list[str], intra_op_threads: int
+) -> ModelRunner:
+    rating_graph = bundle.rating_graph_path(model)
+    if rating_graph is None:
+        logger.info(
+            "bundle has no rating graph: ratings from the pair graph", extra={"model": model}
+        )
+    return ModelRunner(
+        bundle.model_path(model),
+        name=model,
+        providers=providers,
+        intra_op_threads=intra_op_threads,
+        rating_scale=bundle.rating_scale,
+        rating_graph=rating_graph,
+    )
+
+
+def _precompute_users(tower: TowerRunner, bundle: Bundle, *, dim: int, max_mb: float) -> None:
+    started = time.perf_counter()
+    rows = bundle.user_feats.shape[0]
+    done = tower.precompute(bundle.user_feats, dim=dim, max_bytes=int(max_mb * 2**20))
+    logger.info(
+        "known users' query vectors precomputed" if done else "user tower runs per request",
+        extra={
+            "tower": tower.name,
+            "users": rows - 1,
+            "mib": round(rows * dim * 4 / 2**20, 1),
+            "limit_mib": max_mb,
+            "seconds": round(time.perf_counter() - started, 3) if done else None,
+        },
+    )
 
 
 def load_state(
@@ -305,13 +342,7 @@ def load_state(
             "bundle has no %s model, serving the student from student.onnx", student_model
         )
     runners = {
-        variant: ModelRunner(
-            bundle.model_path(model),
-            name=model,
-            providers=chosen,
-            intra_op_threads=intra_op_threads,
-            rating_scale=bundle.rating_scale,
-        )
+        variant: _runner(bundle, model, providers=chosen, intra_op_threads=intra_op_threads)
         for variant, model in (("teacher", "teacher"), ("student", student_file))
     }
     variants = {"teacher": "teacher", "student": student_file}
@@ -336,6 +367,10 @@ def load_state(
         },
         metrics=metrics,
     )
+    for variant, entry in entries.items():
+        _precompute_users(
+            state.towers[variant], bundle, dim=entry.items.dim, max_mb=retrieval.user_vectors_mb
+        )
     seconds = state.warm_up()
     inline = frozenset(v for v, t in seconds.items() if 1000 * t < inline_max_ms)
     logger.info(

@@ -4,12 +4,16 @@ Inputs are prepared beforehand, so that only the model work is timed; the differ
 between this and an HTTP request's latency is everything the service adds (routing,
 features, cache, JSON, HTTP, thread hand-offs).
 
-An uncached /recommend is two stages (app/state.py `_retrieve`): the variant's user tower
-gives a query vector, an inner-product search over the bundle's item matrix picks the k
-best unseen items, and the pair graph rates those k. Its floor, `recommend`, is those three
-calls on the service's own objects (`load_state`), timed together and stage by stage
-(`user_tower`, `retrieve`, `pair_k`). Scoring the whole catalogue with the pair graph is a
-separate work item, `score_catalogue`: what re-ranking a large candidate list costs.
+An uncached /recommend is two stages (app/state.py `_retrieve`): the user's query vector
+(a known user's row precomputed at load, RETRIEVAL_USER_VECTORS_MB, else a user-tower run),
+an inner-product search over the bundle's item matrix for the k best unseen items, and the
+model's rating graph (its pair graph without the score towers) rating those k. Its floor,
+`recommend`, is those three calls on the service's own objects (`load_state`), timed
+together and stage by stage (`user_tower`, `retrieve`, `pair_k`). `tower_run` times the
+user tower on the same users' rows (without the precomputed vectors), `rating_graph_k` and
+`pair_graph_k` the rating graph and the whole pair graph on the same k items, in turns.
+Scoring the whole catalogue with the pair graph (scores and ratings) is a separate work
+item, `score_catalogue`: what re-ranking a large candidate list costs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.bundle import Bundle
+from contract.session import open_session
 from contract.towers import TOWER_OUTPUT
 
 if TYPE_CHECKING:
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _N_FEEDS = 16
+# What the service fetches from its rating sessions (app/inference.py ModelRunner), and
+# what whole-catalogue scoring fetches from the pair graph.
+_RATING = ["rating"]
 _PAIR_OUTPUTS = ["rating", "score"]
 
 
@@ -95,18 +103,19 @@ def _time_runs(
     session: ort.InferenceSession,
     feeds: list[dict[str, np.ndarray]],
     *,
+    outputs: list[str],
     max_iterations: int,
     max_seconds: float,
 ) -> tuple[np.ndarray, float]:
     for feed in feeds[:3]:
-        session.run(_PAIR_OUTPUTS, feed)
+        session.run(outputs, feed)
     latencies: list[int] = []
     started = time.perf_counter()
     deadline = started + max_seconds
     while len(latencies) < max_iterations and time.perf_counter() < deadline:
         feed = feeds[len(latencies) % len(feeds)]
         t0 = time.perf_counter_ns()
-        session.run(_PAIR_OUTPUTS, feed)
+        session.run(outputs, feed)
         latencies.append(time.perf_counter_ns() - t0)
     return np.asarray(latencies, dtype=np.float64) / 1e6, time.perf_counter() - started
 
@@ -131,7 +140,7 @@ def _two_stage_feeds(
         start, stop = bundle.seen_indptr[user], bundle.seen_indptr[user + 1]
         exclude = np.unique(bundle.seen_indices[start:stop] - 1)
         row = bundle.user_feats[user][None, :]
-        query = state.towers[variant].vectors(np.array([user], dtype=np.int64), row)[0]
+        query = state.towers[variant].vector(user, row[0])
         items = state.retrievers[variant].retrieve(query, k, exclude=exclude).positions + 1
         feeds.append(_TwoStageFeed(
             user=np.array([user], dtype=np.int64), user_row=row, exclude=exclude,
@@ -143,8 +152,8 @@ def _two_stage_feeds(
 def _time_two_stage(
     state: ServingState, variant: str, feeds: list[_TwoStageFeed], config: FloorConfig
 ) -> tuple[np.ndarray, float]:
-    """Per iteration, ms of [total, user tower, search, pair graph on k]."""
-    tower = state.towers[variant].session
+    """Per iteration, ms of [total, query vector, search, pair graph on k]."""
+    tower = state.towers[variant]
     retriever = state.retrievers[variant]
     session = state.runners[variant].session
     rows: list[tuple[int, int, int, int]] = []
@@ -153,11 +162,11 @@ def _time_two_stage(
     while len(rows) < config.max_iterations and time.perf_counter() < deadline:
         feed = feeds[len(rows) % len(feeds)]
         t0 = time.perf_counter_ns()
-        (vectors,) = tower.run([TOWER_OUTPUT], {"user": feed.user, "user_feats": feed.user_row})
+        query = tower.vector(int(feed.user[0]), feed.user_row[0])
         t1 = time.perf_counter_ns()
-        retriever.retrieve(vectors[0], config.k, exclude=feed.exclude)
+        retriever.retrieve(query, config.k, exclude=feed.exclude)
         t2 = time.perf_counter_ns()
-        session.run(_PAIR_OUTPUTS, feed.pairs)
+        session.run(_RATING, feed.pairs)
         t3 = time.perf_counter_ns()
         rows.append((t3 - t0, t1 - t0, t2 - t1, t3 - t2))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4) / 1e6, time.perf_counter() - started
@@ -176,13 +185,64 @@ def _two_stage_floors(
     ):
         # A stage's throughput alone: runs per second of its own time.
         results.append(_summary(model, work, batch, ms[:, column], ms[:, column].sum() / 1e3))
+    # What the stages would cost without the service's two shortcuts: the user tower run on
+    # the user's row (what a cold-start user still pays), and the whole pair graph, scores
+    # included, against the rating graph on the same k items, in turns within one loop.
+    towers = [{"user": feed.user, "user_feats": feed.user_row} for feed in feeds]
+    ms_tower, elapsed_tower = _time_runs(
+        state.towers[variant].session,
+        towers,
+        outputs=[TOWER_OUTPUT],
+        max_iterations=config.max_iterations,
+        max_seconds=config.max_seconds,
+    )
+    results.append(_summary(model, "tower_run", 1, ms_tower, elapsed_tower))
+    graphs = [
+        (state.runners[variant].session, _RATING),
+        (_pair_session(state, model, config), _PAIR_OUTPUTS),
+    ]
+    ms_graphs = _time_in_turns(graphs, [feed.pairs for feed in feeds], config)
+    for column, work in enumerate(("rating_graph_k", "pair_graph_k")):
+        own = ms_graphs[:, column]
+        results.append(_summary(model, work, config.k, own, own.sum() / 1e3))
     return results
+
+
+def _time_in_turns(
+    sessions: list[tuple[ort.InferenceSession, list[str]]],
+    feeds: list[dict[str, np.ndarray]],
+    config: FloorConfig,
+) -> np.ndarray:
+    """Per iteration, ms of each session on the same feed, run one after the other: a fair
+    comparison of two graphs (neither gets a warmer cache or a quieter machine)."""
+    for session, outputs in sessions:
+        session.run(outputs, feeds[0])
+    rows: list[list[int]] = []
+    deadline = time.perf_counter() + config.max_seconds
+    while len(rows) < config.max_iterations and time.perf_counter() < deadline:
+        feed = feeds[len(rows) % len(feeds)]
+        row = []
+        for session, outputs in sessions:
+            t0 = time.perf_counter_ns()
+            session.run(outputs, feed)
+            row.append(time.perf_counter_ns() - t0)
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(sessions)) / 1e6
+
+
+def _pair_session(state: ServingState, model: str, config: FloorConfig) -> ort.InferenceSession:
+    """The model's pair graph (scores and ratings), which the service does not run."""
+    return open_session(
+        state.bundle.model_path(model), intra_op_threads=config.intra_op_threads, inter_op_threads=1
+    )
 
 
 def _session_floors(
     state: ServingState, variant: str, model: str, rng: np.random.Generator, config: FloorConfig
 ) -> list[FloorResult]:
-    """Pair-graph runs alone: whole catalogue, one pair, a batch of pairs."""
+    """Session runs alone: the pair graph's scores and ratings over the whole catalogue (what
+    re-ranking a candidate list needs), and the service's rating session on one pair and on
+    a batch of pairs (/predict_rating)."""
     bundle = state.bundle
     users = rng.integers(1, bundle.n_users + 1, size=_N_FEEDS)
     work: dict[str, tuple[int, list[dict[str, np.ndarray]]]] = {
@@ -197,11 +257,17 @@ def _session_floors(
             for _ in range(_N_FEEDS)
         ]),
     }  # fmt: skip
-    session = state.runners[variant].session
+    rating = state.runners[variant].session
+    pair = _pair_session(state, model, config)
     results = []
     for name, (batch, feeds) in work.items():
+        session, outputs = (pair, _PAIR_OUTPUTS) if name == "score_catalogue" else (rating, _RATING)
         ms, elapsed = _time_runs(
-            session, feeds, max_iterations=config.max_iterations, max_seconds=config.max_seconds
+            session,
+            feeds,
+            outputs=outputs,
+            max_iterations=config.max_iterations,
+            max_seconds=config.max_seconds,
         )
         results.append(_summary(model, name, batch, ms, elapsed))
     return results

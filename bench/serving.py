@@ -14,7 +14,7 @@ throughput and p50/p95/p99 latency for:
 - `/predict_rating` with one pair and with a batch of pairs, per model;
 - the framework floor: `/_bench/floor`, a precomputed body of a /recommend answer's size;
 - the inference floor, in-process on the service's own objects (bench/_ortfloor.py): the
-  two stages of an uncached /recommend (user tower, inner-product search, pair graph on k
+  two stages of an uncached /recommend (query vector, inner-product search, pair graph on k
   items), whole-catalogue scoring by the pair graph (re-ranking throughput), the
   /predict_rating session runs, and the service's scoring path without HTTP;
 - the load generator's ceiling: the same client against a trivial fixed-answer server.
@@ -78,6 +78,9 @@ class Config:
     pin: bool
     cached_users: int
     seed: int
+    # Back-to-back rounds of framework floor and uncached /recommend on each uncached server.
+    paired_rounds: int = 5
+    paired_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -364,6 +367,40 @@ def _measure_scenario(
     return points
 
 
+def _measure_paired(
+    runner: LoadRunner, port: int, bundle: Bundle, server: ServerConfig, config: Config
+) -> list[dict[str, Any]]:
+    """The framework floor and each uncached /recommend, back to back on one server, round
+    after round, at the lowest concurrency: the uncached targets' ratios.
+
+    This machine's speed drifts (p50s of one scenario 30% apart a few minutes later), and a
+    floor measured on another server minutes before carries that drift into the ratio;
+    short alternating points on the same process share the same conditions, and the
+    target is the median of the per-round ratios.
+    """
+    floor = [build_get(f"/_bench/floor?n={config.k}", host=HOST)]
+    order = [("paired_floor", "framework", floor)] + [
+        ("paired_uncached", s.model, s.requests)
+        for s in _scenarios(bundle, server, config)
+        if s.name == "recommend_uncached"
+    ]
+    offsets: dict[str, int] = {}
+    points = []
+    for round_index in range(config.paired_rounds):
+        for name, model, requests in order:
+            result = runner.run(LoadSpec(
+                host=HOST, port=port, requests=requests, concurrency=min(config.concurrency),
+                max_requests=config.max_requests, max_seconds=config.paired_seconds,
+                warmup_requests=config.warmup_requests, start_offset=offsets.get(model, 0),
+            ))  # fmt: skip
+            offsets[model] = result.extra["next_offset"]
+            points.append({
+                "scenario": name, "model": model, "server": server.name,
+                "round": round_index, **result.to_dict(),
+            })  # fmt: skip
+    return points
+
+
 def _measure_http(
     bundle: Bundle,
     config: Config,
@@ -376,6 +413,10 @@ def _measure_http(
         for server in _servers(bundle, config):
             env = _server_env(server, config)
             with uvicorn_server(env, workers=config.workers, cpus=server_cpus) as running:
+                if not server.cached:
+                    # First on the server, as the other points are first on theirs: after
+                    # the batch loads at high concurrency, misses ran slower for seconds.
+                    points += _measure_paired(runner, running.port, bundle, server, config)
                 for scenario in _scenarios(bundle, server, config):
                     points += _measure_scenario(runner, running.port, server, scenario, config)
     return points
@@ -411,6 +452,8 @@ def _run_config(
         "warmup_requests": config.warmup_requests,
         "batch_pairs": config.batch_pairs,
         "k": config.k,
+        "paired_rounds": config.paired_rounds,
+        "paired_seconds": config.paired_seconds,
         "intra_op_threads": config.intra_op_threads,
         "cache": "redis" if config.redis_url else "in-process LRU",
         "server_cpus": sorted(server_cpus) if server_cpus else None,
@@ -493,6 +536,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not give the load generator its own CPU"
     )
+    parser.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=5,
+        help="rounds of floor and uncached /recommend back to back (the uncached targets)",
+    )
+    parser.add_argument(
+        "--paired-seconds", type=float, default=1.0, help="seconds per point of a paired round"
+    )
     parser.add_argument("--cached-users", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="complete runs, one after another")
@@ -544,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pin=not args.no_pin,
             cached_users=args.cached_users,
             seed=args.seed,
+            paired_rounds=args.paired_rounds,
+            paired_seconds=args.paired_seconds,
         )
         runs = []
         for index in range(args.repeat):

@@ -15,6 +15,11 @@ MODEL_FILES = {
     "student": "student.onnx",
     "student_int8": "student.int8.onnx",
 }
+# Each model's pair graph cut to its `rating` output: what the service runs for ratings
+# (retrieval gives the scores), without the score towers' nodes.
+RATING_GRAPH_FILES = {
+    key: name.removesuffix(".onnx") + ".rating.onnx" for key, name in MODEL_FILES.items()
+}
 REQUIRED_MODELS = ("teacher", "student")
 DATA_FILES = {
     "feature_map": "feature_map.json",

@@ -77,11 +77,20 @@ class RetrievalEntry(BaseModel):
         return refs
 
 
+class RatingGraphRef(FileRef):
+    """A model's rating graph (contract.layout.RATING_GRAPH_FILES) and its largest rating
+    difference from the pair graph's, measured at export."""
+
+    parity_max_abs_diff: float = Field(ge=0.0)
+
+
 class ModelEntry(FileRef):
     """One ONNX model: its file, size and what training measured of it."""
 
     # The variants the service retrieves with have one; the INT8 student uses the student's.
     retrieval: RetrievalEntry | None = None
+    # Absent in bundles written before it: the service then rates with the pair graph.
+    rating_graph: RatingGraphRef | None = None
     params: int = Field(default=0, ge=0)
     onnx_bytes: int = Field(ge=0)
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -163,6 +172,8 @@ class Manifest(BaseModel):
         for key, entry in self.models.present().items():
             if entry.retrieval is not None:
                 refs.update(entry.retrieval.file_refs(key))
+            if entry.rating_graph is not None:
+                refs[f"{key}.rating_graph"] = entry.rating_graph
         return refs
 
     def to_json(self) -> dict[str, Any]:

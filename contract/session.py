@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.errors import ModelLoadError
-from contract.signature import OUTPUT_NAMES, check_signature
+from contract.signature import OUTPUT_NAMES, RATING_OUTPUTS, check_signature
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,17 @@ def session_options(*, intra_op_threads: int = 0, inter_op_threads: int = 0) -> 
     return options
 
 
-def graph_inputs(session: ort.InferenceSession, *, file: str = "model") -> tuple[str, ...]:
-    """The contract inputs this session's graph takes; raises ModelLoadError on a bad signature."""
+def graph_inputs(
+    session: ort.InferenceSession,
+    *,
+    file: str = "model",
+    needs: Sequence[str] = OUTPUT_NAMES,
+) -> tuple[str, ...]:
+    """The contract inputs this session's graph takes; raises ModelLoadError on a bad signature
+    (`needs`: the outputs it must have, `RATING_OUTPUTS` for a rating graph)."""
     inputs = {node.name: node.type for node in session.get_inputs()}
     outputs = [node.name for node in session.get_outputs()]
-    return check_signature(inputs, outputs, file=file)
+    return check_signature(inputs, outputs, file=file, needs=needs)
 
 
 def open_session(
@@ -57,8 +63,10 @@ def open_session(
     providers: Sequence[str] = (CPU,),
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
+    needs: Sequence[str] = OUTPUT_NAMES,
 ) -> ort.InferenceSession:
-    """An InferenceSession on `path` whose signature passed the contract.
+    """An InferenceSession on `path` whose signature passed the contract (with `needs` as its
+    outputs: the pair graph's by default, `RATING_OUTPUTS` for a rating graph).
 
     Raises ModelLoadError when onnxruntime cannot load the file or the signature is wrong.
     """
@@ -68,7 +76,7 @@ def open_session(
         session = ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises several unrelated types
         raise ModelLoadError(f"cannot load {path.name}: {exc}") from exc
-    graph_inputs(session, file=path.name)
+    graph_inputs(session, file=path.name, needs=needs)
     return session
 
 
@@ -86,3 +94,12 @@ def run_session(
     names = graph_inputs(session) if inputs is None else inputs
     rating, score = session.run(list(OUTPUT_NAMES), {name: arrays[name] for name in names})
     return np.asarray(rating), np.asarray(score)
+
+
+def run_rating(
+    session: ort.InferenceSession, arrays: Mapping[str, np.ndarray], *, inputs: Sequence[str]
+) -> np.ndarray:
+    """The `rating` output alone of one batch (a pair graph or a rating graph), feeding only
+    the graph's `inputs` (from `graph_inputs`)."""
+    (rating,) = session.run(list(RATING_OUTPUTS), {name: arrays[name] for name in inputs})
+    return np.asarray(rating)

@@ -17,6 +17,7 @@ from contract.features import FEATURE_SCHEMA_VERSION
 from contract.layout import sha256_file
 from contract.manifest import FileRef, Manifest, ModelEntry, read_manifest
 from contract.session import open_session
+from contract.signature import RATING_OUTPUTS
 from contract.tables import BundleTables, load_tables
 from contract.towers import load_item_matrix, open_tower_session
 
@@ -74,6 +75,13 @@ def verify_models(directory: Path, manifest: Manifest, *, n_items: int) -> None:
         except ModelLoadError as exc:
             raise ModelLoadError(f"{path}: {key}: {exc}") from exc
         _check_metadata(path, session, manifest)
+        if entry.rating_graph is not None:
+            rating = directory / entry.rating_graph.file
+            try:
+                rating_session = open_session(rating, needs=RATING_OUTPUTS)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"{rating}: {key} rating graph: {exc}") from exc
+            _check_metadata(rating, rating_session, manifest)
         if entry.retrieval is not None:
             tower = directory / entry.retrieval.user_tower.file
             _check_metadata(tower, open_tower_session(tower), manifest)

@@ -31,6 +31,7 @@ from contract.layout import (
     DATA_FILES,
     MANIFEST,
     MODEL_FILES,
+    RATING_GRAPH_FILES,
     REQUIRED_MODELS,
     sha256_file,
 )
@@ -49,10 +50,12 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "METRIC_KEYS",
     "MODEL_FILES",
+    "RATING_GRAPH_FILES",
     "REQUIRED_MODELS",
     "BundleContents",
     "BundleError",
     "ModelArtifact",
+    "RatingGraphFile",
     "RetrievalFiles",
     "current_bundle",
     "make_version",
@@ -79,6 +82,15 @@ class ModelArtifact:
     extra: dict[str, Any] = field(default_factory=dict)  # parity, INT8 decision, ...
     # Served variants: their tower graph, item matrix and ANN index (training/towers.py).
     retrieval: RetrievalFiles | None = None
+    rating_graph: RatingGraphFile | None = None
+
+
+@dataclass
+class RatingGraphFile:
+    """A model's rating graph (training/export.py `export_rating_graph`), to copy in."""
+
+    path: Path
+    parity_max_abs_diff: float
 
 
 @dataclass
@@ -167,6 +179,8 @@ def _stage_models(stage: Path, contents: BundleContents) -> None:
             raise BundleError(f"a bundle needs a {key} model")
     for key, art in contents.models.items():
         shutil.copyfile(art.source, stage / MODEL_FILES[key])
+        if art.rating_graph is not None:
+            shutil.copyfile(art.rating_graph.path, stage / RATING_GRAPH_FILES[key])
         if art.retrieval is not None:
             names = tower_files(key)
             shutil.copyfile(art.retrieval.user_tower, stage / names["user_tower"])
@@ -215,6 +229,13 @@ def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
         }
         if art.retrieval is not None:
             models[key]["retrieval"] = _finite(_retrieval_entry(stage, key, art.retrieval))
+        if art.rating_graph is not None:
+            name = RATING_GRAPH_FILES[key]
+            models[key]["rating_graph"] = {
+                "file": name,
+                "sha256": sha256_file(stage / name),
+                "parity_max_abs_diff": _finite(art.rating_graph.parity_max_abs_diff),
+            }
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "version": contents.version,

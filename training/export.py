@@ -19,11 +19,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx.utils import Extractor
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from contract.features import FEATURE_SCHEMA_VERSION, FeatureMap
-from contract.session import graph_inputs, open_session, run_session
-from contract.signature import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES
+from contract.session import graph_inputs, open_session, run_rating, run_session
+from contract.signature import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES, RATING_OUTPUTS
 from contract.tables import FeatureTables
 from training.features import Batch, make_batch
 from training.models.base import TwoHeadModel, to_inputs
@@ -261,6 +262,54 @@ def compare_onnx(
     ref, _ = ort_predict(ort_session(reference), batch)
     got, _ = ort_predict(ort_session(candidate), batch)
     return float(np.max(np.abs(ref.astype(np.float64) - got)))
+
+
+# ---------------------------------------------------------------- rating graph
+
+
+def export_rating_graph(
+    source: Path,
+    target: Path,
+    feature_map: FeatureMap,
+    *,
+    batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
+    atol: float = PARITY_ATOL,
+    seed: int = 0,
+) -> float:
+    """Writes `source`'s pair graph cut to its `rating` output and returns its largest rating
+    difference from the pair graph's on random valid inputs (ExportError past `atol`).
+
+    What the service runs for ratings: /recommend takes its scores from the retrieval and
+    /predict_rating shows none, so the score towers' nodes would be run for nothing (108 of
+    the ml-100k teacher's 355). Same inputs, metadata with the model name suffixed `.rating`.
+    """
+    proto = onnx.load(str(source))
+    inputs = [node.name for node in proto.graph.input]
+    cut = Extractor(proto).extract_model(inputs, list(RATING_OUTPUTS))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    metadata["model"] = metadata.get("model", source.stem) + ".rating"
+    finish_graph(cut, target, metadata=metadata)
+    pair = ort_session(source)
+    rating = open_session(target, intra_op_threads=1, inter_op_threads=1, needs=RATING_OUTPUTS)
+    names = graph_inputs(rating, file=target.name, needs=RATING_OUTPUTS)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for size in batch_sizes:
+        feed = ort_feed(random_batch(feature_map, size, rng=rng))
+        want, _ = run_session(pair, feed)
+        have = run_rating(rating, feed, inputs=names)
+        diff = float(np.max(np.abs(have.astype(np.float64) - want))) if size else 0.0
+        worst = max(worst, diff)
+        if not diff <= atol:
+            raise ExportError(f"{target}: rating differs from {source.name} by {diff:.3g}")
+    log.info(
+        "rating graph %s: %d of %d nodes, max |rating - pair graph| = %.3g",
+        target.name,
+        len(cut.graph.node),
+        len(proto.graph.node),
+        worst,
+    )
+    return worst
 
 
 # ---------------------------------------------------------------- INT8

@@ -256,12 +256,26 @@ def step_export(ctx: Context) -> dict[str, Any]:
             "file": path.name,
             "parity_max_abs_diff": parity.max_abs_diff,
             "retrieval": towers.to_state(),
+            "rating_graph": _rating_graph(ctx, key),
         }
     int8 = ctx.work / bundle_mod.MODEL_FILES["student_int8"]
     export_mod.quantize_int8(ctx.work / bundle_mod.MODEL_FILES["student"], int8)
     drift = export_mod.compare_onnx(ctx.work / bundle_mod.MODEL_FILES["student"], int8, fm)
-    out["models"]["student_int8"] = {"file": int8.name, "rating_drift_vs_fp32": drift}
+    out["models"]["student_int8"] = {
+        "file": int8.name,
+        "rating_drift_vs_fp32": drift,
+        "rating_graph": _rating_graph(ctx, "student_int8"),
+    }
     return out
+
+
+def _rating_graph(ctx: Context, key: str) -> dict[str, Any]:
+    """The model's rating graph, written next to its pair graph (training/export.py)."""
+    target = ctx.work / bundle_mod.RATING_GRAPH_FILES[key]
+    parity = export_mod.export_rating_graph(
+        ctx.work / bundle_mod.MODEL_FILES[key], target, ctx.dataset.feature_map
+    )
+    return {"file": target.name, "parity_max_abs_diff": parity}
 
 
 def onnx_metrics(
@@ -414,7 +428,9 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
     for key in MODEL_KEYS:
         if key == "student_int8" and not evaluation[key]["kept"]:
             continue
-        extra = {k: v for k, v in exported[key].items() if k not in ("file", "retrieval")}
+        extra = {
+            k: v for k, v in exported[key].items() if k not in ("file", "retrieval", "rating_graph")
+        }
         if key == "student_int8":
             extra["int8_check"] = {
                 "kept": True,
@@ -429,6 +445,7 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
             latency_ms=float(evaluation[key]["latency_ms"]),
             extra=extra,
             retrieval=_retrieval_files(ctx, exported[key].get("retrieval")),
+            rating_graph=_rating_graph_file(ctx, exported[key].get("rating_graph")),
         )
     metrics_json = {
         "eval_on": ctx.state["evaluate"]["eval_on"],
@@ -477,6 +494,17 @@ def _retrieval_files(ctx: Context, state: dict[str, Any] | None) -> RetrievalFil
         parity_max_abs_diff=float(state["parity_max_abs_diff"]),
         ann=None if state["ann"] is None else ctx.work / state["ann"],
         ann_info=state["ann_info"] or {},
+    )
+
+
+def _rating_graph_file(
+    ctx: Context, state: dict[str, Any] | None
+) -> bundle_mod.RatingGraphFile | None:
+    # None for an export step recorded before rating graphs existed (a resumed run).
+    if state is None:
+        return None
+    return bundle_mod.RatingGraphFile(
+        path=ctx.work / state["file"], parity_max_abs_diff=float(state["parity_max_abs_diff"])
     )
 
 

@@ -31,20 +31,49 @@ def test_runner_reports_the_provider_that_really_runs(reference: Reference) -> N
     assert runner.provider in providers
 
 
-def test_runner_output_matches_a_plain_session(reference: Reference) -> None:
-    runner = ModelRunner(reference.dir / "student.onnx", name="student", providers=[CPU])
-    users, items = np.array([1, 2, 0]), np.array([3, 1, 2])
-    prediction = runner.run(
+def _rate(
+    runner: ModelRunner, reference: Reference, users: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    return runner.run(
         user=users,
         item=items,
         user_feats=reference.user_feats[users],
         item_feats=reference.item_feats[items],
         item_genres=reference.item_genres[items],
     )
-    rating, score = reference.run("student", users, items)
-    np.testing.assert_allclose(prediction.rating, rating, rtol=1e-6)
-    np.testing.assert_allclose(prediction.score, score, rtol=1e-6)
-    assert ((prediction.rating >= 1) & (prediction.rating <= 5)).all()
+
+
+def test_runner_output_matches_a_plain_session(reference: Reference) -> None:
+    runner = ModelRunner(reference.dir / "student.onnx", name="student", providers=[CPU])
+    users, items = np.array([1, 2, 0]), np.array([3, 1, 2])
+    prediction = _rate(runner, reference, users, items)
+    rating, _ = reference.run("student", users, items)
+    np.testing.assert_allclose(prediction, rating, rtol=1e-6)
+    assert ((prediction >= 1) & (prediction <= 5)).all()
+
+
+def test_runner_rates_with_the_rating_graph_when_given(reference: Reference) -> None:
+    entry = reference.manifest["models"]["teacher"]
+    runner = ModelRunner(
+        reference.dir / entry["file"],
+        name="teacher",
+        providers=[CPU],
+        rating_graph=reference.dir / entry["rating_graph"]["file"],
+    )
+    assert (runner.file, runner.graph_file) == ("teacher.onnx", "teacher.rating.onnx")
+    assert [o.name for o in runner.session.get_outputs()] == ["rating"]
+    users, items = np.array([1, 2, 3, 0]), np.array([4, 4, 1, 2])
+    prediction = _rate(runner, reference, users, items)
+    rating, _ = reference.run("teacher", users, items)
+    np.testing.assert_allclose(prediction, rating, rtol=1e-6)
+    # A graph without the contract signature (here the user tower) is refused.
+    with pytest.raises(ModelLoadError, match="contract"):
+        ModelRunner(
+            reference.dir / entry["file"],
+            name="teacher",
+            providers=[CPU],
+            rating_graph=reference.dir / entry["retrieval"]["user_tower"]["file"],
+        )
 
 
 def _write_model(path: Path, inputs: list[tuple[str, int]], outputs: list[str]) -> Path:
@@ -102,8 +131,7 @@ def test_a_model_reading_fewer_inputs_is_fed_only_those(tmp_path: Path) -> None:
         item_feats=np.zeros((2, 1), dtype=np.int64),
         item_genres=np.zeros((2, 1), dtype=np.float32),
     )
-    np.testing.assert_array_equal(out.score, [3, 9])
-    np.testing.assert_array_equal(out.rating, [3, 5])  # clipped to [1, 5]
+    np.testing.assert_array_equal(out, [3, 5])  # clipped to [1, 5]
 
 
 def test_ratings_are_clipped_to_the_bundles_scale(tmp_path: Path) -> None:
@@ -120,7 +148,7 @@ def test_ratings_are_clipped_to_the_bundles_scale(tmp_path: Path) -> None:
         item_feats=np.zeros((3, 1), dtype=np.int64),
         item_genres=np.zeros((3, 1), dtype=np.float32),
     )
-    np.testing.assert_array_equal(out.rating, [0.5, 3, 5])
+    np.testing.assert_array_equal(out, [0.5, 3, 5])
 
 
 def test_top_k_matches_a_full_sort() -> None:

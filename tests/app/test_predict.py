@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import Reference
+from tests.helpers import copy_bundle
 
 
 def test_single_pair_matches_the_onnx_file(client: TestClient, reference: Reference) -> None:
@@ -145,3 +148,27 @@ def test_malformed_json_is_a_clear_422(client: TestClient, raw: bytes) -> None:
 
 def test_wrong_method_is_a_405(client: TestClient) -> None:
     assert client.get("/predict_rating").status_code == 405
+
+
+def test_a_bundle_without_rating_graphs_rates_with_its_pair_graphs(
+    make_client: Callable[..., TestClient], reference: Reference, tmp_path: Path
+) -> None:
+    # As written before rating graphs existed: no `rating_graph` entries, no such files.
+    old = copy_bundle(reference.dir, tmp_path, version=reference.version)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for entry in manifest["models"].values():
+        (old / entry.pop("rating_graph")["file"]).unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    current, before = make_client(), make_client(model_dir=old)
+    pairs = [
+        {"user_id": reference.users[u], "item_id": reference.items[i]}
+        for u, i in ((0, 3), (4, 9), (7, 1), (11, 20))
+    ]
+    for variant in ("teacher", "student"):
+        headers = {"X-Variant": variant}
+        a = current.post("/predict_rating", json={"pairs": pairs}, headers=headers)
+        b = before.post("/predict_rating", json={"pairs": pairs}, headers=headers)
+        assert a.status_code == b.status_code == 200
+        assert a.json()["ratings"] == b.json()["ratings"]
+    ready = before.get("/readyz").json()["variants"]
+    assert ready["teacher"]["file"] == "teacher.onnx"

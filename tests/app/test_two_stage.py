@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.inference import CPU, TowerRunner
 from tests.app.conftest import Reference, metric_value
 
 
@@ -77,3 +78,43 @@ def test_cold_start_goes_through_retrieval(
     assert body["fallback"] == "cold_start" and len(body["items"]) == 5
     scores = [e["score"] for e in body["items"]]
     assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("variant", ["teacher", "student"])
+def test_precomputed_user_vectors_are_the_tower_outputs(reference: Reference, variant: str) -> None:
+    retrieval = reference.manifest["models"][variant]["retrieval"]
+    tower = TowerRunner(
+        reference.dir / retrieval["user_tower"]["file"], name=variant, providers=[CPU]
+    )
+    dim = retrieval["items"]["dim"]
+    rows = reference.user_feats.shape[0]
+    assert not tower.precompute(reference.user_feats, dim=dim, max_bytes=rows * dim * 4 - 1)
+    assert tower.table is None
+    assert tower.precompute(reference.user_feats, dim=dim, max_bytes=rows * dim * 4)
+    assert tower.table is not None and tower.table.shape == (rows, dim)
+    for user in range(1, rows):
+        row = reference.user_feats[user]
+        np.testing.assert_allclose(
+            tower.vector(user, row),
+            tower.vectors(np.array([user]), row[None, :])[0],
+            rtol=0,
+            atol=1e-6,
+        )
+    # The cold-start user takes the request's feature row, never a table row.
+    other = reference.user_feats[1]
+    cold = tower.vectors(np.array([0]), other[None, :])[0]
+    np.testing.assert_array_equal(tower.vector(0, other), cold)
+
+
+def test_answers_do_not_depend_on_precomputed_user_vectors(
+    make_client: Callable[..., TestClient], reference: Reference
+) -> None:
+    precomputed = make_client(retrieval="exact")
+    per_request = make_client(retrieval="exact", retrieval_user_vectors_mb=0)
+    for variant in ("teacher", "student"):
+        for raw in reference.users[::5]:
+            params = {"user_id": raw, "k": 10}
+            headers = {"X-Variant": variant}
+            a = precomputed.get("/recommend", params=params, headers=headers).json()
+            b = per_request.get("/recommend", params=params, headers=headers).json()
+            assert a["items"] == b["items"] and len(a["items"]) == 10

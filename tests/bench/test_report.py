@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench._report import compute_targets, write_report
+from bench._report import compute_targets, paired_ratios, write_report
 
 
 def _point(scenario: str, model: str, p50: float, rps: float, c: int = 1) -> dict[str, Any]:
@@ -69,6 +69,33 @@ def test_uncached_p50_over_the_framework_floor_has_per_variant_limits() -> None:
     met = _by_id(compute_targets(_run(teacher_p50=1.6, student_p50=0.9)))
     assert met[("uncached_p50_over_floor", "teacher")]["met"] is False
     assert met[("uncached_p50_over_floor", "student")]["met"] is True
+
+
+def _paired(scenario: str, model: str, p50: float, round_index: int, server: str) -> dict[str, Any]:
+    return {**_point(scenario, model, p50, 1000 / p50), "round": round_index, "server": server}
+
+
+def test_paired_rounds_divide_by_the_floor_just_before_them() -> None:
+    run = _run(teacher_p50=1.4, student_p50=1.2)
+    # The machine slows down between rounds: floor and /recommend drift together.
+    for index, (floor, teacher, student) in enumerate(
+        [(0.5, 1.4, 0.9), (1.0, 2.6, 1.9), (0.4, 1.3, 0.7)]
+    ):
+        run["points"] += [
+            _paired("paired_floor", "framework", floor, index, "uncached"),
+            _paired("paired_uncached", "teacher", teacher, index, "uncached"),
+            _paired("paired_uncached", "student", student, index, "uncached"),
+        ]
+    # Another server's floor never divides this server's rounds.
+    run["points"].append(_paired("paired_floor", "framework", 9.0, 0, "other"))
+
+    assert [round(r, 6) for r in paired_ratios(run, "teacher")] == [2.8, 2.6, 3.25]
+    targets = _by_id(compute_targets(run))
+    teacher = targets[("uncached_p50_over_floor", "teacher")]
+    student = targets[("uncached_p50_over_floor", "student")]
+    assert (round(teacher["value"], 6), teacher["met"]) == (2.8, True)
+    assert (round(student["value"], 6), student["met"]) == (1.8, True)  # 1.8, 1.9, 1.75
+    assert paired_ratios(run, "student_int8") == []
 
 
 def test_http_overhead_is_measured_against_the_two_stage_floor() -> None:

@@ -38,14 +38,30 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
     code = serving.main([
         "--model-dir", str(bundle_dir), "--concurrency", "1,3", "--max-requests", "12",
         "--max-seconds", "2", "--warmup-requests", "2", "--batch-pairs", "7",
-        "--cached-users", "5", "--results-dir", str(results), "--docs", str(docs),
+        "--cached-users", "5", "--paired-rounds", "2", "--paired-seconds", "0.5",
+        "--results-dir", str(results), "--docs", str(docs),
     ])  # fmt: skip
 
     assert code == 0
     [path] = results.glob("serving-*.json")
     run = json.loads(path.read_text())
-    points = run["points"]
+    paired = [p for p in run["points"] if p["scenario"].startswith("paired_")]
+    points = [p for p in run["points"] if not p["scenario"].startswith("paired_")]
     assert {(p["scenario"], p["model"]) for p in points} == SCENARIOS
+    # Per uncached server and round: its floor, then each model it serves uncached.
+    rounds = {(p["server"], p["round"], p["scenario"], p["model"]) for p in paired}
+    assert rounds == {
+        (server, index, scenario, model)
+        for server, models in (
+            ("uncached-student", ("teacher", "student")),
+            ("uncached-int8", ("student_int8",)),
+        )
+        for index in range(2)
+        for scenario, model in (
+            ("paired_floor", "framework"), *(("paired_uncached", m) for m in models)
+        )
+    }  # fmt: skip
+    assert all(p["failed"] == 0 and p["cached_fraction"] == 0.0 for p in paired)
     assert {p["concurrency"] for p in points} == {1, 3}
     for point in points:
         assert point["failed"] == 0, point
@@ -62,8 +78,9 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
         (m, w)
         for m in ("teacher", "student", "student_int8")
         for w in (
-            "recommend", "user_tower", "retrieve", "pair_k", "score_catalogue",
-            "predict_single", "predict_batch", "recommend_service",
+            "recommend", "user_tower", "retrieve", "pair_k", "tower_run", "rating_graph_k",
+            "pair_graph_k", "score_catalogue", "predict_single", "predict_batch",
+            "recommend_service",
         )
     }  # fmt: skip
     by_work = {(f["model"], f["work"]): f for f in run["ort_floor"]}
@@ -90,7 +107,7 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
     }
 
     text = docs.read_text()
-    assert "## Targets" in text and "## HTTP results" in text
+    assert "## Targets" in text and "## HTTP results" in text and "paired rounds" in text
     assert run["machine"]["cpu_model"] in text
     for image in ("serving-recommend.png", "serving-predict-rating.png"):
         assert (docs.parent / "img" / image).read_bytes().startswith(b"\x89PNG")

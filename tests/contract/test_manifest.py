@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from contract.errors import BundleError
-from contract.layout import DATA_FILES, MODEL_FILES, REQUIRED_DATA_FILES
+from contract.layout import DATA_FILES, MODEL_FILES, RATING_GRAPH_FILES, REQUIRED_DATA_FILES
 from contract.manifest import METRIC_KEYS, Manifest, parse_manifest, read_manifest
 from contract.ratings import DEFAULT_RATING_SCALE
 from contract.towers import tower_files
@@ -38,6 +38,7 @@ def _served(key: str) -> dict[str, Any]:
     names = tower_files(key)
     return {
         **_model(MODEL_FILES[key]),
+        "rating_graph": {**_entry(RATING_GRAPH_FILES[key]), "parity_max_abs_diff": 0.0},
         "retrieval": {
             "user_tower": _entry(names["user_tower"]),
             "items": {**_entry(names["items"]), "rows": 4, "dim": 3, "dtype": "float32"},
@@ -77,7 +78,8 @@ def test_a_valid_manifest_is_accepted_and_round_trips() -> None:
     assert manifest.version == VALID["version"]
     assert set(manifest.models.present()) == {"teacher", "student"}
     towers = {f"{key}.{part}" for key in ("teacher", "student") for part in tower_files(key)}
-    assert set(manifest.file_refs()) == set(DATA_FILES) | {"teacher", "student"} | towers
+    ratings = {"teacher.rating_graph", "student.rating_graph"}
+    assert set(manifest.file_refs()) == set(DATA_FILES) | {"teacher", "student"} | towers | ratings
     # Older bundles carry no rating scale: they were all trained on 1..5.
     assert manifest.rating_scale == DEFAULT_RATING_SCALE == (1.0, 5.0)
     assert manifest.to_json() == VALID
@@ -121,6 +123,8 @@ def test_only_the_serving_files_are_required() -> None:
             "plain name",
         ),
         (lambda d: d["dataset"].update(rating_scale=[1, 2, 3]), "rating_scale"),
+        (lambda d: d["models"]["teacher"]["rating_graph"].pop("parity_max_abs_diff"), "parity"),
+        (lambda d: d["models"]["student"]["rating_graph"].update(file="../r.onnx"), "plain name"),
     ],
 )
 def test_invalid_manifests_are_refused(
@@ -128,6 +132,13 @@ def test_invalid_manifests_are_refused(
 ) -> None:
     with pytest.raises(BundleError, match=message):
         parse_manifest(_edited(edit), source="manifest.json")
+
+
+def test_bundles_from_before_rating_graphs_are_accepted() -> None:
+    data = _edited(lambda d: [entry.pop("rating_graph") for entry in d["models"].values()])
+    manifest = parse_manifest(data, source="m")
+    assert manifest.models.teacher.rating_graph is None
+    assert not any(key.endswith(".rating_graph") for key in manifest.file_refs())
 
 
 def test_models_without_metrics_are_accepted() -> None:

@@ -58,6 +58,10 @@ def test_built_bundle_verifies_and_follows_the_contract(
         assert entry["params"] > 0 and entry["latency_ms"] > 0
         assert set(entry["metrics"]) == set(bundle_mod.METRIC_KEYS)
         assert 0.0 < entry["metrics"]["rmse"] < 2.0
+        rating = entry["rating_graph"]
+        assert rating["file"] == bundle_mod.RATING_GRAPH_FILES[key]
+        assert rating["sha256"] == sha256_file(bundle_dir / rating["file"])
+        assert 0.0 <= rating["parity_max_abs_diff"] <= 1e-4
     for key in ("feature_map", "id_maps", "features", "seen", "items", "popular"):
         assert (bundle_dir / manifest["files"][key]["file"]).is_file()
     # No NaN/Infinity anywhere: the service parses the manifest with a strict JSON reader.
@@ -114,6 +118,26 @@ def test_tampered_model_fails_the_hash(bundle_copy: Path) -> None:
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"teacher\.onnx: sha256"):
+        verify_bundle(bundle_copy)
+
+
+def test_tampered_rating_graph_fails_the_hash(bundle_copy: Path) -> None:
+    path = bundle_copy / bundle_mod.RATING_GRAPH_FILES["teacher"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"teacher\.rating\.onnx: sha256"):
+        verify_bundle(bundle_copy)
+
+
+def test_a_rating_graph_without_the_contract_signature_is_refused(bundle_copy: Path) -> None:
+    # The user tower in the rating graph's place, with a matching hash: no item input.
+    name = bundle_mod.RATING_GRAPH_FILES["student"]
+    shutil.copyfile(bundle_copy / "student.user_tower.onnx", bundle_copy / name)
+    manifest = _manifest(bundle_copy)
+    manifest["models"]["student"]["rating_graph"]["sha256"] = sha256_file(bundle_copy / name)
+    _rewrite_manifest(bundle_copy, manifest)
+    with pytest.raises(BundleError, match="student rating graph"):
         verify_bundle(bundle_copy)
 
 

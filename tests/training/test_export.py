@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from contract.features import FeatureMap
-from contract.signature import INPUT_NAMES, OUTPUT_NAMES
+from contract.session import open_session
+from contract.signature import INPUT_NAMES, OUTPUT_NAMES, RATING_OUTPUTS
 from training import export
 from training.data import Dataset, load_dataset
 from training.models.base import TwoHeadModel
@@ -59,6 +60,35 @@ def test_export_signature_metadata_and_parity(dataset: Dataset, tmp_path: Path, 
 
     parity = export.check_parity(model, path, fm, batch_sizes=(1, 3, 100, 1000))
     assert parity.max_abs_diff <= export.PARITY_ATOL
+
+
+@pytest.mark.parametrize("kind", ["student", "int8"])
+def test_rating_graph_is_the_pair_graph_without_the_score(
+    dataset: Dataset, tmp_path: Path, kind: str
+) -> None:
+    fm = dataset.feature_map
+    pair = export.export_onnx(
+        _student(fm), fm, tmp_path / "m.onnx", metadata={"bundle_version": "v-1", "model": "m"}
+    )
+    if kind == "int8":
+        pair = export.quantize_int8(pair, tmp_path / "m.int8.onnx")
+    target = tmp_path / "m.rating.onnx"
+
+    parity = export.export_rating_graph(pair, target, fm)
+
+    assert parity <= export.PARITY_ATOL
+    cut, whole = onnx.load(str(target)), onnx.load(str(pair))
+    onnx.checker.check_model(cut, full_check=True)
+    assert [o.name for o in cut.graph.output] == ["rating"]
+    assert [i.name for i in cut.graph.input] == list(INPUT_NAMES)
+    assert len(cut.graph.node) < len(whole.graph.node)
+    assert export.read_metadata(target)["model"] == "m.rating"
+    assert export.read_metadata(target)["bundle_version"] == "v-1"
+    batch = export.random_batch(fm, 50, rng=np.random.default_rng(3))
+    want, _ = export.ort_predict(export.ort_session(pair), batch)
+    session = open_session(target, needs=RATING_OUTPUTS)
+    (got,) = session.run(["rating"], export.ort_feed(batch))
+    np.testing.assert_array_equal(got, want)
 
 
 def test_mf_ignoring_side_features_still_takes_all_inputs(dataset: Dataset, tmp_path: Path) -> None:
