@@ -99,27 +99,6 @@ def _summary(model: str, work: str, batch: int, ms: np.ndarray, elapsed: float) 
     )  # fmt: skip
 
 
-def _time_runs(
-    session: ort.InferenceSession,
-    feeds: list[dict[str, np.ndarray]],
-    *,
-    outputs: list[str],
-    max_iterations: int,
-    max_seconds: float,
-) -> tuple[np.ndarray, float]:
-    for feed in feeds[:3]:
-        session.run(outputs, feed)
-    latencies: list[int] = []
-    started = time.perf_counter()
-    deadline = started + max_seconds
-    while len(latencies) < max_iterations and time.perf_counter() < deadline:
-        feed = feeds[len(latencies) % len(feeds)]
-        t0 = time.perf_counter_ns()
-        session.run(outputs, feed)
-        latencies.append(time.perf_counter_ns() - t0)
-    return np.asarray(latencies, dtype=np.float64) / 1e6, time.perf_counter() - started
-
-
 @dataclass(frozen=True)
 class _TwoStageFeed:
     """One user's prepared inputs: tower feed, items to exclude, the pair feed of its k."""
@@ -189,19 +168,14 @@ def _two_stage_floors(
     # the user's row (what a cold-start user still pays), and the whole pair graph, scores
     # included, against the rating graph on the same k items, in turns within one loop.
     towers = [{"user": feed.user, "user_feats": feed.user_row} for feed in feeds]
-    ms_tower, elapsed_tower = _time_runs(
-        state.towers[variant].session,
-        towers,
-        outputs=[TOWER_OUTPUT],
-        max_iterations=config.max_iterations,
-        max_seconds=config.max_seconds,
-    )
-    results.append(_summary(model, "tower_run", 1, ms_tower, elapsed_tower))
+    tower = (state.towers[variant].session, [TOWER_OUTPUT])
+    ms_tower, elapsed_tower = _time_in_turns([tower], towers, config)
+    results.append(_summary(model, "tower_run", 1, ms_tower[:, 0], elapsed_tower))
     graphs = [
         (state.runners[variant].session, _RATING),
         (_pair_session(state, model, config), _PAIR_OUTPUTS),
     ]
-    ms_graphs = _time_in_turns(graphs, [feed.pairs for feed in feeds], config)
+    ms_graphs, _ = _time_in_turns(graphs, [feed.pairs for feed in feeds], config)
     for column, work in enumerate(("rating_graph_k", "pair_graph_k")):
         own = ms_graphs[:, column]
         results.append(_summary(model, work, config.k, own, own.sum() / 1e3))
@@ -212,13 +186,16 @@ def _time_in_turns(
     sessions: list[tuple[ort.InferenceSession, list[str]]],
     feeds: list[dict[str, np.ndarray]],
     config: FloorConfig,
-) -> np.ndarray:
-    """Per iteration, ms of each session on the same feed, run one after the other: a fair
-    comparison of two graphs (neither gets a warmer cache or a quieter machine)."""
-    for session, outputs in sessions:
-        session.run(outputs, feeds[0])
+) -> tuple[np.ndarray, float]:
+    """Per iteration, ms of each session on the same feed [iterations, sessions], and the
+    seconds the loop took. With several sessions they run one after the other, a fair
+    comparison of graphs (neither gets a warmer cache or a quieter machine)."""
+    for feed in feeds[:3]:
+        for session, outputs in sessions:
+            session.run(outputs, feed)
     rows: list[list[int]] = []
-    deadline = time.perf_counter() + config.max_seconds
+    started = time.perf_counter()
+    deadline = started + config.max_seconds
     while len(rows) < config.max_iterations and time.perf_counter() < deadline:
         feed = feeds[len(rows) % len(feeds)]
         row = []
@@ -227,7 +204,8 @@ def _time_in_turns(
             session.run(outputs, feed)
             row.append(time.perf_counter_ns() - t0)
         rows.append(row)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, len(sessions)) / 1e6
+    ms = np.asarray(rows, dtype=np.float64).reshape(-1, len(sessions)) / 1e6
+    return ms, time.perf_counter() - started
 
 
 def _pair_session(state: ServingState, model: str, config: FloorConfig) -> ort.InferenceSession:
@@ -261,15 +239,9 @@ def _session_floors(
     pair = _pair_session(state, model, config)
     results = []
     for name, (batch, feeds) in work.items():
-        session, outputs = (pair, _PAIR_OUTPUTS) if name == "score_catalogue" else (rating, _RATING)
-        ms, elapsed = _time_runs(
-            session,
-            feeds,
-            outputs=outputs,
-            max_iterations=config.max_iterations,
-            max_seconds=config.max_seconds,
-        )
-        results.append(_summary(model, name, batch, ms, elapsed))
+        graph = (pair, _PAIR_OUTPUTS) if name == "score_catalogue" else (rating, _RATING)
+        ms, elapsed = _time_in_turns([graph], feeds, config)
+        results.append(_summary(model, name, batch, ms[:, 0], elapsed))
     return results
 
 

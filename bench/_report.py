@@ -528,6 +528,29 @@ def _floor_section(runs: list[dict[str, Any]]) -> list[str]:
     return [
         *_FLOOR_TEXT,
         *_table(["model", "work", "batch rows", "runs/s", "p50 ms", "p95 ms", "p99 ms"], rows),
+        *_rating_graph_lines(runs),
+    ]
+
+
+def _rating_graph_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Per model, the rating graph's p50 over the pair graph's on the same k items (timed in
+    turns within each run); nothing for runs from before the rating graphs."""
+    cells = []
+    for model in MODELS:
+        ratios = [
+            rating["p50_ms"] / pair["p50_ms"]
+            for run in runs
+            if (rating := _ort(run, model, "rating_graph_k"))
+            and (pair := _ort(run, model, "pair_graph_k"))
+            and pair["p50_ms"] > 0
+        ]
+        if ratios:
+            cells.append(f"{model} {_spread(ratios, '.2f')}")
+    if not cells:
+        return []
+    return [
+        "",
+        f"Rating graph p50 over pair graph p50 on the k items, per run: {', '.join(cells)}.",
     ]
 
 

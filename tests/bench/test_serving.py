@@ -108,6 +108,7 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
 
     text = docs.read_text()
     assert "## Targets" in text and "## HTTP results" in text and "paired rounds" in text
+    assert "Rating graph p50 over pair graph p50 on the k items, per run: teacher " in text
     assert run["machine"]["cpu_model"] in text
     for image in ("serving-recommend.png", "serving-predict-rating.png"):
         assert (docs.parent / "img" / image).read_bytes().startswith(b"\x89PNG")
