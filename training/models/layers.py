@@ -65,9 +65,13 @@ class FieldEmbedding(nn.Module):
     def item_side(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
         idx = torch.cat([item.unsqueeze(1), item_feats], dim=1)  # [N, 1+Fi]
         single = self.table(idx + self.item_offsets)  # [N, 1+Fi, d]
+        return torch.cat([single, self._genre_bag(item_genres)], dim=1)  # [N, 2+Fi, d]
+
+    def _genre_bag(self, item_genres: Tensor) -> Tensor:
+        # The genres' mean as one product with the normalised bag: the normalisation is the
+        # same for every table, so an exported graph computes it once for all of them.
         count = item_genres.sum(dim=1, keepdim=True).clamp(min=1.0)  # [N, 1]
-        bag = (item_genres @ self.genre) / count  # [N, d]
-        return torch.cat([single, bag.unsqueeze(1)], dim=1)  # [N, 2+Fi, d]
+        return ((item_genres / count) @ self.genre).unsqueeze(1)  # [N, 1, d]
 
     def forward(
         self,
@@ -77,9 +81,13 @@ class FieldEmbedding(nn.Module):
         item_feats: Tensor,  # [B, Fi]
         item_genres: Tensor,  # [B, G]
     ) -> Tensor:
-        u = self.user_side(user, user_feats)  # [B, 1+Fu, d]
-        i = self.item_side(item, item_feats, item_genres)  # [B, 2+Fi, d]
-        return torch.cat([u, i], dim=1)  # [B, F, d]
+        # Both sides in one gather (the offsets concatenation is a constant in an exported
+        # graph): the rating graphs embed every pair in five such tables, and on the k
+        # rows of a /recommend their cost is mostly the number of nodes, not the work.
+        idx = torch.cat([user.unsqueeze(1), user_feats, item.unsqueeze(1), item_feats], dim=1)
+        offsets = torch.cat([self.user_offsets, self.item_offsets])  # [F-1]
+        single = self.table(idx + offsets)  # [B, F-1, d]
+        return torch.cat([single, self._genre_bag(item_genres)], dim=1)  # [B, F, d]
 
     def squared_norm(
         self,
@@ -116,8 +124,11 @@ class CIN(nn.Module):
     """Compressed Interaction Network (Lian et al., 2018): explicit vector-wise feature
     interactions, [B, F, d] -> [B, sum(layer_sizes)]."""
 
-    def __init__(self, n_fields: int, layer_sizes: Sequence[int]) -> None:
+    def __init__(self, n_fields: int, layer_sizes: Sequence[int], *, dim: int) -> None:
         super().__init__()
+        self.n_fields = n_fields
+        self.dim = dim  # the embedding width d of the input
+        self.layer_sizes = tuple(layer_sizes)
         self.convs = nn.ModuleList()
         prev = n_fields
         for size in layer_sizes:
@@ -125,24 +136,25 @@ class CIN(nn.Module):
             prev = size
         self.out_dim = sum(layer_sizes)
 
-    def forward(self, x0: Tensor) -> Tensor:
-        batch, n_fields, dim = x0.shape  # x0: [B, F, d]
+    def forward(self, x0: Tensor) -> Tensor:  # x0: [B, F, d]
         # Channels first, with batch and embedding dimension flattened into one long last
         # axis: each layer's outer product is then a broadcast over contiguous rows and its
         # width-1 convolution one matrix product. The same sums as the paper's
         # [B, H*F, d] layout, faster on CPU, where PyTorch broadcasts poorly over a last
         # axis as short as F (docs/SCALE.md, item 15). The parameters stay the Conv1d
-        # layers' (checkpoints, Fisher's units).
-        n = batch * dim
-        x0c = x0.transpose(0, 1).reshape(n_fields, n)  # [F, B*d]
-        xk = x0c  # [H_k, B*d]
+        # layers' (checkpoints, Fisher's units). Every reshape names its sizes from the
+        # layer shapes, leaving only B*d to infer: an exported graph then needs no shape
+        # arithmetic, a dozen nodes that cost more than the products on a few rows.
+        x0c = x0.transpose(0, 1).reshape(self.n_fields, -1)  # [F, B*d]
+        xk, width = x0c, self.n_fields  # [H_k, B*d], H_k
         pooled = []
-        for conv in self.convs:
-            z = (xk.unsqueeze(1) * x0c.unsqueeze(0)).reshape(-1, n)  # [H_k*F, B*d]
+        for conv, size in zip(self.convs, self.layer_sizes, strict=True):
+            z = (xk.unsqueeze(1) * x0c.unsqueeze(0)).reshape(width * self.n_fields, -1)
             weight, bias = cast(Tensor, conv.weight), cast(Tensor, conv.bias)
-            # weight [H_k+1, H_k*F, 1], bias [H_k+1]
+            # z [H_k*F, B*d], weight [H_k+1, H_k*F, 1], bias [H_k+1]
             xk = torch.relu(torch.addmm(bias.unsqueeze(1), weight.squeeze(2), z))  # [H_k+1, B*d]
-            pooled.append(xk.reshape(-1, batch, dim).sum(dim=2))  # [H_k+1, B]
+            pooled.append(xk.reshape(size, -1, self.dim).sum(dim=2))  # [H_k+1, B]
+            width = size
         return torch.cat(pooled, dim=0).transpose(0, 1)  # [B, sum H]
 
 

@@ -40,7 +40,7 @@ class XDeepFM(TowerScoring):
         self.embed = FieldEmbedding(fm, dim)
         self.linear = FieldEmbedding(fm, 1, init_std=0.0)
         n_fields = self.embed.n_fields
-        self.cin = CIN(n_fields, cin_layers)
+        self.cin = CIN(n_fields, cin_layers, dim=dim)
         self.cin_out = nn.Linear(self.cin.out_dim, 1)
         self.dnn = mlp([n_fields * dim, *dnn_layers, 1], dropout=dropout)
         self.rank_embed = FieldEmbedding(fm, dim)
