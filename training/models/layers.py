@@ -83,7 +83,7 @@ class FieldEmbedding(nn.Module):
     ) -> Tensor:
         # Both sides in one gather (the offsets concatenation is a constant in an exported
         # graph): the rating graphs embed every pair in five such tables, and on the k
-        # rows of a /recommend their cost is mostly the number of nodes, not the work.
+        # rows of a /recommend a graph's per-node overhead is a large part of its time.
         idx = torch.cat([user.unsqueeze(1), user_feats, item.unsqueeze(1), item_feats], dim=1)
         offsets = torch.cat([self.user_offsets, self.item_offsets])  # [F-1]
         single = self.table(idx + offsets)  # [B, F-1, d]
@@ -144,7 +144,7 @@ class CIN(nn.Module):
         # axis as short as F (docs/SCALE.md, item 15). The parameters stay the Conv1d
         # layers' (checkpoints, Fisher's units). Every reshape names its sizes from the
         # layer shapes, leaving only B*d to infer: an exported graph then needs no shape
-        # arithmetic, a dozen nodes that cost more than the products on a few rows.
+        # arithmetic (a dozen nodes, each with its own overhead on a run of a few rows).
         x0c = x0.transpose(0, 1).reshape(self.n_fields, -1)  # [F, B*d]
         xk, width = x0c, self.n_fields  # [H_k, B*d], H_k
         pooled = []
