@@ -73,6 +73,18 @@ def test_field_embedding_gives_each_field_its_own_rows_and_a_mean_genre_bag() ->
     assert torch.equal(bag[1], torch.zeros(D))  # no genre: the empty bag, not a NaN
 
 
+def test_field_embedding_forward_is_both_sides_in_one_gather() -> None:
+    # forward reads user and item fields with one gather (fewer nodes in the rating graphs);
+    # it must embed a pair exactly as the towers' user_side and item_side do.
+    fm = feature_map()
+    embed = FieldEmbedding(fm, D, init_std=1.0)
+    user, item, user_feats, item_feats, genres = pair_inputs(fm)
+    sides = torch.cat(
+        [embed.user_side(user, user_feats), embed.item_side(item, item_feats, genres)], dim=1
+    )
+    torch.testing.assert_close(embed(user, item, user_feats, item_feats, genres), sides)
+
+
 def test_mlp_layout_names_and_activations() -> None:
     net = mlp([6, 8, 3, 2], dropout=0.1)
     kinds = [type(m) for m in net]
