@@ -75,6 +75,24 @@ class ServingState:
 
     # -- scoring -----------------------------------------------------------------------
 
+    def _rate(
+        self,
+        variant: str,
+        *,
+        user: npt.NDArray[np.int64],  # [B]
+        item: npt.NDArray[np.int64],  # [B]
+        user_feats: npt.NDArray[np.int64],  # [B, Fu]
+    ) -> npt.NDArray[np.float32]:
+        """The variant's ratings of (user, item) pairs, the items' rows from the bundle."""
+        return self.runners[variant].run(
+            user=user,
+            item=item,
+            user_feats=user_feats,
+            # take: a third of fancy indexing's cost on the few rows of a /recommend
+            item_feats=self.bundle.item_feats.take(item, axis=0),
+            item_genres=self.bundle.item_genres.take(item, axis=0),
+        )
+
     def _run(
         self,
         variant: str,
@@ -83,19 +101,12 @@ class ServingState:
         user: npt.NDArray[np.int64],
         item: npt.NDArray[np.int64],
         user_feats: npt.NDArray[np.int64],
-        item_feats: npt.NDArray[np.int64],
-        item_genres: npt.NDArray[np.float32],
     ) -> npt.NDArray[np.float32]:
-        runner = self.runners[variant]
+        """`_rate`, timed into the inference latency metric."""
         started = time.perf_counter()
-        rating = runner.run(
-            user=user,
-            item=item,
-            user_feats=user_feats,
-            item_feats=item_feats,
-            item_genres=item_genres,
-        )
-        self.metrics.inference_histogram(variant, endpoint, runner.provider).observe(
+        rating = self._rate(variant, user=user, item=item, user_feats=user_feats)
+        provider = self.runners[variant].provider
+        self.metrics.inference_histogram(variant, endpoint, provider).observe(
             time.perf_counter() - started
         )
         return rating
@@ -125,9 +136,6 @@ class ServingState:
             user=np.full(n, user, dtype=np.int64),
             item=items,
             user_feats=np.repeat(user_row[None, :], n, axis=0),
-            # take: a third of fancy indexing's cost on these few rows
-            item_feats=self.bundle.item_feats.take(items, axis=0),
-            item_genres=self.bundle.item_genres.take(items, axis=0),
         )
         return self._items(hits.positions, score=hits.scores, rating=rating)
 
@@ -196,8 +204,6 @@ class ServingState:
             user=np.zeros(n, dtype=np.int64),
             item=popular,
             user_feats=np.zeros((n, fu), dtype=np.int64),
-            item_feats=self.bundle.item_feats[popular],
-            item_genres=self.bundle.item_genres[popular],
         )
         total = max(self.bundle.popular.shape[0], 1)
         rank_score = (total - np.arange(n, dtype=np.float64)) / total
@@ -210,15 +216,12 @@ class ServingState:
         self, variant: str, *, users: npt.NDArray[np.int64], items: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
         """Ratings for (user index, item index) pairs; user index 0 is the cold-start user."""
-        bundle = self.bundle
         return self._run(
             variant,
             endpoint="predict_rating",
             user=users,
             item=items,
-            user_feats=bundle.user_feats[users],
-            item_feats=bundle.item_feats[items],
-            item_genres=bundle.item_genres[items],
+            user_feats=self.bundle.user_feats[users],
         )
 
     def warm_up(self) -> dict[str, float]:
@@ -266,12 +269,11 @@ class ServingState:
         if extra is not None:
             items = np.concatenate([items, extra])
         n = items.shape[0]
-        self.runners[variant].run(
+        self._rate(
+            variant,
             user=np.full(n, user, dtype=np.int64),
             item=items,
             user_feats=np.repeat(bundle.user_feats[user][None, :], n, axis=0),
-            item_feats=bundle.item_feats[items],
-            item_genres=bundle.item_genres[items],
         )
 
 

@@ -206,6 +206,11 @@ def ort_pair_predict(
 # ---------------------------------------------------------------- parity
 
 
+def _max_abs_diff(have: np.ndarray, want: np.ndarray) -> float:
+    """Largest |have - want| in float64; 0 for an empty batch."""
+    return float(np.max(np.abs(have.astype(np.float64) - want))) if have.size else 0.0
+
+
 @dataclass(frozen=True)
 class Parity:
     max_abs_diff: float  # over both outputs and every batch size
@@ -241,7 +246,7 @@ def check_parity(
                     raise ExportError(
                         f"{path}: output {name} has shape {have.shape}, PyTorch {want.shape}"
                     )
-                diff = float(np.max(np.abs(have.astype(np.float64) - want))) if size else 0.0
+                diff = _max_abs_diff(have, want)
                 worst = max(worst, diff)
                 if not diff <= atol:
                     raise ExportError(
@@ -261,7 +266,7 @@ def compare_onnx(
     batch = random_batch(feature_map, size, rng=np.random.default_rng(seed))
     ref, _ = ort_predict(ort_session(reference), batch)
     got, _ = ort_predict(ort_session(candidate), batch)
-    return float(np.max(np.abs(ref.astype(np.float64) - got)))
+    return _max_abs_diff(got, ref)
 
 
 # ---------------------------------------------------------------- rating graph
@@ -280,8 +285,8 @@ def export_rating_graph(
     difference from the pair graph's on random valid inputs (ExportError past `atol`).
 
     What the service runs for ratings: /recommend takes its scores from the retrieval and
-    /predict_rating shows none, so the score towers' nodes would be run for nothing (108 of
-    the ml-100k teacher's 355). Same inputs, metadata with the model name suffixed `.rating`.
+    /predict_rating shows none, so the score towers' nodes would be run for nothing (the
+    log says how many are cut). Same inputs, metadata with the model name suffixed `.rating`.
     """
     proto = onnx.load(str(source))
     inputs = [node.name for node in proto.graph.input]
@@ -298,7 +303,7 @@ def export_rating_graph(
         feed = ort_feed(random_batch(feature_map, size, rng=rng))
         want, _ = run_session(pair, feed)
         have = run_rating(rating, feed, inputs=names)
-        diff = float(np.max(np.abs(have.astype(np.float64) - want))) if size else 0.0
+        diff = _max_abs_diff(have, want)
         worst = max(worst, diff)
         if not diff <= atol:
             raise ExportError(f"{target}: rating differs from {source.name} by {diff:.3g}")
