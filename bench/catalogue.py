@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -381,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("%s", json.dumps(row))
         rows.append(row)
     _RESULTS.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    command = "python -m bench.catalogue " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.catalogue " + shlex.join(sys.argv[1:] if argv is None else argv)
     write_docs(rows, args.docs, command=command)
     return 0
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench.paired: not a bench.quality result (no {exc})") from None
     except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise SystemExit(f"bench.paired: {exc}") from None
-    command = "python -m bench.paired " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.paired " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = render(results, command=command)
     if args.out_md is None:
         sys.stdout.write(text)

@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -410,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.movielens_100k is not None:
         sets.append(("real-ml-100k", Path(args.movielens_100k), "ml-100k"))
     results: dict[str, Any] = {
-        "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.scale "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "conditions": conditions(),
         "sets": {},
     }

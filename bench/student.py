@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -571,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     results["ablation_note"] = ablation_note(results["ablations"], args.method)
     results["pruning"] = pruning_comparison(results["ablations"])
     results["meta"] = {
-        "command": "python -m bench.student " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.student " + shlex.join(sys.argv[1:] if argv is None else argv),
         "dataset": "ml-100k",
         "folds": folds,
         "seeds": seeds,
