@@ -1,5 +1,7 @@
-"""What the held-back-data benchmarks (bench.refit, bench.batch, bench.student --holdout)
-share: their command-line arguments, their splits, their process pool and their outputs.
+"""What the held-back-data benchmarks (bench.refit, bench.batch, bench.negatives,
+bench.student --holdout) share: their command-line arguments, their splits, one
+component's run under changed settings, the pairing of each variant with its baseline,
+their process pool and their outputs.
 
 A fold's training ratings lose a tenth first (`CHECK_SEED`; the test fold is never read);
 the teacher's own 90/10 selection split is then drawn from the rest, as `train_teacher`
@@ -12,7 +14,10 @@ import argparse
 import json
 import logging
 import multiprocessing
+import statistics
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +61,20 @@ def parse_components(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     return args
 
 
+def int_list(parser: argparse.ArgumentParser, flag: str, text: str, minimum: int) -> list[int]:
+    """A comma-separated list of distinct whole numbers, each at least `minimum`; anything
+    else is a one-line usage error naming `flag`."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"{flag}: whole numbers separated by commas, got {text!r}")
+    if not values or min(values) < minimum:
+        parser.error(f"{flag}: at least one value, each at least {minimum}")
+    if len(set(values)) != len(values):
+        parser.error(f"{flag}: each value once, got {text!r}")
+    return values
+
+
 def hold_back(train: Ratings) -> tuple[Ratings, Ratings]:
     """A fold's training ratings as (the rest, the held-back tenth)."""
     from training.data import holdout  # noqa: PLC0415
@@ -73,6 +92,105 @@ def held_back_splits(
     train, check = hold_back(make_split(ds, split=fold, data_dir=data_dir).train)
     fit, valid = holdout(train, fraction=teacher.valid_fraction, seed=teacher.seed)
     return train, check, fit, valid
+
+
+def train_variant(
+    data_dir: Path, fold: str, name: str, quick: bool, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Component `name` trained the teacher's way with its config's `overrides` on the
+    selection split of `fold`, scored on the held-back tenth: the row every variant
+    benchmark reports (wall seconds, epochs run and kept, the held-back metrics)."""
+    import torch  # noqa: PLC0415
+
+    from training.data import load_dataset  # noqa: PLC0415
+    from training.evaluate import evaluate_model  # noqa: PLC0415
+    from training.train import TeacherConfig, train_component  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    ds = load_dataset(data_dir)
+    fm = ds.feature_map
+    teacher = TeacherConfig().quick() if quick else TeacherConfig()
+    config = replace(getattr(teacher, name), **overrides)
+    seed = teacher.seed + COMPONENTS.index(name)  # as train_teacher seeds each component
+    train, check, fit, valid = held_back_splits(ds, data_dir, fold, teacher)
+    started = time.perf_counter()
+    model, info = train_component(
+        name, fm, ds.tables, fit, config=config, valid=valid, seed=seed, progress=False
+    )
+    seconds = time.perf_counter() - started
+    scores = evaluate_model(
+        model, ds.tables, train=train, test=check, n_users=fm.n_users, n_items=fm.n_items
+    )
+    epochs_run = len(info["curves"])
+    row = {
+        "fold": fold,
+        "component": name,
+        "seconds": seconds,
+        "epochs_run": epochs_run,
+        "epoch_seconds": seconds / max(epochs_run, 1),
+        "head_epochs": [int(e) for e in info["head_epochs"]],
+        **{m: float(scores[m]) for m in METRICS},
+    }
+    log.info("%s %s %s", name, overrides, row)
+    return row
+
+
+def paired_summary(rows: list[dict[str, Any]], axis: str, base: object) -> list[dict[str, Any]]:
+    """Per component and value of `axis`: each figure's mean over the folds and, for the
+    values other than `base`, the change against `base` on the same fold (time as a
+    ratio, metrics as differences, and on how many folds the variant was better)."""
+    baseline = {(r["fold"], r["component"]): r for r in rows if r[axis] == base}
+    out = []
+    for name in dict.fromkeys(r["component"] for r in rows):
+        for value in dict.fromkeys(r[axis] for r in rows if r["component"] == name):
+            mine = [r for r in rows if r["component"] == name and r[axis] == value]
+            entry: dict[str, Any] = {"component": name, axis: value, "folds": len(mine)}
+            for key in ("seconds", "epoch_seconds", "epochs_run", *METRICS):
+                entry[key] = statistics.fmean(float(r[key]) for r in mine)
+            paired = [
+                (r, baseline[(r["fold"], name)]) for r in mine if (r["fold"], name) in baseline
+            ]
+            if paired and value != base:
+                entry.update(_changes(paired))
+            out.append(entry)
+    return out
+
+
+def _changes(paired: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float]:
+    """Mean time ratio and metric differences of (variant, baseline) row pairs, and on how
+    many pairs the variant was better (lower RMSE, higher NDCG and Recall)."""
+    out = {"time_ratio": statistics.fmean(r["seconds"] / b["seconds"] for r, b in paired)}
+    for m in METRICS:
+        deltas = [r[m] - b[m] for r, b in paired]
+        out[f"{m}_delta"] = statistics.fmean(deltas)
+        out[f"{m}_better_on"] = sum(d < 0 if m == "rmse" else d > 0 for d in deltas)
+    return out
+
+
+def run_cells(row: dict[str, Any]) -> str:
+    """A `train_variant` row's markdown cells: epochs run (kept: rating, ranking), seconds
+    per epoch, seconds and the held-back metrics."""
+    kept = ", ".join(str(e) for e in row["head_epochs"])
+    metrics = " | ".join(f"{row[m]:.4f}" for m in METRICS)
+    return (
+        f"{row['epochs_run']} ({kept}) | {row['epoch_seconds']:.1f} | {row['seconds']:.0f} | "
+        f"{metrics} |"
+    )
+
+
+def delta_table(totals: list[dict[str, Any]], axis: str, label: str) -> list[str]:
+    """The markdown rows of `paired_summary`'s variants: time ratio and metric changes."""
+    lines = [
+        f"| component | {label} | time ratio | rmse | ndcg@10 | recall@10 |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for t in totals:
+        if "time_ratio" not in t:
+            continue
+        cells = [f"{t[f'{m}_delta']:+.4f} ({t[f'{m}_better_on']}/{t['folds']})" for m in METRICS]
+        head = f"| {t['component']} | {t[axis]} | {t['time_ratio']:.2f} | "
+        lines.append(head + " | ".join(cells) + " |")
+    return lines
 
 
 def run_pool(

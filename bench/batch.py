@@ -18,19 +18,18 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import statistics
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench._heldout import (
-    COMPONENTS,
-    METRICS,
     component_parser,
-    held_back_splits,
+    delta_table,
+    int_list,
+    paired_summary,
     parse_components,
+    run_cells,
     run_pool,
+    train_variant,
     write_outputs,
 )
 
@@ -42,12 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scales", default="1,2,4", help="batch size multipliers")
     parser.add_argument("--lr-rule", choices=("sqrt", "linear"), default="sqrt")
     args = parse_components(parser, argv)
-    try:
-        args.scale_list = [int(s) for s in args.scales.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--scales: whole numbers separated by commas, got {args.scales!r}")
-    if not args.scale_list or min(args.scale_list) < 1:
-        parser.error("--scales: at least one multiplier, each at least 1")
+    args.scale_list = int_list(parser, "--scales", args.scales, minimum=1)
     return args
 
 
@@ -59,73 +53,25 @@ def lr_factor(scale: int, rule: str) -> float:
 def run_one(task: tuple[Path, str, str, int, str, bool]) -> dict[str, Any]:
     """One (fold, component, batch scale): trained on the selection split, scored on the
     held-back tenth."""
-    import torch  # noqa: PLC0415
-
-    from training.data import load_dataset  # noqa: PLC0415
-    from training.evaluate import evaluate_model  # noqa: PLC0415
-    from training.train import TeacherConfig, train_component  # noqa: PLC0415
+    from training.train import TeacherConfig  # noqa: PLC0415
 
     data_dir, fold, name, scale, rule, quick = task
-    torch.set_num_threads(1)
-    ds = load_dataset(data_dir)
-    fm = ds.feature_map
     teacher = TeacherConfig().quick() if quick else TeacherConfig()
     default = getattr(teacher, name)
     factor = lr_factor(scale, rule)
-    config = replace(
-        default,
-        batch_size=default.batch_size * scale,
-        lr=default.lr * factor,
-        tower_lr=(default.tower_lr or default.lr) * factor,
-    )
-    seed = teacher.seed + COMPONENTS.index(name)  # as train_teacher seeds each component
-    train, check, fit, valid = held_back_splits(ds, data_dir, fold, teacher)
-    started = time.perf_counter()
-    model, info = train_component(
-        name, fm, ds.tables, fit, config=config, valid=valid, seed=seed, progress=False
-    )
-    seconds = time.perf_counter() - started
-    scores = evaluate_model(
-        model, ds.tables, train=train, test=check, n_users=fm.n_users, n_items=fm.n_items
-    )
-    row = {
-        "fold": fold,
-        "component": name,
-        "scale": scale,
-        "batch_size": config.batch_size,
-        "lr_factor": factor,
-        "seconds": seconds,
-        "epochs_run": len(info["curves"]),
-        "head_epochs": [int(e) for e in info["head_epochs"]],
-        **{m: float(scores[m]) for m in METRICS},
+    overrides = {
+        "batch_size": default.batch_size * scale,
+        "lr": default.lr * factor,
+        "tower_lr": (default.tower_lr or default.lr) * factor,
     }
-    row["epoch_seconds"] = seconds / max(row["epochs_run"], 1)
-    log.info("%s", row)
-    return row
+    row = train_variant(data_dir, fold, name, quick, overrides)
+    return {**row, "scale": scale, "batch_size": overrides["batch_size"], "lr_factor": factor}
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per component and scale: each figure's mean over the folds, and its change against
-    the default batch of the same fold (time as a ratio, metrics as differences)."""
-    base = {(r["fold"], r["component"]): r for r in rows if r["scale"] == 1}
-    out = []
-    for name in dict.fromkeys(r["component"] for r in rows):
-        for scale in sorted({r["scale"] for r in rows if r["component"] == name}):
-            mine = [r for r in rows if r["component"] == name and r["scale"] == scale]
-            entry: dict[str, Any] = {"component": name, "scale": scale, "folds": len(mine)}
-            for key in ("seconds", "epoch_seconds", "epochs_run", *METRICS):
-                entry[key] = statistics.fmean(float(r[key]) for r in mine)
-            paired = [(r, base[(r["fold"], name)]) for r in mine if (r["fold"], name) in base]
-            if paired and scale != 1:
-                ratios = [r["seconds"] / b["seconds"] for r, b in paired]
-                entry["time_ratio"] = statistics.fmean(ratios)
-                for m in METRICS:
-                    deltas = [r[m] - b[m] for r, b in paired]
-                    better = sum(d < 0 if m == "rmse" else d > 0 for d in deltas)
-                    entry[f"{m}_delta"] = statistics.fmean(deltas)
-                    entry[f"{m}_better_on"] = better
-            out.append(entry)
-    return out
+    the default batch of the same fold."""
+    return paired_summary(rows, "scale", 1)
 
 
 def markdown(rows: list[dict[str, Any]], totals: list[dict[str, Any]], command: str) -> str:
@@ -141,28 +87,18 @@ def markdown(rows: list[dict[str, Any]], totals: list[dict[str, Any]], command: 
         "seconds | rmse | ndcg@10 | recall@10 |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        kept = ", ".join(str(e) for e in r["head_epochs"])
-        lines.append(
-            f"| {r['fold']} | {r['component']} | {r['batch_size']} | {r['lr_factor']:.2f} | "
-            f"{r['epochs_run']} ({kept}) | {r['epoch_seconds']:.1f} | {r['seconds']:.0f} | "
-            + " | ".join(f"{r[m]:.4f}" for m in METRICS)
-            + " |"
-        )
+    lines += [
+        f"| {r['fold']} | {r['component']} | {r['batch_size']} | {r['lr_factor']:.2f} | "
+        + run_cells(r)
+        for r in rows
+    ]
     lines += [
         "",
         "Against the default batch on the same fold, mean over the folds (in brackets: folds",
         "where the larger batch was better):",
         "",
-        "| component | batch x | time ratio | rmse | ndcg@10 | recall@10 |",
-        "|---|---:|---:|---|---|---|",
+        *delta_table(totals, "scale", "batch x"),
     ]
-    for t in totals:
-        if "time_ratio" not in t:
-            continue
-        cells = [f"{t[f'{m}_delta']:+.4f} ({t[f'{m}_better_on']}/{t['folds']})" for m in METRICS]
-        head = f"| {t['component']} | {t['scale']} | {t['time_ratio']:.2f} | "
-        lines.append(head + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -299,6 +299,16 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
     return loss, mse, rank
 
 
+def ranking_negatives(config: ComponentConfig, n_items: int, gen: torch.Generator) -> Tensor:
+    """The item ids (1-based) one step's tower softmax runs over: the whole catalogue when
+    it is small (`exact_softmax_items`) or the sample would cover it, else `n_negatives`
+    drawn uniformly with replacement."""
+    sampled = 0 < config.n_negatives < n_items and n_items > config.exact_softmax_items
+    if sampled:
+        return torch.randint(1, n_items + 1, (config.n_negatives,), generator=gen)
+    return torch.arange(1, n_items + 1)
+
+
 def _ranking_loss(
     t: Trainer,
     u: Tensor,
@@ -309,16 +319,12 @@ def _ranking_loss(
     i_in: Tensor,
     feats: tuple[Tensor, Tensor, Tensor],
 ) -> tuple[Tensor, Tensor]:
-    """The towers' sampled-softmax loss (weighted by rating) and their mean squared norms."""
+    """The towers' softmax loss over `ranking_negatives` (weighted by rating) and their mean
+    squared norms."""
     model, config, data = t.model, t.config, t.data
     uf, itf, ig = feats
     dev = data.device
-    n_neg = config.n_negatives if 0 < config.n_negatives < data.n_items else 0
-    neg = (
-        torch.randint(1, data.n_items + 1, (n_neg,), generator=t.gen)
-        if n_neg
-        else torch.arange(1, data.n_items + 1)
-    ).to(dev)
+    neg = ranking_negatives(config, data.n_items, t.gen).to(dev)
     user_vec = model.train_user_tower(u_in, uf, i)  # [B, D]
     pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
     neg_vec = model.item_tower(neg, data.item_feats[neg], data.item_genres[neg])  # [N, D]

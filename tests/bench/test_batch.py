@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from bench import batch
+from bench._heldout import METRICS
 
 
 def _row(fold: str, scale: int, seconds: float, metrics: tuple[float, float, float]) -> dict:
     row: dict[str, Any] = {"fold": fold, "component": "mf", "scale": scale, "seconds": seconds}
-    row.update(dict(zip(batch.METRICS, metrics, strict=True)))
+    row.update(dict(zip(METRICS, metrics, strict=True)))
     return {**row, "epoch_seconds": seconds / 10, "epochs_run": 10}
 
 

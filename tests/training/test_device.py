@@ -31,7 +31,9 @@ def test_unknown_or_missing_devices_are_user_errors() -> None:
 def _train(tmp_path: Path, device: str) -> tuple[torch.nn.Module, dict]:
     ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
     split = make_split(ds, split="u1")
-    config = MFConfig(epochs=2, dim=8, score_dim=8, batch_size=64, n_negatives=16)
+    config = MFConfig(
+        epochs=2, dim=8, score_dim=8, batch_size=64, n_negatives=16, exact_softmax_items=0
+    )
     return train_component(
         "mf",
         ds.feature_map,

@@ -28,6 +28,7 @@ from training.train import (
     _refit_task,
     component_loss,
     make_optimizer,
+    ranking_negatives,
     simplex_grid,
     train_component,
     train_teacher,
@@ -162,6 +163,20 @@ def test_seen_index_finds_training_pairs() -> None:
     index = SeenIndex.from_ratings(train, n_users=3, n_items=5)
     expected = index.contains(np.array([[1], [2], [3]]), np.array([[1, 2, 5]]))
     assert got.tolist() == expected.tolist()
+
+
+def test_small_catalogues_get_an_exact_softmax_and_large_ones_a_sample() -> None:
+    gen = torch.Generator().manual_seed(0)
+    catalogue = list(range(1, 41))
+    small = MFConfig(n_negatives=16, exact_softmax_items=40)
+    assert ranking_negatives(small, 40, gen).tolist() == catalogue
+    sampled = ranking_negatives(small, 41, gen)
+    assert sampled.shape == (16,) and int(sampled.min()) >= 1 and int(sampled.max()) <= 41
+    no_threshold = MFConfig(n_negatives=16, exact_softmax_items=0)
+    assert ranking_negatives(no_threshold, 40, gen).shape == (16,)
+    # A sample as large as the catalogue, or n_negatives 0, is the catalogue itself.
+    assert ranking_negatives(replace(no_threshold, n_negatives=40), 40, gen).tolist() == catalogue
+    assert ranking_negatives(replace(no_threshold, n_negatives=0), 40, gen).tolist() == catalogue
 
 
 def test_simplex_grid_covers_the_simplex() -> None:
