@@ -1,9 +1,10 @@
 """Training of the teacher components and of the ensemble teacher.
 
 Each component is trained on two tasks at once: the rating head with MSE on the observed
-ratings, and the two-tower ranking head with a sampled softmax in which every training
-interaction is a positive and the negatives are items sampled uniformly from the catalogue
-and masked when the user rated them in training (so negatives are unrated items).
+ratings, and the two-tower ranking head with a softmax in which every training
+interaction is a positive and the negatives are the whole catalogue (catalogues of at most
+`exact_softmax_items`) or items sampled uniformly from it, masked when the user rated them
+in training (so negatives are unrated items).
 Id-dropout replaces a share of user and item indices with the unknown index 0, so that
 index learns a cold-start embedding and the side-feature fields carry weight.
 """

@@ -8,7 +8,8 @@
 * `TowerScoring`: the two-tower ranking base all three components (and the ensemble)
   share. score(u, i) = <U(u), V(i)>: ranking is evaluated over the whole catalogue, so the
   ranking loss needs the score of many items per user; towers make that one matrix
-  product for training (sampled softmax) and for scoring a catalogue.
+  product for training (a softmax over the catalogue or a sample of it) and for scoring a
+  catalogue.
 
 Parameter names are part of the checkpoints and of the bundle's provenance: attribute
 names and the order in which layers are built must not change.
