@@ -61,17 +61,33 @@ class SeenMask:
             return ((byte >> (keys & 7).to(torch.uint8)) & 1).bool()
         return self._from_rows(users, items)
 
+    def catalogue(self, users: Tensor) -> Tensor:
+        """[B] users -> bool [B, 1 + n_items]: the mask against every item index in order
+        (0, the unknown item, no one rated), for the exact softmax. Scattering the batch's
+        rows costs B x items plus their ratings, a fraction of the bitmap's per-cell
+        shift-and-mask gather."""
+        rows, items = self._rated(users)
+        table = torch.zeros(users.numel(), self.stride, dtype=torch.bool, device=users.device)
+        table[rows, items] = True
+        return table
+
+    def _rated(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """Every (position in `users`, item) pair the users rated, from the CSR rows."""
+        device = users.device
+        starts = self.indptr[users]
+        lens = self.indptr[users + 1] - starts
+        rows = torch.repeat_interleave(torch.arange(users.numel(), device=device), lens)
+        offset = torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens)
+        return rows, self.indices[offset + torch.arange(rows.numel(), device=device)]
+
     def _from_rows(self, users: Tensor, items: Tensor) -> Tensor:
         device = users.device
         uniq_items, item_col = torch.unique(items, return_inverse=True)
         uniq_users, user_row = torch.unique(users, return_inverse=True)
         col_of = torch.full((self.stride,), -1, dtype=torch.long, device=device)
         col_of[uniq_items] = torch.arange(uniq_items.numel(), device=device)
-        starts = self.indptr[uniq_users]
-        lens = self.indptr[uniq_users + 1] - starts
-        rows = torch.repeat_interleave(torch.arange(uniq_users.numel(), device=device), lens)
-        offset = torch.repeat_interleave(starts - (torch.cumsum(lens, 0) - lens), lens)
-        cols = col_of[self.indices[offset + torch.arange(rows.numel(), device=device)]]
+        rows, rated = self._rated(uniq_users)
+        cols = col_of[rated]
         hit = cols >= 0
         table = torch.zeros(uniq_users.numel(), uniq_items.numel(), dtype=torch.bool, device=device)
         table[rows[hit], cols[hit]] = True

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 from torch import Tensor, nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from training.component_pool import (
@@ -231,6 +232,11 @@ class TrainData:
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
+    @property
+    def catalogue(self) -> Tensor:
+        """Every item index, 0 (unknown) included: [1 + n_items]."""
+        return torch.arange(self.n_items + 1, device=self.device)
+
     def seen(self, users: Tensor, items: Tensor) -> Tensor:
         """[B, N]: whether user `users[b]` rated item `items[n]` in training."""
         return self.seen_mask(users, items)
@@ -300,14 +306,14 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
     return loss, mse, rank
 
 
-def ranking_negatives(config: ComponentConfig, n_items: int, gen: torch.Generator) -> Tensor:
-    """The item ids (1-based) one step's tower softmax runs over: the whole catalogue when
-    it is small (`exact_softmax_items`) or the sample would cover it, else `n_negatives`
-    drawn uniformly with replacement."""
+def ranking_negatives(config: ComponentConfig, n_items: int, gen: torch.Generator) -> Tensor | None:
+    """The item ids (1-based) one step's tower softmax runs over: None for the whole
+    catalogue, when it is small (`exact_softmax_items`) or the sample would cover it, else
+    `n_negatives` drawn uniformly with replacement."""
     sampled = 0 < config.n_negatives < n_items and n_items > config.exact_softmax_items
     if sampled:
         return torch.randint(1, n_items + 1, (config.n_negatives,), generator=gen)
-    return torch.arange(1, n_items + 1)
+    return None
 
 
 def _ranking_loss(
@@ -324,16 +330,33 @@ def _ranking_loss(
     squared norms."""
     model, config, data = t.model, t.config, t.data
     uf, itf, ig = feats
-    dev = data.device
-    neg = ranking_negatives(config, data.n_items, t.gen).to(dev)
+    neg = ranking_negatives(config, data.n_items, t.gen)
     user_vec = model.train_user_tower(u_in, uf, i)  # [B, D]
-    pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
-    neg_vec = model.item_tower(neg, data.item_feats[neg], data.item_genres[neg])  # [N, D]
-    pos_logit = (user_vec * pos_vec).sum(dim=1, keepdim=True)  # [B, 1]
-    neg_logit = (user_vec @ neg_vec.T).masked_fill(data.seen(u, neg), float("-inf"))
-    logits = torch.cat([pos_logit, neg_logit], dim=1)  # [B, 1+N]
+    if neg is None:
+        # One tower pass over the catalogue also gives the positives' vectors (the towers
+        # have no dropout); a positive whose id was dropped keeps its own side features,
+        # so those few rows get their own pass. Column 0, the unknown item's, carries the
+        # positive's logit, so the logits need no concatenation: column j > 0 is item j,
+        # masked where the user rated it, the positive included.
+        every = model.item_tower(data.catalogue, data.item_feats, data.item_genres)  # [1+N, D]
+        pos_vec = every[i]  # [B, D]
+        dropped = (i_in == 0).nonzero().squeeze(1)
+        if dropped.numel():
+            own = model.item_tower(i_in[dropped], itf[dropped], ig[dropped])  # [b, D]
+            pos_vec = pos_vec.index_copy(0, dropped, own)
+        logits = user_vec @ every.T  # [B, 1+N]
+        logits[:, 0] = (user_vec * pos_vec).sum(dim=1)
+        logits = logits.masked_fill(data.seen_mask.catalogue(u), float("-inf"))
+    else:
+        neg = neg.to(data.device)
+        pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]
+        neg_vec = model.item_tower(neg, data.item_feats[neg], data.item_genres[neg])  # [N, D]
+        pos_logit = (user_vec * pos_vec).sum(dim=1, keepdim=True)  # [B, 1]
+        neg_logit = (user_vec @ neg_vec.T).masked_fill(data.seen(u, neg), float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], dim=1)  # [B, 1+N]
+    # logsumexp minus the positive's logit, fused: a third of the time of the two steps.
+    rank_each = F.cross_entropy(logits, torch.zeros_like(u), reduction="none")  # [B]
     pos_weight = torch.where(r >= RELEVANT_MIN_RATING, 1.0, config.low_rating_weight)
-    rank_each = torch.logsumexp(logits, dim=1) - logits[:, 0]  # [B]
     rank = (rank_each * pos_weight).sum() / pos_weight.sum().clamp(min=1e-12)
     norms = (user_vec.pow(2).sum(1) + pos_vec.pow(2).sum(1)).mean()
     return rank, norms

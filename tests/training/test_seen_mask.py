@@ -28,8 +28,20 @@ def test_mask_matches_seen_index(max_bits: int) -> None:
     assert want.any()
 
 
+def test_catalogue_mask_is_the_mask_against_every_item() -> None:
+    index = _random_index(2)
+    mask = SeenMask.from_index(index)
+    users = torch.as_tensor(np.random.default_rng(3).integers(0, 41, size=50))
+    got = mask.catalogue(users)
+    assert got.shape == (50, 91)
+    assert not got[:, 0].any()  # no one rated the unknown item
+    assert torch.equal(got[:, 1:], mask(users, torch.arange(1, 91)))
+    assert got[:, 1:].any()
+
+
 def test_empty_index_masks_nothing() -> None:
     empty = SeenIndex.build(np.array([], np.int64), np.array([], np.int64), n_users=3, n_items=4)
     for max_bits in (1 << 32, 0):
         mask = SeenMask.from_index(empty, max_bits=max_bits)
         assert not mask(torch.tensor([1, 2]), torch.tensor([1, 4])).any()
+        assert not mask.catalogue(torch.tensor([1, 2])).any()
