@@ -30,7 +30,8 @@ class ComponentConfig:
     # Catalogues of at most this many items get an exact softmax over every item instead of
     # n_negatives sampled ones: on ml-100k's held-back validation data it raised every
     # component's NDCG@10 on every fold tried, at 1.4-1.9x the training time
-    # (bench/results/negatives.md), and the teacher's on the test folds
+    # (bench/results/negatives.md; docs/SCALE.md item 18 has since made its steps
+    # 1.24-1.35x faster), and the teacher's on the test folds
     # (bench/results/exact-softmax/). A step then costs the catalogue's size, so larger
     # catalogues keep the sampled softmax, whose cost does not grow with them.
     exact_softmax_items: int = 2048
