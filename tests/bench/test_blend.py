@@ -1,0 +1,64 @@
+"""bench/blend.py: validation objectives for the teacher's ranking blend, scored on
+held-back training data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import blend
+
+
+def _row(weights: list[float], valid: tuple[float, float], check: float) -> dict[str, Any]:
+    return {
+        "fold": "u1",
+        "weights": weights,
+        "valid": {"ndcg@10": valid[0], "recall@10": valid[1]},
+        "check": {"ndcg@10": check, "recall@10": check},
+    }
+
+
+def test_each_objective_picks_from_validation_and_ties_go_to_the_default() -> None:
+    rows = [
+        _row([0.4, 0.4, 0.2], (0.30, 0.20), 0.31),  # the default weights
+        _row([1.0, 0.0, 0.0], (0.32, 0.18), 0.29),
+        _row([0.5, 0.3, 0.2], (0.32, 0.17), 0.28),  # ties on NDCG, nearer the default
+        _row([0.0, 0.0, 1.0], (0.27, 0.25), 0.33),
+    ]
+    assert blend.choose(rows, "ndcg@10 (the teacher's)")["weights"] == [0.5, 0.3, 0.2]
+    assert blend.choose(rows, "recall@10")["weights"] == [0.0, 0.0, 1.0]
+    assert blend.choose(rows, "ndcg@10 + recall@10")["weights"] == [0.0, 0.0, 1.0]
+    assert blend.choose(rows, "default")["weights"] == [0.4, 0.4, 0.2]
+    assert blend.choose(rows, "best on check")["weights"] == [0.0, 0.0, 1.0]
+    totals = {t["objective"]: t for t in blend.summary(rows, ["u1"])}
+    assert totals["default"]["ndcg@10_delta"] == pytest.approx(0.31 - 0.28)
+    assert totals["default"]["ndcg@10_better_on"] == 1
+    assert totals["ndcg@10 (the teacher's)"]["ndcg@10_delta"] == 0.0
+
+
+def test_scores_every_grid_point_on_validation_and_held_back_data(
+    synthetic_ml100k: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "blend"
+    argv = ["--data-dir", str(synthetic_ml100k), "--folds", "u1", "--jobs", "1"]
+    assert blend.main([*argv, "--step", "0.5", "--quick", "--out", str(out)]) == 0
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert len(payload["rows"]) == 6  # the simplex grid at step 0.5
+    for row in payload["rows"]:
+        for split in ("valid", "check"):
+            assert all(0.0 <= row[split][m] <= 1.0 for m in ("ndcg@10", "recall@10"))
+    totals = {t["objective"]: t for t in payload["summary"]}
+    best = totals["best on check"]["ndcg@10"]
+    assert all(t["ndcg@10"] <= best for t in totals.values())
+    assert "| default |" in out.with_suffix(".md").read_text()
+
+
+def test_a_bad_step_is_a_one_line_error(
+    synthetic_ml100k: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        blend.main(["--data-dir", str(synthetic_ml100k), "--step", "0"])
+    assert "--step must lie in" in capsys.readouterr().err
