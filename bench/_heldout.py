@@ -95,11 +95,19 @@ def held_back_splits(
 
 
 def train_variant(
-    data_dir: Path, fold: str, name: str, quick: bool, overrides: dict[str, Any]
+    data_dir: Path,
+    fold: str,
+    name: str,
+    quick: bool,
+    overrides: dict[str, Any],
+    *,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Component `name` trained the teacher's way with its config's `overrides` on the
     selection split of `fold`, scored on the held-back tenth: the row every variant
-    benchmark reports (wall seconds, epochs run and kept, the held-back metrics)."""
+    benchmark reports (wall seconds, epochs run and kept, the held-back metrics). `seed` is
+    the teacher's: it draws the selection split and the component's initialisation, as a
+    bench.quality seed does; the held-back tenth stays the same (`CHECK_SEED`)."""
     import torch  # noqa: PLC0415
 
     from training.data import load_dataset  # noqa: PLC0415
@@ -109,13 +117,14 @@ def train_variant(
     torch.set_num_threads(1)
     ds = load_dataset(data_dir)
     fm = ds.feature_map
-    teacher = TeacherConfig().quick() if quick else TeacherConfig()
+    teacher = TeacherConfig(seed=seed)
+    teacher = teacher.quick() if quick else teacher
     config = replace(getattr(teacher, name), **overrides)
-    seed = teacher.seed + COMPONENTS.index(name)  # as train_teacher seeds each component
+    component_seed = teacher.seed + COMPONENTS.index(name)  # as train_teacher seeds them
     train, check, fit, valid = held_back_splits(ds, data_dir, fold, teacher)
     started = time.perf_counter()
     model, info = train_component(
-        name, fm, ds.tables, fit, config=config, valid=valid, seed=seed, progress=False
+        name, fm, ds.tables, fit, config=config, valid=valid, seed=component_seed, progress=False
     )
     seconds = time.perf_counter() - started
     scores = evaluate_model(
@@ -124,6 +133,7 @@ def train_variant(
     epochs_run = len(info["curves"])
     row = {
         "fold": fold,
+        "seed": seed,
         "component": name,
         "seconds": seconds,
         "epochs_run": epochs_run,
@@ -136,10 +146,11 @@ def train_variant(
 
 
 def paired_summary(rows: list[dict[str, Any]], axis: str, base: object) -> list[dict[str, Any]]:
-    """Per component and value of `axis`: each figure's mean over the folds and, for the
-    values other than `base`, the change against `base` on the same fold (time as a
-    ratio, metrics as differences, and on how many folds the variant was better)."""
-    baseline = {(r["fold"], r["component"]): r for r in rows if r[axis] == base}
+    """Per component and value of `axis`: each figure's mean over the runs and, for the
+    values other than `base`, the change against `base` on the same fold and seed (time as
+    a ratio, metrics as differences, and in how many of those pairs the variant was
+    better); `folds` counts the runs."""
+    baseline = {_cell(r): r for r in rows if r[axis] == base}
     out = []
     for name in dict.fromkeys(r["component"] for r in rows):
         for value in dict.fromkeys(r[axis] for r in rows if r["component"] == name):
@@ -147,13 +158,17 @@ def paired_summary(rows: list[dict[str, Any]], axis: str, base: object) -> list[
             entry: dict[str, Any] = {"component": name, axis: value, "folds": len(mine)}
             for key in ("seconds", "epoch_seconds", "epochs_run", *METRICS):
                 entry[key] = statistics.fmean(float(r[key]) for r in mine)
-            paired = [
-                (r, baseline[(r["fold"], name)]) for r in mine if (r["fold"], name) in baseline
-            ]
+            paired = [(r, baseline[_cell(r)]) for r in mine if _cell(r) in baseline]
             if paired and value != base:
                 entry.update(_changes(paired))
             out.append(entry)
     return out
+
+
+def _cell(row: dict[str, Any]) -> tuple[str, int, str]:
+    """What pairs a variant's run with its baseline's: fold, seed (0 for rows written
+    before runs had seeds) and component."""
+    return row["fold"], int(row.get("seed", 0)), row["component"]
 
 
 def _changes(paired: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float]:
