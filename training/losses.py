@@ -6,6 +6,8 @@
   of the list (unrated ones included: that is where the teacher adds information);
 - ranking distillation: T^2 * KL(softmax(teacher / T) || softmax(student / T)) over every
   item the user has not rated in training, or over the list only;
+- top-k ranking distillation: the teacher's top items in its order above the rest (with
+  the catalogue scope only);
 - feature distillation: the student's per-factor interactions, through a learned linear
   projection, against the teacher's representation (over its mean square).
 
@@ -55,6 +57,29 @@ def catalogue_ranking_kd(
         torch.where(rankable, teacher, hidden),
         temperature=temperature,
     )
+
+
+def topk_ranking_kd(student: Tensor, teacher: Tensor, rankable: Tensor, *, k: int) -> Tensor:
+    """Relaxed ranking distillation (DE-RRD, Kang et al. 2020) over each row's rankable
+    items: the Plackett-Luce likelihood of the teacher's top `k`, in the teacher's order,
+    above every other rankable item, whose own order is left free. [N, M] x3 -> [N].
+
+    The catalogue softmax above weighs every item by the teacher's probability, so with
+    standardised scores most of its mass sits in the long middle of the ranking; this
+    term spends the student's capacity on the order at the top, where NDCG@10 is decided.
+    """
+    hidden = torch.tensor(-1e4)
+    k = min(k, student.shape[-1])
+    top = torch.where(rankable, teacher, hidden).topk(k, dim=-1).indices  # [N, k]
+    s_top = student.gather(-1, top)  # [N, k]
+    rest = rankable.scatter(-1, top, False)
+    lse_rest = torch.where(rest, student, hidden).logsumexp(dim=-1, keepdim=True)  # [N, 1]
+    # log(sum_{j >= i} exp s_top[j] + sum_rest exp s) for each position i of the top.
+    tail = s_top.flip(-1).logcumsumexp(dim=-1).flip(-1)  # [N, k]
+    denominators = torch.logaddexp(tail, lse_rest)
+    # Top items the user cannot rank (fewer than k rankable) take no part.
+    valid = rankable.gather(-1, top).float()
+    return ((denominators - s_top) * valid).sum(dim=-1) / valid.sum(dim=-1).clamp(min=1.0)
 
 
 def feature_kd(projected: Tensor, teacher: Tensor, *, scale: float = 1.0) -> Tensor:
@@ -124,6 +149,8 @@ class DistillLoss(nn.Module):
             parts["ranking_kd"] = catalogue_ranking_kd(
                 s_scores, t_scores, rankable, temperature=c.temperature
             )
+            if c.w_topk_kd > 0:
+                parts["topk_kd"] = topk_ranking_kd(s_scores, t_scores, rankable, k=c.topk_kd_items)
         elif c.w_ranking_kd > 0:
             parts["ranking_kd"] = ranking_kd(out["score"], ex["t_score"], temperature=c.temperature)
         if self.use_feature and "t_repr" in ex:
@@ -141,6 +168,7 @@ class DistillLoss(nn.Module):
             "rating_kd": c.w_rating_kd,
             "ranking_kd": c.w_ranking_kd,
             "feature_kd": c.w_feature_kd,
+            "topk_kd": c.w_topk_kd,
         }
         return sum((weights[k] * v for k, v in parts.items()), torch.zeros(()))
 

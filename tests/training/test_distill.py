@@ -25,6 +25,7 @@ from training.losses import (
     ranking_loss,
     rating_kd,
     rating_loss,
+    topk_ranking_kd,
 )
 from training.models.base import count_params
 from training.models.ensemble import EnsembleTeacher
@@ -71,6 +72,42 @@ def test_catalogue_ranking_kd_sees_only_rankable_items() -> None:
     torch.testing.assert_close(
         catalogue_ranking_kd(t, t, rankable, temperature=0.7), torch.zeros(4), atol=1e-6, rtol=0
     )
+
+
+def _plackett_luce_top(s: list[float], t: list[float], k: int) -> float:
+    """The definition, item by item: -log P(teacher's top k, in order, before the rest)."""
+    order = sorted(range(len(t)), key=lambda j: -t[j])
+    left = set(range(len(s)))
+    nll = 0.0
+    for j in order[:k]:
+        nll += float(np.log(sum(np.exp(s[i]) for i in left)) - s[j])
+        left.remove(j)
+    return nll / min(k, len(s))
+
+
+def test_topk_ranking_kd_is_the_plackett_luce_likelihood_of_the_teachers_top() -> None:
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 12, generator=g, requires_grad=True)
+    t = torch.randn(4, 12, generator=g)
+    rankable = torch.rand(4, 12, generator=g) < 0.7
+    rankable[:, :5] = True
+    got = topk_ranking_kd(s, t, rankable, k=4)
+    for row in range(4):
+        keep = rankable[row]
+        want = _plackett_luce_top(s[row, keep].tolist(), t[row, keep].tolist(), 4)
+        assert abs(float(got[row]) - want) < 1e-4
+    # Unrankable items neither count nor get gradient; the order below the top is free.
+    got.sum().backward()
+    assert s.grad is not None and bool((s.grad[~rankable] == 0).all())
+    masked = torch.where(rankable, t, torch.tensor(-1e4))
+    in_top = masked >= masked.topk(4, dim=-1).values[:, -1:]
+    below = torch.where(in_top, t, t.min() - 1.0 - torch.rand(4, 12, generator=g))
+    torch.testing.assert_close(topk_ranking_kd(s, below, rankable, k=4), got)
+    # A student far more confident in the teacher's order approaches zero loss; the
+    # reverse order costs more.
+    sharp = topk_ranking_kd(t * 500, t, torch.ones_like(rankable), k=4)
+    assert float(sharp.max()) < 1e-3
+    assert bool((topk_ranking_kd(-t, t, rankable, k=4) > got.detach()).all())
 
 
 def test_catalogue_targets_are_the_teacher_scores_over_unrated_items(tmp_path: Path) -> None:
