@@ -57,11 +57,11 @@ test-fast: install
 
 lint: install
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check app contract training
-	$(PY) -m mypy app contract training
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy app contract training bench
 
 typecheck: install
-	$(PY) -m mypy app contract training
+	$(PY) -m mypy app contract training bench
 
 bench-quality:
 	$(MAKE) install EXTRAS=cpu,train,dev,bench

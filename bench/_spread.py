@@ -55,7 +55,7 @@ def per_seed_means(
             for metric in metrics:
                 values = [g["rows"].get(name, {}).get(metric) for g in group]
                 if all(isinstance(v, float) for v in values):
-                    rows[name][metric] = sum(values) / len(values)  # type: ignore[arg-type]
+                    rows[name][metric] = sum(values) / len(values)
         out[seed] = rows
     return out
 

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -47,7 +47,8 @@ def measure(data_dir: Path, name: str, *, warm_steps: int, steps: int) -> dict[s
             progress=False,
         )
         if compiled:
-            trainer.objective = torch.compile(T.ComponentObjective(trainer))
+            # torch.compile of a Module returns a Module (OptimizedModule), typed as Callable.
+            trainer.objective = cast(torch.nn.Module, torch.compile(T.ComponentObjective(trainer)))
         order = torch.randperm(len(trainer.data), generator=torch.Generator().manual_seed(1))
         batches = order.split(config.batch_size)
         started = time.perf_counter()

@@ -281,8 +281,11 @@ def _peer_targets(mean: dict[str, dict[str, float]]) -> list[str]:
     """The teacher's ranking against the peers: 1.10x default ALS, 1.05x each tuned peer."""
     teacher = mean["teacher (fitted weights)"]
     lines = []
-    bars = (("implicit-als", "ALS", 1.10), ("ease", "EASE (tuned)", 1.05))
-    bars += (("implicit-als-tuned", "ALS (tuned)", 1.05),)
+    bars = (
+        ("implicit-als", "ALS", 1.10),
+        ("ease", "EASE (tuned)", 1.05),
+        ("implicit-als-tuned", "ALS (tuned)", 1.05),
+    )
     for metric in ("recall@10", "ndcg@10"):
         value = teacher[metric]
         for row, label, factor in bars:

@@ -50,6 +50,7 @@ from training.export import export_onnx, ort_latency_ms
 from training.fisher_analysis import fisher_report
 from training.kd_targets import teacher_pools
 from training.models.base import TwoHeadModel, count_params
+from training.models.student import Student
 from training.report import write_student_report
 from training.train import train_teacher
 
@@ -318,9 +319,10 @@ def run_fold(
     done = run_jobs(jobs, args.jobs)
     chosen_model, chosen_info, chosen_metrics = done[f"ratio {args.ratio}"]
     if args.ablations == "all":
+        assert isinstance(chosen_model, Student)
         small = replace(
             base, prune_ratio=args.ratio, initial="shape", shape=chosen_model.shape, prune=False
-        )  # type: ignore[attr-defined]
+        )
         scratch = replace(
             small, w_rating_kd=0.0, w_ranking_kd=0.0, w_feature_kd=0.0, w_ground_truth=1.0
         )
@@ -397,7 +399,7 @@ def _ablation_jobs(
     if args.ablations == "none":
         return []
     jobs = [
-        (names[m], replace(base, prune_ratio=args.ratio, method=m))  # type: ignore[arg-type]
+        (names[m], replace(base, prune_ratio=args.ratio, method=m))
         for m in ("magnitude", "random")
         if m != args.method
     ]
