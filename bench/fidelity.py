@@ -27,8 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bench._heldout import write_outputs
+from bench.student import config_overrides, get_teacher
+from training.data import load_dataset, make_split
+from training.distill import distill_student
+from training.distill_config import StudentConfig
+from training.evaluate import catalogue_scorer, top_k_stable
+from training.seen import SeenIndex
 
 log = logging.getLogger("bench.fidelity")
 
@@ -37,8 +44,6 @@ TOP = 10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from bench.student import config_overrides  # noqa: PLC0415
-
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -77,8 +82,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def masked_top(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
     """Each row's top k columns after hiding (rows, cols): [U, I] -> [U, k]."""
-    from training.evaluate import top_k_stable  # noqa: PLC0415
-
     hidden = np.array(scores, dtype=np.float64)
     hidden[rows, cols] = -np.inf
     return top_k_stable(hidden, k)
@@ -114,20 +117,11 @@ def by_activity(values: np.ndarray, counts: np.ndarray) -> list[dict[str, Any]]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import torch  # noqa: PLC0415
-
-    from bench.student import get_teacher  # noqa: PLC0415
-    from training.data import load_dataset, make_split  # noqa: PLC0415
-    from training.distill import distill_student  # noqa: PLC0415
-    from training.distill_config import StudentConfig  # noqa: PLC0415
-    from training.evaluate import catalogue_scorer  # noqa: PLC0415
-    from training.seen import SeenIndex  # noqa: PLC0415
-
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data_dir, dataset="ml-100k")
     fm = dataset.feature_map
     train = make_split(dataset, split=args.fold).train
-    args.wait_for_teachers = 0.0
+    args.wait_for_teachers = 0.0  # get_teacher takes bench.student's options: no waiting here
     teacher, _ = get_teacher(args, dataset, train, args.fold)
     users = np.arange(1, fm.n_users + 1)
     seen = SeenIndex.from_ratings(train, n_users=fm.n_users, n_items=fm.n_items)
