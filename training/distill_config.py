@@ -87,8 +87,14 @@ class StudentConfig:
             raise ValueError(f"prune_ratio must lie in [0, 1), got {self.prune_ratio}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        weights = (self.w_rating_kd, self.w_ranking_kd, self.w_feature_kd, self.w_ground_truth)
-        if min(*weights, self.w_topk_kd) < 0:
+        weights = (
+            self.w_rating_kd,
+            self.w_ranking_kd,
+            self.w_feature_kd,
+            self.w_ground_truth,
+            self.w_topk_kd,
+        )
+        if min(weights) < 0:
             raise ValueError("loss weights must be non-negative")
         if not self.quick:
             return self

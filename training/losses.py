@@ -71,15 +71,15 @@ def topk_ranking_kd(student: Tensor, teacher: Tensor, rankable: Tensor, *, k: in
     hidden = torch.tensor(-1e4)
     k = min(k, student.shape[-1])
     top = torch.where(rankable, teacher, hidden).topk(k, dim=-1).indices  # [N, k]
-    s_top = student.gather(-1, top)  # [N, k]
+    # Top items the user cannot rank (fewer than k rankable) take no part anywhere.
+    valid = rankable.gather(-1, top)  # [N, k]
+    s_top = torch.where(valid, student.gather(-1, top), hidden)  # [N, k]
     rest = rankable.scatter(-1, top, False)
     lse_rest = torch.where(rest, student, hidden).logsumexp(dim=-1, keepdim=True)  # [N, 1]
     # log(sum_{j >= i} exp s_top[j] + sum_rest exp s) for each position i of the top.
     tail = s_top.flip(-1).logcumsumexp(dim=-1).flip(-1)  # [N, k]
-    denominators = torch.logaddexp(tail, lse_rest)
-    # Top items the user cannot rank (fewer than k rankable) take no part.
-    valid = rankable.gather(-1, top).float()
-    return ((denominators - s_top) * valid).sum(dim=-1) / valid.sum(dim=-1).clamp(min=1.0)
+    nll = (torch.logaddexp(tail, lse_rest) - s_top) * valid.float()
+    return nll.sum(dim=-1) / valid.sum(dim=-1).clamp(min=1)
 
 
 def feature_kd(projected: Tensor, teacher: Tensor, *, scale: float = 1.0) -> Tensor:
@@ -136,7 +136,8 @@ class DistillLoss(nn.Module):
         if c.w_rating_kd > 0:
             k = ex["t_rating"].shape[1]  # the teacher rated the first k items of each list
             parts["rating_kd"] = rating_kd(out["rating"][:, :k], ex["t_rating"])
-        if c.w_ranking_kd > 0 and student is not None and self.catalogue is not None:
+        wants_catalogue = c.w_ranking_kd > 0 or c.w_topk_kd > 0
+        if wants_catalogue and student is not None and self.catalogue is not None:
             user, user_feats = ex["user"][:, 0], ex["user_feats"][:, 0]
             t_scores, rankable = self.catalogue(user, user_feats)
             dev = user.device  # the catalogue's tables live on the CPU; no copy there
@@ -146,9 +147,10 @@ class DistillLoss(nn.Module):
                 self.catalogue.item_feats.to(dev),
                 self.catalogue.item_genres.to(dev),
             )
-            parts["ranking_kd"] = catalogue_ranking_kd(
-                s_scores, t_scores, rankable, temperature=c.temperature
-            )
+            if c.w_ranking_kd > 0:
+                parts["ranking_kd"] = catalogue_ranking_kd(
+                    s_scores, t_scores, rankable, temperature=c.temperature
+                )
             if c.w_topk_kd > 0:
                 parts["topk_kd"] = topk_ranking_kd(s_scores, t_scores, rankable, k=c.topk_kd_items)
         elif c.w_ranking_kd > 0:

@@ -108,6 +108,16 @@ def test_topk_ranking_kd_is_the_plackett_luce_likelihood_of_the_teachers_top() -
     sharp = topk_ranking_kd(t * 500, t, torch.ones_like(rankable), k=4)
     assert float(sharp.max()) < 1e-3
     assert bool((topk_ranking_kd(-t, t, rankable, k=4) > got.detach()).all())
+    # Fewer rankable items than k: the unrankable ones enter no term, however scored.
+    few = torch.zeros_like(rankable)
+    few[:, :3] = True
+    short = topk_ranking_kd(s.detach(), t, few, k=5)
+    for row in range(4):
+        want = _plackett_luce_top(s[row, :3].tolist(), t[row, :3].tolist(), 5)
+        assert abs(float(short[row]) - want) < 1e-4
+    torch.testing.assert_close(
+        topk_ranking_kd(torch.where(few, s, s + 50.0).detach(), t, few, k=5), short
+    )
 
 
 def test_catalogue_targets_are_the_teacher_scores_over_unrated_items(tmp_path: Path) -> None:
