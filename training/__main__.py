@@ -104,7 +104,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "--prune-ratio",
         type=float,
         default=None,
-        help="share of the teacher's parameter count removed from the student (default 0.8)",
+        help="share of the teacher's parameter count removed from the student (default 0.91)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(

@@ -45,6 +45,7 @@ from training.sparse import (
     sparse_ids,
     sparsify_embeddings,
 )
+from training.student_init import spectral_start
 
 if TYPE_CHECKING:
     from training.data import Dataset, Ratings
@@ -288,6 +289,8 @@ def distill_student(
     shape = initial_shape(dataset.feature_map, cfg, teacher_params)
     student = Student(dataset.feature_map, shape=shape, global_mean=float(train.rating.mean()))
     initial_params = count_params(student)
+    if cfg.score_init == "spectral":
+        spectral_start(student, teacher, dataset.tables)
     if pools is None:
         pools = teacher_pools(dataset, train, teacher, config=cfg)
     loss = _distill_loss(cfg, dataset, train, teacher, shape=shape, pool=pools[0])

@@ -27,15 +27,21 @@ class StudentConfig:
     # are kept far below the teacher's (194 with the default teacher) rather than scaled
     # up with the other widths; pruning may shrink them further.
     max_score_factor: int = 48
-    # Share of the *teacher's* parameters the student must lose: 0.8 so that the ONNX file,
-    # which is mostly weights, is at most 20% of the teacher's (the issue asks >= 0.75).
-    prune_ratio: float = 0.8
+    # Share of the *teacher's* parameters the student must lose: 0.91 leaves 9% of them and
+    # about 9% of the ONNX bytes (the file is mostly weights), under issue 15's 10%, where
+    # from the spectral start the student kept the teacher's NDCG@10 and RMSE within the
+    # issue's bounds on every fold and seed (docs/student.md; 0.8 until then).
+    prune_ratio: float = 0.91
     prune: bool = True
     method: Method = "fisher"
-    epochs: int = 10
+    # 13 epochs, the last 6 fine-tuning the final shape: from the spectral start, on
+    # held-back u1 and u2 at 9% of the teacher's parameters, the NDCG@10 ratio went from
+    # 0.985 and 0.947 (10 and 3) to 1.005 and 0.974, the RMSE ratio down by 0.001
+    # (bench/results/student-tuning/, runs e18 and e19).
+    epochs: int = 13
     prune_start: int = 2  # epochs of plain distillation before the first pruning step
     prune_steps: int = 5
-    finetune_epochs: int = 3
+    finetune_epochs: int = 6
     lists_per_batch: int = 64
     list_positives: int = 16
     list_negatives: int = 96
@@ -64,6 +70,9 @@ class StudentConfig:
     # The teacher's blended scores are standardised (unit variance over the catalogue):
     # T = 1 keeps its top items distinct, which is where NDCG@10 is decided.
     temperature: float = 1.0
+    # "spectral": the score path starts at the best low-rank factorisation of the teacher's
+    # score matrix (training/student_init.py); "random": from scratch, like the rest.
+    score_init: Literal["random", "spectral"] = "spectral"
     # "catalogue": ranking distillation over every item the user has not rated in
     # training, which is the ranking protocol P scores; "list": over the sampled list only
     # (for teachers without two-tower scores, or catalogues too large to score per batch);
