@@ -3,9 +3,8 @@
 Why: the teacher ranks by an inner product of tower vectors, so its score matrix is
 `U V^T` (users x items, through D-dimensional towers) and its best rank-k approximation
 (Eckart-Young) is a pair of factor tables of (users + items) x k numbers, the shape of the
-student's id embeddings. On held-back ratings a rank-12 factorisation of the teacher's
-scores ranks as well as the teacher itself (docs/student.md), while distillation from a
-random start left the student's top 10 far from the teacher's (bench/results/fidelity.md).
+student's id embeddings. The best rank-16 factorisation keeps about 0.92 of the teacher's
+top 10 where distillation from a random start kept about 0.7 (bench/results/fidelity.md).
 So the student starts where its score head would like to end: its first k embedding
 dimensions hold the factors and its score projections pass them through; the other
 dimensions, the hidden layer and the rating head start as before and distillation and
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from training.features import FeatureTables
-from training.kd_targets import item_tower_table
+from training.kd_targets import CatalogueTargets, item_tower_table
 from training.models.student import Student, Tower
 
 log = logging.getLogger(__name__)
@@ -74,8 +73,8 @@ def _pass_through(tower: Tower, factors: Tensor) -> None:
     hidden = tower.hidden.out_features
     ids, *fields = tower.embeddings()
     ids.weight[:, :k] = factors
-    # Side fields add to the same dimensions: their random start alone cost the factorised
-    # scores about 8% of their NDCG@10 on held-back u1. They start at zero there and learn.
+    # Side fields add to the same dimensions, and their random start would blur the
+    # factorised scores: they start at zero there and learn.
     for table in fields:
         table.weight[:, :k] = 0.0
     if tower.genre is not None:
@@ -89,7 +88,11 @@ def _pass_through(tower: Tower, factors: Tensor) -> None:
 
 @torch.no_grad()
 def spectral_start(student: Student, teacher: nn.Module, tables: FeatureTables) -> int:
-    """Puts the teacher's score factorisation into `student`'s score path; returns its rank."""
+    """Puts the teacher's score factorisation into `student`'s score path; returns its rank
+    (0, student untouched, for a teacher without two towers)."""
+    if not CatalogueTargets.supports(teacher):
+        log.warning("the teacher has no towers to factorise: the student starts at random")
+        return 0
     shape = student.shape
     k = min(shape.score_factor, shape.user_dim, shape.item_dim)
     user_factors, item_factors = teacher_score_factors(teacher, tables, k)
