@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contract.errors import ModelLoadError
+from contract.rating_factors import RatingFactors
 from contract.ratings import DEFAULT_RATING_SCALE, RatingScale, clip_ratings
 from contract.session import CPU, choose_providers, graph_inputs, open_session, run_rating
 from contract.signature import INPUT_NAMES, OUTPUT_NAMES, RATING_OUTPUTS
@@ -29,7 +30,9 @@ class ModelRunner:
     to its `rating` output, contract.layout.RATING_GRAPH_FILES), else the pair graph itself
     (a bundle from before rating graphs); either way only `rating` is fetched, since
     /recommend takes its scores from the retrieval and /predict_rating shows none. `file`
-    names the model (its pair graph), `graph_file` what runs.
+    names the model (its pair graph), `graph_file` what runs. With `factors` (a separable
+    rating head's factored form, contract/rating_factors.py), `rate_known` rates pairs of
+    known users without a session run.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class ModelRunner:
         intra_op_threads: int = 0,
         rating_scale: RatingScale = DEFAULT_RATING_SCALE,
         rating_graph: Path | None = None,
+        factors: RatingFactors | None = None,
     ) -> None:
         graph = rating_graph or path
         needs = OUTPUT_NAMES if rating_graph is None else RATING_OUTPUTS
@@ -51,6 +55,7 @@ class ModelRunner:
         self.file = path.name
         self.graph_file = graph.name
         self.rating_scale = rating_scale
+        self.factors = factors
         # The contract lets a graph drop side-feature inputs it never reads (a pruned
         # student may ignore a field); feed only what the graph takes.
         self.input_names = graph_inputs(self.session, file=self.graph_file, needs=needs)
@@ -69,8 +74,25 @@ class ModelRunner:
             )
         logger.info(
             "model session ready",
-            extra={"model": name, "file": self.graph_file, "provider": self.provider},
+            extra={
+                "model": name,
+                "file": self.graph_file,
+                "provider": self.provider,
+                "known_users_rated_by": "rating factors" if factors is not None else "graph",
+            },
         )
+
+    def rate_known(
+        self,
+        user: npt.NDArray[np.int64],  # [B]
+        item: npt.NDArray[np.int64],  # [B]
+    ) -> npt.NDArray[np.float32] | None:
+        """Ratings [B] from the rating factors when the model has them and every user is a
+        known one (index > 0: its factors were computed from its own feature row); None
+        otherwise, and the caller runs the graph."""
+        if self.factors is None or not user.size or int(user.min()) <= 0:
+            return None
+        return clip_ratings(self.factors.rate(user, item), self.rating_scale)
 
     def run(
         self,

@@ -23,6 +23,7 @@ from app.metrics import Metrics
 from app.retrieval import RetrievalSettings, Retriever, limit_search_threads, open_retriever
 from contract.errors import BundleError
 from contract.manifest import RetrievalEntry
+from contract.rating_factors import load_rating_factors
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,11 @@ class ServingState:
         user_feats: npt.NDArray[np.int64],  # [B, Fu]
     ) -> npt.NDArray[np.float32]:
         """The variant's ratings of (user, item) pairs, the items' rows from the bundle."""
-        return self.runners[variant].run(
+        runner = self.runners[variant]
+        rating = runner.rate_known(user, item)
+        if rating is not None:
+            return rating
+        return runner.run(
             user=user,
             item=item,
             user_feats=user_feats,
@@ -295,6 +300,12 @@ def _runner(
         logger.info(
             "bundle has no rating graph: ratings from the pair graph", extra={"model": model}
         )
+    entry = getattr(bundle.manifest.models, model)
+    factors = None
+    if entry.rating_factors is not None:
+        factors = load_rating_factors(
+            bundle.directory, entry.rating_factors, n_users=bundle.n_users, n_items=bundle.n_items
+        )
     return ModelRunner(
         bundle.model_path(model),
         name=model,
@@ -302,6 +313,7 @@ def _runner(
         intra_op_threads=intra_op_threads,
         rating_scale=bundle.rating_scale,
         rating_graph=rating_graph,
+        factors=factors,
     )
 
 

@@ -7,11 +7,14 @@ features, cache, JSON, HTTP, thread hand-offs).
 An uncached /recommend is two stages (app/state.py `_retrieve`): the user's query vector
 (a known user's row precomputed at load, RETRIEVAL_USER_VECTORS_MB, else a user-tower run),
 an inner-product search over the bundle's item matrix for the k best unseen items, and the
-model's rating graph (its pair graph without the score towers) rating those k. Its floor,
+model's ratings of those k: from its rating factors where it has them (the student's
+known users, contract/rating_factors.py), else from its rating graph (the pair graph
+without the score towers). Its floor,
 `recommend`, is those three calls on the service's own objects (`load_state`), timed
 together and stage by stage (`user_tower`, `retrieve`, `pair_k`). `tower_run` times the
 user tower on the same users' rows (without the precomputed vectors), `rating_graph_k` and
-`pair_graph_k` the rating graph and the whole pair graph on the same k items, in turns.
+`pair_graph_k` the rating graph and the whole pair graph on the same k items, in turns
+(the graphs alone, also where the service rates with factors).
 Scoring the whole catalogue with the pair graph (scores and ratings) is a separate work
 item, `score_catalogue`: what re-ranking a large candidate list costs.
 """
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +46,10 @@ _N_FEEDS = 16
 # what whole-catalogue scoring fetches from the pair graph.
 _RATING = ["rating"]
 _PAIR_OUTPUTS = ["rating", "score"]
+
+
+# One timed piece of work on a prepared feed.
+Work = Callable[[dict[str, np.ndarray]], object]
 
 
 @dataclass(frozen=True)
@@ -134,10 +143,10 @@ def _two_stage_feeds(
 def _time_two_stage(
     state: ServingState, variant: str, feeds: list[_TwoStageFeed], config: FloorConfig
 ) -> tuple[np.ndarray, float]:
-    """Per iteration, ms of [total, query vector, search, pair graph on k]."""
+    """Per iteration, ms of [total, query vector, search, the k items' ratings]."""
     tower = state.towers[variant]
     retriever = state.retrievers[variant]
-    session = state.runners[variant].session
+    rate = service_rating(state, variant)
     rows: list[tuple[int, int, int, int]] = []
     started = time.perf_counter()
     deadline = started + config.max_seconds
@@ -148,7 +157,7 @@ def _time_two_stage(
         t1 = time.perf_counter_ns()
         retriever.retrieve(query, config.k, exclude=feed.exclude)
         t2 = time.perf_counter_ns()
-        session.run(_RATING, feed.pairs)
+        rate(feed.pairs)
         t3 = time.perf_counter_ns()
         rows.append((t3 - t0, t1 - t0, t2 - t1, t3 - t2))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4) / 1e6, time.perf_counter() - started
@@ -171,12 +180,12 @@ def _two_stage_floors(
     # the user's row (what a cold-start user still pays), and the whole pair graph, scores
     # included, against the rating graph on the same k items, in turns within one loop.
     towers = [{"user": feed.user, "user_feats": feed.user_row} for feed in feeds]
-    tower = (state.towers[variant].session, [TOWER_OUTPUT])
+    tower = partial(state.towers[variant].session.run, [TOWER_OUTPUT])
     ms_tower, elapsed_tower = _time_in_turns([tower], towers, config)
     results.append(_summary(model, "tower_run", 1, ms_tower[:, 0], elapsed_tower))
     graphs = [
-        (state.runners[variant].session, _RATING),
-        (_pair_session(state, model, config), _PAIR_OUTPUTS),
+        partial(state.runners[variant].session.run, _RATING),
+        partial(_pair_session(state, model, config).run, _PAIR_OUTPUTS),
     ]
     ms_graphs, _ = _time_in_turns(graphs, [feed.pairs for feed in feeds], config)
     for column, work in enumerate(("rating_graph_k", "pair_graph_k")):
@@ -185,29 +194,39 @@ def _two_stage_floors(
     return results
 
 
+def service_rating(state: ServingState, variant: str) -> Work:
+    """Rates a feed's pairs as the service does (app/state.py `_rate`): the rating factors
+    when the model has them and every user is known, else the rating graph."""
+    runner = state.runners[variant]
+
+    def rate(feed: dict[str, np.ndarray]) -> object:
+        rating = runner.rate_known(feed["user"], feed["item"])
+        return rating if rating is not None else runner.session.run(_RATING, feed)
+
+    return rate
+
+
 def _time_in_turns(
-    sessions: list[tuple[ort.InferenceSession, list[str]]],
-    feeds: list[dict[str, np.ndarray]],
-    config: FloorConfig,
+    works: Sequence[Work], feeds: list[dict[str, np.ndarray]], config: FloorConfig
 ) -> tuple[np.ndarray, float]:
-    """Per iteration, ms of each session on the same feed [iterations, sessions], and the
-    seconds the loop took. With several sessions they run one after the other, a fair
+    """Per iteration, ms of each work on the same feed [iterations, works], and the
+    seconds the loop took. With several works they run one after the other, a fair
     comparison of graphs (neither gets a warmer cache or a quieter machine)."""
     for feed in feeds[:3]:
-        for session, outputs in sessions:
-            session.run(outputs, feed)
+        for work in works:
+            work(feed)
     rows: list[list[int]] = []
     started = time.perf_counter()
     deadline = started + config.max_seconds
     while len(rows) < config.max_iterations and time.perf_counter() < deadline:
         feed = feeds[len(rows) % len(feeds)]
         row = []
-        for session, outputs in sessions:
+        for work in works:
             t0 = time.perf_counter_ns()
-            session.run(outputs, feed)
+            work(feed)
             row.append(time.perf_counter_ns() - t0)
         rows.append(row)
-    ms = np.asarray(rows, dtype=np.float64).reshape(-1, len(sessions)) / 1e6
+    ms = np.asarray(rows, dtype=np.float64).reshape(-1, len(works)) / 1e6
     return ms, time.perf_counter() - started
 
 
@@ -222,8 +241,8 @@ def _session_floors(
     state: ServingState, variant: str, model: str, rng: np.random.Generator, config: FloorConfig
 ) -> list[FloorResult]:
     """Session runs alone: the pair graph's scores and ratings over the whole catalogue (what
-    re-ranking a candidate list needs), and the service's rating session on one pair and on
-    a batch of pairs (/predict_rating)."""
+    re-ranking a candidate list needs), and the service's rating of one pair and of a batch
+    of pairs of known users (/predict_rating: the rating factors where the model has them)."""
     bundle = state.bundle
     users = rng.integers(1, bundle.n_users + 1, size=_N_FEEDS)
     work: dict[str, tuple[int, list[dict[str, np.ndarray]]]] = {
@@ -238,12 +257,11 @@ def _session_floors(
             for _ in range(_N_FEEDS)
         ]),
     }  # fmt: skip
-    rating = state.runners[variant].session
-    pair = _pair_session(state, model, config)
+    rate = service_rating(state, variant)
+    pair = partial(_pair_session(state, model, config).run, _PAIR_OUTPUTS)
     results = []
     for name, (batch, feeds) in work.items():
-        graph = (pair, _PAIR_OUTPUTS) if name == "score_catalogue" else (rating, _RATING)
-        ms, elapsed = _time_in_turns([graph], feeds, config)
+        ms, elapsed = _time_in_turns([pair if name == "score_catalogue" else rate], feeds, config)
         results.append(_summary(model, name, batch, ms[:, 0], elapsed))
     return results
 

@@ -8,10 +8,17 @@ refused, since the service would not know how to serve them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from contract.errors import BundleError
 from contract.features import FEATURE_SCHEMA_VERSION
@@ -38,12 +45,16 @@ class FileRef(BaseModel):
         return plain_file_name(value)
 
 
-class ItemMatrixRef(FileRef):
-    """A model's item vectors: float32 [rows, dim], row j is item index j + 1."""
+class MatrixRef(FileRef):
+    """A float32 [rows, dim] `.npy` matrix of the bundle."""
 
     rows: int = Field(ge=1)
     dim: int = Field(ge=1)
     dtype: Literal["float32"] = "float32"
+
+
+class ItemMatrixRef(MatrixRef):
+    """A model's item vectors: float32 [rows, dim], row j is item index j + 1."""
 
 
 class AnnRef(FileRef):
@@ -84,6 +95,30 @@ class RatingGraphRef(FileRef):
     parity_max_abs_diff: float = Field(ge=0.0)
 
 
+class RatingFactorsRef(BaseModel):
+    """A separable rating head in factored form (contract/rating_factors.py): the rating of
+    known user u and item i is `offset + users[u] · items[i - 1]`, clipped to the scale."""
+
+    model_config = ConfigDict(extra="allow")
+
+    users: MatrixRef
+    items: MatrixRef
+    offset: float
+    parity_max_abs_diff: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _same_dim(self) -> Self:
+        if self.users.dim != self.items.dim:
+            raise ValueError(
+                f"rating factors of users ({self.users.dim}) and items ({self.items.dim}) "
+                "differ in width"
+            )
+        return self
+
+    def file_refs(self, key: str) -> dict[str, FileRef]:
+        return {f"{key}.rating_users": self.users, f"{key}.rating_items": self.items}
+
+
 class ModelEntry(FileRef):
     """One ONNX model: its file, size and what training measured of it."""
 
@@ -91,6 +126,8 @@ class ModelEntry(FileRef):
     retrieval: RetrievalEntry | None = None
     # Absent in bundles written before it: the service then rates with the pair graph.
     rating_graph: RatingGraphRef | None = None
+    # Only a model whose rating is a dot product of a user and an item side has factors.
+    rating_factors: RatingFactorsRef | None = None
     params: int = Field(default=0, ge=0)
     onnx_bytes: int = Field(ge=0)
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -174,6 +211,8 @@ class Manifest(BaseModel):
                 refs.update(entry.retrieval.file_refs(key))
             if entry.rating_graph is not None:
                 refs[f"{key}.rating_graph"] = entry.rating_graph
+            if entry.rating_factors is not None:
+                refs.update(entry.rating_factors.file_refs(key))
         return refs
 
     def to_json(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.errors import BundleError, ModelLoadError
-from contract.manifest import ItemMatrixRef
+from contract.manifest import ItemMatrixRef, MatrixRef
 from contract.session import CPU, session_options
 from contract.signature import INPUT_TYPES
 
@@ -48,14 +48,15 @@ def check_tower_signature(
     return TOWER_INPUT_NAMES
 
 
-def load_item_matrix(path: Path, ref: ItemMatrixRef, *, n_items: int) -> np.ndarray:
-    """The item matrix, checked against its manifest entry and the catalogue; read-only."""
+def load_matrix(path: Path, ref: MatrixRef, *, rows: int) -> np.ndarray:
+    """A float32 matrix of the bundle, checked against its manifest entry and the `rows`
+    the bundle's data say it has; read-only."""
     try:
         matrix = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path.name} is not a readable .npy file: {exc}") from exc
-    expected = (n_items, ref.dim)
-    if matrix.dtype != np.float32 or matrix.shape != expected or ref.rows != n_items:
+    expected = (rows, ref.dim)
+    if matrix.dtype != np.float32 or matrix.shape != expected or ref.rows != rows:
         raise BundleError(
             f"{path.name} is {matrix.dtype} {matrix.shape}; the manifest and catalogue say "
             f"float32 {expected}"
@@ -65,6 +66,11 @@ def load_item_matrix(path: Path, ref: ItemMatrixRef, *, n_items: int) -> np.ndar
     matrix = np.ascontiguousarray(matrix)
     matrix.setflags(write=False)
     return matrix
+
+
+def load_item_matrix(path: Path, ref: ItemMatrixRef, *, n_items: int) -> np.ndarray:
+    """The item matrix, checked against its manifest entry and the catalogue; read-only."""
+    return load_matrix(path, ref, rows=n_items)
 
 
 def open_tower_session(

@@ -16,6 +16,7 @@ from contract.errors import BundleError, ModelLoadError
 from contract.features import FEATURE_SCHEMA_VERSION
 from contract.layout import sha256_file
 from contract.manifest import FileRef, Manifest, ModelEntry, read_manifest
+from contract.rating_factors import load_rating_factors
 from contract.session import open_session
 from contract.signature import RATING_OUTPUTS
 from contract.tables import BundleTables, load_tables
@@ -63,10 +64,11 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
         _check_file(directory, key, ref)
 
 
-def verify_models(directory: Path, manifest: Manifest, *, n_items: int) -> None:
+def verify_models(directory: Path, manifest: Manifest, *, n_users: int, n_items: int) -> None:
     """Every model loads in onnxruntime, has the contract signature and belongs to this bundle.
 
-    The same for every user tower, and every item matrix has its manifest shape.
+    The same for every user tower, and every item matrix and rating factor matrix has its
+    manifest shape.
     """
     for key, entry in manifest.models.present().items():
         path = directory / entry.file
@@ -90,6 +92,8 @@ def verify_models(directory: Path, manifest: Manifest, *, n_items: int) -> None:
                 entry.retrieval.items,
                 n_items=n_items,
             )
+        if entry.rating_factors is not None:
+            load_rating_factors(directory, entry.rating_factors, n_users=n_users, n_items=n_items)
 
 
 def _check_metadata(path: Path, session: ort.InferenceSession, manifest: Manifest) -> None:
@@ -117,5 +121,10 @@ def verify_bundle(model_dir: Path, *, open_models: bool = True) -> VerifiedBundl
     verify_files(directory, manifest)
     tables = load_tables(directory, manifest)
     if open_models:
-        verify_models(directory, manifest, n_items=tables.feature_map.n_items)
+        verify_models(
+            directory,
+            manifest,
+            n_users=tables.feature_map.n_users,
+            n_items=tables.feature_map.n_items,
+        )
     return VerifiedBundle(directory=directory, manifest=manifest, tables=tables)

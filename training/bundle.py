@@ -36,6 +36,7 @@ from contract.layout import (
     sha256_file,
 )
 from contract.manifest import MANIFEST_SCHEMA_VERSION, METRIC_KEYS
+from contract.rating_factors import rating_factor_files
 from contract.ratings import DEFAULT_RATING_SCALE
 from contract.towers import tower_files
 from contract.verify import verify_bundle as verify_contract
@@ -55,6 +56,7 @@ __all__ = [
     "BundleContents",
     "BundleError",
     "ModelArtifact",
+    "RatingFactorFiles",
     "RatingGraphFile",
     "RetrievalFiles",
     "current_bundle",
@@ -83,6 +85,20 @@ class ModelArtifact:
     # Served variants: their tower graph, item matrix and ANN index (training/towers.py).
     retrieval: RetrievalFiles | None = None
     rating_graph: RatingGraphFile | None = None
+    rating_factors: RatingFactorFiles | None = None
+
+
+@dataclass
+class RatingFactorFiles:
+    """A separable rating head's factor matrices (training/rating_factors.py), to copy in."""
+
+    users: Path
+    items: Path
+    n_users: int
+    n_items: int
+    dim: int
+    offset: float
+    parity_max_abs_diff: float
 
 
 @dataclass
@@ -181,6 +197,10 @@ def _stage_models(stage: Path, contents: BundleContents) -> None:
         shutil.copyfile(art.source, stage / MODEL_FILES[key])
         if art.rating_graph is not None:
             shutil.copyfile(art.rating_graph.path, stage / RATING_GRAPH_FILES[key])
+        if art.rating_factors is not None:
+            names = rating_factor_files(key)
+            shutil.copyfile(art.rating_factors.users, stage / names["users"])
+            shutil.copyfile(art.rating_factors.items, stage / names["items"])
         if art.retrieval is not None:
             names = tower_files(key)
             shutil.copyfile(art.retrieval.user_tower, stage / names["user_tower"])
@@ -203,6 +223,21 @@ def _retrieval_entry(stage: Path, key: str, files: RetrievalFiles) -> dict[str, 
     if files.ann is not None:
         entry["ann"] = {**ref(names["ann"]), **files.ann_info}
     return entry
+
+
+def _rating_factors_entry(stage: Path, key: str, files: RatingFactorFiles) -> dict[str, Any]:
+    names = rating_factor_files(key)
+
+    def ref(name: str, rows: int) -> dict[str, Any]:
+        sha = sha256_file(stage / name)
+        return {"file": name, "sha256": sha, "rows": rows, "dim": files.dim, "dtype": "float32"}
+
+    return {
+        "users": ref(names["users"], files.n_users + 1),
+        "items": ref(names["items"], files.n_items),
+        "offset": files.offset,
+        "parity_max_abs_diff": files.parity_max_abs_diff,
+    }
 
 
 def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
@@ -236,6 +271,10 @@ def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
                 "sha256": sha256_file(stage / name),
                 "parity_max_abs_diff": _finite(art.rating_graph.parity_max_abs_diff),
             }
+        if art.rating_factors is not None:
+            models[key]["rating_factors"] = _finite(
+                _rating_factors_entry(stage, key, art.rating_factors)
+            )
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "version": contents.version,

@@ -36,6 +36,7 @@ from training.evaluate import bounded_users, format_table, protocol_p
 from training.features import FeatureTables
 from training.fisher_analysis import fisher_report
 from training.models.base import TwoHeadModel, count_params
+from training.rating_factors import export_rating_factors
 from training.report import write_student_report
 from training.towers import ANN_MIN_ITEMS, export_towers, ort_tower_scorer
 from training.train import TeacherConfig, train_teacher
@@ -252,11 +253,21 @@ def step_export(ctx: Context) -> dict[str, Any]:
             ann_min_items=ctx.config.ann_min_items,
             seed=ctx.config.seed,
         )
+        rating_graph = _rating_graph(ctx, key)
+        factors = export_rating_factors(
+            _need(model, key),
+            ctx.dataset.tables,
+            ctx.work / rating_graph["file"],
+            out_dir=ctx.work,
+            stem=key,
+            seed=ctx.config.seed,
+        )
         out["models"][key] = {
             "file": path.name,
             "parity_max_abs_diff": parity.max_abs_diff,
             "retrieval": towers.to_state(),
-            "rating_graph": _rating_graph(ctx, key),
+            "rating_graph": rating_graph,
+            "rating_factors": None if factors is None else factors.to_state(),
         }
     int8 = ctx.work / bundle_mod.MODEL_FILES["student_int8"]
     export_mod.quantize_int8(ctx.work / bundle_mod.MODEL_FILES["student"], int8)
@@ -429,7 +440,9 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
         if key == "student_int8" and not evaluation[key]["kept"]:
             continue
         extra = {
-            k: v for k, v in exported[key].items() if k not in ("file", "retrieval", "rating_graph")
+            k: v
+            for k, v in exported[key].items()
+            if k not in ("file", "retrieval", "rating_graph", "rating_factors")
         }
         if key == "student_int8":
             extra["int8_check"] = {
@@ -446,6 +459,7 @@ def step_bundle(ctx: Context) -> dict[str, Any]:
             extra=extra,
             retrieval=_retrieval_files(ctx, exported[key].get("retrieval")),
             rating_graph=_rating_graph_file(ctx, exported[key].get("rating_graph")),
+            rating_factors=_rating_factor_files(ctx, exported[key].get("rating_factors")),
         )
     metrics_json = {
         "eval_on": ctx.state["evaluate"]["eval_on"],
@@ -505,6 +519,25 @@ def _rating_graph_file(
         return None
     return bundle_mod.RatingGraphFile(
         path=ctx.work / state["file"], parity_max_abs_diff=float(state["parity_max_abs_diff"])
+    )
+
+
+def _rating_factor_files(
+    ctx: Context, state: dict[str, Any] | None
+) -> bundle_mod.RatingFactorFiles | None:
+    # None for a model without a separable rating head, or an export step recorded before
+    # rating factors existed (a resumed run).
+    if state is None:
+        return None
+    fm = ctx.dataset.feature_map
+    return bundle_mod.RatingFactorFiles(
+        users=ctx.work / state["users"],
+        items=ctx.work / state["items"],
+        n_users=fm.n_users,
+        n_items=fm.n_items,
+        dim=int(state["dim"]),
+        offset=float(state["offset"]),
+        parity_max_abs_diff=float(state["parity_max_abs_diff"]),
     )
 
 

@@ -166,6 +166,8 @@ class Student(TwoHeadModel):
     teacher's AutoInt representation.
     """
 
+    mu: Tensor
+
     def __init__(
         self, fm: FeatureMap, *, shape: StudentShape | None = None, global_mean: float = 3.5
     ) -> None:
@@ -239,6 +241,18 @@ class Student(TwoHeadModel):
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
         _, t = self.item(self.item.embed(item, item_feats, item_genres))  # [N, Ks]
         return torch.cat([t, self.item_score_bias(item)], dim=1)  # [N, Ks+1]
+
+    # The rating in factored form (training/rating_factors.py): mu + [p_u, b_u, 1] · [q_i, 1, b_i].
+    def user_rating_factors(self, user: Tensor, user_feats: Tensor) -> Tensor:
+        p, _ = self.user(self.user.embed(user, user_feats, None))  # [B, Kr]
+        return torch.cat([p, self.user_bias(user), torch.ones_like(p[:, :1])], dim=1)  # [B, Kr+2]
+
+    def item_rating_factors(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
+        q, _ = self.item(self.item.embed(item, item_feats, item_genres))  # [N, Kr]
+        return torch.cat([q, torch.ones_like(q[:, :1]), self.item_bias(item)], dim=1)  # [N, Kr+2]
+
+    def rating_offset(self) -> float:
+        return float(self.mu)
 
     def catalogue_scores(
         self, user: Tensor, user_feats: Tensor, item_feats: Tensor, item_genres: Tensor
