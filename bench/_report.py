@@ -655,7 +655,7 @@ def _advantage_section(runs: list[dict[str, Any]]) -> list[str]:
         f"- /predict_rating over HTTP, c={level}, throughput ratio: one pair "
         f"{_http_ratio(runs, 'predict_single', 'throughput_rps', level)}, a batch of "
         f"{runs[0]['config']['batch_pairs']} pairs "
-        f"{_http_ratio(runs, 'predict_batch', 'throughput_rps', level)}; session runs/s "
+        f"{_http_ratio(runs, 'predict_batch', 'throughput_rps', level)}; in-process runs/s "
         f"ratio: one pair {_floor_ratio(runs, 'predict_single', 'throughput_rps')}, a batch "
         f"{_floor_ratio(runs, 'predict_batch', 'throughput_rps')}.",
     ]
