@@ -11,6 +11,7 @@ import pytest
 from app.bundle import BundleError, load_bundle
 from contract.layout import sha256_file
 from contract.manifest import ItemMatrixRef
+from contract.rating_factors import rating_factor_files
 from contract.towers import load_item_matrix, tower_files
 from tests.app.conftest import Reference, copy_bundle
 
@@ -80,12 +81,20 @@ def test_invalid_manifests_are_refused(
         load_bundle(bundle)
 
 
-@pytest.mark.parametrize("part", ["items", "user_tower"])
-def test_tampered_retrieval_files_are_refused(
-    reference: Reference, tmp_path: Path, part: str
+@pytest.mark.parametrize(
+    "name",
+    [
+        tower_files("student")["items"],
+        tower_files("student")["user_tower"],
+        rating_factor_files("student")["users"],
+        rating_factor_files("student")["items"],
+    ],
+)
+def test_tampered_retrieval_and_rating_factor_files_are_refused(
+    reference: Reference, tmp_path: Path, name: str
 ) -> None:
     bundle = copy_bundle(reference.dir, tmp_path, version="x")
-    path = bundle / tower_files("student")[part]
+    path = bundle / name
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
