@@ -61,7 +61,10 @@ def _workers(served: Served) -> list[int]:
     ).stdout.split()
     found = []
     for pid in map(int, children):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue  # exited since pgrep listed it (the killed worker): not a live one
         if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
             found.append(pid)
     return found
