@@ -12,6 +12,8 @@ TEACHERS ?= $(MODELS)/.teachers
 # Extras installed by `make install`: ONNX Runtime for the CPU + training + tests. For a
 # GPU, `make install EXTRAS=gpu,train,dev` in a fresh venv: `cpu` and `gpu` never mix.
 EXTRAS ?= cpu,train,dev
+# `make run` needs no test tools: it installs these alone (`make test` adds `dev` later).
+RUN_EXTRAS ?= cpu,train
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -41,7 +43,8 @@ bundle: install
 			--dataset ml-100k --split none --out-dir $(MODELS); \
 	fi
 
-run: bundle serve
+run:
+	$(MAKE) --no-print-directory bundle serve EXTRAS=$(RUN_EXTRAS)
 
 # The image's start script: JSON logs from the first line, one access line per request,
 # bounded request heads (deploy/docker/serve.sh).

@@ -8,7 +8,8 @@ torchrun's data parallelism (training/distributed.py) is the way across machines
 a torchrun rank, or on a GPU (one device, already parallel), components run one by one.
 
 Each child trains exactly what `train_component` trains in this process (same seed, same
-thread count), so the models are identical whichever way they were trained.
+thread count), so the models are identical whichever way they were trained. A refit runs
+each head apart (`Refit`), so the two heads of one component train side by side too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from training.data import Ratings
     from training.features import FeatureMap, FeatureTables
-    from training.models.configs import ComponentConfig
+    from training.models.configs import ComponentConfig, Head
     from training.models.layers import TowerScoring
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ComponentTask:
     seed: int
     valid: Ratings | None = None
     head_epochs: tuple[int, int] | None = None
+    head: Head | None = None  # a refit of this head alone; None: both heads
 
 
 # `train.train_component` and `train.build_component`, passed in rather than imported:
@@ -89,14 +91,17 @@ def resolve_jobs(jobs: int, *, threads: int, tasks: int) -> int:
 
 @dataclass(frozen=True)
 class Refit:
-    """A second run of every component on other data (all training ratings), each
-    repeating what its first run selected (`task_for(first task, its info)`)."""
+    """Second runs of every component on other data (all training ratings), repeating
+    what its first run selected: `tasks_for(first task, its info)`, a task per head (the
+    heads share no parameters, so each head's run stops at its own epoch)."""
 
     shared: SharedInputs
-    task_for: Callable[[ComponentTask, dict[str, Any]], ComponentTask]
+    tasks_for: Callable[[ComponentTask, dict[str, Any]], list[ComponentTask]]
 
 
 Trained = tuple["TowerScoring", dict[str, Any]]
+# One component's refit: each head's run with the task that made it.
+Refitted = list[tuple[ComponentTask, "TowerScoring", dict[str, Any]]]
 
 
 def train_components(
@@ -106,60 +111,76 @@ def train_components(
     jobs: int,
     device: torch.device,
     refit: Refit | None = None,
-) -> tuple[list[Trained], list[Trained]]:
-    """Each task's trained model and training info, in the order of `tasks`, and those of
-    its refit (empty without one).
+) -> tuple[list[Trained], list[Refitted]]:
+    """Each task's trained model and training info, in the order of `tasks`, and per task
+    its refit's runs (none without a refit).
 
-    In a pool, a component's refit starts as soon as its own first run is done, rather
-    than after the slowest first run: no core waits for another component.
+    In a pool, a component's refit runs start as soon as its own first run is done, rather
+    than after the slowest first run, and run side by side: no core waits for another.
     """
     if jobs <= 1 or len(tasks) <= 1:
-        first = [_train(task, shared, device=device) for task in tasks]
-        second = (
-            []
-            if refit is None
-            else [
-                _train(refit.task_for(task, info), refit.shared, device=device)
-                for task, (_, info) in zip(tasks, first, strict=True)
-            ]
-        )
-        return first, second
+        return _in_turn(tasks, shared, device=device, refit=refit)
     log.info("training %d components in %d processes", len(tasks), jobs)
+    done = _pooled(tasks, shared, jobs=jobs, refit=refit)
+    first: list[Trained] = []
+    second: list[Refitted] = [[] for _ in tasks]
+    for (k, run), (task, (state, info)) in sorted(done.items()):
+        if run < 0:
+            first.append((_rebuild(task, shared, state), info))
+        elif refit is not None:
+            second[k].append((task, _rebuild(task, refit.shared, state), info))
+    return first, second
+
+
+def _in_turn(
+    tasks: Sequence[ComponentTask],
+    shared: SharedInputs,
+    *,
+    device: torch.device,
+    refit: Refit | None,
+) -> tuple[list[Trained], list[Refitted]]:
+    first = [_train(task, shared, device=device) for task in tasks]
+    second: list[Refitted] = [[] for _ in tasks]
+    if refit is not None:
+        for runs, task, (_, info) in zip(second, tasks, first, strict=True):
+            for again in refit.tasks_for(task, info):
+                runs.append((again, *_train(again, refit.shared, device=device)))
+    return first, second
+
+
+# (component, run): run -1 is the first run, 0.. its refit's runs; each with its task and
+# what the child sent back (the weights and the training info).
+Done = dict[tuple[int, int], tuple[ComponentTask, tuple[dict[str, torch.Tensor], dict[str, Any]]]]
+
+
+def _pooled(
+    tasks: Sequence[ComponentTask], shared: SharedInputs, *, jobs: int, refit: Refit | None
+) -> Done:
     # spawn, not fork: the parent may hold torch's thread pools and open files.
     context = multiprocessing.get_context("spawn")
-    runs: dict[tuple[int, int], tuple[ComponentTask, SharedInputs, Any]] = {}
+    done: Done = {}
     with ProcessPoolExecutor(
         max_workers=jobs,
         mp_context=context,
         initializer=_init_child,
         initargs=(logging.getLogger().getEffectiveLevel(), shared.threads),
     ) as pool:
-        pending: dict[Future[Any], tuple[int, int, ComponentTask, SharedInputs]] = {
-            pool.submit(_train_state, task, shared): (0, k, task, shared)
-            for k, task in enumerate(tasks)
+        pending: dict[Future[Any], tuple[int, int, ComponentTask]] = {
+            pool.submit(_train_state, task, shared): (k, -1, task) for k, task in enumerate(tasks)
         }
         try:
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    run, k, task, inputs = pending.pop(future)
-                    state, info = future.result()
-                    runs[(run, k)] = (task, inputs, (state, info))
-                    if run == 0 and refit is not None:
-                        again = refit.task_for(task, info)
-                        pending[pool.submit(_train_state, again, refit.shared)] = (
-                            1,
-                            k,
-                            again,
-                            refit.shared,
-                        )
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    k, run, task = pending.pop(future)
+                    done[(k, run)] = (task, future.result())
+                    if run == -1 and refit is not None:
+                        for j, again in enumerate(refit.tasks_for(task, done[(k, run)][1][1])):
+                            pending[pool.submit(_train_state, again, refit.shared)] = (k, j, again)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    out: tuple[list[Trained], list[Trained]] = ([], [])
-    for (run, _), (task, inputs, (state, info)) in sorted(runs.items(), key=lambda kv: kv[0]):
-        out[run].append((_rebuild(task, inputs, state), info))
-    return out
+    return done
 
 
 def _init_child(level: int, threads: int) -> None:

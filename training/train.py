@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from training.component_pool import (
     ComponentTask,
     Refit,
+    Refitted,
     SharedInputs,
     resolve_jobs,
     train_components,
@@ -293,6 +294,8 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
     dev = data.device
     u_in = u.masked_fill((torch.rand(u.shape, generator=gen) < config.id_dropout).to(dev), 0)
     i_in = i.masked_fill((torch.rand(i.shape, generator=gen) < config.id_dropout).to(dev), 0)
+    # Drawn whichever heads run, so that a one-head refit sees a joint run's draws.
+    neg = ranking_negatives(config, data.n_items, gen)
     uf, itf, ig = data.user_feats[u], data.item_feats[i], data.item_genres[i]
     mse = rank = reg = torch.zeros((), device=dev)
     if config.rating_weight:
@@ -300,7 +303,9 @@ def component_loss(t: Trainer, u: Tensor, i: Tensor, r: Tensor) -> tuple[Tensor,
         mse = (rating - r).pow(2).mean()
         reg = config.rating_l2 * penalty.mean()
     if config.ranking_weight:
-        rank, tower_norms = _ranking_loss(t, u, i, r, u_in=u_in, i_in=i_in, feats=(uf, itf, ig))
+        rank, tower_norms = _ranking_loss(
+            t, u, i, r, u_in=u_in, i_in=i_in, feats=(uf, itf, ig), neg=neg
+        )
         reg = reg + config.tower_l2 * tower_norms
     loss = config.rating_weight * mse + config.ranking_weight * rank + reg
     return loss, mse, rank
@@ -325,12 +330,12 @@ def _ranking_loss(
     u_in: Tensor,
     i_in: Tensor,
     feats: tuple[Tensor, Tensor, Tensor],
+    neg: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """The towers' softmax loss over `ranking_negatives` (weighted by rating) and their mean
-    squared norms."""
+    """The towers' softmax loss over `neg` (`ranking_negatives`; None: the catalogue),
+    weighted by rating, and the towers' mean squared norms."""
     model, config, data = t.model, t.config, t.data
     uf, itf, ig = feats
-    neg = ranking_negatives(config, data.n_items, t.gen)
     user_vec = model.train_user_tower(u_in, uf, i)  # [B, D]
     if neg is None:
         # One tower pass over the catalogue also gives the positives' vectors (the towers
@@ -614,7 +619,7 @@ def train_teacher(
     ]
     report["refit_full"] = config.refits(len(train))
     log.info("teacher refit on all %d training ratings: %s", len(train), report["refit_full"])
-    refit = Refit(_shared(dataset, train, config), _refit_task) if report["refit_full"] else None
+    refit = Refit(_shared(dataset, train, config), _refit_tasks) if report["refit_full"] else None
     trained, refitted = train_components(
         tasks,
         _shared(dataset, fit, config),
@@ -638,7 +643,7 @@ def train_teacher(
         seed=config.seed,
     )
     report["ensemble"] = weights
-    if refitted:
+    if refit is not None:
         teacher = _refitted(dataset, teacher, refitted, report, valid=valid)
     report["seconds"] = time.perf_counter() - started
     report["device"] = str(device)
@@ -667,44 +672,54 @@ def _jobs(config: TeacherConfig, device: torch.device) -> int:
     return resolve_jobs(config.jobs, threads=config.threads, tasks=len(COMPONENTS))
 
 
-def _refit_task(task: ComponentTask, info: dict[str, Any]) -> ComponentTask:
-    """The same component on all training data, for the epochs its first run selected;
-    a head outside `refit_heads` is not trained (its loss weight 0) and takes the other's
-    epoch, so the refit stops at the last epoch a refitted head needs."""
-    rating_epoch, ranking_epoch = (int(e) for e in info["head_epochs"])
-    heads = set(task.config.refit_heads)
-    if not heads or heads - {"rating", "ranking"}:
+def _refit_tasks(task: ComponentTask, info: dict[str, Any]) -> list[ComponentTask]:
+    """The same component on all training data, a run per head in `refit_heads`, each
+    for the epochs its first run selected for that head and with the other head's loss
+    weight 0 (not run at all). The heads share no parameters and the random draws do not
+    depend on which heads run, so each run's head is the head a joint run would give."""
+    epochs = dict(zip(("rating", "ranking"), (int(e) for e in info["head_epochs"]), strict=True))
+    heads = tuple(task.config.refit_heads)
+    if not heads or set(heads) - set(epochs) or len(set(heads)) != len(heads):
         raise ValueError(f"{task.name}: refit_heads must name rating and/or ranking: {heads}")
-    config = task.config
-    if "ranking" not in heads:
-        config, ranking_epoch = replace(config, ranking_weight=0.0), rating_epoch
-    if "rating" not in heads:
-        config, rating_epoch = replace(config, rating_weight=0.0), ranking_epoch
-    return ComponentTask(
-        task.name, config=config, seed=task.seed, head_epochs=(rating_epoch, ranking_epoch)
-    )
+    only = {
+        "rating": replace(task.config, ranking_weight=0.0),
+        "ranking": replace(task.config, rating_weight=0.0),
+    }
+    return [
+        ComponentTask(
+            task.name,
+            config=only[head],
+            seed=task.seed,
+            head_epochs=(epochs[head], epochs[head]),
+            head=head,
+        )
+        for head in heads
+    ]
 
 
 def _refitted(
     dataset: Dataset,
     teacher: EnsembleTeacher,
-    refitted: list[tuple[TowerScoring, dict[str, Any]]],
+    refitted: list[Refitted],
     report: dict[str, Any],
     *,
     valid: Ratings,
 ) -> EnsembleTeacher:
     """The teacher of the refitted components, with the blend fitted on the first run;
-    a head a component does not refit comes from its first run."""
+    each head from its own refit run, a head outside `refit_heads` from the first run."""
     refit: dict[str, TowerScoring] = {}
-    for first, name, (model, info) in zip(teacher.components, COMPONENTS, refitted, strict=True):
-        heads = report["config"][name]["refit_heads"]
-        if "rating" not in heads or "ranking" not in heads:
-            again, before = model.state_dict(), first.state_dict()
-            rating_from, ranking_from = (again, before) if "rating" in heads else (before, again)
-            model.load_state_dict(_merge_heads(model, rating_from, ranking_from))
-        refit[name] = model
-        report["components"][name]["refit_seconds"] = info["seconds"]
-        report["components"][name]["refit_heads"] = list(heads)
+    for first, name, runs in zip(teacher.components, COMPONENTS, refitted, strict=True):
+        state, seconds = first.state_dict(), {}
+        for task, run, info in runs:
+            again = run.state_dict()
+            rating, ranking = (again, state) if task.head == "rating" else (state, again)
+            state = _merge_heads(first, rating, ranking)
+            seconds[str(task.head)] = info["seconds"]
+        # Into a refit run's model: the first run's stays as the blend was fitted on it.
+        refit[name] = runs[-1][1] if runs else copy.deepcopy(first)
+        refit[name].load_state_dict(state)
+        report["components"][name]["refit_seconds"] = seconds
+        report["components"][name]["refit_heads"] = list(seconds)
     teacher_all = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
     teacher_all.load_weights_from(teacher, tables=dataset.tables, users=np.unique(valid.user))
     return teacher_all

@@ -123,8 +123,9 @@ def _readme_gpu_extras() -> list[str]:
     return found
 
 
-def _makefile_default_extras() -> str:
-    match = re.search(r"^EXTRAS \?= ([\w,]+)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+def _makefile_extras(variable: str = "EXTRAS") -> str:
+    pattern = rf"^{variable} \?= ([\w,]+)$"
+    match = re.search(pattern, (REPO / "Makefile").read_text(), re.MULTILINE)
     assert match
     return match.group(1)
 
@@ -137,6 +138,14 @@ def test_readme_gpu_install_has_only_onnxruntime_gpu(resolve: Resolver) -> None:
 
 
 def test_default_install_has_only_the_cpu_onnxruntime(resolve: Resolver) -> None:
-    names = resolve(_makefile_default_extras())
+    names = resolve(_makefile_extras())
     assert "onnxruntime" in names and "onnxruntime-gpu" not in names
     assert {"fastapi", "uvicorn", "redis", "torch"} <= names
+
+
+def test_make_run_installs_what_it_trains_and_serves_with_and_no_test_tools(
+    resolve: Resolver,
+) -> None:
+    names = resolve(_makefile_extras("RUN_EXTRAS"))
+    assert {"onnxruntime", "fastapi", "uvicorn", "redis", "torch", "onnx", "pyarrow"} <= names
+    assert not names & {"onnxruntime-gpu", "pytest", "mypy", "ruff", "schemathesis"}

@@ -47,8 +47,8 @@ class ComponentConfig:
     # after such a plateau; on ML-1M-sized data xDeepFM's best epochs came at 3 and 6 of 20.
     patience: int = 4
     # The heads a refit on all training data (TeacherConfig.refit_full) trains again; the
-    # others keep their first run's parameters. The heads share no parameters, so a refit
-    # of one head trains that head's loss alone, for its own selected epochs.
+    # others keep their first run's parameters. The heads share no parameters, so each
+    # head refits in a run of its own (its loss alone, for its own selected epochs).
     refit_heads: tuple[Head, ...] = ("rating", "ranking")
 
 
