@@ -715,8 +715,9 @@ def _refitted(
             rating, ranking = (again, state) if task.head == "rating" else (state, again)
             state = _merge_heads(first, rating, ranking)
             seconds[str(task.head)] = info["seconds"]
-        # Into a refit run's model: the first run's stays as the blend was fitted on it.
-        refit[name] = runs[-1][1] if runs else copy.deepcopy(first)
+        # Into a refit run's model (refit_heads is never empty): the first run's model
+        # stays as the blend was fitted on it.
+        refit[name] = runs[-1][1]
         refit[name].load_state_dict(state)
         report["components"][name]["refit_seconds"] = seconds
         report["components"][name]["refit_heads"] = list(seconds)
