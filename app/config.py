@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # load and read per request instead of a user-tower run, when they take at most this
     # (MiB); cold-start users always run the tower. 0: never.
     retrieval_user_vectors_mb: float = Field(default=256.0, ge=0)
+    # The student's rating factors (a row per known user and per item, contract/
+    # rating_factors.py) are loaded when both matrices together take at most this (MiB);
+    # above it, or at 0, known users are rated by the rating graph, as cold-start ones are.
+    rating_factors_mb: float = Field(default=1024.0, ge=0)
     # An uncached /recommend whose model work took under this at warm-up runs on the event
     # loop, without the hop to a worker thread (a wake-up and a GIL hand-over that cost as
     # much as the work, docs/BENCHMARKS.md); longer work would hold up other requests.

@@ -74,6 +74,7 @@ class Services:
                 intra_op_threads=settings.ort_intra_op_threads,
                 student_model=settings.student_model,
                 retrieval=settings.retrieval_settings,
+                rating_factors_mb=settings.rating_factors_mb,
                 inline_max_ms=settings.inline_max_ms,
             )
             previous = self.holder.current

@@ -23,7 +23,7 @@ from app.metrics import Metrics
 from app.retrieval import RetrievalSettings, Retriever, limit_search_threads, open_retriever
 from contract.errors import BundleError
 from contract.manifest import RetrievalEntry
-from contract.rating_factors import load_rating_factors
+from contract.rating_factors import RatingFactors, load_rating_factors
 
 logger = logging.getLogger(__name__)
 
@@ -293,18 +293,17 @@ def _retrieval_entry(bundle: Bundle, model: str) -> RetrievalEntry:
 
 
 def _runner(
-    bundle: Bundle, model: str, *, providers: list[str], intra_op_threads: int
+    bundle: Bundle,
+    model: str,
+    *,
+    providers: list[str],
+    intra_op_threads: int,
+    factors_mb: float,
 ) -> ModelRunner:
     rating_graph = bundle.rating_graph_path(model)
     if rating_graph is None:
         logger.info(
             "bundle has no rating graph: ratings from the pair graph", extra={"model": model}
-        )
-    entry = getattr(bundle.manifest.models, model)
-    factors = None
-    if entry.rating_factors is not None:
-        factors = load_rating_factors(
-            bundle.directory, entry.rating_factors, n_users=bundle.n_users, n_items=bundle.n_items
         )
     return ModelRunner(
         bundle.model_path(model),
@@ -313,7 +312,28 @@ def _runner(
         intra_op_threads=intra_op_threads,
         rating_scale=bundle.rating_scale,
         rating_graph=rating_graph,
-        factors=factors,
+        factors=_rating_factors(bundle, model, max_mb=factors_mb),
+    )
+
+
+def _rating_factors(bundle: Bundle, model: str, *, max_mb: float) -> RatingFactors | None:
+    """The model's rating factors when the bundle has them and they fit in `max_mb`.
+
+    They only save a session run per request, so a catalogue or user base whose rows
+    would take more memory than that is rated by the graph instead.
+    """
+    ref = getattr(bundle.manifest.models, model).rating_factors
+    if ref is None:
+        return None
+    mib = (ref.users.rows + ref.items.rows) * ref.users.dim * 4 / 2**20
+    if mib > max_mb:
+        logger.info(
+            "rating factors not loaded: known users rated by the rating graph",
+            extra={"model": model, "mib": round(mib, 1), "limit_mib": max_mb},
+        )
+        return None
+    return load_rating_factors(
+        bundle.directory, ref, n_users=bundle.n_users, n_items=bundle.n_items
     )
 
 
@@ -341,11 +361,13 @@ def load_state(
     intra_op_threads: int = 0,
     student_model: str = "student",
     retrieval: RetrievalSettings | None = None,
+    rating_factors_mb: float = 1024.0,
     inline_max_ms: float = 0.0,
 ) -> ServingState:
     """Load, verify, open and warm up a bundle; raises BundleError or ModelLoadError.
 
-    A variant whose two stages took under `inline_max_ms` at warm-up is marked `inline`.
+    A variant whose two stages took under `inline_max_ms` at warm-up is marked `inline`;
+    rating factors above `rating_factors_mb` are left unloaded (`_rating_factors`).
     """
     retrieval = retrieval or RetrievalSettings()
     limit_search_threads(retrieval.threads)
@@ -357,7 +379,13 @@ def load_state(
             "bundle has no %s model, serving the student from student.onnx", student_model
         )
     runners = {
-        variant: _runner(bundle, model, providers=chosen, intra_op_threads=intra_op_threads)
+        variant: _runner(
+            bundle,
+            model,
+            providers=chosen,
+            intra_op_threads=intra_op_threads,
+            factors_mb=rating_factors_mb,
+        )
         for variant, model in (("teacher", "teacher"), ("student", student_file))
     }
     variants = {"teacher": "teacher", "student": student_file}

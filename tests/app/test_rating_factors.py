@@ -81,3 +81,21 @@ def test_a_factor_matrix_of_the_wrong_shape_stops_the_load(
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"student.rating_users.npy is float32"):
         load_state(bundle, metrics=Metrics(), providers=["CPUExecutionProvider"])
+
+
+def test_rating_factors_above_their_memory_limit_leave_known_users_to_the_graph(
+    client: TestClient, reference: Reference, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="app.state"):
+        capped = load_state(
+            reference.dir, metrics=Metrics(), providers=["CPUExecutionProvider"],
+            rating_factors_mb=0.0,
+        )  # fmt: skip
+    assert capped.runners["student"].factors is None
+    assert any("rating factors not loaded" in r.getMessage() for r in caplog.records)
+    users, items = _pairs(reference, 50)
+    assert capped.runners["student"].rate_known(users, items) is None
+    feats = capped.bundle.user_feats[users]
+    graph = capped._rate("student", user=users, item=items, user_feats=feats)
+    factored = _state(client)._rate("student", user=users, item=items, user_feats=feats)
+    np.testing.assert_allclose(graph, factored, atol=1e-4)
