@@ -49,6 +49,7 @@ from training.models.autoint import AutoInt
 from training.models.configs import (
     AutoIntConfig,
     ComponentConfig,
+    Head,
     MFConfig,
     Select,
     XDeepFMConfig,
@@ -443,9 +444,13 @@ class HeadSelector:
     def stale(self, epoch: int, patience: int) -> bool:
         """Whether neither head improved in the last `patience` epochs (never without
         validation snapshots or with patience 0)."""
-        if patience <= 0 or self.rating is None or self.ranking is None:
-            return False
-        return epoch - max(self.rating.epoch, self.ranking.epoch) >= patience
+        return all(self.head_stale(head, epoch, patience) for head in ("rating", "ranking"))
+
+    def head_stale(self, head: Head, epoch: int, patience: int) -> bool:
+        """Whether `head` did not improve in the last `patience` epochs (never without a
+        validation snapshot or with patience 0)."""
+        snapshot = self.rating if head == "rating" else self.ranking
+        return patience > 0 and snapshot is not None and epoch - snapshot.epoch >= patience
 
     def restore(self, model: TowerScoring, *, last_epoch: int) -> list[int]:
         """Loads the kept heads into `model`; returns [rating epoch, ranking epoch]."""
@@ -564,6 +569,8 @@ def run_epochs(
         if selector.stale(epoch, config.patience):
             log.info("%s: no head improved in %d epochs, stopped", t.name, config.patience)
             break
+        if config.stop_heads:
+            _stop_stale_heads(t, selector, epoch)
         point: dict[str, float] = {"epoch": float(epoch + 1), **train_epoch(t, epoch)}
         metrics = None
         if valid is not None:
@@ -584,6 +591,24 @@ def run_epochs(
             ", ".join(f"{k}={v:.4f}" for k, v in point.items() if k != "epoch"),
         )
     return curves
+
+
+def _stop_stale_heads(t: Trainer, selector: HeadSelector, epoch: int) -> None:
+    """Turns off the loss of each head that has not improved for `patience` epochs.
+
+    A stopped head's parameters then get no gradient and stay as they are, so its
+    validation metric cannot beat its snapshot again; the other head trains on exactly as
+    in a joint run (`_refit_tasks` states why), and every rank stops the same heads since
+    they all see rank 0's metrics.
+    """
+    config, patience = t.config, t.config.patience
+    if config.rating_weight and selector.head_stale("rating", epoch, patience):
+        config = replace(config, rating_weight=0.0)
+        log.info("%s: rating head stopped after %d epochs", t.name, epoch)
+    if config.ranking_weight and selector.head_stale("ranking", epoch, patience):
+        config = replace(config, ranking_weight=0.0)
+        log.info("%s: ranking head stopped after %d epochs", t.name, epoch)
+    t.config = config
 
 
 def train_teacher(

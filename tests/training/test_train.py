@@ -360,7 +360,9 @@ def test_training_stops_once_no_head_improves_for_patience_epochs(
             dataset.feature_map,
             dataset.tables,
             fit,
-            config=replace(QUICK_MF, epochs=12, lr=0.05, tower_lr=0.05, patience=patience),
+            config=replace(
+                QUICK_MF, epochs=12, lr=0.05, tower_lr=0.05, patience=patience, stop_heads=False
+            ),
             valid=valid,
             progress=False,
             seed=1,
@@ -378,6 +380,42 @@ def test_training_stops_once_no_head_improves_for_patience_epochs(
     assert early["head_epochs"] == [int(np.argmin(rmse)) + 1, int(np.argmax(ndcg)) + 1]
 
 
+def test_a_stale_head_stops_alone_while_the_other_trains_as_in_a_joint_run(
+    dataset: Dataset, train_ratings: Ratings
+) -> None:
+    fit, valid = holdout(train_ratings, fraction=0.2, seed=0)
+    base = replace(QUICK_MF, epochs=12, lr=0.05, tower_lr=0.05, patience=1)
+    runs = {
+        flag: train_component(
+            "mf", dataset.feature_map, dataset.tables, fit, config=replace(base, stop_heads=flag),
+            valid=valid, progress=False, seed=1,
+        )
+        for flag in (False, True)
+    }  # fmt: skip
+    joint, alone = runs[False][1]["curves"], runs[True][1]["curves"]
+    # The ranking head stops first on this data: from then on its loss is off and its
+    # metric frozen, while the rating head's curve stays the joint run's, to the bit.
+    stopped = next(n for n, p in enumerate(alone) if p["rank"] == 0.0)
+    assert 0 < stopped < len(alone) - 1
+    assert {p["valid_ndcg@10"] for p in alone[stopped - 1 :]} == {
+        alone[stopped - 1]["valid_ndcg@10"]
+    }
+    assert all(p["rank"] == 0.0 for p in alone[stopped:])
+
+    def rating(curves: list[dict[str, float]]) -> list[tuple[float, float]]:
+        return [(p["mse"], p["valid_rmse"]) for p in curves]
+
+    assert rating(alone) == rating(joint[: len(alone)])
+    assert len(alone) <= len(joint)
+    # So the rating head kept is the joint run's, parameter for parameter.
+    (model, info), (joint_model, joint_info) = runs[True], runs[False]
+    assert info["head_epochs"][0] == joint_info["head_epochs"][0]
+    towers = model.tower_prefixes
+    for key, value in joint_model.state_dict().items():
+        if not key.startswith(towers):
+            assert torch.equal(model.state_dict()[key], value), key
+
+
 def test_head_selector_is_stale_only_after_a_plateau_of_patience_epochs() -> None:
     selector = HeadSelector(select="heads")
     model = torch.nn.Linear(1, 1)
@@ -386,6 +424,8 @@ def test_head_selector_is_stale_only_after_a_plateau_of_patience_epochs() -> Non
     selector.observe(model, 2, {"rmse": 0.9, "ndcg@10": 0.1})
     assert not selector.stale(3, 2) and selector.stale(4, 2)
     assert not selector.stale(40, 0)  # patience 0 never stops
+    selector.observe(model, 3, {"rmse": 0.8, "ndcg@10": 0.1})
+    assert selector.head_stale("ranking", 3, 2) and not selector.head_stale("rating", 3, 2)
 
 
 def test_a_head_left_out_of_the_refit_keeps_its_first_run_parameters(
