@@ -11,7 +11,13 @@ is scored under protocol P on `valid` and on a further tenth of the fold's train
 ratings held back first (`check`, seed 1; the test folds are never read). Each objective
 then picks a point from `valid` alone (ties: the point nearest the default weights), and
 the table gives what that point scores on `check`. "best on check" is no objective: it
-is the most any choice of weights could reach, the room the blend has. Writes
+is the most any choice of weights could reach, the room the blend has.
+
+`--standardise` names how each component's scores are put on one scale before they are
+weighted: `catalogue` (the teacher's: one mean and spread per component, over the
+validation users' rows) or `user` (each user's row of scores to zero mean and unit spread
+over the catalogue, as score fusion in retrieval normalises per query). Several, comma-
+separated, are scored on the same trained components and compared with the first. Writes
 bench/results/blend.md and .json.
 """
 
@@ -22,7 +28,7 @@ import logging
 import shlex
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +49,7 @@ OBJECTIVES: dict[str, Callable[[dict[str, float]], float]] = {
 }
 BASELINE = "ndcg@10 (the teacher's)"
 METRICS = ("ndcg@10", "recall@10")
+STANDARDISE = ("catalogue", "user")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,12 +58,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", default="u1,u2,u3", help="comma-separated folds")
     parser.add_argument("--jobs", type=int, default=2, help="components trained in parallel")
     parser.add_argument("--step", type=float, default=0.05, help="grid step of the weights")
+    parser.add_argument(
+        "--standardise",
+        default="catalogue",
+        help=f"comma-separated ways to scale the scores ({', '.join(STANDARDISE)}); the first is "
+        "the baseline",
+    )
     parser.add_argument("--quick", action="store_true", help="the --quick teacher (tests)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "blend")
     args = parser.parse_args(argv)
     args.fold_list = [f.strip() for f in args.folds.split(",") if f.strip()]
     if not args.fold_list:
         parser.error("--folds: at least one fold")
+    args.standardise_list = list(dict.fromkeys(s.strip() for s in args.standardise.split(",")))
+    unknown = [s for s in args.standardise_list if s not in STANDARDISE]
+    if unknown or not args.standardise_list:
+        parser.error(
+            f"--standardise: choose from {', '.join(STANDARDISE)}, got {args.standardise!r}"
+        )
     if not 0.0 < args.step <= 0.5:
         parser.error(f"--step must lie in (0, 0.5], got {args.step}")
     return args
@@ -100,18 +119,17 @@ def grid_rows(
     mats: list[np.ndarray],
     *,
     step: float,
+    standardise: str = "catalogue",
 ) -> list[dict[str, Any]]:
-    """Every grid point's protocol-P ranking on `valid` and on `check` for one fold."""
+    """Every grid point's protocol-P ranking on `valid` and on `check` for one fold, the
+    scores standardised per `standardise` (module docstring)."""
     from training.evaluate import ranking_metrics  # noqa: PLC0415
     from training.seen import SeenIndex  # noqa: PLC0415
     from training.train import simplex_grid  # noqa: PLC0415
 
     fm = ds.feature_map
     train, check, fit, valid = held_back_splits(ds, data_dir, fold, teacher)
-    # Standardised on the validation users' rows, as fit_ensemble_weights standardises.
-    liked = np.unique(valid.user[valid.rating >= 4.0])
-    z = np.stack([(m - m[liked].mean()) / max(float(m[liked].std()), 1e-6) for m in mats])
-    z = z.astype(np.float64)
+    z = standardised(mats, np.unique(valid.user[valid.rating >= 4.0]), standardise)
     splits = {
         "valid": (fit, valid, SeenIndex.from_ratings(fit, n_users=fm.n_users, n_items=fm.n_items)),
         "check": (
@@ -127,7 +145,7 @@ def grid_rows(
         def blend(us: np.ndarray, w: np.ndarray = w) -> np.ndarray:
             return np.asarray(np.tensordot(w, z[:, us], axes=1))  # [b, n_items]
 
-        row: dict[str, Any] = {"fold": fold, "weights": list(point)}
+        row: dict[str, Any] = {"fold": fold, "standardise": standardise, "weights": list(point)}
         for split, (seen_ratings, test, seen) in splits.items():
             metrics = ranking_metrics(
                 blend,
@@ -140,6 +158,21 @@ def grid_rows(
             row[split] = {m: float(metrics[m]) for m in METRICS}
         rows.append(row)
     return rows
+
+
+def standardised(mats: list[np.ndarray], liked: np.ndarray, how: str) -> np.ndarray:
+    """The components' score matrices on one scale: [3, n_users + 1, n_items] float64.
+
+    `catalogue`: one mean and spread per component over the validation users' rows (`liked`),
+    as `fit_ensemble_weights` standardises. `user`: each row to zero mean and unit spread.
+    """
+    if how == "user":
+        rows = [m.astype(np.float64) for m in mats]
+        return np.stack(
+            [(m - m.mean(1, keepdims=True)) / m.std(1, keepdims=True).clip(1e-6) for m in rows]
+        )
+    z = np.stack([(m - m[liked].mean()) / max(float(m[liked].std()), 1e-6) for m in mats])
+    return z.astype(np.float64)
 
 
 def choose(rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
@@ -158,20 +191,28 @@ def choose(rows: list[dict[str, Any]], objective: str) -> dict[str, Any]:
     return max(rows, key=lambda r: (value(r["valid"]), -distance(r)))
 
 
-def summary(rows: list[dict[str, Any]], folds: list[str]) -> list[dict[str, Any]]:
-    """Per objective: each fold's pick and its check metrics, their mean, and the change
-    against the teacher's own objective on the same fold."""
+def summary(
+    rows: list[dict[str, Any]], folds: list[str], standardise: Sequence[str] = ("catalogue",)
+) -> list[dict[str, Any]]:
+    """Per way of standardising and objective: each fold's pick and its check metrics,
+    their mean, and the change against the teacher's own objective on the same fold, with
+    the first way of standardising."""
+
+    def fold_rows(how: str, fold: str) -> list[dict[str, Any]]:
+        return [r for r in rows if r["fold"] == fold and r.get("standardise", "catalogue") == how]
+
+    base = [choose(fold_rows(standardise[0], f), BASELINE) for f in folds]
     out = []
-    for objective in [*OBJECTIVES, "default", "best on check"]:
-        picks = [choose([r for r in rows if r["fold"] == f], objective) for f in folds]
-        base = [choose([r for r in rows if r["fold"] == f], BASELINE) for f in folds]
-        entry: dict[str, Any] = {"objective": objective, "picks": picks}
-        for m in METRICS:
-            entry[m] = statistics.fmean(p["check"][m] for p in picks)
-            deltas = [p["check"][m] - b["check"][m] for p, b in zip(picks, base, strict=True)]
-            entry[f"{m}_delta"] = statistics.fmean(deltas)
-            entry[f"{m}_better_on"] = sum(d > 0 for d in deltas)
-        out.append(entry)
+    for how in standardise:
+        for objective in [*OBJECTIVES, "default", "best on check"]:
+            picks = [choose(fold_rows(how, f), objective) for f in folds]
+            entry: dict[str, Any] = {"standardise": how, "objective": objective, "picks": picks}
+            for m in METRICS:
+                entry[m] = statistics.fmean(p["check"][m] for p in picks)
+                deltas = [p["check"][m] - b["check"][m] for p, b in zip(picks, base, strict=True)]
+                entry[f"{m}_delta"] = statistics.fmean(deltas)
+                entry[f"{m}_better_on"] = sum(d > 0 for d in deltas)
+            out.append(entry)
     return out
 
 
@@ -182,9 +223,9 @@ def render(command: str, totals: list[dict[str, Any]], folds: list[str]) -> str:
         f"Generated by `{command}`; do not edit by hand. See bench/blend.py for the set-up:",
         "weights picked on each fold's validation split, scored on the held-back tenth.",
         "",
-        "| objective | " + " | ".join(f"{f} weights" for f in folds)
+        "| standardised per | objective | " + " | ".join(f"{f} weights" for f in folds)
         + " | ndcg@10 | recall@10 | ndcg@10 change (better on) | recall@10 change |",
-        "|---|" + "---|" * len(folds) + "---:|---:|---|---|",
+        "|---|---|" + "---|" * len(folds) + "---:|---:|---|---|",
     ]  # fmt: skip
     for t in totals:
         weights = " | ".join("/".join(f"{w:.2f}" for w in p["weights"]) for p in t["picks"])
@@ -192,10 +233,14 @@ def render(command: str, totals: list[dict[str, Any]], folds: list[str]) -> str:
             f"{t[f'{m}_delta']:+.4f} ({t[f'{m}_better_on']}/{len(folds)})" for m in METRICS
         )
         lines.append(
-            f"| {t['objective']} | {weights} | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | "
-            f"{changes} |"
+            f"| {t['standardise']} | {t['objective']} | {weights} | {t['ndcg@10']:.4f} | "
+            f"{t['recall@10']:.4f} | {changes} |"
         )
-    lines += ["", "Weights: MF / xDeepFM / AutoInt; changes against the teacher's objective."]
+    lines += [
+        "",
+        "Weights: MF / xDeepFM / AutoInt; changes against the teacher's objective with the",
+        f"scores standardised per {totals[0]['standardise']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -213,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for fold in args.fold_list:
         mats = [scores[(fold, name)] for name in COMPONENTS]
-        rows += grid_rows(ds, args.data_dir, fold, teacher, mats, step=args.step)
-    totals = summary(rows, args.fold_list)
+        for how in args.standardise_list:
+            rows += grid_rows(
+                ds, args.data_dir, fold, teacher, mats, step=args.step, standardise=how
+            )
+    totals = summary(rows, args.fold_list, args.standardise_list)
     command = "python -m bench.blend " + shlex.join(argv if argv is not None else sys.argv[1:])
     payload = {"command": command, "rows": rows, "summary": totals}
     write_outputs(args.out, payload, render(command, totals, args.fold_list))

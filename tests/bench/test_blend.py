@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bench import blend
@@ -39,21 +40,54 @@ def test_each_objective_picks_from_validation_and_ties_go_to_the_default() -> No
     assert totals["ndcg@10 (the teacher's)"]["ndcg@10_delta"] == 0.0
 
 
+def test_scores_are_standardised_per_component_or_per_user_row() -> None:
+    rng = np.random.default_rng(0)
+    mats: list[np.ndarray] = [
+        rng.normal(3.0, 2.0, (5, 7)).astype(np.float32),
+        rng.normal(size=(5, 7)),
+    ]
+    mats[0][2] *= 10.0  # one user's scores on a wider scale
+    liked = np.array([1, 2, 4])
+    per_user = blend.standardised(mats, liked, "user")
+    assert per_user.shape == (2, 5, 7)
+    np.testing.assert_allclose(per_user.mean(axis=2), 0.0, atol=1e-9)
+    np.testing.assert_allclose(per_user.std(axis=2), 1.0, rtol=1e-9)
+    catalogue = blend.standardised(mats, liked, "catalogue")
+    np.testing.assert_allclose(catalogue[0][liked].mean(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(catalogue[0][liked].std(), 1.0, rtol=1e-6)
+    # One scale per component: the wide user stays wide.
+    assert catalogue[0][2].std() > 3 * catalogue[0][1].std()
+
+
+def test_each_way_of_standardising_is_compared_with_the_first() -> None:
+    rows = [
+        {**_row([1.0, 0.0, 0.0], (0.30, 0.20), 0.30), "standardise": "catalogue"},
+        {**_row([1.0, 0.0, 0.0], (0.30, 0.20), 0.34), "standardise": "user"},
+    ]
+    totals = blend.summary(rows, ["u1"], ["catalogue", "user"])
+    by = {(t["standardise"], t["objective"]): t for t in totals}
+    assert by[("catalogue", blend.BASELINE)]["ndcg@10_delta"] == 0.0
+    assert by[("user", blend.BASELINE)]["ndcg@10_delta"] == pytest.approx(0.04)
+    assert by[("user", blend.BASELINE)]["ndcg@10_better_on"] == 1
+
+
 def test_scores_every_grid_point_on_validation_and_held_back_data(
     synthetic_ml100k: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "blend"
     argv = ["--data-dir", str(synthetic_ml100k), "--folds", "u1", "--jobs", "1"]
+    argv += ["--standardise", "catalogue,user"]
     assert blend.main([*argv, "--step", "0.5", "--quick", "--out", str(out)]) == 0
     payload = json.loads(out.with_suffix(".json").read_text())
-    assert len(payload["rows"]) == 6  # the simplex grid at step 0.5
+    assert len(payload["rows"]) == 2 * 6  # the simplex grid at step 0.5, per standardisation
+    assert {r["standardise"] for r in payload["rows"]} == {"catalogue", "user"}
     for row in payload["rows"]:
         for split in ("valid", "check"):
             assert all(0.0 <= row[split][m] <= 1.0 for m in ("ndcg@10", "recall@10"))
     totals = {t["objective"]: t for t in payload["summary"]}
     best = totals["best on check"]["ndcg@10"]
     assert all(t["ndcg@10"] <= best for t in totals.values())
-    assert "| default |" in out.with_suffix(".md").read_text()
+    assert "| user | default |" in out.with_suffix(".md").read_text()
 
 
 def test_a_bad_step_is_a_one_line_error(
@@ -62,3 +96,6 @@ def test_a_bad_step_is_a_one_line_error(
     with pytest.raises(SystemExit):
         blend.main(["--data-dir", str(synthetic_ml100k), "--step", "0"])
     assert "--step must lie in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        blend.main(["--data-dir", str(synthetic_ml100k), "--standardise", "item"])
+    assert "--standardise: choose from catalogue, user" in capsys.readouterr().err
