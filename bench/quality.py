@@ -402,7 +402,8 @@ def _weights_lines(folds: list[dict[str, Any]]) -> list[str]:
 MF_NOTE = (
     " The teacher's MF component holds each user's training items in its user vectors "
     "(SVD++'s implicit term, in both heads); bench/results/mf-history.md has the validation "
-    "evidence for it."
+    "evidence for it. xDeepFM's user tower holds them too (ranking head only); "
+    "bench/results/xdeepfm-history.md has the evidence for that."
 )
 
 

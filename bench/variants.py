@@ -2,16 +2,19 @@
 validation data only.
 
     python -m bench.variants --data-dir $MOVIELENS_DIR --components autoint \
-        --set tower_lr=0.005,0.01 [--folds u1,u2,u3] [--seeds 1] [--jobs 2] [--out PATH]
+        --set tower_lr=0.005,0.01 [--set FIELD=...] [--folds u1,u2,u3] [--seeds 1] \
+        [--jobs 2] [--out PATH]
 
 Each chosen component trains the teacher's way (a 90/10 selection split, each head kept
 at its best validation epoch, early stopping) once per value of the `--set` field of its
-config (`training/models/configs.py`); the first value is the baseline every other one is
-paired with on the same fold and seed (`--seeds` N: the teacher's seeds 0..N-1, each
-drawing its own selection split and initialisation). Models are scored under protocol P
-on a further tenth of the fold's training ratings held back first (seed 1, as
-bench/refit.py): the test folds are never read. bench.negatives and bench.batch are this
-benchmark for the settings they name, with what those settings need besides.
+config (`training/models/configs.py`); several `--set`s change their fields together (the
+i-th run takes the i-th value of each, so each lists as many). The first values are the
+baseline every other run is paired with on the same fold and seed (`--seeds` N: the
+teacher's seeds 0..N-1, each drawing its own selection split and initialisation). Models
+are scored under protocol P on a further tenth of the fold's training ratings held back
+first (seed 1, as bench/refit.py): the test folds are never read. bench.negatives and
+bench.batch are this benchmark for the settings they name, with what those settings need
+besides.
 """
 
 from __future__ import annotations
@@ -42,25 +45,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = component_parser(__doc__, folds="u1,u2,u3", jobs=2, out="variants")
     parser.add_argument(
         "--set",
-        dest="setting",
+        dest="settings",
+        action="append",
         required=True,
         metavar="FIELD=V1,V2,...",
-        help="a config field and its values; the first is the baseline",
+        help="a config field and its values, the first the baseline; repeat to change "
+        "several fields together, value by value",
     )
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per fold and value")
     args = parse_components(parser, argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    args.field, args.values = parse_setting(parser, args.setting, args.component_order)
+    settings = [parse_setting(parser, text, args.component_order) for text in args.settings]
+    args.fields = [name for name, _ in settings]
+    if len(set(args.fields)) != len(args.fields):
+        parser.error(f"--set: a field is set twice in {args.fields}")
+    if len({len(values) for _, values in settings}) != 1:
+        parser.error("--set: every field needs as many values as the others")
+    args.variants = list(zip(*(values for _, values in settings), strict=True))
+    if len(set(args.variants)) != len(args.variants):
+        parser.error(f"--set: at least two distinct values of {', '.join(args.fields)}")
+    args.field = ", ".join(args.fields)
     return args
+
+
+def variant_label(values: tuple[Any, ...]) -> Any:
+    """A run's value in rows and tables: the value itself for one field, else the values
+    joined (a string)."""
+    return values[0] if len(values) == 1 else ", ".join(str(v) for v in values)
 
 
 def parse_setting(
     parser: argparse.ArgumentParser, text: str, components: list[str]
 ) -> tuple[str, list[Any]]:
     """`FIELD=V1,V2,...` checked against every chosen component's config: the field must
-    exist in each, and the values parse as its default's type (distinct, at least two);
-    anything else is a one-line usage error."""
+    exist in each, and the values parse as its default's type (at least two); anything
+    else is a one-line usage error."""
     from training.train import TeacherConfig  # noqa: PLC0415
 
     name, sep, raw = text.partition("=")
@@ -78,7 +98,7 @@ def parse_setting(
     if kind not in (int, float, bool) or any(type(d) is not kind for d in defaults):
         parser.error(f"--set: {name!r} is not a number or a boolean in every chosen component")
     values = [_parse_value(parser, name, v.strip(), kind) for v in raw.split(",") if v.strip()]
-    if len(values) < 2 or len(set(values)) != len(values):
+    if len(values) < 2:
         parser.error(f"--set: at least two distinct values of {name!r}, got {raw!r}")
     return name, values
 
@@ -94,12 +114,15 @@ def _parse_value(parser: argparse.ArgumentParser, name: str, text: str, kind: ty
         parser.error(f"--set: {name!r} takes {kind.__name__} values, got {text!r}")
 
 
-def run_one(task: tuple[Path, str, int, str, str, Any, bool]) -> dict[str, Any]:
-    """One (fold, seed, component, value): trained on the selection split, scored on the
+def run_one(
+    task: tuple[Path, str, int, str, list[str], tuple[Any, ...], bool],
+) -> dict[str, Any]:
+    """One (fold, seed, component, values): trained on the selection split, scored on the
     held-back tenth."""
-    data_dir, fold, seed, name, field, value, quick = task
-    row = train_variant(data_dir, fold, name, quick, {field: value}, seed=seed)
-    return {**row, "value": value}
+    data_dir, fold, seed, name, fields, values, quick = task
+    overrides = dict(zip(fields, values, strict=True))
+    row = train_variant(data_dir, fold, name, quick, overrides, seed=seed)
+    return {**row, "value": variant_label(values)}
 
 
 def markdown(
@@ -135,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tasks = [
-        (args.data_dir, f, seed, name, args.field, value, args.quick)
+        (args.data_dir, f, seed, name, args.fields, values, args.quick)
         for f in args.fold_list
         for seed in range(args.seeds)
         for name in args.component_order
-        for value in args.values
+        for values in args.variants
     ]
     rows = run_pool(run_one, tasks, args.jobs)
-    totals = paired_summary(rows, "value", args.values[0])
+    totals = paired_summary(rows, "value", variant_label(args.variants[0]))
     command = "python -m bench.variants " + shlex.join(argv if argv is not None else sys.argv[1:])
     payload = {"command": command, "field": args.field, "rows": rows, "summary": totals}
     write_outputs(args.out, payload, markdown(rows, totals, args.field, command))

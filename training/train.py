@@ -276,7 +276,7 @@ def make_optimizer(
     model: TowerScoring, config: ComponentConfig
 ) -> torch.optim.Optimizer | Optimizers:
     """Adam with its own learning rate for the ranking towers (lazy for sparse tables)."""
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     tower_lr = config.tower_lr or config.lr
     rest = [(p, config.lr) for n, p in named if not n.startswith(model.tower_prefixes)]
     tower = [(p, tower_lr) for n, p in named if n.startswith(model.tower_prefixes)]
@@ -480,11 +480,13 @@ def training_model(
     """A new component on the data's device, with what only training needs attached."""
     model = build_component(name, fm, config, global_mean=global_mean)
     model.to(data.device)
+    seen = data.seen_mask
     if isinstance(model, BiasedMF) and isinstance(config, MFConfig) and config.history:
-        seen = data.seen_mask
         model.attach_history(
             seen.indptr, seen.indices, alpha=config.history_alpha, rating=config.rating_history
         )
+    if isinstance(model, XDeepFM) and isinstance(config, XDeepFMConfig) and config.history:
+        model.attach_history(seen.indptr, seen.indices, alpha=config.history_alpha)
     n_sparse = sparsify_embeddings(model, min_rows=SPARSE_MIN_ROWS)
     if n_sparse:
         log.info("%s: %d embedding tables with sparse gradients (lazy Adam)", name, n_sparse)
@@ -544,8 +546,7 @@ def train_component(
     curves = run_epochs(t, selector, fm, tables, train=train, valid=valid)
     last = len(curves)
     epochs_kept = selector.restore(model, last_epoch=last)
-    if isinstance(model, BiasedMF):
-        model.fold_history()
+    model.fold_history()
     densify_embeddings(model)
     model.eval()
     info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}

@@ -44,6 +44,22 @@ def test_seeds_pair_each_run_with_the_baseline_of_its_own_seed(
     assert variant["folds"] == 2
 
 
+def test_several_settings_change_together_value_by_value(
+    synthetic_ml100k: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "variants"
+    argv = ["--data-dir", str(synthetic_ml100k), "--folds", "u1", "--components", "mf"]
+    argv += ["--set", "epochs=2,1", "--set", "history=true,false", "--quick", "--out", str(out)]
+    assert variants.main(argv) == 0
+    payload = json.loads(out.with_suffix(".json").read_text())
+    base, variant = payload["rows"]
+    assert (base["value"], variant["value"]) == ("2, True", "1, False")
+    assert (base["epochs_run"], variant["epochs_run"]) == (2, 1)
+    assert payload["field"] == "epochs, history"
+    assert payload["summary"][1]["folds"] == 1 and "time_ratio" in payload["summary"][1]
+    assert "| u1 | 0 | mf | 1, False |" in out.with_suffix(".md").read_text()
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -55,6 +71,9 @@ def test_seeds_pair_each_run_with_the_baseline_of_its_own_seed(
         ("epochs=3,x", "takes int values"),
         ("history=true,maybe", "takes true or false"),
         ("epochs=1,2 --seeds 0", "--seeds must be at least 1"),
+        ("epochs=1,2 --set history=true,false,true", "as many values as the others"),
+        ("epochs=1,2 --set epochs=3,4", "set twice"),
+        ("epochs=1,1 --set history=true,true", "at least two distinct values"),
     ],
 )
 def test_bad_settings_are_one_line_errors(

@@ -98,6 +98,7 @@ def test_each_component_is_built_from_its_config(dataset: Dataset) -> None:
                 dropout=0.2,
                 score_dim=6,
                 tower_layers=(9,),
+                history=True,
                 global_mean=3.7,
             ),
         ),
@@ -278,6 +279,64 @@ def test_mf_folds_its_histories_into_plain_user_tables(dataset: Dataset) -> None
         torch.testing.assert_close(model.score_matrix(users, tables), scores)
         torch.testing.assert_close(model.heads(*inputs)["rating"], rating)
     assert set(model.state_dict()) == fresh_keys  # checkpoints and export see plain MF
+
+
+def test_xdeepfm_folds_its_history_into_a_frozen_user_table(dataset: Dataset) -> None:
+    fm, tables = dataset.feature_map, dataset.tables
+    torch.manual_seed(0)
+    model = XDeepFM(fm, dim=4, cin_layers=(5,), dnn_layers=(7,), score_dim=6, history=True)
+    model.eval()
+    assert model.user_offset is not None and not model.user_offset.weight.requires_grad
+    fresh_keys = set(model.state_dict())
+    seen = SeenIndex.from_ratings(dataset.ratings, n_users=fm.n_users, n_items=fm.n_items)
+    model.attach_history(torch.as_tensor(seen.indptr), torch.as_tensor(seen.indices), alpha=0.5)
+    assert model.history is not None
+    torch.nn.init.normal_(model.history.table.weight, std=0.1)
+    users = np.arange(fm.n_users + 1)
+    with torch.no_grad():
+        scores = model.score_matrix(users, tables)
+        kept, model.history = model.history, None
+        plain = model.score_matrix(users, tables)
+        model.history = kept
+    assert not torch.allclose(scores, plain)
+    # Training leaves each training pair's item out of its user's history (UserHistory's
+    # `exclude`); serving does not.
+    inputs = _inputs(dataset, batch=20)
+    with torch.no_grad():
+        served = model.user_tower(inputs[0], inputs[2])
+        trained = model.train_user_tower(inputs[0], inputs[2], inputs[1])
+    pairs = zip(inputs[0].tolist(), inputs[1].tolist(), strict=True)
+    rated = torch.as_tensor(
+        [i in seen.indices[seen.indptr[u] : seen.indptr[u + 1]] for u, i in pairs]
+    )
+    same = torch.isclose(served, trained).all(dim=1)
+    assert bool(rated.any()) and not bool(same[rated].any())
+    model.fold_history()
+    assert model.history is None and set(model.state_dict()) == fresh_keys
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_matrix(users, tables), scores)
+    # The folded table counts in the model's size but not among what training updates.
+    assert "user_offset.weight" in dict(model.named_parameters())
+    assert "user_offset.weight" not in {n for g in _optimised(model) for n in g}
+
+
+def _optimised(model: TowerScoring) -> list[list[str]]:
+    """Names of the parameters each of the component's optimisers updates."""
+    from training.sparse import Optimizers  # noqa: PLC0415
+    from training.train import make_optimizer  # noqa: PLC0415
+
+    ids = {id(p): n for n, p in model.named_parameters()}
+    opt = make_optimizer(model, XDeepFMConfig())
+    opts = opt.parts if isinstance(opt, Optimizers) else [opt]
+    return [[ids[id(p)] for g in o.param_groups for p in g["params"]] for o in opts]
+
+
+def test_xdeepfm_without_history_refuses_one(dataset: Dataset) -> None:
+    model = _models(dataset)["xdeepfm"]
+    assert isinstance(model, XDeepFM) and model.user_offset is None
+    empty = torch.zeros(dataset.feature_map.user_vocab + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="without history"):
+        model.attach_history(empty, torch.zeros(0, dtype=torch.long), alpha=0.5)
 
 
 @pytest.mark.parametrize("name", ["mf", "xdeepfm", "autoint"])

@@ -296,6 +296,10 @@ class TowerScoring(TwoHeadModel):
         tower reads the user's training items leaves `item` out of them here."""
         return self.user_tower(user, user_feats)
 
+    def fold_history(self) -> None:
+        """Once training is over: moves any term of the users' training items into the
+        model's tables, so that the towers no longer read the histories (none here)."""
+
     def rating_head(
         self,
         user: Tensor,
