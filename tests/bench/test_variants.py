@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from bench import variants
 
 
+def _run(data_dir: Path, out: Path, *setting: str) -> dict[str, Any]:
+    """A quick MF run of bench.variants on fold u1; its JSON payload."""
+    argv = ["--data-dir", str(data_dir), "--folds", "u1", "--components", "mf", "--quick"]
+    assert variants.main([*argv, *setting, "--out", str(out)]) == 0
+    return cast(dict[str, Any], json.loads(out.with_suffix(".json").read_text()))
+
+
 def test_trains_each_value_and_pairs_it_with_the_first(
     synthetic_ml100k: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "variants"
-    argv = ["--data-dir", str(synthetic_ml100k), "--folds", "u1", "--components", "mf"]
-    assert variants.main([*argv, "--set", "epochs=2,1", "--quick", "--out", str(out)]) == 0
-    payload = json.loads(out.with_suffix(".json").read_text())
+    payload = _run(synthetic_ml100k, out, "--set", "epochs=2,1")
     longer, shorter = payload["rows"]
     assert (longer["value"], shorter["value"]) == (2, 1)
     assert (longer["epochs_run"], shorter["epochs_run"]) == (2, 1)
@@ -29,11 +35,9 @@ def test_trains_each_value_and_pairs_it_with_the_first(
 def test_seeds_pair_each_run_with_the_baseline_of_its_own_seed(
     synthetic_ml100k: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "variants"
-    argv = ["--data-dir", str(synthetic_ml100k), "--folds", "u1", "--components", "mf"]
-    argv += ["--set", "tower_l2=0.01,0.001", "--seeds", "2", "--quick", "--out", str(out)]
-    assert variants.main(argv) == 0
-    payload = json.loads(out.with_suffix(".json").read_text())
+    payload = _run(
+        synthetic_ml100k, tmp_path / "variants", "--set", "tower_l2=0.01,0.001", "--seeds", "2"
+    )
     rows = {(r["seed"], r["value"]): r for r in payload["rows"]}
     assert set(rows) == {(0, 0.01), (0, 0.001), (1, 0.01), (1, 0.001)}
     # Seeds draw their own selection split and initialisation.
@@ -48,10 +52,7 @@ def test_several_settings_change_together_value_by_value(
     synthetic_ml100k: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "variants"
-    argv = ["--data-dir", str(synthetic_ml100k), "--folds", "u1", "--components", "mf"]
-    argv += ["--set", "epochs=2,1", "--set", "history=true,false", "--quick", "--out", str(out)]
-    assert variants.main(argv) == 0
-    payload = json.loads(out.with_suffix(".json").read_text())
+    payload = _run(synthetic_ml100k, out, "--set", "epochs=2,1", "--set", "history=true,false")
     base, variant = payload["rows"]
     assert (base["value"], variant["value"]) == ("2, True", "1, False")
     assert (base["epochs_run"], variant["epochs_run"]) == (2, 1)
