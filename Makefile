@@ -74,7 +74,7 @@ bench-quality:
 bench-student: install
 	$(PY) -m bench.student $(if $(MOVIELENS_DIR),--data-dir "$(MOVIELENS_DIR)") \
 		--folds u1,u2,u3,u4,u5 --ratios 0.91 --ratio 0.91 --ablations none \
-		--teacher-cache $(TEACHERS) --jobs 1
+		--teacher-cache $(TEACHERS) --jobs 2
 
 bench-serving: bundle
 	$(PY) -m bench.serving --model-dir $(MODELS)/current --repeat 3 \

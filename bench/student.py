@@ -30,7 +30,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     parser.add_argument(
-        "--jobs", type=int, default=1, help="distillation runs in parallel (forked processes)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes in parallel (forked): over the (seed, fold) pairs when there are "
+        "several, else over the fold's distillation runs; sizes and latencies are "
+        "measured afterwards, one model at a time",
     )
     args = parser.parse_args(argv)
     try:
@@ -264,14 +269,43 @@ def fold_split(dataset: Any, fold: str, *, held_back: bool) -> Split:
     return Split(name=f"{fold}-holdout", train=train, test=check)
 
 
-def run_fold(
-    args: argparse.Namespace, dataset: Any, fold: str, results: dict[str, Any], tmp: Path
-) -> None:
+_NAMES = {
+    "scratch": "same size, no KD (ground truth only, scratch)",
+    "magnitude": "PAKD, magnitude pruning",
+    "random": "PAKD, random pruning",
+    "small": "KD into the small shape, no pruning",
+    "gt_high": "PAKD, ground-truth weight 0.2",
+    "gt_none": "PAKD, KD only (ground-truth weight 0)",
+    "list_kd": "PAKD, ranking KD over the sampled list only",
+}
+
+Trained = dict[str, tuple[TwoHeadModel, dict[str, Any], dict[str, float]]]
+
+
+@dataclass
+class FoldRun:
+    """What one (seed, fold) trained and scored; sizes and latencies are measured later,
+    in the main process and one model at a time, so that parallel folds do not skew them."""
+
+    fold: str
+    seed: int
+    teacher: TwoHeadModel
+    teacher_seconds: float
+    teacher_metrics: dict[str, float]
+    popularity: dict[str, float]
+    fisher: dict[str, Any] | None
+    fisher_seconds: float
+    ratios: list[float]
+    done: Trained
+
+
+def train_fold(
+    args: argparse.Namespace, dataset: Any, fold: str, *, fisher: bool, n_jobs: int
+) -> FoldRun:
+    """Teacher, Fisher analysis (when `fisher`) and every student of one (seed, fold)."""
     split = fold_split(dataset, fold, held_back=args.holdout)
-    fold = split.name  # the rows say which data scored them
     fm = dataset.feature_map
-    seed = args.seed
-    teacher, teacher_seconds = get_teacher(args, dataset, split.train, fold)
+    teacher, teacher_seconds = get_teacher(args, dataset, split.train, split.name)
     _SHARED.update(dataset=dataset, split=split, teacher=teacher)
     t_metrics = evaluate_model(
         teacher,
@@ -287,9 +321,10 @@ def run_fold(
     )
     base = replace(base, **args.config_overrides)
     stage_started = time.perf_counter()
-    if "fisher" not in results:
+    report = None
+    if fisher:
         eff = base.effective()
-        results["fisher"] = fisher_report(
+        report = fisher_report(
             teacher,
             dataset,
             split.train,
@@ -303,22 +338,12 @@ def run_fold(
     # The teacher's outputs on the training lists, computed once and shared by every run.
     _SHARED["pools"] = teacher_pools(dataset, split.train, teacher, config=base)
     fisher_seconds = time.perf_counter() - stage_started
-
     ratios = sorted({*(float(r) for r in args.ratios.split(",")), args.ratio})
     jobs = [(f"ratio {r}", replace(base, prune_ratio=r)) for r in ratios]
-    names = {
-        "scratch": "same size, no KD (ground truth only, scratch)",
-        "magnitude": "PAKD, magnitude pruning",
-        "random": "PAKD, random pruning",
-        "small": "KD into the small shape, no pruning",
-        "gt_high": "PAKD, ground-truth weight 0.2",
-        "gt_none": "PAKD, KD only (ground-truth weight 0)",
-        "list_kd": "PAKD, ranking KD over the sampled list only",
-    }
-    jobs += _ablation_jobs(args, base, names)
-    done = run_jobs(jobs, args.jobs)
-    chosen_model, chosen_info, chosen_metrics = done[f"ratio {args.ratio}"]
+    jobs += _ablation_jobs(args, base, _NAMES)
+    done = run_jobs(jobs, n_jobs)
     if args.ablations == "all":
+        chosen_model = done[f"ratio {args.ratio}"][0]
         assert isinstance(chosen_model, Student)
         small = replace(
             base, prune_ratio=args.ratio, initial="shape", shape=chosen_model.shape, prune=False
@@ -326,27 +351,67 @@ def run_fold(
         scratch = replace(
             small, w_rating_kd=0.0, w_ranking_kd=0.0, w_feature_kd=0.0, w_ground_truth=1.0
         )
-        done.update(run_jobs([(names["scratch"], scratch), (names["small"], small)], args.jobs))
+        done.update(run_jobs([(_NAMES["scratch"], scratch), (_NAMES["small"], small)], n_jobs))
+    return FoldRun(
+        fold=split.name,  # the rows say which data scored them
+        seed=args.seed,
+        teacher=teacher,
+        teacher_seconds=teacher_seconds,
+        teacher_metrics={k: v for k, v in t_metrics.items() if k != "n_users"},
+        popularity={k: v for k, v in pop.items() if k != "n_users"},
+        fisher=report,
+        fisher_seconds=fisher_seconds,
+        ratios=ratios,
+        done=done,
+    )
 
-    # Size and latency of every model, teacher included, measured one after the other here.
+
+def _fold_task(task: tuple[int, str, bool]) -> FoldRun:
+    seed, fold, fisher = task
+    args, dataset = _SHARED["args"], _SHARED["dataset"]
+    torch.set_num_threads(max(args.threads, 1))
+    seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+    return train_fold(seed_args, dataset, fold, fisher=fisher, n_jobs=_SHARED["n_jobs"])
+
+
+def train_folds(
+    args: argparse.Namespace, dataset: Any, tasks: list[tuple[int, str]]
+) -> list[FoldRun]:
+    """Every (seed, fold) of `tasks`, in order; the Fisher analysis on the first.
+
+    With several tasks, `args.jobs` of them run at a time in forked processes (each
+    distils its students one after another); with one, `args.jobs` parallelises that
+    fold's distillation runs instead.
+    """
+    marked = [(seed, fold, i == 0) for i, (seed, fold) in enumerate(tasks)]
+    parallel = args.jobs > 1 and len(tasks) > 1
+    _SHARED.update(args=args, dataset=dataset, n_jobs=1 if parallel else args.jobs)
+    if not parallel:
+        return [_fold_task(task) for task in marked]
+    with multiprocessing.get_context("fork").Pool(min(args.jobs, len(tasks))) as pool:
+        return pool.map(_fold_task, marked, chunksize=1)
+
+
+def record_fold(
+    args: argparse.Namespace, dataset: Any, run: FoldRun, results: dict[str, Any], tmp: Path
+) -> None:
+    """The rows of one (seed, fold): sizes and latencies measured here, one model at a time."""
+    fold, seed, done = run.fold, run.seed, run.done
+    if run.fisher is not None:
+        results.setdefault("fisher", run.fisher)
     t_row = {
         "model": "teacher",
         "fold": fold,
         "seed": seed,
-        "train_seconds": teacher_seconds,
-        **{k: v for k, v in t_metrics.items() if k != "n_users"},
-        **onnx_row(teacher, dataset, runs=args.latency_runs, tmp=tmp, name="teacher"),
+        "train_seconds": run.teacher_seconds,
+        **run.teacher_metrics,
+        **onnx_row(run.teacher, dataset, runs=args.latency_runs, tmp=tmp, name="teacher"),
     }
     results["side_by_side"].append(
-        {
-            "model": "popularity",
-            "fold": fold,
-            "seed": seed,
-            **{k: v for k, v in pop.items() if k != "n_users"},
-        }
+        {"model": "popularity", "fold": fold, "seed": seed, **run.popularity}
     )
     results["side_by_side"].append(t_row)
-    for ratio in ratios:
+    for ratio in run.ratios:
         model, info, metrics = done[f"ratio {ratio}"]
         row = {
             "ratio": ratio,
@@ -361,32 +426,32 @@ def run_fold(
         log.info("%s ratio %.2f: %s", fold, ratio, row)
         if abs(ratio - args.ratio) < 1e-9:
             results["side_by_side"].append({"model": "student", **row})
-            results["summary_rows"].append(
-                {
-                    **summary_row(t_row, row, fisher_seconds),
-                    "_fold": fold,
-                    "_seed": seed,
-                }
-            )
+            summary = summary_row(t_row, row, run.fisher_seconds)
+            results["summary_rows"].append({**summary, "_fold": fold, "_seed": seed})
             results.setdefault("student", {"info": info})
-    if args.ablations == "none":
-        return
+    if args.ablations != "none":
+        _record_ablations(args, run, results)
+
+
+def _record_ablations(args: argparse.Namespace, run: FoldRun, results: dict[str, Any]) -> None:
+    done = run.done
+    _, chosen_info, chosen_metrics = done[f"ratio {args.ratio}"]
     rows = [(f"PAKD, {args.method} pruning (default)", chosen_info, chosen_metrics)]
-    rows += [(name, done[name][1], done[name][2]) for name in names.values() if name in done]
+    rows += [(name, done[name][1], done[name][2]) for name in _NAMES.values() if name in done]
     for name, info, metrics in rows:
         results["ablations"].append(
             {
                 "name": name,
-                "fold": fold,
-                "seed": seed,
+                "fold": run.fold,
+                "seed": run.seed,
                 "params": info["params"],
                 "seconds": info["seconds"],
                 **metrics,
             }
         )
-    if names["scratch"] not in done:
+    if _NAMES["scratch"] not in done:
         return
-    scratch_row = done[names["scratch"]][2]
+    scratch_row = done[_NAMES["scratch"]][2]
     summary = results["summary_rows"][-1]
     summary["rmse_vs_scratch"] = summary["_rmse"] / scratch_row["rmse"]
     summary["ndcg_vs_scratch"] = summary["_ndcg"] / scratch_row["ndcg@10"]
@@ -551,12 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
     results: dict[str, Any] = {"side_by_side": [], "curve": [], "ablations": [], "summary_rows": []}
     seeds = seed_list(args.seed, args.seeds)
+    runs = train_folds(args, dataset, [(seed, fold) for seed in seeds for fold in folds])
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
-            # Teacher, Fisher pools and every student of this seed use it.
-            seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
-            for fold in folds:
-                run_fold(seed_args, dataset, fold, results, Path(tmp))
+        for run in runs:
+            record_fold(args, dataset, run, results, Path(tmp))
     rows = results.pop("summary_rows")
     if rows:
         keys = sorted({k for r in rows for k in r if not k.startswith("_")})

@@ -103,26 +103,55 @@ def test_pruning_comparison_pairs_each_fold_and_seed(tmp_path: Path) -> None:
 def test_student_benchmark_runs_every_fold_with_every_seed(
     synthetic_ml100k: Path, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    calls: list[tuple[str, int]] = []
+    calls: list[tuple[str, int, bool]] = []
 
-    def fake_run_fold(
-        args: argparse.Namespace, dataset: Any, fold: str, results: dict[str, Any], tmp: Path
+    def fake_train_fold(
+        args: argparse.Namespace, dataset: Any, fold: str, *, fisher: bool, n_jobs: int
+    ) -> Any:
+        calls.append((fold, args.seed, fisher))
+        return argparse.Namespace(fold=fold, seed=args.seed)
+
+    def fake_record_fold(
+        args: argparse.Namespace, dataset: Any, run: Any, results: dict[str, Any], tmp: Path
     ) -> None:
-        calls.append((fold, args.seed))
-        results["summary_rows"].append(_row(fold, args.seed, 0.97 + 0.01 * args.seed))
+        results["summary_rows"].append(_row(run.fold, run.seed, 0.97 + 0.01 * run.seed))
 
-    monkeypatch.setattr(student, "run_fold", fake_run_fold)
+    monkeypatch.setattr(student, "train_fold", fake_train_fold)
+    monkeypatch.setattr(student, "record_fold", fake_record_fold)
     code = student.main([
         "--data-dir", str(synthetic_ml100k), "--folds", "u1,u2", "--seed", "1",
         "--seeds", "2", "--out", str(tmp_path),
     ])  # fmt: skip
     assert code == 0
-    assert calls == [("u1", 1), ("u2", 1), ("u1", 2), ("u2", 2)]
+    # The Fisher analysis runs once, on the first fold of the first seed.
+    assert calls == [("u1", 1, True), ("u2", 1, False), ("u1", 2, False), ("u2", 2, False)]
     saved = json.loads((tmp_path / "student_results.json").read_text())
     assert saved["meta"]["seeds"] == [1, 2]
     assert [e["fold"] for e in saved["fold_targets"]] == ["u1", "u2"]
     assert saved["summary_spread"]["ndcg_ratio"]["mean"] == pytest.approx(0.985)
     assert saved["summary_spread"]["ndcg_ratio"]["std"] == pytest.approx(0.00707, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_folds_in_parallel_processes_give_the_rows_of_one_process(
+    synthetic_ml100k: Path, tmp_path: Path
+) -> None:
+    common = [
+        "--data-dir", str(synthetic_ml100k), "--folds", "u1,u2", "--seeds", "1", "--quick",
+        "--ratios", "0.5", "--ratio", "0.5", "--ablations", "none", "--latency-runs", "2",
+        "--teacher-cache", str(tmp_path / "teachers"),
+    ]  # fmt: skip
+    saved = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert student.main([*common, "--jobs", jobs, "--out", str(out)]) == 0
+        saved[jobs] = json.loads((out / "student_results.json").read_text())
+    metrics = ("fold", "seed", "rmse", "ndcg@10", "recall@10", "param_share", "params")
+    one, two = ([{k: r[k] for k in metrics} for r in saved[j]["curve"]] for j in ("1", "2"))
+    assert [r["fold"] for r in one] == ["u1", "u2"]
+    assert one == two  # the same teachers (cached), the same seeded distillation
+    assert saved["2"]["fisher"] == saved["1"]["fisher"]
+    assert [e["fold"] for e in saved["2"]["fold_targets"]] == ["u1", "u2"]
 
 
 def test_waits_for_a_teacher_another_benchmark_is_still_writing(tmp_path: Path) -> None:
