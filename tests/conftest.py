@@ -49,6 +49,9 @@ def models_root(tmp_path_factory: pytest.TempPathFactory, synthetic_ml100k: Path
             latency_runs=5,
             # Small enough that the test bundle ships an IVF index: both retrieval paths run.
             ann_min_items=10,
+            # The serving tests need the INT8 file; this quick student's INT8 passes or
+            # misses the gate (RMSE x1.01) with the machine's float kernels.
+            int8_gate=False,
         )
     )
     return out_dir

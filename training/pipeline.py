@@ -78,6 +78,10 @@ class PipelineConfig:
     # process costs more than the seconds its tiny models train.
     jobs: int = 0
     compile: bool = False  # TeacherConfig.compile
+    # False ships the INT8 student even when it misses the quality gate (the manifest's
+    # int8_check says so): for test bundles that must carry the file, whose tiny models
+    # pass or miss the gate depending on the machine's float kernels.
+    int8_gate: bool = True
 
     def step_threads(self) -> int:
         """Torch threads of the steps that run in one process per rank."""
@@ -359,6 +363,8 @@ def step_evaluate(ctx: Context) -> dict[str, Any]:
     keep, reason = export_mod.int8_acceptable(
         results["student_int8"]["metrics"], results["student"]["metrics"]
     )
+    if not keep and not ctx.config.int8_gate:
+        keep, reason = True, f"kept without the quality gate: {reason}"
     results["student_int8"]["kept"] = keep
     results["student_int8"]["reason"] = reason
     log.info("INT8 student %s: %s", "kept" if keep else "dropped", reason)
