@@ -233,9 +233,11 @@ def _distil_job(
     return name, student, info, {k: v for k, v in metrics.items() if k != "n_users"}
 
 
-def run_jobs(
-    jobs: list[tuple[str, StudentConfig]], n_jobs: int
-) -> dict[str, tuple[TwoHeadModel, dict[str, Any], dict[str, float]]]:
+# Each distillation run by name: the student, its info and its test metrics.
+Trained = dict[str, tuple[TwoHeadModel, dict[str, Any], dict[str, float]]]
+
+
+def run_jobs(jobs: list[tuple[str, StudentConfig]], n_jobs: int) -> Trained:
     """Distils every job, `n_jobs` at a time in forked processes (1 = in this process)."""
     if n_jobs <= 1 or len(jobs) <= 1:
         done = [_distil_job(job) for job in jobs]
@@ -278,8 +280,6 @@ _NAMES = {
     "gt_none": "PAKD, KD only (ground-truth weight 0)",
     "list_kd": "PAKD, ranking KD over the sampled list only",
 }
-
-Trained = dict[str, tuple[TwoHeadModel, dict[str, Any], dict[str, float]]]
 
 
 @dataclass
