@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -156,15 +158,8 @@ Done = dict[tuple[int, int], tuple[ComponentTask, tuple[dict[str, torch.Tensor],
 def _pooled(
     tasks: Sequence[ComponentTask], shared: SharedInputs, *, jobs: int, refit: Refit | None
 ) -> Done:
-    # spawn, not fork: the parent may hold torch's thread pools and open files.
-    context = multiprocessing.get_context("spawn")
     done: Done = {}
-    with ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=context,
-        initializer=_init_child,
-        initargs=(logging.getLogger().getEffectiveLevel(), shared.threads),
-    ) as pool:
+    with worker_pool(jobs, threads=shared.threads) as pool:
         pending: dict[Future[Any], tuple[int, int, ComponentTask]] = {
             pool.submit(_train_state, task, shared): (k, -1, task) for k, task in enumerate(tasks)
         }
@@ -183,10 +178,32 @@ def _pooled(
     return done
 
 
-def _init_child(level: int, threads: int) -> None:
+def worker_pool(jobs: int, *, threads: int) -> ProcessPoolExecutor:
+    """Worker processes with this process's log level and `threads` torch threads each,
+    which end when this process does, however it ends."""
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        # spawn, not fork: the parent may hold torch's thread pools and open files.
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_child,
+        initargs=(logging.getLogger().getEffectiveLevel(), threads, os.getpid()),
+    )
+
+
+def _init_child(level: int, threads: int, parent: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s[%(process)d]: %(message)s")
     if threads > 0:
         torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Ends this worker once `parent` is gone. A parent killed by a signal (SIGTERM from a
+    supervisor, the OOM killer) runs no clean-up, and its workers would otherwise train on
+    for many minutes, holding the cores and memory of whatever runs next."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
 
 
 def _train(

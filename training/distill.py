@@ -70,7 +70,7 @@ class _Objective(nn.Module):
         self.l2 = l2
 
     def forward(self, ex: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
-        parts = self.loss.components(self.student.heads, ex, student=self.student)
+        parts = self.loss.components(self.student.training_heads, ex, student=self.student)
         return parts, self.l2 * _l2(self.student, ex)
 
 

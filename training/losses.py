@@ -18,6 +18,7 @@ whose Fisher information the teacher report measures.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -128,6 +129,15 @@ class DistillLoss(nn.Module):
         distillation covers the whole catalogue; without (the per-example importance
         estimates, where scoring every item for every list is too dear) the list."""
         c = self.config
+        wants_catalogue = c.w_ranking_kd > 0 or c.w_topk_kd > 0
+        catalogue = self.catalogue if wants_catalogue and student is not None else None
+        if catalogue is not None and student is not None:
+            dev = ex["user"].device  # the catalogue's tables live on the CPU; no copy there
+            # Every item's tower outputs, once: the lists' pairs gather theirs from them.
+            item_outputs = student.item_outputs(
+                catalogue.item_feats.to(dev), catalogue.item_genres.to(dev)
+            )
+            heads = partial(student.training_heads, item_outputs=item_outputs)
         out = run_heads(heads, ex)
         parts = {
             "gt_rating": rating_loss(out["rating"], ex["rating"], ex["rated"]),
@@ -136,17 +146,10 @@ class DistillLoss(nn.Module):
         if c.w_rating_kd > 0:
             k = ex["t_rating"].shape[1]  # the teacher rated the first k items of each list
             parts["rating_kd"] = rating_kd(out["rating"][:, :k], ex["t_rating"])
-        wants_catalogue = c.w_ranking_kd > 0 or c.w_topk_kd > 0
-        if wants_catalogue and student is not None and self.catalogue is not None:
+        if catalogue is not None and student is not None:
             user, user_feats = ex["user"][:, 0], ex["user_feats"][:, 0]
-            t_scores, rankable = self.catalogue(user, user_feats)
-            dev = user.device  # the catalogue's tables live on the CPU; no copy there
-            s_scores = student.catalogue_scores(
-                user,
-                user_feats,
-                self.catalogue.item_feats.to(dev),
-                self.catalogue.item_genres.to(dev),
-            )
+            t_scores, rankable = catalogue(user, user_feats)
+            s_scores = student.scores_of(user, user_feats, item_outputs)
             if c.w_ranking_kd > 0:
                 parts["ranking_kd"] = catalogue_ranking_kd(
                     s_scores, t_scores, rankable, temperature=c.temperature

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,3 +68,44 @@ def test_a_compiled_step_trains_like_the_eager_one(
         assert a.keys() == b.keys()
         for key in ("loss", "mse", "rank"):
             assert b[key] == pytest.approx(a[key], rel=1e-3), key
+
+
+# Run as a script: a pool of one worker, which reports its pid and then sleeps.
+_PARENT = """
+import os, time
+from training.component_pool import worker_pool
+if __name__ == "__main__":
+    pool = worker_pool(1, threads=1)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 300)
+    time.sleep(300)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be read
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        assert _running(worker)
+        parent.send_signal(signal.SIGKILL)  # no clean-up runs in the parent
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker)
+    finally:
+        parent.kill()

@@ -145,6 +145,40 @@ def test_score_matrix_matches_pairwise_scores(tmp_path: Path) -> None:
     torch.testing.assert_close(mat.reshape(-1), score.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_training_heads_equal_heads_on_lists_that_repeat_users_and_items() -> None:
+    fm = feature_map()
+    # As in a batch of lists: side features looked up per id, each user over ten rows.
+    _, _, user_feats, item_feats, genres = inputs(fm, max(fm.user_vocab, fm.item_vocab))
+    g = torch.Generator().manual_seed(2)
+    user = torch.randint(0, fm.user_vocab, (4,), generator=g).repeat_interleave(10)
+    item = torch.randint(0, fm.item_vocab, (40,), generator=g)
+    # In float64, so that the two summation orders agree to far below the tolerance.
+    args = (user, item, user_feats[user], item_feats[item], genres[item].double())
+    model = Student(fm, shape=SMALL).double()
+    for p in model.parameters():  # the zero-initialised biases too
+        torch.nn.init.normal_(p, std=0.3)
+    catalogue = (item_feats[: fm.item_vocab], genres[: fm.item_vocab].double())
+
+    def shared(*a: torch.Tensor) -> dict[str, torch.Tensor]:
+        # As distillation calls it: every item's outputs computed once, for the catalogue.
+        return model.training_heads(*a, item_outputs=model.item_outputs(*catalogue))
+
+    outs, grads = [], []
+    for heads in (model.heads, model.training_heads, shared):
+        model.zero_grad()
+        out = heads(*args)
+        loss = (out["rating"] ** 2).sum() + out["score"].exp().sum() + out["repr"].pow(3).sum()
+        loss.backward()
+        outs.append({k: v.detach() for k, v in out.items()})
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    for out, grad in zip(outs[1:], grads[1:], strict=True):
+        assert out.keys() == outs[0].keys() and grad.keys() == grads[0].keys()
+        for key in out:
+            torch.testing.assert_close(out[key], outs[0][key], rtol=1e-10, atol=1e-12)
+        for name in grad:
+            torch.testing.assert_close(grad[name], grads[0][name], rtol=1e-10, atol=1e-12)
+
+
 def test_pruned_student_exports_to_onnx_with_parity(tmp_path: Path) -> None:
     ds = load_dataset(write_ml100k(tmp_path / "data", n_users=12, n_items=15, n_ratings=120))
     model = Student(ds.feature_map, shape=SMALL)

@@ -158,6 +158,15 @@ class Tower(nn.Module):
         self.score_out = _linear(self.score_out.weight[keep], self.score_out.bias[keep])
 
 
+def _distinct(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct ids [K], one row holding each [K], and each row's distinct index [B]."""
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    rows = torch.arange(ids.numel(), device=ids.device)
+    # Duplicate targets keep an arbitrary one of their rows: any of them will do.
+    row = torch.zeros_like(distinct).scatter_(0, inverse, rows)
+    return distinct, row, inverse
+
+
 class Student(TwoHeadModel):
     """rating = mu + b_u + b_i + <p_u, q_i>; score = <s_u, t_i> + c_i.
 
@@ -227,6 +236,47 @@ class Student(TwoHeadModel):
             p = p * m["rating_factor"]  # [B, Kr]
         if "score_factor" in m:
             s = s * m["score_factor"]  # [B, Ks]
+        return self._pair_heads(user, item, (p, s), (q, t))
+
+    def training_heads(
+        self,
+        user: Tensor,  # [B]
+        item: Tensor,  # [B]
+        user_feats: Tensor,  # [B, Fu]
+        item_feats: Tensor,  # [B, Fi]
+        item_genres: Tensor,  # [B, G]
+        *,
+        item_outputs: tuple[Tensor, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """`heads` for batches of lists, whose rows repeat each user about a hundred times
+        and many items: each tower runs once per distinct id and is gathered back, the same
+        outputs (up to float rounding) at a fraction of the work (docs/SCALE.md item 21).
+        Rows of one id must carry the same side features, as rows looked up from
+        FeatureTables do. `item_outputs`: every item's (`item_outputs`), where the batch
+        has computed them already for its catalogue scores."""
+        users, user_row, user_of = _distinct(user)  # [U], [U], [B]
+        xu = self.user.embed(users, user_feats[user_row], None)  # [U, Du]
+        p, s = self.user(xu)  # [U, Kr], [U, Ks]
+        if item_outputs is None:
+            items, item_row, item_of = _distinct(item)  # [I], [I], [B]
+            xi = self.item.embed(items, item_feats[item_row], item_genres[item_row])  # [I, Di]
+            item_outputs = self.item(xi)  # [I, Kr], [I, Ks]
+        else:
+            item_of = item  # row j of the catalogue's outputs is item index j
+        q, t = item_outputs
+        return self._pair_heads(user, item, (p[user_of], s[user_of]), (q[item_of], t[item_of]))
+
+    def item_outputs(self, item_feats: Tensor, item_genres: Tensor) -> tuple[Tensor, Tensor]:
+        """Every item's tower outputs (row j of the item tables is item index j): [M, Kr],
+        [M, Ks]."""
+        items = torch.arange(item_feats.shape[0], device=item_feats.device)
+        return self.item(self.item.embed(items, item_feats, item_genres))
+
+    def _pair_heads(
+        self, user: Tensor, item: Tensor, ps: tuple[Tensor, Tensor], qt: tuple[Tensor, Tensor]
+    ) -> dict[str, Tensor]:
+        """The outputs from each pair's tower outputs: ([B, Kr], [B, Ks]) per side."""
+        (p, s), (q, t) = ps, qt
         pq = p * q  # [B, Kr]
         st = s * t  # [B, Ks]
         bias = self.user_bias(user).squeeze(1) + self.item_bias(item).squeeze(1)  # [B]
@@ -258,11 +308,14 @@ class Student(TwoHeadModel):
         self, user: Tensor, user_feats: Tensor, item_feats: Tensor, item_genres: Tensor
     ) -> Tensor:
         """Scores of every item (row j of the item tables is item index j): [B, M]."""
-        xu = self.user.embed(user, user_feats, None)  # [B, Du]
-        _, s = self.user(xu)  # [B, Ks]
-        items = torch.arange(item_feats.shape[0], device=item_feats.device)
-        xi = self.item.embed(items, item_feats, item_genres)
-        _, t = self.item(xi)  # [M, Ks]
+        return self.scores_of(user, user_feats, self.item_outputs(item_feats, item_genres))
+
+    def scores_of(
+        self, user: Tensor, user_feats: Tensor, item_outputs: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """Scores of every item from its `item_outputs`: [B, M]."""
+        _, s = self.user(self.user.embed(user, user_feats, None))  # [B, Ks]
+        _, t = item_outputs  # [M, Ks]
         return s @ t.T + self.item_score_bias.weight.T  # [B, M]
 
     def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
