@@ -10,11 +10,12 @@ import psutil
 
 from bench.scale import merge, render, run_measured
 
-# A parent holding ~60 MB that starts a child holding ~300 MB, as torchrun starts workers.
+# A parent holding ~60 MB that starts a child holding ~300 MB, as torchrun starts workers;
+# the child lives for a few of the benchmark's memory readings (SAMPLE_S).
 _TREE = """
 import subprocess, sys, time
 held = bytearray(60 * 2**20)
-child = "import time; held = bytearray(300 * 2**20); time.sleep(0.6)"
+child = "import time; held = bytearray(300 * 2**20); time.sleep(1.5)"
 subprocess.run([sys.executable, "-c", child], check=True)
 """
 
