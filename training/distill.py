@@ -106,10 +106,26 @@ class Distillation:
         self.n_rating = student.shape.rating_factor
         self.gen = torch.Generator().manual_seed(config.seed)
         self.world = current()
+        self.batch_lists, self.lr = self._batch_plan()
         self.opt = self._optimizer()
         self.objective = self._objective()
         self.curves: dict[str, list[float]] = {"epoch": [], "params": [], "total": []}
         self.steps: list[dict[str, Any]] = []
+
+    def _batch_plan(self) -> tuple[int, float]:
+        per_rank = -(-len(self.pools[0]) // self.world.world_size)
+        n_items = self.student.item_bias.num_embeddings - 1
+        lists, lr = self.cfg.batch_plan(per_rank, n_items)
+        if lists != self.cfg.lists_per_batch:
+            log.info(
+                "%d lists per epoch: batches of %d lists (learning rate %.3g) keep an "
+                "epoch within %d steps",
+                per_rank,
+                lists,
+                lr,
+                self.cfg.max_epoch_steps,
+            )
+        return lists, lr
 
     def _objective(self) -> nn.Module:
         """The batch objective, in DDP on several ranks (re-wrapped after every pruning)."""
@@ -122,7 +138,7 @@ class Distillation:
         if self.cfg.kd_scope(self.student.item_bias.num_embeddings - 1) == "list":
             sparsify_embeddings(self.student, min_rows=SPARSE_MIN_ROWS)
         params = [*self.student.parameters(), *self.loss.proj.parameters()]
-        return make_adam([(p, self.cfg.lr) for p in params], sparse=sparse_ids(self.student))
+        return make_adam([(p, self.lr) for p in params], sparse=sparse_ids(self.student))
 
     def fit(self) -> None:
         self._place(self.device)
@@ -164,13 +180,13 @@ class Distillation:
         n = perm.numel()
         sums: dict[str, float] = {}
         bar = tqdm(
-            range(0, n, cfg.lists_per_batch),
+            range(0, n, self.batch_lists),
             desc=f"student epoch {epoch + 1}/{cfg.epochs}",
             leave=False,
             disable=not cfg.progress,
         )
         for start in bar:
-            idx = perm[start : start + cfg.lists_per_batch]
+            idx = perm[start : start + self.batch_lists]
             losses = self.train_step({k: v.to(self.device) for k, v in pool.batch(idx).items()})
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v * idx.numel()
@@ -307,6 +323,8 @@ def distill_student(
         "ranking_kd_scope": cfg.kd_scope(dataset.feature_map.n_items),
         "params": count_params(student),
         "shape": student.shape.as_dict(),
+        "batch_lists": run.batch_lists,
+        "lr": run.lr,
         "curves": run.curves,
         "prune_steps": run.steps,
         "seconds": time.perf_counter() - started,

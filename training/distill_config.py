@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -43,6 +44,12 @@ class StudentConfig:
     prune_steps: int = 5
     finetune_epochs: int = 6
     lists_per_batch: int = 64
+    # Optimiser steps per epoch, at most (0: no cap), in catalogue scope. Every step there
+    # runs the item tower over the whole catalogue, so an epoch of many more lists than
+    # ml-100k's (about 100 steps, where this schedule was tuned) spends most of its time
+    # repeating that pass: three quarters of the ML-1M-shaped set's 826 steps an epoch
+    # (docs/SCALE.md item 22). Above the cap batches grow to fit it (`batch_plan`).
+    max_epoch_steps: int = 200
     list_positives: int = 16
     list_negatives: int = 96
     # Items per list (the first ones) that get the teacher's full per-pair forward for
@@ -125,6 +132,22 @@ class StudentConfig:
             return self.ranking_kd_scope
         fits = self.lists_per_batch * n_items <= KD_CATALOGUE_CELLS
         return "catalogue" if fits else "list"
+
+    def batch_plan(self, n_lists: int, n_items: int) -> tuple[int, float]:
+        """Lists per training batch and the learning rate, for epochs of `n_lists` lists
+        (this rank's) on a catalogue of `n_items` items.
+
+        `lists_per_batch` and `lr` unless an epoch would take more than `max_epoch_steps`
+        catalogue-scope steps; then the fewest lists per batch that fit the cap, with the
+        catalogue scores of a batch still within KD_CATALOGUE_CELLS, and the learning rate
+        times the square root of the batch's growth (the square-root rule for Adam).
+        """
+        base = self.lists_per_batch
+        if self.max_epoch_steps <= 0 or self.kd_scope(n_items) != "catalogue":
+            return base, self.lr
+        wanted = -(-n_lists // self.max_epoch_steps)
+        lists = max(base, min(wanted, KD_CATALOGUE_CELLS // max(n_items, 1)))
+        return lists, self.lr * math.sqrt(lists / base)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
