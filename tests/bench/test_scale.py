@@ -1,4 +1,5 @@
-"""bench/scale.py's measurement of a run: its whole process tree's memory, and its limit."""
+"""bench/scale.py's measurement of a run: its whole process tree's memory, its limit, and a
+pipeline that starts from nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
+from bench import scale
 from bench.scale import merge, render, run_measured
 
 # A parent holding ~60 MB that starts a child holding ~300 MB, as torchrun starts workers;
@@ -106,3 +109,26 @@ def test_runs_no_row_cites_are_dropped_and_renumbered() -> None:
     assert third["sets"]["ml1m"]["pipeline"][0]["run"] == 2
     # The earlier results are left as they were.
     assert second["sets"]["ml1m"]["run"] == 1 and len(second["runs"]) == 2
+
+
+def test_a_pipeline_run_never_resumes_an_earlier_runs_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An earlier run of the same code left its checkpoints: the pipeline would resume from
+    # them and the benchmark would time their reloading.
+    stale = tmp_path / "run-data-1p" / ".work" / "key"
+    stale.mkdir(parents=True)
+    (stale / "teacher.pt").write_bytes(b"old")
+    seen: list[bool] = []
+
+    def measured(cmd: list[str], *, limit: float, log_path: Path) -> dict[str, object]:
+        seen.append(stale.exists())
+        log_path.write_text("", encoding="utf-8")
+        return {"seconds": 1.0, "returncode": 0}
+
+    monkeypatch.setattr(scale, "run_measured", measured)
+    data = tmp_path / "data"
+    scale.measure_pipeline(
+        data, "ml-latest", tmp_path, quick=False, limit=10.0, device="cpu", nproc=1
+    )
+    assert seen == [False]
