@@ -77,6 +77,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def rank_cpus() -> int:
+    """This process's share of the usable CPUs: all of them, or an equal part per local
+    rank under torchrun (LOCAL_WORLD_SIZE)."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, usable_cpus() // max(local_ranks, 1))
+
+
 def resolve_jobs(jobs: int, *, threads: int, tasks: int) -> int:
     """`jobs` = 0 (auto): a process per task where the CPUs hold at least two processes
     at `threads` each, else one.

@@ -27,7 +27,7 @@ from training import bundle as bundle_mod
 from training import checkpoint, distributed
 from training import export as export_mod
 from training.bundle import RetrievalFiles
-from training.component_pool import usable_cpus
+from training.component_pool import rank_cpus
 from training.data import Dataset, Split, holdout, load_dataset, make_split
 from training.device import resolve_device
 from training.distill import distill_student
@@ -87,8 +87,7 @@ class PipelineConfig:
         """Torch threads of the steps that run in one process per rank."""
         if self.threads > 0:
             return self.threads
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
-        return max(1, usable_cpus() // max(local_ranks, 1))
+        return rank_cpus()
 
     def teacher_config(self) -> TeacherConfig:
         config = TeacherConfig(

@@ -15,6 +15,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -30,6 +31,7 @@ from training.component_pool import (
     Refit,
     Refitted,
     SharedInputs,
+    rank_cpus,
     resolve_jobs,
     train_components,
 )
@@ -667,6 +669,7 @@ def train_teacher(
         fm=fm,
         step=config.weight_step,
         seed=config.seed,
+        workers=rank_cpus(),
     )
     report["ensemble"] = weights
     if refit is not None:
@@ -773,12 +776,14 @@ def fit_ensemble_weights(
     step: float = 0.05,
     max_users: int = 3000,
     seed: int = 0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Fits the blend on the validation split and sets it on `teacher`.
 
     Rating weights: non-negative least squares with an intercept on the clipped component
     predictions. Score weights: the grid point on the simplex with the best validation
-    NDCG@10 (ties go to the point nearest the default weights).
+    NDCG@10 (ties go to the point nearest the default weights), the grid ranked by
+    `workers` threads.
     """
     teacher.eval()
     preds = np.stack(
@@ -798,7 +803,7 @@ def fit_ensemble_weights(
         log.info("ensemble weights: ranking %d of %d validation users", max_users, users.size)
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     ranking = _blend_ranking(teacher, tables, users, fit=fit, valid=valid, fm=fm)
-    score_w = _best_score_weights(ranking, step=step, default=default)
+    score_w = _best_score_weights(ranking, step=step, default=default, workers=workers)
     teacher.set_weights(rating=rating_w.tolist(), rating_bias=rating_b, score=score_w.tolist())
 
     def blend(rating: np.ndarray, bias: float, score: np.ndarray) -> dict[str, Any]:
@@ -862,13 +867,25 @@ def _blend_ranking(
 
 
 def _best_score_weights(
-    ranking: Callable[[np.ndarray], dict[str, float]], *, step: float, default: np.ndarray
+    ranking: Callable[[np.ndarray], dict[str, float]],
+    *,
+    step: float,
+    default: np.ndarray,
+    workers: int = 1,
 ) -> np.ndarray:
-    """The simplex grid point with the best NDCG@10; ties go to the one nearest `default`."""
+    """The simplex grid point with the best NDCG@10; ties go to the one nearest `default`.
+
+    The points are ranked independently, so threads rank them side by side (numpy's
+    blends and partitions release the GIL) for the same values, compared in grid order:
+    the teacher step's parent runs this on one torch thread after the component
+    processes end, while the other cores idle.
+    """
+    points = simplex_grid(step)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        values = list(pool.map(lambda p: ranking(np.asarray(p))["ndcg@10"], points))
     best: tuple[float, float, tuple[float, ...]] | None = None
-    for point in simplex_grid(step):
+    for point, value in zip(points, values, strict=True):
         w = np.asarray(point)
-        value = ranking(w)["ndcg@10"]
         key = (value, -float(np.abs(w - default).sum()), point)
         if best is None or key[:2] > best[:2]:
             best = key

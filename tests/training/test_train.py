@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.test_distill import quick_teacher
 from training.component_pool import ComponentTask
 from training.data import Dataset, Ratings, holdout, load_dataset, make_split
 from training.evaluate import evaluate_model, evaluate_popularity, rating_metrics
@@ -28,6 +30,7 @@ from training.train import (
     _merge_heads,
     _refit_tasks,
     component_loss,
+    fit_ensemble_weights,
     make_optimizer,
     ranking_negatives,
     simplex_grid,
@@ -236,6 +239,31 @@ def test_simplex_grid_covers_the_simplex() -> None:
     assert all(abs(sum(w) - 1.0) < 1e-9 and min(w) >= 0 for w in grid)
     assert (0.5, 0.0, 0.5) in grid
     assert len(simplex_grid(0.05)) == 231
+
+
+def test_the_blend_search_finds_the_same_weights_on_several_threads(
+    dataset: Dataset, train_ratings: Ratings
+) -> None:
+    fit, valid = holdout(train_ratings, fraction=0.1, seed=0)
+    teacher = quick_teacher(dataset)
+    reports, teachers = [], []
+    for workers in (1, 3):
+        twin = copy.deepcopy(teacher)
+        reports.append(
+            fit_ensemble_weights(
+                twin,
+                dataset.tables,
+                fit=fit,
+                valid=valid,
+                fm=dataset.feature_map,
+                step=0.1,
+                workers=workers,
+            )
+        )
+        teachers.append(twin)
+    assert reports[0] == reports[1]
+    a, b = (t.state_dict() for t in teachers)
+    assert all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_quick_teacher_learns_on_synthetic_data(dataset: Dataset, synthetic_ml100k: Path) -> None:
