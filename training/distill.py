@@ -114,8 +114,7 @@ class Distillation:
 
     def _batch_plan(self) -> tuple[int, float]:
         per_rank = -(-len(self.pools[0]) // self.world.world_size)
-        n_items = self.student.item_bias.num_embeddings - 1
-        lists, lr = self.cfg.batch_plan(per_rank, n_items)
+        lists, lr = self.cfg.batch_plan(per_rank, self._n_items())
         if lists != self.cfg.lists_per_batch:
             log.info(
                 "%d lists per epoch: batches of %d lists (learning rate %.3g) keep an "
@@ -127,6 +126,9 @@ class Distillation:
             )
         return lists, lr
 
+    def _n_items(self) -> int:
+        return int(self.student.item_bias.num_embeddings) - 1
+
     def _objective(self) -> nn.Module:
         """The batch objective, in DDP on several ranks (re-wrapped after every pruning)."""
         return wrap(_Objective(self.student, self.loss, self.cfg.l2), self.world)
@@ -135,7 +137,7 @@ class Distillation:
         # Large tables train with sparse gradients, unless a batch scores the whole
         # catalogue (that reads the item-bias table densely). Pruning rebuilds tables, so
         # this runs again with every new optimiser.
-        if self.cfg.kd_scope(self.student.item_bias.num_embeddings - 1) == "list":
+        if self.cfg.kd_scope(self._n_items()) == "list":
             sparsify_embeddings(self.student, min_rows=SPARSE_MIN_ROWS)
         params = [*self.student.parameters(), *self.loss.proj.parameters()]
         return make_adam([(p, self.lr) for p in params], sparse=sparse_ids(self.student))
