@@ -284,14 +284,28 @@ def measure_pipeline(
 def conditions() -> dict[str, Any]:
     import torch  # noqa: PLC0415
 
+    # Machines of one kind differ in host CPU: torch picks its kernels by the instruction
+    # set (AVX2, AVX512), which changes speed and the last digits of trained weights.
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_average_1m": os.getloadavg()[0],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
@@ -343,8 +357,10 @@ def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str,
 
 def _run_line(number: int, run: dict[str, Any]) -> str:
     c = run["conditions"]
+    # Runs before 2026-12-03 16:50 UTC did not record the CPU.
+    cpu = f" ({c['cpu_model']}, torch kernels {c['cpu_capability']})" if "cpu_model" in c else ""
     return (
-        f"{number}. {c['when']}: `{run['command']}`; {c['cpus']} CPUs, load average "
+        f"{number}. {c['when']}: `{run['command']}`; {c['cpus']} CPUs{cpu}, load average "
         f"{c['load_average_1m']:.1f} when it started, torch {c['torch']}."
     )
 

@@ -132,3 +132,14 @@ def test_a_pipeline_run_never_resumes_an_earlier_runs_checkpoints(
         data, "ml-latest", tmp_path, quick=False, limit=10.0, device="cpu", nproc=1
     )
     assert seen == [False]
+
+
+def test_each_run_names_its_cpu_where_it_recorded_one() -> None:
+    now = scale.conditions()
+    assert now["cpu_capability"] and now["cpu_model"]
+    old = _run("t1", {"ml1m": _entry(1.0)})
+    new = {**_run("t2", {"cat50k": _entry(2.0)}), "conditions": {**_conditions("t2"), **now}}
+    lines = render(merge(merge(None, old), new)).splitlines()
+    first, second = (next(line for line in lines if line.startswith(f"{n}. ")) for n in (1, 2))
+    assert "torch kernels" not in first  # recorded before the CPU was
+    assert f"({now['cpu_model']}, torch kernels {now['cpu_capability']})" in second
