@@ -339,9 +339,7 @@ def _measure_ceiling(
     return points
 
 
-def _measure_scenario(
-    runner: LoadRunner, port: int, server: ServerConfig, scenario: Scenario, config: Config
-) -> list[dict[str, Any]]:
+def _prewarm(runner: LoadRunner, port: int, scenario: Scenario, config: Config) -> None:
     if scenario.prewarm:
         # Several passes, so that every worker process holds every key.
         runner.run(LoadSpec(
@@ -350,6 +348,12 @@ def _measure_scenario(
             max_requests=len(scenario.prewarm) * max(config.workers, 1) * 3,
             max_seconds=max(config.max_seconds, 10.0),
         ))  # fmt: skip
+
+
+def _measure_scenario(
+    runner: LoadRunner, port: int, server: ServerConfig, scenario: Scenario, config: Config
+) -> list[dict[str, Any]]:
+    _prewarm(runner, port, scenario, config)
     points = []
     offset = 0
     for concurrency in config.concurrency:
@@ -370,8 +374,9 @@ def _measure_scenario(
 def _measure_paired(
     runner: LoadRunner, port: int, bundle: Bundle, server: ServerConfig, config: Config
 ) -> list[dict[str, Any]]:
-    """The framework floor and each uncached /recommend, back to back on one server, round
-    after round, at the lowest concurrency: the uncached targets' ratios.
+    """The framework floor and each /recommend the server serves (uncached, or cached from
+    a warm cache), back to back on one server, round after round, at the lowest
+    concurrency: the ratios of the targets over the floor.
 
     This machine's speed drifts (p50s of one scenario 30% apart a few minutes later), and a
     floor measured on another server minutes before carries that drift into the ratio;
@@ -379,10 +384,12 @@ def _measure_paired(
     target is the median of the per-round ratios.
     """
     floor = [build_get(f"/_bench/floor?n={config.k}", host=HOST)]
+    paired = {"recommend_uncached": "paired_uncached", "recommend_cached": "paired_cached"}
+    scenarios = [s for s in _scenarios(bundle, server, config) if s.name in paired]
+    for scenario in scenarios:
+        _prewarm(runner, port, scenario, config)
     order = [("paired_floor", "framework", floor)] + [
-        ("paired_uncached", s.model, s.requests)
-        for s in _scenarios(bundle, server, config)
-        if s.name == "recommend_uncached"
+        (paired[s.name], s.model, s.requests) for s in scenarios
     ]
     offsets: dict[str, int] = {}
     points = []
@@ -413,7 +420,7 @@ def _measure_http(
         for server in _servers(bundle, config):
             env = _server_env(server, config)
             with uvicorn_server(env, workers=config.workers, cpus=server_cpus) as running:
-                if not server.cached:
+                if not server.feedback:
                     # First on the server, as the other points are first on theirs: after
                     # the batch loads at high concurrency, misses ran slower for seconds.
                     points += _measure_paired(runner, running.port, bundle, server, config)

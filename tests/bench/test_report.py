@@ -98,6 +98,28 @@ def test_paired_rounds_divide_by_the_floor_just_before_them() -> None:
     assert paired_ratios(run, "student_int8") == []
 
 
+def test_cached_targets_divide_by_their_own_servers_paired_floors() -> None:
+    run = _run(teacher_p50=1.4, student_p50=1.2)
+    # Unpaired, the cached student reads 0.9 / 0.5 = 1.8x the floor of another server.
+    for point in run["points"]:
+        if (point["scenario"], point["model"]) == ("recommend_cached", "student"):
+            point["p50_ms"] = 0.9
+    unpaired = _by_id(compute_targets(run))[("cached_p50_over_floor", "student")]
+    assert (round(unpaired["value"], 6), unpaired["met"]) == (1.8, False)
+    for index, (floor, cached) in enumerate([(0.6, 0.8), (0.8, 0.9), (0.5, 0.6)]):
+        run["points"] += [
+            _paired("paired_floor", "framework", floor, index, "cached"),
+            _paired("paired_cached", "student", cached, index, "cached"),
+        ]
+    assert [round(r, 6) for r in paired_ratios(run, "student", cached=True)] == [
+        round(0.8 / 0.6, 6), 1.125, 1.2,
+    ]  # fmt: skip
+    paired = _by_id(compute_targets(run))[("cached_p50_over_floor", "student")]
+    assert (round(paired["value"], 6), paired["met"]) == (1.2, True)
+    # The uncached ratios never read the cached rounds, nor the other way round.
+    assert paired_ratios(run, "student") == [] and paired_ratios(run, "teacher", cached=True) == []
+
+
 def test_http_overhead_is_measured_against_the_two_stage_floor() -> None:
     targets = _by_id(compute_targets(_run(teacher_p50=1.4, student_p50=1.2)))
     overhead = targets[("uncached_http_overhead_ms", "student")]

@@ -48,20 +48,24 @@ def test_benchmark_runs_every_scenario_and_writes_the_report(
     paired = [p for p in run["points"] if p["scenario"].startswith("paired_")]
     points = [p for p in run["points"] if not p["scenario"].startswith("paired_")]
     assert {(p["scenario"], p["model"]) for p in points} == SCENARIOS
-    # Per uncached server and round: its floor, then each model it serves uncached.
+    # Per server (but the closed-loop one) and round: its floor, then each model it serves,
+    # uncached or cached.
     rounds = {(p["server"], p["round"], p["scenario"], p["model"]) for p in paired}
     assert rounds == {
         (server, index, scenario, model)
-        for server, models in (
-            ("uncached-student", ("teacher", "student")),
-            ("uncached-int8", ("student_int8",)),
+        for server, kind, models in (
+            ("uncached-student", "paired_uncached", ("teacher", "student")),
+            ("uncached-int8", "paired_uncached", ("student_int8",)),
+            ("cached-student", "paired_cached", ("teacher", "student")),
+            ("cached-int8", "paired_cached", ("student_int8",)),
         )
         for index in range(2)
-        for scenario, model in (
-            ("paired_floor", "framework"), *(("paired_uncached", m) for m in models)
-        )
+        for scenario, model in (("paired_floor", "framework"), *((kind, m) for m in models))
     }  # fmt: skip
-    assert all(p["failed"] == 0 and p["cached_fraction"] == 0.0 for p in paired)
+    assert all(p["failed"] == 0 for p in paired)
+    # The cached rounds follow a warm-up of every key: all hits.
+    expected = {"paired_floor": 0.0, "paired_uncached": 0.0, "paired_cached": 1.0}
+    assert all(p["cached_fraction"] == expected[p["scenario"]] for p in paired)
     assert {p["concurrency"] for p in points} == {1, 3}
     for point in points:
         assert point["failed"] == 0, point
