@@ -17,7 +17,9 @@ throughput and p50/p95/p99 latency for:
   two stages of an uncached /recommend (query vector, inner-product search, pair graph on k
   items), whole-catalogue scoring by the pair graph (re-ranking throughput), the
   /predict_rating session runs, and the service's scoring path without HTTP;
-- the load generator's ceiling: the same client against a trivial fixed-answer server.
+- the load generator's ceiling: the same client against a trivial fixed-answer server;
+- paired rounds for the targets over the floor: on each server but the closed-loop one,
+  the floor and each /recommend it serves, back to back, round after round.
 
 Admission control (app/admission.py) is set so that the uncached load measures throughput,
 not refusals: every client of the highest concurrency may queue, for up to a minute.
