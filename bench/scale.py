@@ -42,6 +42,8 @@ from typing import Any
 
 import psutil
 
+from bench._machine import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 SETS: dict[str, tuple[int, int, int]] = {  # users, items, ratings
     "ml1m": (6_000, 4_000, 1_000_000),
@@ -288,7 +290,7 @@ def conditions() -> dict[str, Any]:
     # set (AVX2, AVX512), which changes speed and the last digits of trained weights.
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_average_1m": os.getloadavg()[0],
         "python": platform.python_version(),
@@ -296,16 +298,6 @@ def conditions() -> dict[str, Any]:
         "platform": platform.platform(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _upgrade(results: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ import orjson
 from app.bundle import Bundle, load_bundle
 from bench._ceiling import fixed_response_server
 from bench._loadgen import LoadResult, LoadRunner, LoadSpec, build_get, build_post_json
+from bench._machine import cpu_model
 from bench._ortfloor import FloorConfig, FloorResult, measure_floors
 from bench._report import compute_targets, write_report
 from bench._server import HOST, uvicorn_server
@@ -208,14 +209,6 @@ def _server_env(server: ServerConfig, config: Config) -> dict[str, str]:
 
 
 def _machine() -> dict[str, Any]:
-    cpu_model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     memory_gib = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -230,7 +223,7 @@ def _machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = "absent"
     return {
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "nproc": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "memory_gib": memory_gib,
