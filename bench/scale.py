@@ -214,8 +214,10 @@ def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -
     import torch  # noqa: PLC0415
 
     from training import train as T  # noqa: PLC0415
+    from training.allocator import keep_freed_memory  # noqa: PLC0415
     from training.data import load_dataset  # noqa: PLC0415
 
+    keep_freed_memory()  # as `python -m training` does
     torch.set_num_threads(1)
     ds = load_dataset(data, dataset=dataset)
     config = T.TeacherConfig().quick() if quick else T.TeacherConfig()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from training.allocator import keep_freed_memory
 from training.bundle import BundleError, verify_bundle
 from training.data import AUTO_SPLIT, DATASETS, SPLITS, DataError, default_split
 from training.device import DEVICES, DeviceError
@@ -233,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    keep_freed_memory()
     try:
         return _run(args)
     except (

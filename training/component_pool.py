@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from training.allocator import keep_freed_memory
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -199,6 +201,7 @@ def worker_pool(jobs: int, *, threads: int) -> ProcessPoolExecutor:
 
 def _init_child(level: int, threads: int, parent: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s[%(process)d]: %(message)s")
+    keep_freed_memory()
     if threads > 0:
         torch.set_num_threads(threads)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()

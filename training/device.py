@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -28,3 +31,29 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+@contextmanager
+def reproducible(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while training on the CPU with more than one torch thread.
+
+    There, the CPU kernels that accumulate into indexed rows (the backward of `x[idx]`,
+    `index_put_` with accumulate) add in an order that depends on the threads' timing:
+    two runs of the student step with one seed on two threads pruned different units
+    after the first epoch and ended 0.003 NDCG@10 apart. Their deterministic versions
+    cost nothing measurable on ml-100k (a student step of 58.9 s against 59.1 s). One
+    thread is deterministic already and keeps its kernels (a teacher component's numbers
+    stay those of earlier runs); CUDA's deterministic kernels need CUBLAS_WORKSPACE_CONFIG
+    set before start-up and are slower, so it is left as it is. The previous setting is
+    restored on exit: the flag is process-wide.
+    """
+    if device.type != "cpu" or torch.get_num_threads() <= 1:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.device import resolve_device
+from training.device import reproducible, resolve_device
 from training.distill_config import StudentConfig
 from training.distributed import current, local_device, shard, wrap
 from training.kd_targets import CatalogueTargets, TeacherPool, teacher_pools
@@ -315,7 +315,8 @@ def distill_student(
     device = local_device(resolve_device(cfg.device))
     log.info("student distils on %s", device)
     run = Distillation(cfg, student, loss, pools, target_params=target, device=device)
-    run.fit()
+    with reproducible(device):
+        run.fit()
     info = {
         "config": cfg.to_json(),
         "teacher_params": teacher_params,

@@ -36,7 +36,7 @@ from training.component_pool import (
     train_components,
 )
 from training.data import Ratings, holdout
-from training.device import resolve_device
+from training.device import reproducible, resolve_device
 from training.distributed import World, broadcast, current, local_device, shard, wrap
 from training.evaluate import (
     RELEVANT_MIN_RATING,
@@ -545,7 +545,8 @@ def train_component(
     # An empty validation split selects nothing: head_epochs, or the last epoch, then apply.
     valid = valid if valid is not None and len(valid) > 0 else None
     started = time.perf_counter()
-    curves = run_epochs(t, selector, fm, tables, train=train, valid=valid)
+    with reproducible(data.device):
+        curves = run_epochs(t, selector, fm, tables, train=train, valid=valid)
     last = len(curves)
     epochs_kept = selector.restore(model, last_epoch=last)
     model.fold_history()

@@ -10,7 +10,7 @@ import torch
 
 from tests.datagen import write_ml100k
 from training.data import load_dataset, make_split
-from training.device import DeviceError, model_device, resolve_device
+from training.device import DeviceError, model_device, reproducible, resolve_device
 from training.train import MFConfig, train_component
 
 
@@ -18,6 +18,20 @@ def test_auto_picks_cuda_only_when_present() -> None:
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == want
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_deterministic_kernels_only_where_threads_race_and_only_inside() -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with reproducible(torch.device("cpu")):
+            assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(1)  # one thread is deterministic: its kernels stay
+        with reproducible(torch.device("cpu")):
+            assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_unknown_or_missing_devices_are_user_errors() -> None:
