@@ -3,14 +3,12 @@
 PyTorch's CPU allocator takes each tensor from malloc and frees it when the last
 reference goes. glibc serves blocks above its mmap threshold with fresh mappings and
 returns the heap's free top above its trim threshold, so a training step's short-lived
-[batch, catalogue] tensors (the exact softmax's logits, their copies and gradients: 7 MB
-each on ml-100k) were faulted in page by page again at every step: 538k minor page
-faults and 1.3 s of system time in 60 AutoInt steps on ml-100k, 97k and 0.5 s with the
-settings below, and 10-40% more ratings per second per component. tcmalloc or jemalloc
-preloaded would do the same (PyTorch's CPU performance guides suggest them); `mallopt`
-needs neither another library nor LD_PRELOAD. The settings change where memory comes
-from, never what is computed.
-"""
+[batch, catalogue] tensors (the exact softmax's logits, their copies and gradients:
+6.6 MiB each on ml-100k) were faulted in page by page again at every step
+(tests/training/test_allocator.py counts the faults; docs/SCALE.md, item 24, the time).
+tcmalloc or jemalloc preloaded would do the same (PyTorch's CPU performance guides
+suggest them); `mallopt` needs neither another library nor LD_PRELOAD. The settings
+change where memory comes from, never what is computed."""
 
 from __future__ import annotations
 
