@@ -13,7 +13,6 @@ change where memory comes from, never what is computed."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -35,10 +34,11 @@ def keep_freed_memory() -> bool:
     Elsewhere (another C library, another system) it changes nothing."""
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # no C library by that name, or not glibc's API
+        # The process's own symbols, its C library's among them: no search for the library
+        # (find_library would run ldconfig in every training process).
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # a C library without mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
