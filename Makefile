@@ -27,11 +27,17 @@ help:
 
 install: $(STAMP)
 
+# --no-compile: pip would byte-compile every module of every wheel (torch alone ships
+# thousands) before the first command runs; Python compiles the ones imported, once, on
+# first import. On this 2-core machine that took about 30 s off `make run`'s installation
+# (docs/SCALE.md, item 25).
+PIP_INSTALL := $(PY) -m pip install --quiet --no-compile --disable-pip-version-check
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[$(EXTRAS)]'
 	touch $@
 
 bundle: install
