@@ -694,19 +694,23 @@ def _target_verdict(runs: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-_CATALOGUE_BEGIN = "<!-- catalogue:begin -->"
-_CATALOGUE_END = "<!-- catalogue:end -->"
+# The sections other benchmarks write into the same page (bench/catalogue.py,
+# bench/rating_graph.py), kept as they are when this report is rewritten.
+_KEPT_SECTIONS = (
+    ("<!-- catalogue:begin -->", "<!-- catalogue:end -->"),
+    ("<!-- rating-graph:begin -->", "<!-- rating-graph:end -->"),
+)
 
 
 def _kept_block(docs_path: Path) -> list[str]:
-    """The catalogue benchmark's section (bench/catalogue.py), kept as it is."""
     if not docs_path.exists():
         return []
     text = docs_path.read_text(encoding="utf-8")
-    if _CATALOGUE_BEGIN not in text or _CATALOGUE_END not in text:
-        return []
-    inner = text.split(_CATALOGUE_BEGIN, 1)[1].split(_CATALOGUE_END, 1)[0]
-    return ["", _CATALOGUE_BEGIN + inner + _CATALOGUE_END]
+    kept = []
+    for begin, end in _KEPT_SECTIONS:
+        if begin in text and end in text:
+            kept += ["", begin + text.split(begin, 1)[1].split(end, 1)[0] + end]
+    return kept
 
 
 def write_report(

@@ -32,6 +32,7 @@ from app.bundle import Bundle, load_bundle
 from app.inference import TowerRunner
 from app.retrieval import RetrievalSettings, limit_search_threads, open_retriever
 from bench._loadgen import LoadSpec, build_get, run_load
+from bench._sections import replace_section
 from bench._server import HOST, uvicorn_server
 from contract.manifest import RetrievalEntry
 from training.synth import SynthConfig, generate
@@ -345,12 +346,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def write_docs(rows: list[dict[str, Any]], docs: Path, *, command: str) -> None:
     text = docs.read_text(encoding="utf-8") if docs.exists() else ""
     table = render(rows, command=command)
-    if _MARK_BEGIN in text and _MARK_END in text:
-        head, rest = text.split(_MARK_BEGIN, 1)
-        text = head + table + rest.split(_MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + table + "\n"
-    docs.write_text(text, encoding="utf-8")
+    docs.write_text(
+        replace_section(text, table, begin=_MARK_BEGIN, end=_MARK_END), encoding="utf-8"
+    )
     (docs.parent / "img").mkdir(exist_ok=True)
     plot(rows, docs.parent / "img" / "catalogue-latency.png")
 

@@ -43,6 +43,7 @@ from typing import Any
 import psutil
 
 from bench._machine import cpu_model
+from bench._sections import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS: dict[str, tuple[int, int, int]] = {  # users, items, ratings
@@ -413,12 +414,7 @@ def render(results: dict[str, Any]) -> str:
 
 def write_markdown(path: Path, section: str) -> None:
     text = path.read_text(encoding="utf-8") if path.is_file() else f"# Scale\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(replace_section(text, section, begin=BEGIN, end=END), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ _CONFIG_CLASSES: dict[str, type[ComponentConfig]] = {
 _PACKAGE = Path(__file__).resolve().parent
 # What writes the exported graphs, item matrices and ANN indexes: a change here redoes the
 # export step of a cached run (training/pipeline.py) but keeps its trained weights.
-_EXPORT_CODE = ("ann.py", "export.py", "rating_factors.py", "towers.py")
+_EXPORT_CODE = ("ann.py", "export.py", "graph_fusion.py", "rating_factors.py", "towers.py")
 # Modules of training/ that only use trained models (evaluate, export, publish, report,
 # orchestrate) and this file, whose layout FORMAT_VERSION versions. Every other module,
 # a new one included, counts: the models' maths, the feature map they embed, the data

@@ -27,11 +27,18 @@ from contract.session import graph_inputs, open_session, run_rating, run_session
 from contract.signature import INPUT_DTYPES, INPUT_NAMES, OUTPUT_NAMES, RATING_OUTPUTS
 from contract.tables import FeatureTables
 from training.features import Batch, make_batch
+from training.graph_fusion import fuse_field_lookups
 from training.models.base import TwoHeadModel, to_inputs
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
+# ONNX's Attention op (training/models/layers.py, FieldAttention) exists from opset 23 on;
+# the TorchScript exporter writes at most opset 20. Every other op these graphs use is the
+# same in opsets 18 to 23 (later opsets only add element types), so a graph holding an
+# Attention node is exported at OPSET and its default-domain import raised to this; the
+# checker and the parity check against PyTorch then run on the raised graph.
+ATTENTION_OPSET = 23
 PARITY_ATOL = 1e-4
 PARITY_BATCH_SIZES = (1, 7, 64, 513)
 # The INT8 student may lose against the fp32 student at most what the student targets let
@@ -124,6 +131,7 @@ def finish_graph(proto: onnx.ModelProto, path: Path, *, metadata: Mapping[str, s
 
     The bundle passes its version in `metadata`, so a stray file can be traced to its bundle.
     """
+    _raise_opset_for_attention(proto)
     props = {"feature_schema_version": str(FEATURE_SCHEMA_VERSION), **dict(metadata)}
     del proto.metadata_props[:]
     for key, value in sorted(props.items()):
@@ -135,6 +143,16 @@ def finish_graph(proto: onnx.ModelProto, path: Path, *, metadata: Mapping[str, s
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"{path}: onnx.checker rejected the graph: {err}") from None
+
+
+def _raise_opset_for_attention(proto: onnx.ModelProto) -> None:
+    if not any(n.op_type == "Attention" and n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        return
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = max(entry.version, ATTENTION_OPSET)
+    # ONNX IR version 10 is the first that opset 23 may be used with.
+    proto.ir_version = max(proto.ir_version, 10)
 
 
 def _complete_inputs(proto: onnx.ModelProto, feature_map: FeatureMap) -> None:
@@ -280,17 +298,21 @@ def export_rating_graph(
     batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
     atol: float = PARITY_ATOL,
     seed: int = 0,
+    fuse_lookups: bool = True,
 ) -> float:
     """Writes `source`'s pair graph cut to its `rating` output and returns its largest rating
     difference from the pair graph's on random valid inputs (ExportError past `atol`).
 
     What the service runs for ratings: /recommend takes its scores from the retrieval and
     /predict_rating shows none, so the score towers' nodes would be run for nothing (the
-    log says how many are cut). Same inputs, metadata with the model name suffixed `.rating`.
+    log says how many are cut), and, with `fuse_lookups`, field lookups with equal inputs
+    are fused (training/graph_fusion.py). Same inputs; the model name in the metadata gets
+    the suffix `.rating`.
     """
     proto = onnx.load(str(source))
     inputs = [node.name for node in proto.graph.input]
     cut = Extractor(proto).extract_model(inputs, list(RATING_OUTPUTS))
+    fused = fuse_field_lookups(cut) if fuse_lookups else 0
     metadata = {p.key: p.value for p in proto.metadata_props}
     metadata["model"] = metadata.get("model", source.stem) + ".rating"
     finish_graph(cut, target, metadata=metadata)
@@ -308,10 +330,12 @@ def export_rating_graph(
         if not diff <= atol:
             raise ExportError(f"{target}: rating differs from {source.name} by {diff:.3g}")
     log.info(
-        "rating graph %s: %d of %d nodes, max |rating - pair graph| = %.3g",
+        "rating graph %s: %d of %d nodes (%d field lookups fused), "
+        "max |rating - pair graph| = %.3g",
         target.name,
         len(cut.graph.node),
         len(proto.graph.node),
+        fused,
         worst,
     )
     return worst
