@@ -56,13 +56,27 @@ def fuse_field_lookups(proto: onnx.ModelProto) -> int:
             lookup.table.dtype.str,
         )
         groups[key].append(lookup)
-    fused = 0
-    for index, members in enumerate(g for g in groups.values() if len(g) > 1):
-        _fuse(graph, members, prefix=f"fused_lookup_{index}")
-        fused += len(members)
-    if fused:
-        _drop_dead(graph)
-    return fused
+    plans = [
+        _plan(members, prefix=f"fused_lookup_{index}")
+        for index, members in enumerate(g for g in groups.values() if len(g) > 1)
+    ]
+    if not plans:
+        return 0
+    # One rebuild for every group: the node list is copied when it is rewritten, so the
+    # lookups found above only name nodes of the graph as it was before any rewrite.
+    removed = {id(n) for plan in plans for n in plan.removed}
+    before = {id(plan.anchor): plan.nodes for plan in plans}
+    nodes = []
+    for node in graph.node:
+        nodes += before.get(id(node), [])
+        if id(node) not in removed:
+            nodes.append(node)
+    for plan in plans:
+        graph.initializer.extend(plan.initializers)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_dead(graph)
+    return sum(plan.lookups for plan in plans)
 
 
 def _value_numbers(graph: onnx.GraphProto) -> dict[str, Hashable]:
@@ -139,20 +153,29 @@ def _int_attribute(node: onnx.NodeProto, name: str) -> int:
     return 0  # both Concat's and Gather's axis default to 0 where the schema has a default
 
 
-def _fuse(graph: onnx.GraphProto, members: Sequence[_Lookup], *, prefix: str) -> None:
-    nodes = list(graph.node)
-    position = {id(node): i for i, node in enumerate(nodes)}
-    members = sorted(members, key=lambda m: position[id(m.concat)])
-    first = members[0]  # its inputs exist before its Concat, where the fused nodes go
+@dataclass(frozen=True)
+class _Plan:
+    """One group's rewrite: new nodes go before `anchor` (its first Concat in graph
+    order, whose inputs all exist there), the members' four nodes each go."""
+
+    anchor: onnx.NodeProto
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    removed: list[onnx.NodeProto]
+    lookups: int
+
+
+def _plan(members: Sequence[_Lookup], *, prefix: str) -> _Plan:
+    first = members[0]  # `_lookups` lists them in graph order
     names = {part: f"{prefix}.{part}" for part in ("table", "genre", "sizes", "rows", "bag")}
     sizes = np.array([m.table.shape[1] for m in members], np.int64)
-    graph.initializer.extend([
+    initializers = [
         numpy_helper.from_array(np.concatenate([m.table for m in members], axis=1), names["table"]),
         numpy_helper.from_array(np.concatenate([m.genre for m in members], axis=1), names["genre"]),
         numpy_helper.from_array(sizes, names["sizes"]),
-    ])  # fmt: skip
+    ]  # fmt: skip
     bag3, fields = f"{prefix}.bag3", f"{prefix}.fields"
-    fused = [
+    nodes = [
         helper.make_node("Gather", [names["table"], first.gather.input[1]], [names["rows"]]),
         helper.make_node("MatMul", [first.matmul.input[0], names["genre"]], [names["bag"]]),
         helper.make_node("Unsqueeze", [names["bag"], first.unsqueeze.input[1]], [bag3]),
@@ -161,14 +184,10 @@ def _fuse(graph: onnx.GraphProto, members: Sequence[_Lookup], *, prefix: str) ->
             "Split", [fields, names["sizes"]], [m.concat.output[0] for m in members], axis=-1
         ),
     ]
-    for node in fused:
+    for node in nodes:
         node.name = f"{prefix}/{node.op_type}"
-    removed = {id(n) for m in members for n in (m.concat, m.gather, m.unsqueeze, m.matmul)}
-    at = position[id(first.concat)]
-    kept = [n for n in nodes[:at] if id(n) not in removed]
-    kept += fused + [n for n in nodes[at:] if id(n) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
+    removed = [n for m in members for n in (m.concat, m.gather, m.unsqueeze, m.matmul)]
+    return _Plan(first.concat, nodes, initializers, removed, len(members))
 
 
 def _drop_dead(graph: onnx.GraphProto) -> None:

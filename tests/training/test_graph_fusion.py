@@ -58,6 +58,8 @@ def _graph(*, shared_gather: bool) -> onnx.ModelProto:
         _lookup(nodes, inits, "c", "index_c", 4),
     ]
     if shared_gather:
+        # A second group: e over index_c, beside c.
+        outputs.append(_lookup(nodes, inits, "e", "index_c", 3))
         outputs.append(_lookup(nodes, inits, "d", "index_a", 2))
         nodes.append(helper.make_node("Identity", ["d.rows"], ["d_rows_out"]))
         outputs.append("d_rows_out")
@@ -91,16 +93,16 @@ def test_lookups_with_equal_inputs_become_one_and_compute_the_same(shared_gather
     fused = onnx.ModelProto()
     fused.CopyFrom(proto)
 
-    # a and b share their inputs by value; c reads another index; d's Gather has a second
-    # reader, so removing it would break that reader.
-    assert fuse_field_lookups(fused) == 2
+    # a and b share their inputs by value; c reads another index (and with e forms a
+    # second group); d's Gather has a second reader, so removing it would break that reader.
+    assert fuse_field_lookups(fused) == (4 if shared_gather else 2)
     onnx.checker.check_model(fused, full_check=True)
     after = _run(fused)
     for want, have in zip(before, after, strict=True):
         np.testing.assert_array_equal(have, want)
     ops = [node.op_type for node in fused.graph.node]
     assert ops.count("Gather") == (3 if shared_gather else 2)
-    assert ops.count("Split") == 1
+    assert ops.count("Split") == (2 if shared_gather else 1)
     # The second index computation and the old tables are gone.
     assert "index_b" not in {out for node in fused.graph.node for out in node.output}
     assert {"a.t", "b.t"}.isdisjoint(init.name for init in fused.graph.initializer)
