@@ -29,7 +29,7 @@ install: $(STAMP)
 
 # --no-compile: pip would byte-compile every module of every wheel (torch alone ships
 # thousands) before the first command runs; Python compiles the ones imported, once, on
-# first import. With make run's extras that saved 25 s of installing and first importing
+# first import (each time where PYTHONDONTWRITEBYTECODE is set, docs/SCALE.md). With make run's extras that saved 25 s of installing and first importing
 # (docs/SCALE.md, item 25).
 PIP_INSTALL := $(PY) -m pip install --quiet --no-compile --disable-pip-version-check
 

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench._sections import KEPT_IN_BENCHMARKS
+
 logger = logging.getLogger(__name__)
 
 MODELS = ("teacher", "student", "student_int8")
@@ -694,20 +696,13 @@ def _target_verdict(runs: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-# The sections other benchmarks write into the same page (bench/catalogue.py,
-# bench/rating_graph.py), kept as they are when this report is rewritten.
-_KEPT_SECTIONS = (
-    ("<!-- catalogue:begin -->", "<!-- catalogue:end -->"),
-    ("<!-- rating-graph:begin -->", "<!-- rating-graph:end -->"),
-)
-
-
 def _kept_block(docs_path: Path) -> list[str]:
+    """The sections other benchmarks write into the same page, kept as they are."""
     if not docs_path.exists():
         return []
     text = docs_path.read_text(encoding="utf-8")
     kept = []
-    for begin, end in _KEPT_SECTIONS:
+    for begin, end in KEPT_IN_BENCHMARKS:
         if begin in text and end in text:
             kept += ["", begin + text.split(begin, 1)[1].split(end, 1)[0] + end]
     return kept

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# (begin, end) markers of each benchmark's section of docs/BENCHMARKS.md; bench/serving.py's
+# report rewrites the page around them and keeps them.
+CATALOGUE = ("<!-- catalogue:begin -->", "<!-- catalogue:end -->")
+RATING_GRAPH = ("<!-- rating-graph:begin -->", "<!-- rating-graph:end -->")
+KEPT_IN_BENCHMARKS = (CATALOGUE, RATING_GRAPH)
+
 
 def replace_section(text: str, section: str, *, begin: str, end: str) -> str:
     """`text` with its part from `begin` to `end` replaced by `section` (which carries both

@@ -32,7 +32,7 @@ from app.bundle import Bundle, load_bundle
 from app.inference import TowerRunner
 from app.retrieval import RetrievalSettings, limit_search_threads, open_retriever
 from bench._loadgen import LoadSpec, build_get, run_load
-from bench._sections import replace_section
+from bench._sections import CATALOGUE, replace_section
 from bench._server import HOST, uvicorn_server
 from contract.manifest import RetrievalEntry
 from training.synth import SynthConfig, generate
@@ -41,8 +41,7 @@ log = logging.getLogger("bench.catalogue")
 
 _REPO = Path(__file__).resolve().parents[1]
 _RESULTS = _REPO / "bench" / "results" / "catalogue.json"
-_MARK_BEGIN = "<!-- catalogue:begin -->"
-_MARK_END = "<!-- catalogue:end -->"
+_MARK_BEGIN, _MARK_END = CATALOGUE
 VARIANTS = ("teacher", "student")
 _REQUESTS = 300  # per variant and size
 _SETTLED_LOAD = 0.5

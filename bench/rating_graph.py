@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from bench._sections import replace_section
+from bench._sections import RATING_GRAPH, replace_section
 from contract.features import FeatureMap
 from contract.session import graph_inputs, open_session, run_rating
 from contract.signature import RATING_OUTPUTS
@@ -43,8 +43,7 @@ from training.models.layers import InteractingLayer
 log = logging.getLogger("bench.rating_graph")
 
 _REPO = Path(__file__).resolve().parents[1]
-MARK_BEGIN = "<!-- rating-graph:begin -->"
-MARK_END = "<!-- rating-graph:end -->"
+MARK_BEGIN, MARK_END = RATING_GRAPH
 # (name, AutoInt heads as one Attention node, field lookups fused); the last is what ships.
 VARIANTS = (
     ("traced", False, False),
@@ -58,7 +57,6 @@ _EVICT_MB = 64
 
 @dataclass(frozen=True)
 class Config:
-    checkpoint: Path
     k: int
     warm_rounds: int
     cold_rounds: int
@@ -179,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.checkpoint or _latest_checkpoint()
     if path is None or not path.is_file():
         parser.error("no teacher checkpoint: run `make bundle` first, or pass --checkpoint")
-    config = Config(path, args.k, args.warm_rounds, args.cold_rounds, args.seed)
+    config = Config(args.k, args.warm_rounds, args.cold_rounds, args.seed)
     fm = FeatureMap.from_json(checkpoint.read_checkpoint(path)["config"]["feature_map"])
     model = checkpoint.load_model(path, fm=fm, kind="ensemble")
     with tempfile.TemporaryDirectory(prefix="rating-graph-") as work:
