@@ -29,9 +29,14 @@ install: $(STAMP)
 
 # --no-compile: pip would byte-compile every module of every wheel (torch alone ships
 # thousands) before the first command runs; Python compiles the ones imported, once, on
-# first import (each time where PYTHONDONTWRITEBYTECODE is set, docs/SCALE.md). With make run's extras that saved 25 s of installing and first importing
+# first import. With make run's extras that saved 25 s of installing and first importing
 # (docs/SCALE.md, item 25).
 PIP_INSTALL := $(PY) -m pip install --quiet --no-compile --disable-pip-version-check
+# "Once" needs Python to write what it compiled (into the venv and the git-ignored
+# __pycache__ of the source tree), also where the environment asks it not to: otherwise
+# every process of a command (the pipeline's, each component worker's, the server's)
+# compiles torch and the rest of its imports again (docs/SCALE.md, item 26).
+unexport PYTHONDONTWRITEBYTECODE
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,4 +1,5 @@
-"""bench/install.py: make install's pip commands with and without byte-compilation."""
+"""bench/install.py: make install's pip commands with and without byte-compilation, and
+imports with and without bytecode written."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def test_summary_takes_each_modes_median() -> None:
             "torch_s": torch_s,
             "project_s": 1.0,
             "first_import_s": 2.0,
+            "second_import_s": 0.5,
             "total_s": torch_s + 3.0,
         }
 
@@ -52,3 +54,22 @@ def test_summary_takes_each_modes_median() -> None:
     assert out["compile"]["torch_s"] == pytest.approx(29.0)
     assert out["compile"]["total_s"] == pytest.approx(32.0)
     assert out["no-compile"]["torch_s"] == pytest.approx(20.0)
+
+
+def test_only_the_no_bytecode_mode_keeps_python_from_writing_bytecode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    assert "PYTHONDONTWRITEBYTECODE" not in install.import_env("no-compile")
+    assert "PYTHONDONTWRITEBYTECODE" not in install.import_env("compile")
+    assert install.import_env("no-bytecode")["PYTHONDONTWRITEBYTECODE"] == "1"
+    # The no-bytecode mode installs as no-compile does: only the imports differ.
+    py = Path("py")
+    assert install.pip_commands(py, extras="x", mode="no-bytecode") == install.pip_commands(
+        py, extras="x", mode="no-compile"
+    )
+
+
+def test_make_lets_python_write_bytecode_as_the_no_compile_mode_does() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^unexport PYTHONDONTWRITEBYTECODE$", makefile, re.MULTILINE)
