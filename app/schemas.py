@@ -71,6 +71,18 @@ class BatchRatingResponse(BaseModel):
     model_version: str
 
 
+class RecommendQuery(BaseModel):
+    """GET /recommend's query string (validated in one call: app/api/query.py)."""
+
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="raw user id")
+    k: int = Field(default=10, ge=1, le=100)
+    exclude_seen: bool = True
+    age: int | None = Field(default=None, ge=0, le=150, description="cold start")
+    gender: str | None = Field(default=None, max_length=32, description="cold start")
+    occupation: str | None = Field(default=None, max_length=64, description="cold start")
+    zip: str | None = Field(default=None, max_length=16, description="cold start")
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     title: str

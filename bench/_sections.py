@@ -6,7 +6,8 @@ from __future__ import annotations
 # report rewrites the page around them and keeps them.
 CATALOGUE = ("<!-- catalogue:begin -->", "<!-- catalogue:end -->")
 RATING_GRAPH = ("<!-- rating-graph:begin -->", "<!-- rating-graph:end -->")
-KEPT_IN_BENCHMARKS = (CATALOGUE, RATING_GRAPH)
+QUERY_PARAMS = ("<!-- query-params:begin -->", "<!-- query-params:end -->")
+KEPT_IN_BENCHMARKS = (CATALOGUE, RATING_GRAPH, QUERY_PARAMS)
 
 
 def replace_section(text: str, section: str, *, begin: str, end: str) -> str:

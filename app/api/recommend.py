@@ -15,19 +15,22 @@ from typing import Annotated
 
 import anyio.to_thread
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from app.admission import AdmissionGate
 from app.api.deps import ScoringDep, VariantOverride
+from app.api.query import openapi_parameters, query_model
 from app.cache import RecommendationCache
 from app.feedback import recommend_hook
 from app.logging_setup import request_id_var
 from app.responses import JSONBytesResponse
-from app.schemas import ErrorBody, RecommendResponse
+from app.schemas import ErrorBody, RecommendQuery, RecommendResponse
 from app.state import Recommendation, ServingState
 
 router = APIRouter()
+
+RecommendQueryDep = Annotated[RecommendQuery, Depends(query_model(RecommendQuery))]
 
 
 def _fragment(recommendation: Recommendation) -> bytes:
@@ -62,24 +65,17 @@ def _unknown_user(
     "/recommend",
     response_model=RecommendResponse,
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    openapi_extra={"parameters": openapi_parameters(RecommendQuery)},
 )
 async def recommend(
-    scoring: ScoringDep,
-    *,
-    user_id: Annotated[str, Query(min_length=1, max_length=128, description="raw user id")],
-    k: Annotated[int, Query(ge=1, le=100)] = 10,
-    exclude_seen: bool = True,
-    age: Annotated[int | None, Query(ge=0, le=150, description="cold start")] = None,
-    gender: Annotated[str | None, Query(max_length=32, description="cold start")] = None,
-    occupation: Annotated[str | None, Query(max_length=64, description="cold start")] = None,
-    zip: Annotated[str | None, Query(max_length=16, description="cold start")] = None,
-    x_variant: VariantOverride = None,
+    scoring: ScoringDep, query: RecommendQueryDep, x_variant: VariantOverride = None
 ) -> Response:
     """Known user: the catalogue minus seen items, ranked by the model.
     Unknown user with demographics: the model's cold-start path (`fallback: cold_start`).
     Unknown user without them: the popularity list (`fallback: popular`)."""
     state, cache = scoring.state, scoring.cache
-    raw_user = user_id.strip()
+    k, exclude_seen = query.k, query.exclude_seen
+    raw_user = query.user_id.strip()
     variant = scoring.choose_variant(raw_user, override=x_variant)
 
     position = state.user_position(raw_user)
@@ -97,7 +93,7 @@ async def recommend(
             **hook.exclude,
         )
     else:
-        demographics = {"age": age, "gender": gender, "occupation": occupation, "zip": zip}
+        demographics = query.model_dump(include={"age", "gender", "occupation", "zip"})
         who, compute = _unknown_user(state, variant, demographics, k=k)
 
     key = _cache_key(state, variant=variant, who=who, k=k, exclude_seen=exclude_seen)

@@ -1,0 +1,57 @@
+"""A route's query string validated as one pydantic model.
+
+FastAPI validates each declared query parameter apart, a lookup and a validator call per
+parameter in Python; for /recommend's seven that was most of what the route cost beyond
+the framework floor (docs/BENCHMARKS.md, "Where a /recommend's time goes"). A model
+validates them in one call of pydantic-core, under the same rules, and a bad value gets
+the same 422 body (locations `query.<name>`). `openapi_parameters` writes the model's
+fields into the OpenAPI schema as FastAPI writes declared parameters, so the documentation
+(and the schema-driven fuzz tests) still see every parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def query_model(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
+    """A dependency giving the request's query string as `model`. A repeated name counts
+    with its last value, as FastAPI reads a scalar parameter; unknown names are ignored."""
+
+    # async: FastAPI runs a plain function dependency in a worker thread.
+    async def parse(request: Request) -> Model:
+        try:
+            return model.model_validate(request.query_params)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            raise RequestValidationError(
+                [{**error, "loc": ("query", *error["loc"])} for error in errors]
+            ) from None
+
+    return parse
+
+
+def openapi_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI parameter objects (`in: query`) for `model`'s fields."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field_schema in schema["properties"].items():
+        parameter = {"name": name, "in": "query", "required": name in required}
+        # FastAPI leaves out a default of None (an optional parameter's absence says it).
+        parameter["schema"] = {
+            key: value
+            for key, value in field_schema.items()
+            if not (key == "default" and value is None)
+        }
+        if "description" in field_schema:
+            parameter["description"] = field_schema["description"]
+        parameters.append(parameter)
+    return parameters
