@@ -157,12 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_route = asyncio.run(measure(args.rounds, args.calls))
     summary = {route: statistics.median(values) for route, values in per_route.items()}
     command = shlex.join(["python", "-m", "bench.query_params", *sys.argv[1:]])
-    payload = {"command": command, "cpu": cpu_model(), "us_per_call": per_route, "median": summary}
+    cpu = cpu_model()
+    payload = {"command": command, "cpu": cpu, "us_per_call": per_route, "median": summary}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     text = args.docs.read_text(encoding="utf-8") if args.docs.exists() else ""
-    section = render(summary, command=command, cpu=cpu_model())
-    args.docs.write_text(replace_section(text, section, begin=MARK_BEGIN, end=MARK_END))
+    section = render(summary, command=command, cpu=cpu)
+    args.docs.write_text(
+        replace_section(text, section, begin=MARK_BEGIN, end=MARK_END), encoding="utf-8"
+    )
     log.info("median microseconds per call: %s", summary)
     return 0
 
