@@ -122,6 +122,10 @@ def run_measured(cmd: list[str], *, limit: float, log_path: Path) -> dict[str, A
             if time.perf_counter() - sampled >= SAMPLE_S:
                 memory.sample()
                 sampled = time.perf_counter()
+            else:
+                # One status file, cheap at every poll: a process that exits within
+                # SAMPLE_S (a load) would otherwise keep its reading from its first moment.
+                memory.sample_root()
             pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -166,6 +170,11 @@ class TreeMemory:
             self.hwm_kb[proc.pid] = max(self.hwm_kb.get(proc.pid, 0), hwm)
             total += rss
         self.peak_tree_kb = max(self.peak_tree_kb, total)
+
+    def sample_root(self) -> None:
+        """The root's high-water mark alone (no scan for descendants)."""
+        hwm, _ = _status_kb(self.root.pid)
+        self.hwm_kb[self.root.pid] = max(self.hwm_kb.get(self.root.pid, 0), hwm)
 
     def peak_process_kb(self) -> int:
         return max(self.hwm_kb.values(), default=0)

@@ -32,6 +32,15 @@ def test_memory_covers_the_children_of_the_run(tmp_path: Path) -> None:
     assert out["peak_tree_rss_gb"] >= out["peak_rss_gb"] + 0.05
 
 
+def test_a_process_shorter_than_the_sampling_interval_keeps_its_peak(tmp_path: Path) -> None:
+    # Allocates 200 MB and exits within a few tenths of a second: less than SAMPLE_S, the
+    # descendant scan's interval (a data set's load is such a process).
+    script = "import time; held = bytearray(200 * 2**20); time.sleep(0.2)"
+    out = run_measured([sys.executable, "-c", script], limit=60, log_path=tmp_path / "log")
+    assert out["returncode"] == 0
+    assert out["peak_rss_gb"] >= 0.2
+
+
 def test_a_run_past_its_limit_is_killed_with_its_children(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     script = (
