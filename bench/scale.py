@@ -2,6 +2,7 @@
 
     python -m bench.scale [--sets ml1m,ml10m,cat50k,cat1m] [--quick] [--nproc 1,2] [--work DIR]
                           [--pipeline-limit SECONDS] [--movielens-1m DIR] [--movielens-100k DIR]
+                          [--device cpu|cuda] [--batch-factors 1,8] [--pipeline-only]
 
 Synthetic data sets in the ml-latest format (training.synth; reused when WORK/NAME
 already holds ratings.csv): ML-1M-shaped (6,000 users, 4,000 items, 1M ratings),
@@ -11,7 +12,8 @@ real ml-100k with --movielens-100k (its pipeline run trains on all of it, as `ma
 
 For each set it measures, each in a fresh process so peak RSS is its own: load time and
 peak RSS; training throughput of each teacher component (ratings per second over a
-bounded number of batches, one thread, `--quick` sizes when --quick); and the pipeline
+bounded number of batches, one thread, `--quick` sizes when --quick; on --device, and
+also at --batch-factors times the components' batch sizes); and the pipeline
 (`python -m training pipeline --split random`, full or --quick; `--split none` on
 ml-100k) with the time of every step and peak RSS, stopped at --pipeline-limit. Writes
 bench/results/scale.json and the measured part of docs/SCALE.md (between its bench.scale
@@ -21,12 +23,15 @@ noisy.
 A run merges into the previous results (--out-json): the sets and pipeline modes it
 measured replace theirs, the others keep their rows, and every row names the run it comes
 from, so that one expensive row can be re-measured without re-running the rest.
---fresh starts from nothing.
+--fresh starts from nothing. Results are written after every set, so an interrupted run
+keeps the sets it finished. A GPU run (`bench/gpu.sh`) keeps its own results file and
+section (--out-json, --marker).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -53,7 +58,7 @@ SETS: dict[str, tuple[int, int, int]] = {  # users, items, ratings
     "cat1m": (20_000, 1_000_000, 1_000_000),
 }
 COMPONENTS = ("mf", "xdeepfm", "autoint")
-BEGIN, END = "<!-- bench.scale:begin -->", "<!-- bench.scale:end -->"
+MARKER = "bench.scale"
 _STEP_LINE = re.compile(r"\[\d+/\d+\] (\w+): ([0-9.]+) s")
 
 log = logging.getLogger("bench.scale")
@@ -72,7 +77,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="comma-separated sets that also get pipeline runs (default: every set)",
     )
-    parser.add_argument("--device", default="cpu", help="--device of the pipeline runs")
+    parser.add_argument(
+        "--device", default="cpu", help="device of the throughput and pipeline runs (cpu, cuda)"
+    )
+    parser.add_argument(
+        "--batch-factors",
+        default="1",
+        help="comma-separated multiples of the components' batch sizes for throughput",
+    )
+    parser.add_argument(
+        "--pipeline-only",
+        action="store_true",
+        help="pipeline runs alone; the sets' earlier load and throughput rows stay",
+    )
     parser.add_argument(
         "--nproc",
         default="1",
@@ -92,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out-md", type=Path, default=ROOT / "docs" / "SCALE.md")
     parser.add_argument("--out-json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    parser.add_argument(
+        "--marker", default=MARKER, help="name of the section of --out-md the results replace"
+    )
     return parser.parse_args(argv)
 
 
@@ -108,7 +128,12 @@ def run_measured(cmd: list[str], *, limit: float, log_path: Path) -> dict[str, A
     component processes): `peak_rss_gb` is the largest single process's own high-water
     mark, `peak_tree_rss_gb` the largest sum of the tree's resident sets seen at once.
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The tree first, before whatever the caller's PYTHONPATH holds (a lent GPU machine
+    # carries missing packages there).
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     started = time.perf_counter()
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -219,30 +244,38 @@ def measure_load(data: Path, dataset: str, work: Path) -> dict[str, Any]:
     return out
 
 
-def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -> dict[str, Any]:
-    """Ratings per second of each component's training steps (one thread, no validation)."""
+def measure_throughput(
+    data: Path, dataset: str, *, quick: bool, batches: int, device: str, factor: int = 1
+) -> dict[str, Any]:
+    """Ratings per second of each component's training steps (one thread, no validation),
+    at `factor` times the components' batch sizes, on `device`."""
     import torch  # noqa: PLC0415
 
     from training import train as T  # noqa: PLC0415
     from training.allocator import keep_freed_memory  # noqa: PLC0415
     from training.data import load_dataset  # noqa: PLC0415
+    from training.device import resolve_device  # noqa: PLC0415
 
     keep_freed_memory()  # as `python -m training` does
     torch.set_num_threads(1)
+    dev = resolve_device(device)
     ds = load_dataset(data, dataset=dataset)
     config = T.TeacherConfig().quick() if quick else T.TeacherConfig()
     results: dict[str, Any] = {}
     for name in COMPONENTS:
         comp = getattr(config, name)
+        comp = dataclasses.replace(comp, batch_size=comp.batch_size * factor)
         T.set_seed(0)
-        data_t = T.TrainData.build(ds.ratings, ds.tables, ds.feature_map)
+        data_t = T.TrainData.build(ds.ratings, ds.tables, ds.feature_map, device=dev)
         # As training builds it: MF with its users' histories, large tables sparse.
         model = T.training_model(name, ds.feature_map, comp, data_t, global_mean=3.5)
         gen = torch.Generator().manual_seed(0)
         trainer = T.Trainer(name, model, comp, data_t, T.make_optimizer(model, comp), gen, False)
         perm = torch.randperm(len(data_t), generator=gen)
         size = comp.batch_size
-        T.train_step(trainer, perm[:size])  # warm-up: lazy optimiser state
+        T.train_step(trainer, perm[:size])  # warm-up: lazy optimiser state, CUDA's start
+        # train_step reads its losses back (float()), so each step has finished on the
+        # device when it returns: the wall clock times the GPU's work too.
         started = time.perf_counter()
         n = 0
         for b in range(1, batches + 1):
@@ -257,7 +290,7 @@ def measure_throughput(data: Path, dataset: str, *, quick: bool, batches: int) -
             "epoch_seconds_est": len(data_t) / (n / seconds),
             "batch_size": size,
         }
-        log.info("%s %s: %.0f ratings/s", data.name, name, n / seconds)
+        log.info("%s %s x%d: %.0f ratings/s", data.name, name, factor, n / seconds)
     return results
 
 
@@ -286,12 +319,13 @@ def measure_pipeline(
     out["nproc"] = nproc
     out["split"] = split
     from training.component_pool import resolve_jobs  # noqa: PLC0415
+    from training.device import resolve_device  # noqa: PLC0415
 
     # Processes training the teacher's components (the pipeline's --jobs auto): a pool
-    # only in a full one-process run; torchrun ranks and --quick train them in turn.
-    out["component_jobs"] = (
-        1 if quick or nproc > 1 else resolve_jobs(0, threads=1, tasks=len(COMPONENTS))
-    )
+    # only in a full one-process run on the CPU; torchrun ranks, --quick and a GPU train
+    # them in turn.
+    in_turn = quick or nproc > 1 or resolve_device(device).type != "cpu"
+    out["component_jobs"] = 1 if in_turn else resolve_jobs(0, threads=1, tasks=len(COMPONENTS))
     return out
 
 
@@ -300,7 +334,9 @@ def conditions() -> dict[str, Any]:
 
     # Machines of one kind differ in host CPU: torch picks its kernels by the instruction
     # set (AVX2, AVX512), which changes speed and the last digits of trained weights.
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
+        "gpu": gpu,
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -336,14 +372,13 @@ def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str,
     runs = [*merged["runs"], {"command": current["command"], "conditions": current["conditions"]}]
     sets: dict[str, Any] = dict(merged["sets"])
     for name, entry in current["sets"].items():
+        old = sets.get(name, {})
         new_rows = [{**p, "run": len(runs)} for p in entry.get("pipeline", [])]
         replaced = {(p["quick"], p["nproc"]) for p in new_rows}
-        kept = [
-            p
-            for p in sets.get(name, {}).get("pipeline", [])
-            if (p["quick"], p["nproc"]) not in replaced
-        ]
-        sets[name] = {**entry, "run": len(runs), "pipeline": kept + new_rows}
+        kept = [p for p in old.get("pipeline", []) if (p["quick"], p["nproc"]) not in replaced]
+        # A --pipeline-only entry has no load: the set's earlier rows and their run stay.
+        base = {**entry, "run": len(runs)} if "load" in entry or not old else old
+        sets[name] = {**base, "pipeline": kept + new_rows}
     cited = sorted(
         {e["run"] for e in sets.values()} | {p["run"] for e in sets.values() for p in e["pipeline"]}
     )
@@ -363,8 +398,9 @@ def _run_line(number: int, run: dict[str, Any]) -> str:
     c = run["conditions"]
     # Runs before 2026-12-03 16:50 UTC did not record the CPU.
     cpu = f" ({c['cpu_model']}, torch kernels {c['cpu_capability']})" if "cpu_model" in c else ""
+    gpu = f", GPU {c['gpu']}" if c.get("gpu") else ""
     return (
-        f"{number}. {c['when']}: `{run['command']}`; {c['cpus']} CPUs{cpu}, load average "
+        f"{number}. {c['when']}: `{run['command']}`; {c['cpus']} CPUs{cpu}{gpu}, load average "
         f"{c['load_average_1m']:.1f} when it started, torch {c['torch']}."
     )
 
@@ -384,8 +420,33 @@ def _pipeline_row(name: str, p: dict[str, Any]) -> str:
     )
 
 
-def render(results: dict[str, Any]) -> str:
-    lines = [BEGIN, "", "Runs (other work may have shared the machine; its load is noted):", ""]
+def _markers(marker: str) -> tuple[str, str]:
+    return f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+
+
+def _throughput_rows(name: str, r: dict[str, Any]) -> list[str]:
+    """The set's row (load, and throughput at the components' batch sizes), then one row
+    per larger batch factor measured."""
+    load = r.get("load", {})
+    by_factor = {1: r.get("throughput", {})} | {
+        int(f): tp for f, tp in r.get("throughput_by_factor", {}).items()
+    }
+    rows = []
+    for factor, tp in sorted(by_factor.items()):
+        cells = [f"{tp[c]['ratings_per_s']:.0f}" if c in tp else "-" for c in COMPONENTS]
+        head = (
+            f"| {name} | {load.get('load_seconds') or float('nan'):.1f} | "
+            f"{load.get('peak_rss_gb', float('nan')):.2f} | "
+            if factor == 1
+            else f"| {name}, batch x{factor} | - | - | "
+        )
+        rows.append(head + " | ".join(cells) + f" | {r['run']} |")
+    return rows
+
+
+def render(results: dict[str, Any], marker: str = MARKER) -> str:
+    begin, end = _markers(marker)
+    lines = [begin, "", "Runs (other work may have shared the machine; its load is noted):", ""]
     lines += [_run_line(i, run) for i, run in enumerate(results["runs"], start=1)]
     lines += [
         "",
@@ -393,15 +454,7 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results["sets"].items():
-        tp = r.get("throughput", {})
-        cells = [f"{tp[c]['ratings_per_s']:.0f}" if c in tp else "-" for c in COMPONENTS]
-        load = r.get("load", {})
-        lines.append(
-            f"| {name} | {load.get('load_seconds') or float('nan'):.1f} | "
-            f"{load.get('peak_rss_gb', float('nan')):.2f} | "
-            + " | ".join(cells)
-            + f" | {r['run']} |"
-        )
+        lines += _throughput_rows(name, r)
     lines += [
         "",
         "Peak RSS: the largest single process; all processes: the largest sum of the "
@@ -417,20 +470,18 @@ def render(results: dict[str, Any]) -> str:
         for name, r in results["sets"].items()
         for p in sorted(r["pipeline"], key=lambda p: (p["quick"], p["nproc"]))
     ]
-    lines += ["", END]
+    lines += ["", end]
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.is_file() else f"# Scale\n\n{BEGIN}\n{END}\n"
-    path.write_text(replace_section(text, section, begin=BEGIN, end=END), encoding="utf-8")
+def write_markdown(path: Path, section: str, marker: str = MARKER) -> None:
+    begin, end = _markers(marker)
+    text = path.read_text(encoding="utf-8") if path.is_file() else f"# Scale\n\n{begin}\n{end}\n"
+    path.write_text(replace_section(text, section, begin=begin, end=end), encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    sys.path.insert(0, str(ROOT))
-    args.work.mkdir(parents=True, exist_ok=True)
+def _data_sets(args: argparse.Namespace) -> list[tuple[str, Path, str]]:
+    """(name, folder, --dataset) of every set asked for; synthetic ones generated once."""
     sets: list[tuple[str, Path, str]] = []
     for name in [s for s in args.sets.split(",") if s]:
         if name not in SETS:
@@ -440,40 +491,64 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(("real-ml-1m", Path(args.movielens_1m), "ml-1m"))
     if args.movielens_100k is not None:
         sets.append(("real-ml-100k", Path(args.movielens_100k), "ml-100k"))
+    return sets
+
+
+def measure_set(args: argparse.Namespace, name: str, data: Path, dataset: str) -> dict[str, Any]:
+    """One set's rows: load and throughput (unless --pipeline-only), then its pipelines."""
+    entry: dict[str, Any] = {}
+    if not args.pipeline_only:
+        entry["load"] = measure_load(data, dataset, args.work)
+        factors = [int(f) for f in args.batch_factors.split(",")]
+        measured = {
+            f: measure_throughput(
+                data, dataset, quick=args.quick, batches=args.batches, device=args.device, factor=f
+            )
+            for f in factors
+        }
+        entry["throughput"] = measured.pop(1, {})
+        if measured:
+            entry["throughput_by_factor"] = {str(f): tp for f, tp in measured.items()}
+    pipeline_sets = None if args.pipeline_sets is None else set(args.pipeline_sets.split(","))
+    if not args.no_pipeline and (pipeline_sets is None or name in pipeline_sets):
+        entry["pipeline"] = [
+            measure_pipeline(
+                data,
+                dataset,
+                args.work,
+                quick=args.quick,
+                limit=args.pipeline_limit,
+                device=args.device,
+                nproc=int(n),
+            )
+            for n in args.nproc.split(",")
+        ]
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sys.path.insert(0, str(ROOT))
+    args.work.mkdir(parents=True, exist_ok=True)
+    sets = _data_sets(args)
     results: dict[str, Any] = {
         "command": "python -m bench.scale "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "conditions": conditions(),
         "sets": {},
     }
-    pipeline_sets = None if args.pipeline_sets is None else set(args.pipeline_sets.split(","))
-    for name, data, dataset in sets:
-        entry: dict[str, Any] = {"load": measure_load(data, dataset, args.work)}
-        entry["throughput"] = measure_throughput(
-            data, dataset, quick=args.quick, batches=args.batches
-        )
-        if not args.no_pipeline and (pipeline_sets is None or name in pipeline_sets):
-            entry["pipeline"] = [
-                measure_pipeline(
-                    data,
-                    dataset,
-                    args.work,
-                    quick=args.quick,
-                    limit=args.pipeline_limit,
-                    device=args.device,
-                    nproc=int(n),
-                )
-                for n in args.nproc.split(",")
-            ]
-        results["sets"][name] = entry
-        log.info("%s: %s", name, json.dumps(entry))
     previous = None
     if not args.fresh and args.out_json.is_file():
         previous = json.loads(args.out_json.read_text(encoding="utf-8"))
-    merged = merge(previous, results)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
-    write_markdown(args.out_md, render(merged))
+    for name, data, dataset in sets:
+        results["sets"][name] = measure_set(args, name, data, dataset)
+        log.info("%s: %s", name, json.dumps(results["sets"][name]))
+        # Written after every set: an interrupted run keeps the sets it finished.
+        merged = merge(previous, results)
+        args.out_json.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+        write_markdown(args.out_md, render(merged, args.marker), args.marker)
     return 0
 
 

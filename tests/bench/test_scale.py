@@ -3,6 +3,7 @@ pipeline that starts from nothing."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from bench import scale
 from bench.scale import merge, render, run_measured
+from training.synth import SynthConfig, generate
+from training.train import TeacherConfig
 
 # A parent holding ~60 MB that starts a child holding ~300 MB, as torchrun starts workers;
 # the child lives for a few of the benchmark's memory readings (SAMPLE_S).
@@ -152,3 +155,57 @@ def test_each_run_names_its_cpu_where_it_recorded_one() -> None:
     first, second = (next(line for line in lines if line.startswith(f"{n}. ")) for n in (1, 2))
     assert "torch kernels" not in first  # recorded before the CPU was
     assert f"({now['cpu_model']}, torch kernels {now['cpu_capability']})" in second
+
+
+def test_a_pipeline_only_run_keeps_the_sets_load_and_throughput() -> None:
+    first = merge(None, _run("t1", {"ml10m": _entry(1.5, _pipeline(1, 600.0))}))
+    pipeline_only = _run("t2", {"ml10m": {"pipeline": [_pipeline(1, 264.0)]}})
+    merged = merge(first, pipeline_only)
+    ml10m = merged["sets"]["ml10m"]
+    assert ml10m["load"]["load_seconds"] == 1.5 and ml10m["run"] == 1
+    assert [(p["seconds"], p["run"]) for p in ml10m["pipeline"]] == [(264.0, 2)]
+    # A set seen first in a pipeline-only run is cited by that run.
+    fresh = merge(None, pipeline_only)["sets"]["ml10m"]
+    assert fresh["run"] == 1 and "| ml10m | nan | nan | - | - | - | 1 |" in render(
+        merge(None, pipeline_only)
+    )
+
+
+def test_larger_batches_get_rows_of_their_own_in_the_named_section(tmp_path: Path) -> None:
+    entry = _entry(0.5)
+    entry["throughput_by_factor"] = {"8": {"mf": {"ratings_per_s": 7000.0}}}
+    text = render(merge(None, _run("t1", {"ml1m": entry})), "bench.scale-gpu")
+    assert text.startswith("<!-- bench.scale-gpu:begin -->")
+    assert text.endswith("<!-- bench.scale-gpu:end -->")
+    rows = [line for line in text.splitlines() if line.startswith("| ml1m")]
+    assert rows == [
+        "| ml1m | 0.5 | 0.20 | 1000 | - | - | 1 |",
+        "| ml1m, batch x8 | - | - | 7000 | - | - | 1 |",
+    ]
+    doc = tmp_path / "SCALE.md"
+    doc.write_text("# Scale\n\n<!-- bench.scale:begin -->\ncpu\n<!-- bench.scale:end -->\n")
+    scale.write_markdown(doc, text, "bench.scale-gpu")
+    written = doc.read_text()
+    # The CPU section stays; the GPU one is added beside it.
+    assert "<!-- bench.scale:begin -->\ncpu\n<!-- bench.scale:end -->" in written
+    assert "| ml1m, batch x8 |" in written
+
+
+def test_throughput_at_a_batch_factor_trains_that_many_rows_per_step(tmp_path: Path) -> None:
+    generate(SynthConfig(60, 80, 2000, seed=0), tmp_path / "d")
+    out = scale.measure_throughput(
+        tmp_path / "d", "ml-latest", quick=True, batches=2, device="cpu", factor=2
+    )
+    quick_batch = {c: getattr(TeacherConfig().quick(), c).batch_size for c in scale.COMPONENTS}
+    for name in scale.COMPONENTS:
+        assert out[name]["batch_size"] == 2 * quick_batch[name]
+        assert out[name]["ratings_per_s"] > 0
+
+
+def test_the_runs_see_the_tree_before_the_callers_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/carried/site")
+    code = "import os; print(os.environ['PYTHONPATH'])"
+    run_measured([sys.executable, "-c", code], limit=60, log_path=tmp_path / "log")
+    assert (tmp_path / "log").read_text().strip() == f"{scale.ROOT}{os.pathsep}/carried/site"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU part of docs/SCALE.md, in one bounded run on a machine with a CUDA GPU:
+#
+#     bench/gpu.sh OUT_DIR [SECONDS]        (DEVICE=cpu for a dry run of the same steps)
+#
+# 1. the machine (nvidia-smi, python, torch) and tests/training/test_device.py, which
+#    trains the same component on the CPU and on CUDA and compares them;
+# 2. `bench.scale` throughput of the three teacher components on the ML-1M- and
+#    ML-10M-shaped sets, at their batch sizes and at 8 times them;
+# 3. a --quick pipeline on the ML-1M-shaped set (every step of the CUDA path, export and
+#    evaluation included), then the full ML-10M-shaped pipeline with the time left: a run
+#    stopped at its limit is recorded as such, with the steps it finished.
+#
+# Results go to OUT_DIR (scale-gpu.json, SCALE-gpu.md: the bench.scale-gpu section of
+# docs/SCALE.md; the logs in logs.tar.gz). Every step has its own time limit, so the
+# whole run stays within SECONDS (default 540) and a failing step does not stop the next.
+set -u
+out=${1:?usage: bench/gpu.sh OUT_DIR [SECONDS]}
+budget=${2:-540}
+device=${DEVICE:-cuda}
+py=${PYTHON:-python3}
+work=${WORK:-/tmp/bench-scale-gpu}
+started=$(date +%s)
+left() { echo $((budget - ($(date +%s) - started))); }
+step() { # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logs to OUT_DIR/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "$(date -u +%T) $name: limit ${limit}s" >>"$out/steps.txt"
+    timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+    echo "$(date -u +%T) $name: exit $?" >>"$out/steps.txt"
+}
+mkdir -p "$out" "$work"
+export PYTHONUNBUFFERED=1
+{
+    nvidia-smi -L || true
+    "$py" -c 'import sys, torch; print(sys.version); print(torch.__version__, torch.cuda.is_available())'
+} >"$out/steps.txt" 2>&1
+step test_device 150 "$py" -m pytest -q -p no:cacheprovider tests/training/test_device.py
+common=(--work "$work" --device "$device" --marker bench.scale-gpu
+    --out-json "$out/scale-gpu.json" --out-md "$out/SCALE-gpu.md" --batches 50)
+step throughput 200 "$py" -m bench.scale --sets ml1m,ml10m --no-pipeline --batch-factors 1,8 \
+    "${common[@]}"
+quick=$(($(left) / 3))
+step pipeline-ml1m-quick $((quick + 20)) "$py" -m bench.scale --sets ml1m --pipeline-only \
+    --quick --pipeline-limit "$quick" "${common[@]}"
+full=$(($(left) - 40))
+((full > 30)) && step pipeline-ml10m $((full + 20)) "$py" -m bench.scale --sets ml10m --pipeline-only \
+    --pipeline-limit "$full" "${common[@]}"
+(cd "$work" && tar czf "$out/logs.tar.gz" ./*.log)
+cat "$out/steps.txt"
