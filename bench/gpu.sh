@@ -11,6 +11,15 @@
 #    evaluation included), then the full ML-10M-shaped pipeline with the time left: a run
 #    stopped at its limit is recorded as such, with the steps it finished.
 #
+# It runs under the GPU machine's own Python and torch. Packages that machine lacks travel
+# as wheels, downloaded where there is a network (2026-12-04, for Python 3.12):
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#         --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
+#         pydantic pydantic-core annotated-types typing-inspection typing-extensions \
+#         orjson faiss-cpu redis
+# and installed there first: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+# with PYTHONPATH=/tmp/site (bench.scale puts the tree before it for its runs).
+#
 # Results go to OUT_DIR (scale-gpu.json, SCALE-gpu.md: the bench.scale-gpu section of
 # docs/SCALE.md; the logs in logs.tar.gz). Every step has its own time limit, so the
 # whole run stays within SECONDS (default 540) and a failing step does not stop the next.
