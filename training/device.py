@@ -23,7 +23,19 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(name)
+    return indexed(torch.device(name))
+
+
+def indexed(device: torch.device) -> torch.device:
+    """`device` as its tensors report it: CUDA with the GPU's index.
+
+    `torch.device("cuda")` is not equal to the `cuda:0` that tensors placed on it report,
+    so a check "is the model already there?" against the bare name always says no: the
+    student's optimiser would be rebuilt, its moments lost, after every epoch on a GPU.
+    """
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def model_device(model: nn.Module) -> torch.device:

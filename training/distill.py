@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.device import reproducible, resolve_device
+from training.device import indexed, reproducible, resolve_device
 from training.distill_config import StudentConfig
 from training.distributed import current, local_device, shard, wrap
 from training.kd_targets import CatalogueTargets, TeacherPool, teacher_pools
@@ -93,7 +93,7 @@ class Distillation:
     ) -> None:
         self.cfg = config
         # Pools stay on the CPU and each batch moves to `device`; pruning runs on the CPU.
-        self.device = device or torch.device("cpu")
+        self.device = indexed(device or torch.device("cpu"))
         self.student = student
         self.loss = loss
         self.pools = pools

@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from tests.datagen import write_ml100k
+from tests.training.test_distill import quick_teacher
+from training import distill
 from training.data import load_dataset, make_split
-from training.device import DeviceError, model_device, reproducible, resolve_device
+from training.device import DeviceError, indexed, model_device, reproducible, resolve_device
+from training.distill_config import StudentConfig
+from training.models.base import count_params
 from training.train import MFConfig, train_component
 
 
@@ -32,6 +36,14 @@ def test_deterministic_kernels_only_where_threads_race_and_only_inside() -> None
             assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_device_is_named_as_its_tensors_report_it() -> None:
+    assert indexed(torch.device("cpu")) == torch.device("cpu")
+    assert indexed(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    if torch.cuda.is_available():
+        # The bare name differs from the cuda:0 its tensors report.
+        assert resolve_device("cuda") == torch.zeros(1, device="cuda").device
 
 
 def test_unknown_or_missing_devices_are_user_errors() -> None:
@@ -78,3 +90,34 @@ def test_cuda_training_matches_cpu_up_to_numerical_noise(tmp_path: Path) -> None
     for a, b in zip(cpu.state_dict().values(), gpu.state_dict().values(), strict=True):
         np.testing.assert_allclose(a.numpy(), b.cpu().numpy(), rtol=1e-3, atol=1e-4)
     assert cpu_info["head_epochs"] == gpu_info["head_epochs"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_student_distils_on_cuda_as_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=60, n_items=80, n_ratings=3000))
+    split = make_split(ds, split="u1")
+    teacher = quick_teacher(ds)
+    built: list[str] = []
+    make = distill.Distillation._optimizer
+
+    def counted(self: distill.Distillation) -> object:
+        built.append(self.device.type)
+        return make(self)
+
+    monkeypatch.setattr(distill.Distillation, "_optimizer", counted)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        cfg = StudentConfig(quick=True, progress=False, prune_ratio=0.5, device=device)
+        runs[device] = distill.distill_student(ds, split.train, teacher, config=cfg)
+    (cpu, cpu_info), (gpu, gpu_info) = runs["cpu"], runs["cuda"]
+    assert model_device(gpu).type == "cpu"  # export and evaluation read a CPU model
+    assert count_params(gpu) == count_params(cpu)
+    assert len(gpu_info["prune_steps"]) == len(cpu_info["prune_steps"])
+    # Every move rebuilds the optimiser: to the GPU at the start, to the CPU for each
+    # epoch's pruning (and back, as on the CPU) and to the CPU at the end. Any other
+    # rebuild (one per epoch, when "cuda" and the "cuda:0" of the parameters differed)
+    # throws away Adam's moments where the CPU run keeps them.
+    prune_epochs = len({step["epoch"] for step in gpu_info["prune_steps"]})
+    assert built.count("cuda") == built.count("cpu") + 2 + prune_epochs
