@@ -354,7 +354,7 @@ def _ranking_loss(
             pos_vec = pos_vec.index_copy(0, dropped, own)
         logits = user_vec @ every.T  # [B, 1+N]
         logits[:, 0] = (user_vec * pos_vec).sum(dim=1)
-        logits = logits.masked_fill(data.seen_mask.catalogue(u), float("-inf"))
+        logits = data.seen_mask.mask_catalogue_(logits, u)
     else:
         neg = neg.to(data.device)
         pos_vec = model.item_tower(i_in, itf, ig)  # [B, D]

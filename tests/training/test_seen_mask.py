@@ -28,15 +28,30 @@ def test_mask_matches_seen_index(max_bits: int) -> None:
     assert want.any()
 
 
-def test_catalogue_mask_is_the_mask_against_every_item() -> None:
+def test_catalogue_logits_are_masked_where_the_users_rated() -> None:
     index = _random_index(2)
     mask = SeenMask.from_index(index)
     users = torch.as_tensor(np.random.default_rng(3).integers(0, 41, size=50))
-    got = mask.catalogue(users)
-    assert got.shape == (50, 91)
-    assert not got[:, 0].any()  # no one rated the unknown item
-    assert torch.equal(got[:, 1:], mask(users, torch.arange(1, 91)))
-    assert got[:, 1:].any()
+    logits = torch.randn(50, 91)
+    got = mask.mask_catalogue_(logits.clone(), users)
+    want = logits.masked_fill(
+        torch.cat([torch.zeros(50, 1, dtype=torch.bool), mask(users, torch.arange(1, 91))], 1),
+        float("-inf"),
+    )
+    assert torch.equal(got, want)
+    assert torch.isfinite(got[:, 0]).all()  # no one rated the unknown item
+    assert torch.isinf(got).any()
+
+
+def test_masked_catalogue_logits_pass_no_gradient_to_rated_items() -> None:
+    mask = SeenMask.from_index(_random_index(4))
+    users = torch.as_tensor(np.random.default_rng(5).integers(0, 41, size=20))
+    logits = torch.randn(20, 91, requires_grad=True)
+    masked = mask.mask_catalogue_(logits * 1.0, users)
+    torch.nn.functional.cross_entropy(masked, torch.zeros(20, dtype=torch.long)).backward()
+    assert logits.grad is not None
+    rated = torch.isinf(masked.detach())
+    assert (logits.grad[rated] == 0).all() and (logits.grad[~rated] != 0).all()
 
 
 def test_empty_index_masks_nothing() -> None:
@@ -44,4 +59,5 @@ def test_empty_index_masks_nothing() -> None:
     for max_bits in (1 << 32, 0):
         mask = SeenMask.from_index(empty, max_bits=max_bits)
         assert not mask(torch.tensor([1, 2]), torch.tensor([1, 4])).any()
-        assert not mask.catalogue(torch.tensor([1, 2])).any()
+        logits = torch.zeros(2, 5)
+        assert torch.equal(mask.mask_catalogue_(logits.clone(), torch.tensor([1, 2])), logits)
