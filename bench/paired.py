@@ -1,13 +1,16 @@
 """Paired comparison of two codes' bench.quality runs, fold by fold and seed by seed.
 
     python -m bench.paired --before B_SEED0.json B_SEED1.json --after A_SEED0.json A_SEED1.json
+    python -m bench.paired --before RUN.json --after RUN.json --row "BEFORE ROW=AFTER ROW"
 
 Runs of one seed on the same folds train on the same data splits, so the difference
 after - before of each (fold, seed) cell removes the fold's own difficulty; what is left
 is the change plus training noise. Per model and metric it reports the mean difference,
 its standard deviation, and the 95% confidence interval of the mean (Student's t over the
 cells), so that "no loss" is read as "a loss larger than the interval's low end is
-excluded", not from one mean.
+excluded", not from one mean. `--row` compares one row of the `--before` runs with another
+of the `--after` runs instead (one run's teacher with and without a change it measures on
+the same trained models, say).
 """
 
 from __future__ import annotations
@@ -54,6 +57,18 @@ def cells(runs: Iterable[Mapping[str, Any]]) -> dict[Cell, Mapping[str, Mapping[
             if cell in out:
                 raise ValueError(f"fold {cell[0]} seed {cell[1]} appears twice")
             out[cell] = entry["rows"]
+    return out
+
+
+def only_row(
+    runs: Mapping[Cell, Mapping[str, Mapping[str, float]]], row: str, *, as_name: str
+) -> dict[Cell, Mapping[str, Mapping[str, float]]]:
+    """Each cell's row `row` alone, named `as_name`; a cell without it is an error."""
+    out: dict[Cell, Mapping[str, Mapping[str, float]]] = {}
+    for cell, rows in runs.items():
+        if row not in rows:
+            raise ValueError(f"fold {cell[0]} seed {cell[1]} has no row {row!r}")
+        out[cell] = {as_name: rows[row]}
     return out
 
 
@@ -156,12 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, nargs="+", required=True)
     parser.add_argument("--after", type=Path, nargs="+", required=True)
+    parser.add_argument(
+        "--row", metavar="BEFORE=AFTER", help="compare these two rows (models) of the runs"
+    )
     parser.add_argument("--out-md", type=Path, default=None, help="default: stdout")
     args = parser.parse_args(argv)
+    if args.row is not None and args.row.count("=") != 1:
+        parser.error(f"--row takes BEFORE=AFTER, got {args.row!r}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         before = cells(json.loads(p.read_text(encoding="utf-8")) for p in args.before)
         after = cells(json.loads(p.read_text(encoding="utf-8")) for p in args.after)
+        if args.row is not None:
+            old, new = args.row.split("=")
+            label = f"{new} against {old}"
+            before = only_row(before, old, as_name=label)
+            after = only_row(after, new, as_name=label)
         results = compare(before, after)
     except KeyError as exc:
         raise SystemExit(f"bench.paired: not a bench.quality result (no {exc})") from None

@@ -49,6 +49,7 @@ PEERS = (
 TEACHER_ROWS = (
     "teacher (fitted weights)",
     "teacher (default 0.4/0.4/0.2)",
+    "teacher (fitted weights, no rating term)",
     "component: mf",
     "component: xdeepfm",
     "component: autoint",
@@ -238,6 +239,11 @@ def run_fold(task: tuple[str, int], args: argparse.Namespace) -> dict[str, Any]:
     default = copy.deepcopy(teacher)
     default.set_weights(rating=DEFAULT_WEIGHTS, rating_bias=0.0, score=DEFAULT_WEIGHTS)
     rows["teacher (default 0.4/0.4/0.2)"] = measure(default)
+    # The same teacher ranking by its components' towers alone (g = 0): the change the
+    # rating term makes, paired on the same trained components.
+    unrated = copy.deepcopy(teacher)
+    unrated.rating_score_weight.zero_()
+    rows["teacher (fitted weights, no rating term)"] = measure(unrated)
     for name, part in zip(("mf", "xdeepfm", "autoint"), teacher.components, strict=True):
         rows[f"component: {name}"] = measure(part)
     for info in report["components"].values():
@@ -376,18 +382,22 @@ def _weights_lines(folds: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Ensemble weights (fitted on a 10% validation split of each fold's training data)",
         "",
-        "| fold | seed | rating weights mf/xdeepfm/autoint + bias | score weights | "
-        "valid RMSE default -> fitted | valid NDCG@10 default -> fitted |",
+        "| fold | seed | rating weights mf/xdeepfm/autoint + bias | score weights + g "
+        "| valid RMSE default -> fitted | valid NDCG@10 default -> fitted -> with g |",
         "|---|---:|---|---|---|---|",
     ]
     for f in folds:
         ens = f["teacher_report"]["ensemble"]
+        # Runs before the rating term (TeacherConfig.rating_score_weight) had no "teacher".
         d, ft = ens["default"], ens["fitted"]
+        teacher = ens.get("teacher", ft)
         rw = "/".join(f"{w:.3f}" for w in ft["rating_weights"])
         sw = "/".join(f"{w:.2f}" for w in ft["score_weights"])
+        g = teacher.get("rating_score_weight", 0.0)
         lines.append(
-            f"| {f['fold']} | {f.get('seed', 0)} | {rw} + {ft['rating_bias']:.3f} | {sw} | "
-            f"{d['rmse']:.4f} -> {ft['rmse']:.4f} | {d['ndcg@10']:.4f} -> {ft['ndcg@10']:.4f} |"
+            f"| {f['fold']} | {f.get('seed', 0)} | {rw} + {ft['rating_bias']:.3f} | {sw} + {g:g} "
+            f"| {d['rmse']:.4f} -> {ft['rmse']:.4f} | {d['ndcg@10']:.4f} -> "
+            f"{ft['ndcg@10']:.4f} -> {teacher['ndcg@10']:.4f} |"
         )
     if folds and folds[0]["teacher_report"]["config"].get("refit_full"):
         lines += [
@@ -403,7 +413,10 @@ MF_NOTE = (
     " The teacher's MF component holds each user's training items in its user vectors "
     "(SVD++'s implicit term, in both heads); bench/results/mf-history.md has the validation "
     "evidence for it. xDeepFM's user tower holds them too (ranking head only); "
-    "bench/results/xdeepfm-history.md has the evidence for that."
+    "bench/results/xdeepfm-history.md has the evidence for that. The teacher's ranking "
+    "score adds MF's standardised rating with weight g (`TeacherConfig.rating_score_weight`, "
+    "chosen on held-back data: bench/results/blend-rating.md); the row 'no rating term' is "
+    "the same trained teacher with g = 0."
 )
 
 

@@ -25,7 +25,7 @@ class StudentConfig:
     initial: Literal["teacher", "shape"] = "teacher"
     # Widest score head the student may have. Its score factors (plus one bias column) are
     # the retrieval vectors the service stores per item and searches per request, so they
-    # are kept far below the teacher's (194 with the default teacher) rather than scaled
+    # are kept far below the teacher's (260 with the default teacher) rather than scaled
     # up with the other widths; pruning may shrink them further.
     max_score_factor: int = 48
     # Share of the *teacher's* parameters the student must lose: 0.91 leaves 9% of them and

@@ -1,7 +1,8 @@
 """The factored form of a separable rating head (contract/rating_factors.py), for the bundle.
 
 Written only for a model that gives its rating in that form (`SeparableRating`: the
-student), and only after its matrices rate random known (user, item) pairs as the model's
+student; the teacher's MF component has it too, but the teacher's blended rating does
+not), and only after its matrices rate random known (user, item) pairs as the model's
 exported rating graph does.
 """
 

@@ -99,3 +99,56 @@ def test_a_bad_step_is_a_one_line_error(
     with pytest.raises(SystemExit):
         blend.main(["--data-dir", str(synthetic_ml100k), "--standardise", "item"])
     assert "--standardise: choose from catalogue, user" in capsys.readouterr().err
+
+
+def _rated(fold: str, g: float, check: float, weights: str = "teacher's pick") -> dict[str, Any]:
+    metrics = {"ndcg@10": check, "recall@10": check / 2}
+    return {"fold": fold, "weights": weights, "g": g, "valid": metrics, "check": metrics}
+
+
+def test_the_rating_term_is_compared_with_no_rating_term_cell_by_cell() -> None:
+    rows = [
+        _rated("u1/s0", 0.0, 0.30),
+        _rated("u1/s0", 0.1, 0.32),
+        _rated("u1/s1", 0.0, 0.20),
+        _rated("u1/s1", 0.1, 0.19),
+        _rated("u1/s0", 0.0, 0.50, "default"),
+        _rated("u1/s0", 0.1, 0.40, "default"),
+    ]
+    totals = {(t["weights"], t["g"]): t for t in blend.rating_summary(rows)}
+    picked = totals[("teacher's pick", 0.1)]
+    assert picked["cells"] == 2
+    assert picked["ndcg@10_delta"] == pytest.approx((0.02 - 0.01) / 2)
+    assert picked["ndcg@10_better_on"] == 1
+    assert picked["recall@10"] == pytest.approx((0.16 + 0.095) / 2)
+    assert totals[("default", 0.1)]["ndcg@10_delta"] == pytest.approx(-0.10)
+    assert totals[("teacher's pick", 0.0)]["ndcg@10_delta"] == 0.0
+    assert blend.unit("u1", 1, [0, 1]) == "u1/s1"
+    assert blend.unit("u1", 0, [0]) == "u1"
+
+
+def test_ranks_with_mf_rating_added_over_seeds(synthetic_ml100k: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rated"
+    argv = ["--data-dir", str(synthetic_ml100k), "--folds", "u1", "--jobs", "2", "--quick"]
+    argv += ["--step", "0.5", "--seeds", "0,1", "--rating-scores", "0.2", "--out", str(out)]
+    assert blend.main(argv) == 0
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert {r["fold"] for r in payload["rows"]} == {"u1/s0", "u1/s1"}
+    # Two cells x two weightings x (g = 0, 0.2).
+    assert len(payload["rating_rows"]) == 8
+    for row in payload["rating_rows"]:
+        assert all(0.0 <= row["check"][m] <= 1.0 for m in ("ndcg@10", "recall@10"))
+    picks = {r["fold"]: r["blend"] for r in payload["rating_rows"] if r["weights"] != "default"}
+    for label, pick in picks.items():
+        grid = [r for r in payload["rows"] if r["fold"] == label]
+        assert pick == blend.choose(grid, blend.BASELINE)["weights"]
+    assert "## MF's rating in the ranking score" in out.with_suffix(".md").read_text()
+
+
+def test_bad_rating_weights_are_a_one_line_error(
+    synthetic_ml100k: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad in ("0", "x"):
+        with pytest.raises(SystemExit):
+            blend.main(["--data-dir", str(synthetic_ml100k), "--rating-scores", bad])
+        assert "--rating-scores" in capsys.readouterr().err

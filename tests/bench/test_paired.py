@@ -51,3 +51,21 @@ def test_the_cli_answers_bad_input_with_one_line(tmp_path: Path) -> None:
     out = tmp_path / "out.md"
     assert main(["--before", str(good), "--after", str(good), "--out-md", str(out)]) == 0
     assert "| teacher | ndcg@10 | 1 | +0.0000 |" in out.read_text()
+
+
+def test_two_rows_of_the_same_runs_are_compared_cell_by_cell(tmp_path: Path) -> None:
+    run = {
+        "folds": [
+            {"fold": f, "seed": 0, "rows": {"old": {"ndcg@10": a}, "new": {"ndcg@10": b}}}
+            for f, a, b in (("u1", 0.40, 0.42), ("u2", 0.30, 0.29))
+        ]
+    }
+    path, out = tmp_path / "run.json", tmp_path / "out.md"
+    path.write_text(json.dumps(run))
+    argv = ["--before", str(path), "--after", str(path), "--out-md", str(out)]
+    assert main([*argv, "--row", "old=new"]) == 0
+    assert "| new against old | ndcg@10 | 2 | +0.0050 |" in out.read_text()
+    with pytest.raises(SystemExit, match="has no row 'gone'"):
+        main([*argv, "--row", "gone=new"])
+    with pytest.raises(SystemExit):
+        main([*argv, "--row", "old"])

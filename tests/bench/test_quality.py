@@ -42,6 +42,12 @@ def test_quality_benchmark_writes_its_table_and_json(
     assert "Ensemble recall@10" in text
     assert "x EASE (tuned)" in text and "## Peers tuned on validation" in text
     assert str(tmp_path) not in text  # this machine's paths are not part of the recipe
+    g = result["folds"][0]["teacher_report"]["ensemble"]["teacher"]["rating_score_weight"]
+    assert f" + {g:g} |" in text  # the weight of MF's rating beside the score weights
+    # The same teacher without the rating term is a row of its own, from the same models.
+    assert rows["teacher (fitted weights, no rating term)"]["rmse"] == pytest.approx(
+        rows["teacher (fitted weights)"]["rmse"]
+    )
     # The saved teachers are what bench.student --teacher-cache loads for the same folds.
     for fold, seed in (("u1", 0), ("u2", 0), ("u1", 1)):
         path = teacher_cache_path(tmp_path / "teachers", fold, quick=True, seed=seed)

@@ -195,7 +195,9 @@ def test_ensemble_blends_standardised_component_outputs(dataset: Dataset) -> Non
     teacher = EnsembleTeacher(parts["mf"], parts["xdeepfm"], parts["autoint"]).eval()
     users = np.arange(1, dataset.feature_map.n_users + 1)
     teacher.standardise(users, dataset.tables)
-    teacher.set_weights(rating=[0.5, 0.3, 0.1], rating_bias=0.2, score=[0.2, 0.3, 0.5])
+    teacher.set_weights(
+        rating=[0.5, 0.3, 0.1], rating_bias=0.2, score=[0.2, 0.3, 0.5], rating_score=0.25
+    )
     inputs = _inputs(dataset)
     with torch.no_grad():
         out = teacher.heads(*inputs)
@@ -206,7 +208,8 @@ def test_ensemble_blends_standardised_component_outputs(dataset: Dataset) -> Non
         z = [
             (c["score"] - teacher.score_mean[k]) / teacher.score_std[k] for k, c in enumerate(comps)
         ]
-        expected_score = 0.2 * z[0] + 0.3 * z[1] + 0.5 * z[2]
+        rated = (comps[0]["rating"] - teacher.rating_score_mean) / teacher.rating_score_std
+        expected_score = 0.2 * z[0] + 0.3 * z[1] + 0.5 * z[2] + 0.25 * rated
         matrix = teacher.score_matrix(inputs[0].numpy(), dataset.tables)
     torch.testing.assert_close(out["rating"], expected_rating)
     torch.testing.assert_close(out["score"], expected_score, rtol=1e-4, atol=1e-4)
@@ -214,6 +217,25 @@ def test_ensemble_blends_standardised_component_outputs(dataset: Dataset) -> Non
         matrix[torch.arange(7), inputs[1]], expected_score, rtol=1e-4, atol=1e-4
     )
     assert out["repr"].shape[0] == 7
+
+
+def test_mf_rating_factors_give_its_rating_head(dataset: Dataset) -> None:
+    mf = _models(dataset)["mf"]
+    assert isinstance(mf, BiasedMF)
+    user, item, user_feats, item_feats, item_genres = _inputs(dataset)
+    with torch.no_grad():
+        rating = mf.rating_head(user, item, user_feats, item_feats, item_genres)["rating"]
+        left = mf.user_rating_factors(user, user_feats)  # [7, R]
+        right = mf.item_rating_factors(item, item_feats, item_genres)  # [7, R]
+        matrix = mf.rating_matrix(user.numpy(), dataset.tables)
+    torch.testing.assert_close((left * right).sum(1) + mf.rating_offset(), rating)
+    torch.testing.assert_close(matrix[torch.arange(7), item - 1], rating)
+
+
+def test_the_ensemble_needs_a_biased_mf(dataset: Dataset) -> None:
+    parts = _models(dataset)
+    with pytest.raises(TypeError, match="BiasedMF"):
+        EnsembleTeacher(parts["autoint"], parts["xdeepfm"], parts["autoint"])
 
 
 def test_ensemble_defaults_are_the_design_weights(dataset: Dataset) -> None:
@@ -228,6 +250,9 @@ def test_ensemble_exports_as_one_onnx_graph(dataset: Dataset, tmp_path: Path) ->
     parts = _models(dataset)
     teacher = EnsembleTeacher(parts["mf"], parts["xdeepfm"], parts["autoint"]).eval()
     teacher.standardise(np.arange(1, 10), dataset.tables)
+    teacher.set_weights(
+        rating=DEFAULT_WEIGHTS, rating_bias=0.0, score=DEFAULT_WEIGHTS, rating_score=0.1
+    )
     fm = dataset.feature_map
     path = export.export_onnx(teacher, fm, tmp_path / "teacher.onnx", metadata={})
     batch = export.random_batch(fm, 11, rng=np.random.default_rng(3))

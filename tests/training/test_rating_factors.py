@@ -13,8 +13,8 @@ from training.data import Dataset, load_dataset
 from training.export import ExportError, export_onnx, export_rating_graph
 from training.features import Batch, make_batch
 from training.models.base import to_inputs
-from training.models.mf import BiasedMF
 from training.models.student import Student, StudentShape
+from training.models.xdeepfm import XDeepFM
 from training.rating_factors import export_rating_factors, factor_matrices
 
 
@@ -78,7 +78,7 @@ def test_export_checks_the_factors_against_the_rating_graph(
 def test_a_model_without_a_separable_rating_gets_no_factors(
     dataset: Dataset, tmp_path: Path
 ) -> None:
-    mf = BiasedMF(dataset.feature_map, dim=4, score_dim=3)
+    model = XDeepFM(dataset.feature_map, dim=4, cin_layers=(4,), dnn_layers=(8,), score_dim=3)
     graph = tmp_path / "unused.onnx"
-    assert export_rating_factors(mf, dataset.tables, graph, out_dir=tmp_path, stem="x") is None
+    assert export_rating_factors(model, dataset.tables, graph, out_dir=tmp_path, stem="x") is None
     assert not any(tmp_path.iterdir())

@@ -1,6 +1,9 @@
 """The ensemble teacher: biased MF, xDeepFM and AutoInt in one module (one ONNX graph).
 
-rating = bias + sum_c w_c * clip(r_c); score = sum_c v_c * (s_c - mean_c) / std_c.
+rating = bias + sum_c w_c * clip(r_c);
+score = sum_c v_c * (s_c - mean_c) / std_c + g * (r_mf - mean_r) / std_r.
+The last term ranks with MF's rating head as well (g = `rating_score_weight`): MF's rating
+is an inner product of user and item factors, so the teacher stays a two-tower model.
 The weights and the standardisation statistics are buffers, so they travel with the
 state dict and the exported graph.
 """
@@ -16,6 +19,7 @@ from torch import Tensor
 from contract.ratings import RATING_MAX, RATING_MIN
 from training.features import FeatureTables
 from training.models.layers import TowerScoring
+from training.models.mf import BiasedMF
 
 COMPONENTS = ("mf", "xdeepfm", "autoint")
 DEFAULT_WEIGHTS = (0.4, 0.4, 0.2)
@@ -27,9 +31,14 @@ class EnsembleTeacher(TowerScoring):
     score_weights: Tensor
     score_mean: Tensor
     score_std: Tensor
+    rating_score_weight: Tensor
+    rating_score_mean: Tensor
+    rating_score_std: Tensor
 
     def __init__(self, mf: TowerScoring, xdeepfm: TowerScoring, autoint: TowerScoring) -> None:
         super().__init__()
+        if not isinstance(mf, BiasedMF):
+            raise TypeError(f"the teacher's MF component must be a BiasedMF, not {type(mf)}")
         self.mf = mf
         self.xdeepfm = xdeepfm
         self.autoint = autoint
@@ -38,6 +47,9 @@ class EnsembleTeacher(TowerScoring):
         self.register_buffer("score_weights", torch.tensor(DEFAULT_WEIGHTS))
         self.register_buffer("score_mean", torch.zeros(len(COMPONENTS)))
         self.register_buffer("score_std", torch.ones(len(COMPONENTS)))
+        self.register_buffer("rating_score_weight", torch.tensor(0.0))
+        self.register_buffer("rating_score_mean", torch.tensor(0.0))
+        self.register_buffer("rating_score_std", torch.tensor(1.0))
 
     @property
     def components(self) -> tuple[TowerScoring, TowerScoring, TowerScoring]:
@@ -57,17 +69,25 @@ class EnsembleTeacher(TowerScoring):
         scores = torch.stack([o["score"] for o in outs], dim=1)  # [B, 3]
         rating = self.rating_bias + ratings @ self.rating_weights  # [B]
         score = ((scores - self.score_mean) / self.score_std) @ self.score_weights  # [B]
+        rated = (outs[0]["rating"] - self.rating_score_mean) / self.rating_score_std  # [B]
+        score = score + self.rating_score_weight * rated  # [B]
         return {"rating": rating, "score": score, "repr": outs[2]["repr"]}
 
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
         scale = self.score_weights / self.score_std  # [3]
         parts = [c.user_tower(user, user_feats) * scale[k] for k, c in enumerate(self.components)]
-        return torch.cat([*parts, torch.ones_like(parts[0][:, :1])], dim=1)  # [B, D+1]
+        rated = self.mf.user_rating_factors(user, user_feats) * self._rating_scale()  # [B, R]
+        return torch.cat([*parts, rated, torch.ones_like(rated[:, :1])], dim=1)  # [B, D+R+1]
 
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
         parts = [c.item_tower(item, item_feats, item_genres) for c in self.components]
+        rated = self.mf.item_rating_factors(item, item_feats, item_genres)  # [N, R]
         shift = -(self.score_weights * self.score_mean / self.score_std).sum()
-        return torch.cat([*parts, shift.expand(item.shape[0], 1)], dim=1)  # [N, D+1]
+        shift = shift + self._rating_scale() * (self.mf.mu - self.rating_score_mean)
+        return torch.cat([*parts, rated, shift.expand(item.shape[0], 1)], dim=1)  # [N, D+R+1]
+
+    def _rating_scale(self) -> Tensor:
+        return self.rating_score_weight / self.rating_score_std
 
     def regularizer(
         self,
@@ -85,26 +105,49 @@ class EnsembleTeacher(TowerScoring):
         """Raw scores of each component for every item 1..n_items: 3 x [len(users), n_items]."""
         return [c.score_matrix(users, tables)[:, 1:] for c in self.components]
 
+    def mf_rating_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
+        """MF's unclipped rating of every item 1..n_items for each user: [len(users), n_items]."""
+        return self.mf.rating_matrix(users, tables)
+
     @torch.no_grad()
     def standardise(
-        self, users: np.ndarray, tables: FeatureTables, *, mats: list[Tensor] | None = None
+        self,
+        users: np.ndarray,
+        tables: FeatureTables,
+        *,
+        mats: list[Tensor] | None = None,
+        rated: Tensor | None = None,
     ) -> None:
-        """Sets each component's score mean and std over (users x whole catalogue).
+        """Sets each component's score mean and std, and those of MF's rating, over
+        (users x whole catalogue).
 
-        `mats` are `component_score_matrices(users, tables)` when the caller has them.
+        `mats` are `component_score_matrices(users, tables)` and `rated` is
+        `mf_rating_matrix(users, tables)` when the caller has them.
         """
         if mats is None:
             mats = self.component_score_matrices(users, tables)
         self.score_mean.copy_(torch.stack([m.mean() for m in mats]))
         self.score_std.copy_(torch.stack([m.std().clamp(min=1e-6) for m in mats]))
+        if rated is None:
+            rated = self.mf_rating_matrix(users, tables)
+        self.rating_score_mean.copy_(rated.mean())
+        self.rating_score_std.copy_(rated.std().clamp(min=1e-6))
 
     @torch.no_grad()
     def set_weights(
-        self, *, rating: Sequence[float], rating_bias: float, score: Sequence[float]
+        self,
+        *,
+        rating: Sequence[float],
+        rating_bias: float,
+        score: Sequence[float],
+        rating_score: float | None = None,
     ) -> None:
+        """The blend's weights; `rating_score` (g) stays as it is when None."""
         self.rating_weights.copy_(torch.as_tensor(rating, dtype=torch.float32))
         self.rating_bias.fill_(float(rating_bias))
         self.score_weights.copy_(torch.as_tensor(score, dtype=torch.float32))
+        if rating_score is not None:
+            self.rating_score_weight.fill_(float(rating_score))
 
     def load_weights_from(
         self, other: EnsembleTeacher, *, tables: FeatureTables, users: np.ndarray
@@ -114,5 +157,6 @@ class EnsembleTeacher(TowerScoring):
             rating=other.rating_weights.tolist(),
             rating_bias=float(other.rating_bias),
             score=other.score_weights.tolist(),
+            rating_score=float(other.rating_score_weight),
         )
         self.standardise(users, tables)
