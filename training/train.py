@@ -859,7 +859,7 @@ def _blend_ranking(
     """
     mats = [
         *teacher.component_score_matrices(users, tables),
-        teacher.mf_rating_matrix(users, tables),
+        teacher.mf.rating_matrix(users, tables),
     ]
     teacher.standardise(users, tables, mats=mats[:3], rated=mats[3])
     # float64 once: a float32 z was cast again for every weight vector.

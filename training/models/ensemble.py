@@ -105,10 +105,6 @@ class EnsembleTeacher(TowerScoring):
         """Raw scores of each component for every item 1..n_items: 3 x [len(users), n_items]."""
         return [c.score_matrix(users, tables)[:, 1:] for c in self.components]
 
-    def mf_rating_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
-        """MF's unclipped rating of every item 1..n_items for each user: [len(users), n_items]."""
-        return self.mf.rating_matrix(users, tables)
-
     @torch.no_grad()
     def standardise(
         self,
@@ -122,14 +118,14 @@ class EnsembleTeacher(TowerScoring):
         (users x whole catalogue).
 
         `mats` are `component_score_matrices(users, tables)` and `rated` is
-        `mf_rating_matrix(users, tables)` when the caller has them.
+        `mf.rating_matrix(users, tables)` when the caller has them.
         """
         if mats is None:
             mats = self.component_score_matrices(users, tables)
         self.score_mean.copy_(torch.stack([m.mean() for m in mats]))
         self.score_std.copy_(torch.stack([m.std().clamp(min=1e-6) for m in mats]))
         if rated is None:
-            rated = self.mf_rating_matrix(users, tables)
+            rated = self.mf.rating_matrix(users, tables)
         self.rating_score_mean.copy_(rated.mean())
         self.rating_score_std.copy_(rated.std().clamp(min=1e-6))
 
