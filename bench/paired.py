@@ -1,7 +1,9 @@
-"""Paired comparison of two codes' bench.quality runs, fold by fold and seed by seed.
+"""Paired comparison of two codes' bench.quality or bench.student runs, fold by fold and
+seed by seed.
 
     python -m bench.paired --before B_SEED0.json B_SEED1.json --after A_SEED0.json A_SEED1.json
     python -m bench.paired --before RUN.json --after RUN.json --row "BEFORE ROW=AFTER ROW"
+    python -m bench.paired --before OLD/student_results.json --after NEW/student_results.json
 
 Runs of one seed on the same folds train on the same data splits, so the difference
 after - before of each (fold, seed) cell removes the fold's own difficulty; what is left
@@ -10,7 +12,9 @@ its standard deviation, and the 95% confidence interval of the mean (Student's t
 cells), so that "no loss" is read as "a loss larger than the interval's low end is
 excluded", not from one mean. `--row` compares one row of the `--before` runs with another
 of the `--after` runs instead (one run's teacher with and without a change it measures on
-the same trained models, say).
+the same trained models, say). A bench.student run gives its teacher, popularity and
+student rows per cell, the student's with its ratios to the teacher (ndcg_ratio and
+rmse_ratio, which issue 15's per-fold targets bound).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from scipy import stats
 from bench._spread import spread
 
 log = logging.getLogger("bench.paired")
-METRICS = ("rmse", "recall@10", "ndcg@10")
+METRICS = ("rmse", "recall@10", "ndcg@10", "rmse_ratio", "ndcg_ratio")
 Cell = tuple[str, int]  # (fold, seed)
 
 
@@ -52,12 +56,26 @@ def cells(runs: Iterable[Mapping[str, Any]]) -> dict[Cell, Mapping[str, Mapping[
     """Each (fold, seed) of the runs with its rows; a cell given twice is an error."""
     out: dict[Cell, Mapping[str, Mapping[str, float]]] = {}
     for run in runs:
-        for entry in run["folds"]:
+        for entry in run["folds"] if "folds" in run else _student_entries(run):
             cell = (str(entry["fold"]), int(entry["seed"]))
             if cell in out:
                 raise ValueError(f"fold {cell[0]} seed {cell[1]} appears twice")
             out[cell] = entry["rows"]
     return out
+
+
+def _student_entries(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A bench.student result's side-by-side rows as cells; the student's row gains its
+    ratios to the same cell's teacher."""
+    by_cell: dict[Cell, dict[str, dict[str, Any]]] = {}
+    for row in run["side_by_side"]:
+        by_cell.setdefault((str(row["fold"]), int(row["seed"])), {})[row["model"]] = dict(row)
+    for rows in by_cell.values():
+        teacher, student = rows.get("teacher"), rows.get("student")
+        if teacher is not None and student is not None:
+            student["ndcg_ratio"] = student["ndcg@10"] / teacher["ndcg@10"]
+            student["rmse_ratio"] = student["rmse"] / teacher["rmse"]
+    return [{"fold": f, "seed": s, "rows": rows} for (f, s), rows in by_cell.items()]
 
 
 def only_row(
@@ -189,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             after = only_row(after, new, as_name=label)
         results = compare(before, after)
     except KeyError as exc:
-        raise SystemExit(f"bench.paired: not a bench.quality result (no {exc})") from None
+        raise SystemExit(
+            f"bench.paired: not a bench.quality or bench.student result (no {exc})"
+        ) from None
     except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise SystemExit(f"bench.paired: {exc}") from None
     command = "python -m bench.paired " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -31,7 +32,14 @@ from tqdm import tqdm
 from training.device import indexed, reproducible, resolve_device
 from training.distill_config import StudentConfig
 from training.distributed import current, local_device, shard, wrap
-from training.kd_targets import CatalogueTargets, TeacherPool, teacher_pools
+from training.evaluate import bounded_users
+from training.kd_targets import (
+    CatalogueTargets,
+    TeacherPool,
+    rating_score_weight,
+    score_teacher,
+    teacher_pools,
+)
 from training.losses import DistillLoss
 from training.models.base import count_params
 from training.models.student import Student, StudentShape
@@ -303,6 +311,7 @@ def distill_student(
     torch.set_num_threads(max(cfg.threads, 1))
     torch.manual_seed(cfg.seed)
     teacher_params = count_params(teacher)
+    full_teacher, teacher = teacher, score_teacher(teacher, cfg)
     target = round((1.0 - cfg.prune_ratio) * teacher_params)
     shape = initial_shape(dataset.feature_map, cfg, teacher_params)
     student = Student(dataset.feature_map, shape=shape, global_mean=float(train.rating.mean()))
@@ -317,6 +326,8 @@ def distill_student(
     run = Distillation(cfg, student, loss, pools, target_params=target, device=device)
     with reproducible(device):
         run.fit()
+    if teacher is not full_teacher:
+        _rank_with_rating(student, rating_score_weight(full_teacher), train, dataset, cfg)
     info = {
         "config": cfg.to_json(),
         "teacher_params": teacher_params,
@@ -324,6 +335,7 @@ def distill_student(
         "initial_params": initial_params,
         "initial_shape": shape.as_dict(),
         "ranking_kd_scope": cfg.kd_scope(dataset.feature_map.n_items),
+        "rating_score_weight": float(student.rating_score_weight),
         "params": count_params(student),
         "shape": student.shape.as_dict(),
         "batch_lists": run.batch_lists,
@@ -334,3 +346,22 @@ def distill_student(
         "device": str(device),
     }
     return student, info
+
+
+def _rank_with_rating(
+    student: Student, weight: float, train: Ratings, dataset: Dataset, cfg: StudentConfig
+) -> None:
+    """The teacher's rating term, mirrored: the student's rating standardised over
+    training users (a seeded sample, bounded in users x catalogue cells) and weighted as
+    the teacher weights MF's."""
+    users = np.unique(train.user)
+    most = bounded_users(dataset.feature_map.n_items, cells=1 << 24)
+    if users.size > most:
+        users = np.sort(np.random.default_rng(cfg.seed).choice(users, most, replace=False))
+    student.rank_with_rating(weight, users, dataset.tables)
+    log.info(
+        "student ranks with %.3g x its standardised rating (over %d users), as the teacher "
+        "does with MF's",
+        weight,
+        users.size,
+    )

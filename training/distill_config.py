@@ -26,12 +26,21 @@ class StudentConfig:
     # Widest score head the student may have. Its score factors (plus one bias column) are
     # the retrieval vectors the service stores per item and searches per request, so they
     # are kept far below the teacher's (260 with the default teacher) rather than scaled
-    # up with the other widths; pruning may shrink them further. 64 since the teacher's
-    # score holds MF's rating (a richer score matrix): on held-back data of u1 and u2 (one
-    # seed) the 9% student's NDCG@10 ratio went from 0.996 and 0.960 at 48 to 0.997 and
-    # 0.969, its RMSE ratio from 1.008 and 1.030 to 1.005 and 1.006
-    # (bench/results/student-score-factor/).
-    max_score_factor: int = 64
+    # up with the other widths; pruning may shrink them further. 48 with `score_rating =
+    # "mirror"`, where the rating factors carry the rating's part of the ranking: on
+    # held-back data of u1, u2 and u3 (two seeds each) the 9% student's NDCG@10 ratio was
+    # 0.979 at 48, 0.977 at 32 and 0.964 at 64 (0.968 distilling the whole score at 64),
+    # its RMSE ratio 1.005, 1.003 and 1.005 (1.009) (bench/results/student-mirror/).
+    max_score_factor: int = 48
+    # Widest rating head the student may have. With `score_rating = "mirror"` the rating
+    # factors are in the retrieval vectors as well; on large catalogues, where item
+    # embeddings hold nearly all the parameters, pruning keeps almost every factor (one
+    # costs a few hundred parameters against a million for an embedding dimension), so
+    # without a cap the student's vectors would grow towards the teacher's. 32, the base
+    # shape's width: on the held-back cells above the capped student's NDCG@10 ratio was
+    # 0.976 against 0.979 uncapped and its RMSE ratio 1.0035 against 1.0049 (at ml-100k
+    # pruning ends at 11-25 rating factors either way).
+    max_rating_factor: int = 32
     # Share of the *teacher's* parameters the student must lose: 0.91 leaves 9% of them and
     # about 9% of the ONNX bytes (the file is mostly weights), under issue 15's 10%, where
     # from the spectral start the student kept the teacher's NDCG@10 and RMSE within the
@@ -84,6 +93,15 @@ class StudentConfig:
     # "spectral": the score path starts at the best low-rank factorisation of the teacher's
     # score matrix (training/student_init.py); "random": from scratch, like the rest.
     score_init: Literal["random", "spectral"] = "spectral"
+    # How the student ranks with the rating, when the teacher's score adds MF's rating
+    # (TeacherConfig.rating_score_weight g > 0). "mirror": as the teacher does, its score
+    # head distils the teacher's score without that term, and the student then ranks with
+    # g x its own standardised rating on top (its rating head distils the teacher's
+    # rating); "distil": its score head distils the teacher's whole score. Mirroring adds
+    # the rating factors to the retrieval vectors and, on held-back data, raised NDCG@10
+    # in all six fold-seed cells at a cap of 48 and lowered the RMSE ratio in five
+    # (bench/results/student-mirror/).
+    score_rating: Literal["mirror", "distil"] = "mirror"
     # "catalogue": ranking distillation over every item the user has not rated in
     # training, which is the ranking protocol P scores; "list": over the sampled list only
     # (for teachers without two-tower scores, or catalogues too large to score per batch);

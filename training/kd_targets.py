@@ -3,6 +3,7 @@ and its scores over the whole catalogue for a batch of users."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +26,23 @@ log = logging.getLogger(__name__)
 
 # Lists annotated at a time while a pool is built: bounds the per-pair features held.
 POOL_CHUNK = 4096
+
+
+def score_teacher(teacher: nn.Module, config: StudentConfig) -> nn.Module:
+    """The teacher whose scores the student's score head distils: with
+    `score_rating = "mirror"`, a copy ranking by its towers alone (the rating term, which
+    the student adds from its own rating, set to 0); else the teacher itself."""
+    if config.score_rating != "mirror" or rating_score_weight(teacher) == 0.0:
+        return teacher
+    towers_only = copy.deepcopy(teacher)
+    towers_only.get_buffer("rating_score_weight").zero_()
+    return towers_only
+
+
+def rating_score_weight(teacher: nn.Module) -> float:
+    """The weight of the rating in the teacher's score (0 for a teacher without one)."""
+    weight = getattr(teacher, "rating_score_weight", None)
+    return float(weight) if isinstance(weight, Tensor) else 0.0
 
 
 @torch.no_grad()
@@ -170,6 +188,7 @@ def teacher_pools(
     computes these once per fold and passes them to every distill_student call.
     """
     cfg = config.effective()
+    teacher = score_teacher(teacher, cfg)
     sampler = ListSampler(
         dataset.feature_map,
         dataset.tables,

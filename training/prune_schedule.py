@@ -28,7 +28,11 @@ def initial_shape(fm: FeatureMap, config: StudentConfig, teacher_params: int) ->
 
 
 def _capped(shape: StudentShape, config: StudentConfig) -> StudentShape:
-    return replace(shape, score_factor=min(shape.score_factor, config.max_score_factor))
+    return replace(
+        shape,
+        score_factor=min(shape.score_factor, config.max_score_factor),
+        rating_factor=min(shape.rating_factor, config.max_rating_factor),
+    )
 
 
 def prune_schedule(config: StudentConfig) -> list[int]:

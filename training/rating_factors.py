@@ -1,6 +1,6 @@
 """The factored form of a separable rating head (contract/rating_factors.py), for the bundle.
 
-Written only for a model that gives its rating in that form (`SeparableRating`: the
+Written only for a model that gives its rating in that form (`FactoredRating`: the
 student; the teacher's MF component has it too, but the teacher's blended rating does
 not), and only after its matrices rate random known (user, item) pairs as the model's
 exported rating graph does.
@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from contract.rating_factors import RatingFactors, rating_factor_files
 from contract.ratings import DEFAULT_RATING_SCALE, clip_ratings
@@ -23,28 +22,12 @@ from contract.session import graph_inputs, open_session, run_rating
 from contract.signature import RATING_OUTPUTS
 from training.export import PARITY_ATOL, ExportError, ort_feed
 from training.features import FeatureTables, make_batch
-from training.models.base import TwoHeadModel
+from training.models.base import FactoredRating, TwoHeadModel
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 65536
 _PARITY_PAIRS = 512
-
-
-@runtime_checkable
-class SeparableRating(Protocol):
-    """A model whose unclipped rating is `rating_offset() + user_rating_factors(u) ·
-    item_rating_factors(i)`."""
-
-    def user_rating_factors(self, user: Tensor, user_feats: Tensor) -> Tensor:
-        """[B] user, [B, Fu] feats -> [B, R]."""
-        ...
-
-    def item_rating_factors(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
-        """[N] item, [N, Fi] feats, [N, G] genres -> [N, R]."""
-        ...
-
-    def rating_offset(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +50,7 @@ class RatingFactorArtifacts:
 
 
 @torch.no_grad()
-def factor_matrices(model: SeparableRating, tables: FeatureTables) -> RatingFactors:
+def factor_matrices(model: FactoredRating, tables: FeatureTables) -> RatingFactors:
     """Rows 0..n_users of the user side (each user with its own feature row) and rows
     1..n_items of the item side, as float32."""
     n_users = tables.user_feats.shape[0] - 1
@@ -127,7 +110,7 @@ def export_rating_factors(
     seed: int = 0,
 ) -> RatingFactorArtifacts | None:
     """Writes `stem`'s rating factors when its rating head is separable, else None."""
-    if not isinstance(model, SeparableRating):
+    if not isinstance(model, FactoredRating):
         return None
     model.eval()
     factors = factor_matrices(model, tables)

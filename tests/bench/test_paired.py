@@ -42,7 +42,7 @@ def test_the_cli_answers_bad_input_with_one_line(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps(_run(0, {"u1": 0.4})))
     bad.write_text(json.dumps({"rows": []}))
-    with pytest.raises(SystemExit, match=r"not a bench\.quality result"):
+    with pytest.raises(SystemExit, match=r"not a bench\.quality or bench\.student result"):
         main(["--before", str(good), "--after", str(bad)])
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_run(1, {"u1": 0.4})))
@@ -69,3 +69,19 @@ def test_two_rows_of_the_same_runs_are_compared_cell_by_cell(tmp_path: Path) -> 
         main([*argv, "--row", "gone=new"])
     with pytest.raises(SystemExit):
         main([*argv, "--row", "old"])
+
+
+def test_student_runs_are_compared_on_their_ratios_to_the_teacher() -> None:
+    def run(student_ndcg: float) -> dict[str, object]:
+        rows = [
+            {"model": "teacher", "fold": "u1", "seed": 0, "ndcg@10": 0.40, "rmse": 0.90},
+            {"model": "student", "fold": "u1", "seed": 0, "ndcg@10": student_ndcg, "rmse": 0.909},
+        ]
+        return {"side_by_side": rows, "curve": []}
+
+    before, after = cells([run(0.38)]), cells([run(0.39)])
+    assert after[("u1", 0)]["student"]["rmse_ratio"] == pytest.approx(1.01)
+    results = {(r.model, r.metric): r for r in compare(before, after)}
+    assert results[("student", "ndcg_ratio")].mean == pytest.approx(0.025)  # 0.975 - 0.95
+    assert results[("student", "rmse_ratio")].mean == pytest.approx(0.0)
+    assert ("teacher", "ndcg_ratio") not in results  # the teacher has no ratio to itself

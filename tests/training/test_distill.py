@@ -16,7 +16,13 @@ from training import kd_targets
 from training.data import Dataset, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
-from training.kd_targets import CatalogueTargets, annotate, item_tower_table, teacher_pools
+from training.kd_targets import (
+    CatalogueTargets,
+    annotate,
+    item_tower_table,
+    score_teacher,
+    teacher_pools,
+)
 from training.losses import (
     DistillLoss,
     catalogue_ranking_kd,
@@ -209,14 +215,17 @@ def test_schedule_and_initial_size() -> None:
     assert initial_shape(fm, replace(cfg, initial="shape", shape=fixed), 50_000) == fixed
 
 
-def test_the_score_head_never_grows_past_its_cap() -> None:
+def test_the_score_and_rating_heads_never_grow_past_their_caps() -> None:
     fm = feature_map()
-    cfg = StudentConfig(max_score_factor=8)
+    cfg = StudentConfig(max_score_factor=8, max_rating_factor=5)
     big = initial_shape(fm, cfg, 5_000_000)  # every other width scales far up
-    assert big.score_factor == 8 and big.user_hidden > StudentShape().user_hidden
+    assert big.score_factor == 8 and big.rating_factor == 5
+    assert big.user_hidden > StudentShape().user_hidden
     assert 0.8 * 5_000_000 < shape_params(fm, big) <= 5_000_000
-    small = initial_shape(fm, replace(cfg, max_score_factor=1000), 5_000_000)
-    assert small.score_factor > 8
+    small = initial_shape(
+        fm, replace(cfg, max_score_factor=1000, max_rating_factor=1000), 5_000_000
+    )
+    assert small.score_factor > 8 and small.rating_factor > 5
 
 
 def test_step_targets_shrink_geometrically_to_the_final_target() -> None:
@@ -320,3 +329,33 @@ def test_a_teacher_pool_batch_is_the_annotated_lists(
             torch.testing.assert_close(got[key], want[idx], rtol=tol, atol=tol)
         assert pool.repr_dim == full["t_repr"].shape[-1]
         assert pool.repr_scale == pytest.approx(float(full["t_repr"].pow(2).mean()), rel=1e-5)
+
+
+def test_a_mirroring_student_distils_the_tower_score_and_ranks_with_its_rating(
+    tmp_path: Path,
+) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
+    split = make_split(ds, split="u1")
+    teacher = quick_teacher(ds)
+    teacher.standardise(np.arange(1, 31), ds.tables)
+    teacher.rating_score_weight.fill_(0.3)
+    mirror = StudentConfig(quick=True, progress=False, prune_ratio=0.5)
+    towers_only = score_teacher(teacher, mirror)
+    assert float(towers_only.rating_score_weight) == 0.0
+    assert float(teacher.rating_score_weight) == pytest.approx(0.3)  # a copy: the teacher keeps it
+    distil = replace(mirror, score_rating="distil")
+    assert score_teacher(teacher, distil) is teacher
+
+    # The score head's targets are the teacher's scores without the rating term.
+    (pool,) = teacher_pools(ds, split.train, teacher, config=mirror)
+    ex = pool.batch(torch.arange(len(pool)))
+    want = annotate(towers_only, {k: v for k, v in ex.items() if not k.startswith("t_")})
+    torch.testing.assert_close(pool.targets["t_score"], want["t_score"], rtol=1e-5, atol=1e-5)
+    with_term = annotate(teacher, {k: v for k, v in ex.items() if not k.startswith("t_")})
+    assert not torch.allclose(with_term["t_score"], want["t_score"], atol=1e-3)
+
+    student, info = distill_student(ds, split.train, teacher, config=mirror)
+    assert info["rating_score_weight"] == pytest.approx(0.3)
+    assert student.ranks_with_rating()
+    plain, plain_info = distill_student(ds, split.train, teacher, config=distil)
+    assert plain_info["rating_score_weight"] == 0.0 and not plain.ranks_with_rating()

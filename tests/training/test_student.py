@@ -134,15 +134,45 @@ def test_prune_rejects_bad_requests() -> None:
         model.prune("user_dim", torch.tensor([99]))
 
 
-def test_score_matrix_matches_pairwise_scores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weight", [0.0, 0.7])
+def test_score_matrix_matches_pairwise_scores(tmp_path: Path, weight: float) -> None:
     ds = load_dataset(write_ml100k(tmp_path / "data", n_users=12, n_items=15, n_ratings=120))
     model = Student(ds.feature_map, shape=SMALL).eval()
+    for emb in (model.user_bias, model.item_bias, model.item_score_bias):
+        torch.nn.init.normal_(emb.weight)
     users = np.array([1, 5, 12])
+    if weight:
+        model.rank_with_rating(weight, np.arange(1, 13), ds.tables)
     mat = model.score_matrix(users, ds.tables).detach()
     u = np.repeat(users, 16)
     i = np.tile(np.arange(16), 3)
     _, score = model(*to_inputs(make_batch(ds.tables, u, i)))
     torch.testing.assert_close(mat.reshape(-1), score.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_ranking_with_the_rating_adds_its_standardised_rating(tmp_path: Path) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "data", n_users=12, n_items=15, n_ratings=120))
+    model = Student(ds.feature_map, shape=SMALL).eval()
+    for emb in (model.user_bias, model.item_bias):
+        torch.nn.init.normal_(emb.weight)
+    batch = to_inputs(make_batch(ds.tables, np.array([1, 4, 9, 12]), np.array([3, 15, 1, 7])))
+    before = model.heads(*batch)
+    assert not model.ranks_with_rating()
+    users = np.arange(1, 13)
+    model.rank_with_rating(0.4, users, ds.tables)
+    after = model.heads(*batch)
+
+    matrix = model.rating_matrix(users, ds.tables).double()
+    assert float(model.rating_score_mean) == pytest.approx(float(matrix.mean()), rel=1e-5)
+    assert float(model.rating_score_std) == pytest.approx(float(matrix.std()), rel=1e-5)
+    standardised = (before["rating"] - model.rating_score_mean) / model.rating_score_std
+    torch.testing.assert_close(after["score"], before["score"] + 0.4 * standardised)
+    torch.testing.assert_close(after["rating"], before["rating"])
+    assert model.ranks_with_rating()
+    # It travels with the state dict, as the exported graph's weights do.
+    copy = Student(ds.feature_map, shape=SMALL)
+    copy.load_state_dict(model.state_dict())
+    torch.testing.assert_close(copy.eval().heads(*batch)["score"], after["score"])
 
 
 def test_training_heads_equal_heads_on_lists_that_repeat_users_and_items() -> None:

@@ -77,11 +77,18 @@ def test_ivf_recall_on_a_generated_matrix() -> None:
     assert info.recall_at_10 >= 0.98 and 1 <= info.nprobe <= info.nlist
 
 
-def test_student_towers_equal_its_score_head(dataset: Dataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_student_towers_equal_its_score_head(
+    dataset: Dataset, tmp_path: Path, weight: float
+) -> None:
     torch.manual_seed(1)
-    student = Student(dataset.feature_map, shape=StudentShape()).eval()
+    shape = StudentShape()
+    student = Student(dataset.feature_map, shape=shape).eval()
     with torch.no_grad():
-        torch.nn.init.normal_(student.item_score_bias.weight)
+        for emb in (student.item_score_bias, student.user_bias, student.item_bias):
+            torch.nn.init.normal_(emb.weight)
+    if weight:
+        student.rank_with_rating(weight, np.arange(1, 40), dataset.tables)
     art = export_towers(
         student,
         dataset.tables,
@@ -92,6 +99,9 @@ def test_student_towers_equal_its_score_head(dataset: Dataset, tmp_path: Path) -
         ann_min_items=10**9,
     )
     assert art.ann is None and art.parity_max_abs_diff <= 1e-4
+    # Ranking with the rating adds its factors and two constant columns to the vectors.
+    extra = shape.rating_factor + 1 if weight else 0
+    assert art.dim == shape.score_factor + 1 + extra
     users = np.array([1, 5], np.int64)
     with torch.no_grad():
         full = student.score_matrix(users, dataset.tables).numpy()[:, 1:]

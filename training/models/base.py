@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from contract.ratings import RATING_MAX, RATING_MIN
-from training.features import Batch
+from training.features import Batch, FeatureTables
 
 # (user, item, user_feats, item_feats, item_genres), the ONNX input order.
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -47,6 +48,38 @@ class TwoHeadModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         out = self.heads(user, item, user_feats, item_feats, item_genres)
         return out["rating"].clamp(RATING_MIN, RATING_MAX), out["score"]  # [B], [B]
+
+
+class FactoredRating(nn.Module):
+    """A model whose unclipped rating is `rating_offset() + user_rating_factors(u) ·
+    item_rating_factors(i)`: its rating matrix is one product, and the bundle can carry
+    its rating in that form (training/rating_factors.py)."""
+
+    def user_rating_factors(self, user: Tensor, user_feats: Tensor) -> Tensor:
+        """[B] user, [B, Fu] feats -> [B, R]."""
+        raise NotImplementedError
+
+    def item_rating_factors(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
+        """[N] item, [N, Fi] feats, [N, G] genres -> [N, R]."""
+        raise NotImplementedError
+
+    def rating_offset(self) -> float:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def rating_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
+        """Unclipped ratings of every item 1..n_items for each user: [len(users), n_items]."""
+        dev = next(self.parameters()).device
+        user = torch.as_tensor(users, dtype=torch.long, device=dev)
+        left = self.user_rating_factors(
+            user, torch.as_tensor(tables.user_feats[users], device=dev)
+        )  # [b, R]
+        right = self.item_rating_factors(
+            torch.arange(1, tables.item_feats.shape[0], device=dev),
+            torch.as_tensor(tables.item_feats[1:], device=dev),
+            torch.as_tensor(tables.item_genres[1:], device=dev),
+        )  # [n_items, R]
+        return left @ right.T + self.rating_offset()  # [b, n_items]
 
 
 def to_inputs(batch: Batch, device: torch.device | str = "cpu") -> Inputs:

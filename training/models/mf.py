@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from training.features import FeatureMap, FeatureTables
-from training.models.base import Inputs
+from training.features import FeatureMap
+from training.models.base import FactoredRating, Inputs
 from training.models.configs import MFConfig
 from training.models.layers import FieldEmbedding, TowerScoring, UserHistory
 
 
-class BiasedMF(TowerScoring):
+class BiasedMF(TowerScoring, FactoredRating):
     """r(u, i) = mu + b_u + b_i + <p_u, q_i>; score(u, i) = <x_u, y_i> + c_i.
 
     Feature-based biased MF (as in SVDFeature, Chen et al., 2012): a user's factor p_u and
@@ -102,7 +101,7 @@ class BiasedMF(TowerScoring):
         return torch.cat([self.item_rank(item), self.item_rank_bias(item)], dim=1)  # [N, D+1]
 
     def user_rating_factors(self, user: Tensor, user_feats: Tensor) -> Tensor:
-        """The rating head's user side [p_u, b_u, 1]: [B, d+2] (`SeparableRating`)."""
+        """The rating head's user side [p_u, b_u, 1]: [B, d+2] (`FactoredRating`)."""
         p = self.factors.user_side(user, user_feats).sum(dim=1)  # [B, d]
         hist = self._history_factor(user)
         if hist is not None:
@@ -119,21 +118,6 @@ class BiasedMF(TowerScoring):
 
     def rating_offset(self) -> float:
         return float(self.mu)
-
-    @torch.no_grad()
-    def rating_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
-        """Unclipped ratings of every item 1..n_items for each user: [len(users), n_items]."""
-        dev = self.mu.device
-        user = torch.as_tensor(users, dtype=torch.long, device=dev)
-        left = self.user_rating_factors(
-            user, torch.as_tensor(tables.user_feats[users], device=dev)
-        )  # [b, d+2]
-        right = self.item_rating_factors(
-            torch.arange(1, tables.item_feats.shape[0], device=dev),
-            torch.as_tensor(tables.item_feats[1:], device=dev),
-            torch.as_tensor(tables.item_genres[1:], device=dev),
-        )  # [n_items, d+2]
-        return left @ right.T + self.mu  # [b, n_items]
 
     def _history_factor(self, user: Tensor) -> Tensor | None:
         return None if self.rating_history is None else self.rating_history(user)  # [B, d]

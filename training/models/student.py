@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from training.features import FeatureMap, FeatureTables
-from training.models.base import TwoHeadModel
+from training.models.base import FactoredRating, TwoHeadModel
 
 UNIT_KINDS = (
     "user_dim",
@@ -167,15 +167,20 @@ def _distinct(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return distinct, row, inverse
 
 
-class Student(TwoHeadModel):
-    """rating = mu + b_u + b_i + <p_u, q_i>; score = <s_u, t_i> + c_i.
+class Student(TwoHeadModel, FactoredRating):
+    """rating = mu + b_u + b_i + <p_u, q_i>;
+    score = <s_u, t_i> + c_i + g * (rating - mean_r) / std_r.
 
     (p, s) come from the user tower and (q, t) from the item tower; 'repr' is
     [p*q, s*t], the per-factor interactions, which feature distillation projects onto the
-    teacher's AutoInt representation.
+    teacher's AutoInt representation. g (`rating_score_weight`) is 0 while the student
+    trains; `rank_with_rating` sets it, as the teacher's score adds MF's rating.
     """
 
     mu: Tensor
+    rating_score_weight: Tensor
+    rating_score_mean: Tensor
+    rating_score_std: Tensor
 
     def __init__(
         self, fm: FeatureMap, *, shape: StudentShape | None = None, global_mean: float = 3.5
@@ -183,6 +188,9 @@ class Student(TwoHeadModel):
         super().__init__()
         shape = shape or StudentShape()
         self.register_buffer("mu", torch.tensor(float(global_mean)))
+        self.register_buffer("rating_score_weight", torch.tensor(0.0))
+        self.register_buffer("rating_score_mean", torch.tensor(0.0))
+        self.register_buffer("rating_score_std", torch.tensor(1.0))
         self.user = Tower(
             [fm.user_vocab, *fm.user_field_vocabs],
             0,
@@ -282,15 +290,43 @@ class Student(TwoHeadModel):
         bias = self.user_bias(user).squeeze(1) + self.item_bias(item).squeeze(1)  # [B]
         rating = self.mu + bias + pq.sum(dim=1)  # [B]
         score = st.sum(dim=1) + self.item_score_bias(item).squeeze(1)  # [B]
+        score = score + self._rating_scale() * (rating - self.rating_score_mean)  # [B]
         return {"rating": rating, "score": score, "repr": torch.cat([pq, st], dim=1)}
 
+    def _rating_scale(self) -> Tensor:
+        return self.rating_score_weight / self.rating_score_std
+
+    def ranks_with_rating(self) -> bool:
+        # A Python bool on purpose: the exported towers are one width or the other.
+        return bool(self.rating_score_weight != 0)
+
+    @torch.no_grad()
+    def rank_with_rating(self, weight: float, users: np.ndarray, tables: FeatureTables) -> None:
+        """score += weight x the rating standardised over (`users` x whole catalogue)."""
+        rated = self.rating_matrix(users, tables).double()  # [U, M]
+        self.rating_score_mean.fill_(float(rated.mean()))
+        self.rating_score_std.fill_(max(float(rated.std()), 1e-6))
+        self.rating_score_weight.fill_(float(weight))
+
+    # Retrieval vectors. Ranking with the rating adds its factors, so that
+    # user · item = <s, t> + c_i + a (mu + b_u + b_i + <p, q> - mean_r), a = g / std_r:
+    # user [s, a p, a (b_u + mu - mean_r), 1] and item [t, q, 1, c_i + a b_i].
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
-        _, s = self.user(self.user.embed(user, user_feats, None))  # [B, Ks]
-        return torch.cat([s, torch.ones_like(s[:, :1])], dim=1)  # [B, Ks+1]
+        p, s = self.user(self.user.embed(user, user_feats, None))  # [B, Kr], [B, Ks]
+        one = torch.ones_like(s[:, :1])  # [B, 1]
+        if not self.ranks_with_rating():
+            return torch.cat([s, one], dim=1)  # [B, Ks+1]
+        a = self._rating_scale()
+        shift = a * (self.user_bias(user) + self.mu - self.rating_score_mean)  # [B, 1]
+        return torch.cat([s, a * p, shift, one], dim=1)  # [B, Ks+Kr+2]
 
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
-        _, t = self.item(self.item.embed(item, item_feats, item_genres))  # [N, Ks]
-        return torch.cat([t, self.item_score_bias(item)], dim=1)  # [N, Ks+1]
+        q, t = self.item(self.item.embed(item, item_feats, item_genres))  # [N, Kr], [N, Ks]
+        bias = self.item_score_bias(item)  # [N, 1]
+        if not self.ranks_with_rating():
+            return torch.cat([t, bias], dim=1)  # [N, Ks+1]
+        bias = bias + self._rating_scale() * self.item_bias(item)  # [N, 1]
+        return torch.cat([t, q, torch.ones_like(bias), bias], dim=1)  # [N, Ks+Kr+2]
 
     # The rating in factored form (training/rating_factors.py): mu + [p_u, b_u, 1] · [q_i, 1, b_i].
     def user_rating_factors(self, user: Tensor, user_feats: Tensor) -> Tensor:
@@ -314,9 +350,14 @@ class Student(TwoHeadModel):
         self, user: Tensor, user_feats: Tensor, item_outputs: tuple[Tensor, Tensor]
     ) -> Tensor:
         """Scores of every item from its `item_outputs`: [B, M]."""
-        _, s = self.user(self.user.embed(user, user_feats, None))  # [B, Ks]
-        _, t = item_outputs  # [M, Ks]
-        return s @ t.T + self.item_score_bias.weight.T  # [B, M]
+        p, s = self.user(self.user.embed(user, user_feats, None))  # [B, Kr], [B, Ks]
+        q, t = item_outputs  # [M, Kr], [M, Ks]
+        scores = s @ t.T + self.item_score_bias.weight.T  # [B, M]
+        if not self.ranks_with_rating():
+            return scores
+        bias = self.user_bias(user) + self.item_bias.weight.T  # [B, M]
+        rated = self.mu + bias + p @ q.T - self.rating_score_mean  # [B, M]
+        return scores + self._rating_scale() * rated  # [B, M]
 
     def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
         """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
