@@ -98,9 +98,9 @@ class StudentConfig:
     # head distils the teacher's score without that term, and the student then ranks with
     # g x its own standardised rating on top (its rating head distils the teacher's
     # rating); "distil": its score head distils the teacher's whole score. Mirroring adds
-    # the rating factors to the retrieval vectors and, on held-back data, raised NDCG@10
-    # in all six fold-seed cells at a cap of 48 and lowered the RMSE ratio in five
-    # (bench/results/student-mirror/).
+    # the rating factors to the retrieval vectors and, on held-back data, raised the NDCG@10
+    # ratio in all six fold-seed cells at a cap of 48 and lowered the RMSE ratio in five
+    # (four and four with `max_rating_factor` = 32 as well; bench/results/student-mirror/).
     score_rating: Literal["mirror", "distil"] = "mirror"
     # "catalogue": ranking distillation over every item the user has not rated in
     # training, which is the ranking protocol P scores; "list": over the sampled list only
