@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from contract.errors import BundleError
 from contract.manifest import RetrievalEntry
-from contract.towers import load_item_matrix
+from contract.towers import SPHERE_KIND, lift_query, load_item_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -90,19 +90,25 @@ class ExactSearcher:
 
 
 class FaissSearcher:
-    """An inner-product FAISS index read from the bundle; `nprobe` from the manifest."""
+    """An inner-product FAISS index read from the bundle; `nprobe` from the manifest.
 
-    def __init__(self, path: Path, *, nprobe: int, dim: int, rows: int) -> None:
+    A `lifted` index (kind ivf_flat_sphere) holds the items with one more column and is
+    searched with the query padded by a zero: the inner products it returns are the
+    items' own.
+    """
+
+    def __init__(self, path: Path, *, nprobe: int, dim: int, rows: int, lifted: bool) -> None:
         import faiss  # noqa: PLC0415 - only bundles with an ANN index need FAISS loaded
 
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:  # FAISS reports every read failure as RuntimeError
             raise BundleError(f"{path.name} is not a readable FAISS index: {exc}") from exc
-        if index.d != dim or index.ntotal != rows:
+        want_dim = dim + 1 if lifted else dim
+        if index.d != want_dim or index.ntotal != rows:
             raise BundleError(
                 f"{path.name} holds {index.ntotal} vectors of dimension {index.d}, "
-                f"the item matrix {rows} of {dim}"
+                f"its manifest entry says {rows} of {want_dim}"
             )
         if not isinstance(index, faiss.IndexIVFFlat):
             # Only a flat IVF holds the full vectors the exact fallback needs.
@@ -111,9 +117,14 @@ class FaissSearcher:
         self.index = index
         self._nlist = int(index.nlist)
         self._faiss = faiss
+        self._lifted = lifted
+
+    def _query(self, query: Floats) -> Floats:
+        row = query.reshape(1, -1)
+        return lift_query(row) if self._lifted else row
 
     def search(self, query: Floats, n: int) -> tuple[Positions, Floats]:
-        scores, ids = self.index.search(query.reshape(1, -1), n)
+        scores, ids = self.index.search(self._query(query), n)
         return _valid(ids[0], scores[0])
 
     def exhaustive(self, query: Floats, n: int, *, exclude: Positions | None) -> Hits:
@@ -122,7 +133,7 @@ class FaissSearcher:
         if exclude is not None and exclude.size:
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude.astype(np.int64)))
         params = faiss.SearchParametersIVF(nprobe=self._nlist, sel=selector)
-        scores, ids = self.index.search(query.reshape(1, -1), n, params=params)
+        scores, ids = self.index.search(self._query(query), n, params=params)
         positions, found = _valid(ids[0], scores[0])
         return Hits(positions=positions, scores=found, exact=True)
 
@@ -221,7 +232,11 @@ def open_retriever(
     exact: ExactSearcher | None = None
     if use_ann and entry.ann is not None:
         ann = FaissSearcher(
-            directory / entry.ann.file, nprobe=entry.ann.nprobe, dim=entry.items.dim, rows=n_items
+            directory / entry.ann.file,
+            nprobe=entry.ann.nprobe,
+            dim=entry.items.dim,
+            rows=n_items,
+            lifted=entry.ann.kind == SPHERE_KIND,
         )
     else:
         exact = ExactSearcher(

@@ -62,7 +62,7 @@ class AnnRef(FileRef):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    kind: Literal["ivf_flat"]
+    kind: Literal["ivf_flat", "ivf_flat_sphere"]  # contract.towers: how it is searched
     nlist: int = Field(ge=1)
     nprobe: int = Field(ge=1)
     recall_at_10: float = Field(alias="recall@10", ge=0.0, le=1.0)

@@ -6,7 +6,9 @@ Beside its pair graph (rating and score for given pairs), every served variant s
 - its item matrix: float32 [n_items, D] as `.npy`, row j is item index j + 1, so that the
   pair graph's `score` of (u, i) equals `user_vector(u) · items[i - 1]` (checked at export);
 - for large catalogues an inner-product ANN index (FAISS IVF-Flat) over that matrix, with
-  the `nprobe` chosen at export and the recall@10 it measured.
+  the `nprobe` chosen at export and the recall@10 it measured. Kind `ivf_flat_sphere`
+  indexes the items lifted onto a sphere (`lift_items`), and is searched with the user
+  vector padded by a zero (`lift_query`); kind `ivf_flat` (older bundles) the items as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contract.session import CPU, session_options
 from contract.signature import INPUT_TYPES
 
 TOWER_INPUT_NAMES = ("user", "user_feats")
+SPHERE_KIND = "ivf_flat_sphere"
 TOWER_OUTPUT = "user_vector"
 
 
@@ -46,6 +49,28 @@ def check_tower_signature(
             f"{want} and gives {TOWER_OUTPUT!r}"
         )
     return TOWER_INPUT_NAMES
+
+
+def lift_items(vectors: np.ndarray) -> np.ndarray:
+    """[N, D] -> [N, D + 1]: each row x gets sqrt(M^2 - |x|^2), M the largest row norm.
+
+    Every lifted row has norm M, and a query padded with 0 has the same inner product with
+    it as with x, so the maximum-inner-product search becomes a search on a sphere, where
+    IVF's clusters are tight (Bachrach et al. 2014, the Xbox recommender's transform).
+    Unlifted, inner-product k-means lets the items of large norm dominate the lists a query
+    probes: the pruned student's vectors needed 128 of 1,264 lists for recall@10 0.99 at
+    10^5 items, lifted 2 to 4.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)  # the square root of a difference of squares
+    norms2 = np.einsum("nd,nd->n", vectors, vectors)
+    pad = np.sqrt(np.maximum(norms2.max(initial=0.0) - norms2, 0.0))
+    return np.ascontiguousarray(np.hstack([vectors, pad[:, None]]), dtype=np.float32)
+
+
+def lift_query(queries: np.ndarray) -> np.ndarray:
+    """[..., D] -> [..., D + 1]: the query side of `lift_items` (a zero appended)."""
+    pad = np.zeros((*queries.shape[:-1], 1), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate([queries, pad], axis=-1), dtype=np.float32)
 
 
 def load_matrix(path: Path, ref: MatrixRef, *, rows: int) -> np.ndarray:

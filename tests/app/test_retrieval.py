@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from app.retrieval import ExactSearcher, FaissSearcher, Retriever, choose_ann, top_k
+from contract.towers import lift_items
 
 
 def _brute(vectors: np.ndarray, query: np.ndarray, k: int, exclude: set[int]) -> list[int]:
@@ -62,25 +63,32 @@ def test_top_k_drops_excluded_and_orders_best_first() -> None:
     assert top_k(score.copy(), 4, exclude=np.array([1])).tolist() == [3, 2, 0]
 
 
-@pytest.fixture(scope="module")
-def ivf(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, Path]:
+IVF = tuple[np.ndarray, Path, bool]
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "lifted"])
+def ivf(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> IVF:
+    """Clustered vectors of spread norms in an inner-product IVF-Flat index, as export
+    writes it (lifted onto a sphere) or as older bundles hold it (plain)."""
     faiss = pytest.importorskip("faiss")
+    lifted: bool = request.param
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(50, 16))
     vectors = centers[rng.integers(0, 50, 20_000)] + 0.3 * rng.normal(size=(20_000, 16))
-    vectors = vectors.astype(np.float32)
-    quantizer = faiss.IndexFlatIP(16)
-    index = faiss.IndexIVFFlat(quantizer, 16, 64, faiss.METRIC_INNER_PRODUCT)
-    index.train(vectors)
-    index.add(vectors)
+    vectors = (vectors * rng.uniform(0.5, 2.0, size=(20_000, 1))).astype(np.float32)
+    stored = lift_items(vectors) if lifted else vectors
+    quantizer = faiss.IndexFlatIP(stored.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, stored.shape[1], 64, faiss.METRIC_INNER_PRODUCT)
+    index.train(stored)
+    index.add(stored)
     path = tmp_path_factory.mktemp("ann") / "items.ivf"
     faiss.write_index(index, str(path))
-    return vectors, path
+    return vectors, path, lifted
 
 
-def test_ann_recall_and_seen_exclusion(ivf: tuple[np.ndarray, Path]) -> None:
-    vectors, path = ivf
-    searcher = FaissSearcher(path, nprobe=16, dim=16, rows=vectors.shape[0])
+def test_ann_recall_and_seen_exclusion(ivf: IVF) -> None:
+    vectors, path, lifted = ivf
+    searcher = FaissSearcher(path, nprobe=16, dim=16, rows=vectors.shape[0], lifted=lifted)
     retriever = _retriever(vectors, searcher, candidates=100)
     rng = np.random.default_rng(1)
     hits = 0
@@ -91,23 +99,27 @@ def test_ann_recall_and_seen_exclusion(ivf: tuple[np.ndarray, Path]) -> None:
         got = retriever.retrieve(query, 10, exclude=exclude)
         assert not set(got.positions.tolist()) & set(exclude.tolist())
         assert got.positions.size == 10
+        np.testing.assert_allclose(got.scores, vectors[got.positions] @ query, rtol=1e-4)
         hits += len(set(got.positions.tolist()) & set(truth[3:]))
     assert hits / (50 * 7) >= 0.9
 
 
-def test_ann_refuses_a_mismatched_matrix(ivf: tuple[np.ndarray, Path]) -> None:
-    vectors, path = ivf
+def test_ann_refuses_a_mismatched_matrix(ivf: IVF) -> None:
+    vectors, path, lifted = ivf
     with pytest.raises(ValueError, match="vectors of dimension"):
-        FaissSearcher(path, nprobe=4, dim=8, rows=vectors.shape[0])
+        FaissSearcher(path, nprobe=4, dim=8, rows=vectors.shape[0], lifted=lifted)
+    # The same index read as the other kind: one column more or less than it holds.
+    with pytest.raises(ValueError, match="vectors of dimension"):
+        FaissSearcher(path, nprobe=4, dim=16, rows=vectors.shape[0], lifted=not lifted)
 
 
 @pytest.mark.parametrize("matrix", [True, False])
 def test_ann_falls_back_to_exact_when_seen_items_fill_the_candidates(
-    ivf: tuple[np.ndarray, Path], matrix: bool
+    ivf: IVF, matrix: bool
 ) -> None:
     """With or without the item matrix in memory: without it, the index answers."""
-    vectors, path = ivf
-    searcher = FaissSearcher(path, nprobe=1, dim=16, rows=vectors.shape[0])
+    vectors, path, lifted = ivf
+    searcher = FaissSearcher(path, nprobe=1, dim=16, rows=vectors.shape[0], lifted=lifted)
     retriever = _retriever(vectors, searcher, candidates=20, matrix=matrix)
     query = np.ones(16, np.float32)
     exclude = np.arange(0, 19_995, dtype=np.int64)
@@ -115,9 +127,9 @@ def test_ann_falls_back_to_exact_when_seen_items_fill_the_candidates(
     assert hits.exact and sorted(hits.positions.tolist()) == list(range(19_995, 20_000))
 
 
-def test_the_index_alone_gives_the_exact_answer(ivf: tuple[np.ndarray, Path]) -> None:
-    vectors, path = ivf
-    searcher = FaissSearcher(path, nprobe=1, dim=16, rows=vectors.shape[0])
+def test_the_index_alone_gives_the_exact_answer(ivf: IVF) -> None:
+    vectors, path, lifted = ivf
+    searcher = FaissSearcher(path, nprobe=1, dim=16, rows=vectors.shape[0], lifted=lifted)
     rng = np.random.default_rng(3)
     for _ in range(5):
         query = rng.normal(size=16).astype(np.float32)
@@ -134,7 +146,7 @@ def test_ann_refuses_an_index_without_the_vectors(tmp_path: Path) -> None:
     index.add(np.random.default_rng(0).normal(size=(100, 16)).astype(np.float32))
     faiss.write_index(index, str(tmp_path / "items.hnsw"))
     with pytest.raises(ValueError, match="not an IVF-Flat index"):
-        FaissSearcher(tmp_path / "items.hnsw", nprobe=4, dim=16, rows=100)
+        FaissSearcher(tmp_path / "items.hnsw", nprobe=4, dim=16, rows=100, lifted=False)
 
 
 def test_choose_ann() -> None:

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from contract.towers import lift_query
 from training.ann import build_ivf, exact_top, recall_at
 from training.data import Dataset, load_dataset
 from training.models.autoint import AutoInt
@@ -65,15 +66,19 @@ def test_tower_scores_equal_the_full_graph(dataset: Dataset, tmp_path: Path) -> 
     assert art.ann_info.recall_at_10 >= 0.9
 
 
-def test_ivf_recall_on_a_generated_matrix() -> None:
+@pytest.mark.parametrize("lift", [True, False])
+def test_ivf_recall_on_a_generated_matrix(lift: bool) -> None:
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(40, 16)).astype(np.float32)
     vectors = centers[rng.integers(0, 40, 20_000)] + 0.3 * rng.normal(size=(20_000, 16))
-    vectors = vectors.astype(np.float32)
+    vectors = (vectors * rng.uniform(0.5, 2.0, size=(20_000, 1))).astype(np.float32)
     queries = rng.normal(size=(200, 16)).astype(np.float32)
-    index, info = build_ivf(vectors, queries, target=0.98)
+    index, info = build_ivf(vectors, queries, target=0.98, lift=lift)
+    assert index.d == (17 if lift else 16)
+    assert info.kind == ("ivf_flat_sphere" if lift else "ivf_flat")
     fresh = rng.normal(size=(200, 16)).astype(np.float32)
-    assert recall_at(index, exact_top(vectors, fresh, 10), fresh, 10) >= 0.95
+    searched = lift_query(fresh) if lift else fresh
+    assert recall_at(index, exact_top(vectors, fresh, 10), searched, 10) >= 0.95
     assert info.recall_at_10 >= 0.98 and 1 <= info.nprobe <= info.nlist
 
 
