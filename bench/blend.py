@@ -139,9 +139,12 @@ def component_scores(task: tuple[Path, str, str, bool, int]) -> dict[str, Any]:
     return {"fold": fold, "seed": seed, "component": name, "scores": scores, "ratings": rated}
 
 
-def _splits(
+Splits = dict[str, tuple[Any, Any, Any]]
+
+
+def held_back(
     ds: Dataset, data_dir: Path, fold: str, teacher: TeacherConfig
-) -> tuple[dict[str, tuple[Any, Any, Any]], np.ndarray]:
+) -> tuple[Splits, np.ndarray]:
     """{split: (ratings seen, ratings ranked, their SeenIndex)} for `valid` and `check`, and
     the validation users who liked an item (the teacher standardises over them)."""
     from training.seen import SeenIndex  # noqa: PLC0415
@@ -160,7 +163,7 @@ def _splits(
 
 
 def _scored(
-    ds: Dataset, splits: dict[str, tuple[Any, Any, Any]], blend: Callable[[np.ndarray], np.ndarray]
+    ds: Dataset, splits: Splits, blend: Callable[[np.ndarray], np.ndarray]
 ) -> dict[str, dict[str, float]]:
     """Protocol-P ranking metrics of the scores `blend(users)` on each split."""
     from training.evaluate import ranking_metrics  # noqa: PLC0415
@@ -177,20 +180,18 @@ def _scored(
 
 def grid_rows(
     ds: Dataset,
-    data_dir: Path,
-    fold: str,
-    teacher: TeacherConfig,
+    held: tuple[Splits, np.ndarray],
     mats: list[np.ndarray],
     *,
     step: float,
-    standardise: str = "catalogue",
-    label: str | None = None,
+    standardise: str,
+    label: str,
 ) -> list[dict[str, Any]]:
-    """Every grid point's protocol-P ranking on `valid` and on `check` for one fold (rows
-    labelled `label`, default the fold), the scores standardised per `standardise`."""
+    """Every grid point's protocol-P ranking on `valid` and on `check` of one cell's
+    `held_back` splits (rows labelled `label`), the scores standardised per `standardise`."""
     from training.train import simplex_grid  # noqa: PLC0415
 
-    splits, liked = _splits(ds, data_dir, fold, teacher)
+    splits, liked = held
     z = standardised(mats, liked, standardise)
     rows = []
     for point in simplex_grid(step):
@@ -199,16 +200,14 @@ def grid_rows(
         def blend(us: np.ndarray, w: np.ndarray = w) -> np.ndarray:
             return np.asarray(np.tensordot(w, z[:, us], axes=1))  # [b, n_items]
 
-        row: dict[str, Any] = {"fold": label or fold, "standardise": standardise}
+        row: dict[str, Any] = {"fold": label, "standardise": standardise}
         rows.append({**row, "weights": list(point), **_scored(ds, splits, blend)})
     return rows
 
 
 def rating_rows(
     ds: Dataset,
-    data_dir: Path,
-    fold: str,
-    teacher: TeacherConfig,
+    held: tuple[Splits, np.ndarray],
     mats: list[np.ndarray],
     *,
     pick: list[float],
@@ -220,7 +219,7 @@ def rating_rows(
     `pick` and to the default weights: each one's ranking on `valid` and `check`."""
     from training.models.ensemble import DEFAULT_WEIGHTS  # noqa: PLC0415
 
-    splits, liked = _splits(ds, data_dir, fold, teacher)
+    splits, liked = held
     z = standardised(mats, liked, standardise)  # [3 components + MF's rating, users, items]
     rows = []
     for weights, w in (("teacher's pick", pick), ("default", list(DEFAULT_WEIGHTS))):
@@ -385,18 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         teacher = teacher.quick() if args.quick else teacher
         label = unit(fold, seed, args.seed_list)
         mats = [found[(fold, seed, name)]["scores"] for name in COMPONENTS]
+        held = held_back(ds, args.data_dir, fold, teacher)
         for how in args.standardise_list:
-            rows += grid_rows(
-                ds, args.data_dir, fold, teacher, mats, step=args.step, standardise=how, label=label
-            )
+            rows += grid_rows(ds, held, mats, step=args.step, standardise=how, label=label)
         if args.gammas:
             how = args.standardise_list[0]
             mine = [r for r in rows if r["fold"] == label and r["standardise"] == how]
             rated += rating_rows(
                 ds,
-                args.data_dir,
-                fold,
-                teacher,
+                held,
                 [*mats, found[(fold, seed, "mf")]["ratings"]],
                 pick=choose(mine, BASELINE)["weights"],
                 gammas=args.gammas,
