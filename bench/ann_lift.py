@@ -29,7 +29,7 @@ from app.bundle import Bundle, load_bundle
 from app.inference import TowerRunner
 from app.retrieval import RetrievalSettings
 from contract.towers import lift_query
-from training.ann import build_ivf, exact_top, recall_at
+from training.ann import NPROBES, build_ivf, exact_top, recall_at
 
 log = logging.getLogger("bench.ann_lift")
 
@@ -74,6 +74,11 @@ def compare(bundle: Bundle, variant: str, *, seed: int) -> list[dict[str, Any]]:
     for lift in (False, True):
         index, info = build_ivf(items, tune, lift=lift)
         searched = lift_query(test) if lift else test
+        curve = {}
+        for nprobe in (p for p in NPROBES if p <= info.nlist):
+            index.nprobe = nprobe
+            curve[str(nprobe)] = round(recall_at(index, truth, searched, _K), 4)
+        index.nprobe = info.nprobe
         rows.append(
             {
                 "variant": variant,
@@ -83,6 +88,7 @@ def compare(bundle: Bundle, variant: str, *, seed: int) -> list[dict[str, Any]]:
                 "held_out_recall@10": round(recall_at(index, truth, searched, _K), 4),
                 "search_p50_ms": round(_search_ms(index, searched, fetch), 4),
                 "fetch": fetch,
+                "held_out_recall_by_nprobe": curve,
             }
         )
         log.info("%s", json.dumps(rows[-1]))
@@ -108,6 +114,18 @@ def render(rows: list[dict[str, Any]], *, command: str, bundle: Path) -> str:
             f"| {r['nprobe']} | {r['recall@10']:.4f} | {r['held_out_recall@10']:.4f} "
             f"| {r['search_p50_ms']:.3f} | {r['build_seconds']:.1f} |"
         )
+    probes = list(rows[0]["held_out_recall_by_nprobe"])
+    lines += [
+        "",
+        "Held-out recall@10 by nprobe:",
+        "",
+        "| variant | kind | " + " | ".join(probes) + " |",
+        "|---|---|" + "---:|" * len(probes),
+    ]
+    for r in rows:
+        curve = r["held_out_recall_by_nprobe"]
+        cells = " | ".join(f"{curve[p]:.3f}" for p in probes)
+        lines.append(f"| {r['variant']} | {r['kind']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 RECALL_TARGET = 0.99
 RECALL_K = 10
-_NPROBES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 _TRAIN_SAMPLE = 256  # vectors per list k-means sees, FAISS's own rule of thumb
 _SEED = 1234
 
@@ -75,7 +75,7 @@ def build_ivf(
     target: float = RECALL_TARGET,
     k: int = RECALL_K,
     lift: bool = True,
-) -> tuple[faiss.Index, AnnInfo]:
+) -> tuple[faiss.IndexIVFFlat, AnnInfo]:
     """IVF-Flat inner-product index over `vectors` [N, D], lifted onto a sphere unless
     `lift` is false (the plain index, kind `ivf_flat`, for comparison); nprobe tuned on
     `queries` [Q, D]. A lifted index takes `lift_query(queries)`."""
@@ -96,7 +96,7 @@ def build_ivf(
     index.train(sample)
     index.add(vectors)
     recall = 0.0
-    for nprobe in _NPROBES:
+    for nprobe in NPROBES:
         index.nprobe = min(nprobe, nlist)
         recall = recall_at(index, truth, queries, k)
         if recall >= target or nprobe >= nlist:
