@@ -82,6 +82,37 @@ class FactoredRating(nn.Module):
         return left @ right.T + self.rating_offset()  # [b, n_items]
 
 
+class RatedScore(nn.Module):
+    """A model whose ranking score adds g x a rating standardised over (users x catalogue):
+    score += g (rating - mean_r) / std_r, as the teacher ranks with MF's rating and the
+    student with its own. g, mean_r and std_r are buffers, so they travel with the state
+    dict and the exported graphs; g = 0 ranks without the rating."""
+
+    rating_score_weight: Tensor
+    rating_score_mean: Tensor
+    rating_score_std: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("rating_score_weight", torch.tensor(0.0))
+        self.register_buffer("rating_score_mean", torch.tensor(0.0))
+        self.register_buffer("rating_score_std", torch.tensor(1.0))
+
+    def rating_scale(self) -> Tensor:
+        """a = g / std_r, the raw rating's weight in the score (and in the retrieval vectors)."""
+        return self.rating_score_weight / self.rating_score_std
+
+    def rating_term(self, rating: Tensor) -> Tensor:
+        return self.rating_scale() * (rating - self.rating_score_mean)  # rating's shape
+
+    @torch.no_grad()
+    def standardise_rating(self, rated: Tensor) -> None:
+        """mean_r and std_r over a rating matrix [U, M] (in float64: it can be large)."""
+        rated = rated.double()
+        self.rating_score_mean.fill_(float(rated.mean()))
+        self.rating_score_std.fill_(max(float(rated.std()), 1e-6))
+
+
 def to_inputs(batch: Batch, device: torch.device | str = "cpu") -> Inputs:
     return (
         torch.as_tensor(batch.user, dtype=torch.long, device=device),

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from contract.ratings import RATING_MAX, RATING_MIN
 from training.features import FeatureTables
+from training.models.base import RatedScore
 from training.models.layers import TowerScoring
 from training.models.mf import BiasedMF
 
@@ -25,15 +26,12 @@ COMPONENTS = ("mf", "xdeepfm", "autoint")
 DEFAULT_WEIGHTS = (0.4, 0.4, 0.2)
 
 
-class EnsembleTeacher(TowerScoring):
+class EnsembleTeacher(TowerScoring, RatedScore):
     rating_weights: Tensor
     rating_bias: Tensor
     score_weights: Tensor
     score_mean: Tensor
     score_std: Tensor
-    rating_score_weight: Tensor
-    rating_score_mean: Tensor
-    rating_score_std: Tensor
 
     def __init__(self, mf: TowerScoring, xdeepfm: TowerScoring, autoint: TowerScoring) -> None:
         super().__init__()
@@ -47,9 +45,6 @@ class EnsembleTeacher(TowerScoring):
         self.register_buffer("score_weights", torch.tensor(DEFAULT_WEIGHTS))
         self.register_buffer("score_mean", torch.zeros(len(COMPONENTS)))
         self.register_buffer("score_std", torch.ones(len(COMPONENTS)))
-        self.register_buffer("rating_score_weight", torch.tensor(0.0))
-        self.register_buffer("rating_score_mean", torch.tensor(0.0))
-        self.register_buffer("rating_score_std", torch.tensor(1.0))
 
     @property
     def components(self) -> tuple[TowerScoring, TowerScoring, TowerScoring]:
@@ -69,25 +64,21 @@ class EnsembleTeacher(TowerScoring):
         scores = torch.stack([o["score"] for o in outs], dim=1)  # [B, 3]
         rating = self.rating_bias + ratings @ self.rating_weights  # [B]
         score = ((scores - self.score_mean) / self.score_std) @ self.score_weights  # [B]
-        rated = (outs[0]["rating"] - self.rating_score_mean) / self.rating_score_std  # [B]
-        score = score + self.rating_score_weight * rated  # [B]
+        score = score + self.rating_term(outs[0]["rating"])  # [B]
         return {"rating": rating, "score": score, "repr": outs[2]["repr"]}
 
     def user_tower(self, user: Tensor, user_feats: Tensor) -> Tensor:
         scale = self.score_weights / self.score_std  # [3]
         parts = [c.user_tower(user, user_feats) * scale[k] for k, c in enumerate(self.components)]
-        rated = self.mf.user_rating_factors(user, user_feats) * self._rating_scale()  # [B, R]
+        rated = self.mf.user_rating_factors(user, user_feats) * self.rating_scale()  # [B, R]
         return torch.cat([*parts, rated, torch.ones_like(rated[:, :1])], dim=1)  # [B, D+R+1]
 
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
         parts = [c.item_tower(item, item_feats, item_genres) for c in self.components]
         rated = self.mf.item_rating_factors(item, item_feats, item_genres)  # [N, R]
         shift = -(self.score_weights * self.score_mean / self.score_std).sum()
-        shift = shift + self._rating_scale() * (self.mf.mu - self.rating_score_mean)
+        shift = shift + self.rating_term(self.mf.mu)
         return torch.cat([*parts, rated, shift.expand(item.shape[0], 1)], dim=1)  # [N, D+R+1]
-
-    def _rating_scale(self) -> Tensor:
-        return self.rating_score_weight / self.rating_score_std
 
     def regularizer(
         self,
@@ -124,10 +115,7 @@ class EnsembleTeacher(TowerScoring):
             mats = self.component_score_matrices(users, tables)
         self.score_mean.copy_(torch.stack([m.mean() for m in mats]))
         self.score_std.copy_(torch.stack([m.std().clamp(min=1e-6) for m in mats]))
-        if rated is None:
-            rated = self.mf.rating_matrix(users, tables)
-        self.rating_score_mean.copy_(rated.mean())
-        self.rating_score_std.copy_(rated.std().clamp(min=1e-6))
+        self.standardise_rating(self.mf.rating_matrix(users, tables) if rated is None else rated)
 
     @torch.no_grad()
     def set_weights(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from training.features import FeatureMap, FeatureTables
-from training.models.base import FactoredRating, TwoHeadModel
+from training.models.base import FactoredRating, RatedScore, TwoHeadModel
 
 UNIT_KINDS = (
     "user_dim",
@@ -167,7 +167,7 @@ def _distinct(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return distinct, row, inverse
 
 
-class Student(TwoHeadModel, FactoredRating):
+class Student(TwoHeadModel, FactoredRating, RatedScore):
     """rating = mu + b_u + b_i + <p_u, q_i>;
     score = <s_u, t_i> + c_i + g * (rating - mean_r) / std_r.
 
@@ -178,9 +178,6 @@ class Student(TwoHeadModel, FactoredRating):
     """
 
     mu: Tensor
-    rating_score_weight: Tensor
-    rating_score_mean: Tensor
-    rating_score_std: Tensor
 
     def __init__(
         self, fm: FeatureMap, *, shape: StudentShape | None = None, global_mean: float = 3.5
@@ -188,9 +185,6 @@ class Student(TwoHeadModel, FactoredRating):
         super().__init__()
         shape = shape or StudentShape()
         self.register_buffer("mu", torch.tensor(float(global_mean)))
-        self.register_buffer("rating_score_weight", torch.tensor(0.0))
-        self.register_buffer("rating_score_mean", torch.tensor(0.0))
-        self.register_buffer("rating_score_std", torch.tensor(1.0))
         self.user = Tower(
             [fm.user_vocab, *fm.user_field_vocabs],
             0,
@@ -290,11 +284,8 @@ class Student(TwoHeadModel, FactoredRating):
         bias = self.user_bias(user).squeeze(1) + self.item_bias(item).squeeze(1)  # [B]
         rating = self.mu + bias + pq.sum(dim=1)  # [B]
         score = st.sum(dim=1) + self.item_score_bias(item).squeeze(1)  # [B]
-        score = score + self._rating_scale() * (rating - self.rating_score_mean)  # [B]
+        score = score + self.rating_term(rating)  # [B]
         return {"rating": rating, "score": score, "repr": torch.cat([pq, st], dim=1)}
-
-    def _rating_scale(self) -> Tensor:
-        return self.rating_score_weight / self.rating_score_std
 
     def ranks_with_rating(self) -> bool:
         # A Python bool on purpose: the exported towers are one width or the other.
@@ -303,9 +294,7 @@ class Student(TwoHeadModel, FactoredRating):
     @torch.no_grad()
     def rank_with_rating(self, weight: float, users: np.ndarray, tables: FeatureTables) -> None:
         """score += weight x the rating standardised over (`users` x whole catalogue)."""
-        rated = self.rating_matrix(users, tables).double()  # [U, M]
-        self.rating_score_mean.fill_(float(rated.mean()))
-        self.rating_score_std.fill_(max(float(rated.std()), 1e-6))
+        self.standardise_rating(self.rating_matrix(users, tables))  # [U, M]
         self.rating_score_weight.fill_(float(weight))
 
     # Retrieval vectors. Ranking with the rating adds its factors, so that
@@ -316,16 +305,15 @@ class Student(TwoHeadModel, FactoredRating):
         one = torch.ones_like(s[:, :1])  # [B, 1]
         if not self.ranks_with_rating():
             return torch.cat([s, one], dim=1)  # [B, Ks+1]
-        a = self._rating_scale()
-        shift = a * (self.user_bias(user) + self.mu - self.rating_score_mean)  # [B, 1]
-        return torch.cat([s, a * p, shift, one], dim=1)  # [B, Ks+Kr+2]
+        shift = self.rating_term(self.user_bias(user) + self.mu)  # [B, 1]
+        return torch.cat([s, self.rating_scale() * p, shift, one], dim=1)  # [B, Ks+Kr+2]
 
     def item_tower(self, item: Tensor, item_feats: Tensor, item_genres: Tensor) -> Tensor:
         q, t = self.item(self.item.embed(item, item_feats, item_genres))  # [N, Kr], [N, Ks]
         bias = self.item_score_bias(item)  # [N, 1]
         if not self.ranks_with_rating():
             return torch.cat([t, bias], dim=1)  # [N, Ks+1]
-        bias = bias + self._rating_scale() * self.item_bias(item)  # [N, 1]
+        bias = bias + self.rating_scale() * self.item_bias(item)  # [N, 1]
         return torch.cat([t, q, torch.ones_like(bias), bias], dim=1)  # [N, Ks+Kr+2]
 
     # The rating in factored form (training/rating_factors.py): mu + [p_u, b_u, 1] · [q_i, 1, b_i].
@@ -356,8 +344,7 @@ class Student(TwoHeadModel, FactoredRating):
         if not self.ranks_with_rating():
             return scores
         bias = self.user_bias(user) + self.item_bias.weight.T  # [B, M]
-        rated = self.mu + bias + p @ q.T - self.rating_score_mean  # [B, M]
-        return scores + self._rating_scale() * rated  # [B, M]
+        return scores + self.rating_term(self.mu + bias + p @ q.T)  # [B, M]
 
     def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
         """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
