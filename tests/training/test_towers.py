@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from contract.towers import lift_query
-from training.ann import build_ivf, exact_top, recall_at
+from training.ann import TAIL_SHARE, build_ivf, exact_top, query_recalls, recall_at
 from training.data import Dataset, load_dataset
 from training.models.autoint import AutoInt
 from training.models.ensemble import EnsembleTeacher
@@ -80,6 +80,17 @@ def test_ivf_recall_on_a_generated_matrix(lift: bool) -> None:
     searched = lift_query(fresh) if lift else fresh
     assert recall_at(index, exact_top(vectors, fresh, 10), searched, 10) >= 0.95
     assert info.recall_at_10 >= 0.98 and 1 <= info.nprobe <= info.nlist
+    # The tail rule: few sample queries far below the mean, or every list probed.
+    assert info.share_under_tail <= TAIL_SHARE or info.nprobe == info.nlist
+
+
+def test_query_recalls_counts_each_querys_overlap() -> None:
+    vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], np.float32)
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # top 2: {0, 1} and {2, 3}
+    index, _ = build_ivf(vectors, queries, nlist=1, k=2, lift=False)  # one list: exact
+    assert exact_top(vectors, queries, 2).tolist() == [[0, 1], [2, 3]]
+    got = query_recalls(index, np.array([[0, 1], [2, 0]]), queries, 2)
+    assert got.tolist() == [1.0, 0.5]
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3])
