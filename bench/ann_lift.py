@@ -2,10 +2,11 @@
 
 Export's `training.ann.build_ivf` tunes `nprobe` (the smallest whose mean recall@10 against
 exact search on sample user vectors reaches 0.99 with at most 1% of them under 0.8) for
-the index kind it builds. This bench
-builds both kinds over each variant's item matrix with the same lists, tunes them on the
-same sample of users, and measures, on other users, recall@10 against exact search and the
-one-query search time with the candidates the service fetches, on one thread:
+the index kind it builds. This bench builds both kinds over each variant's item matrix
+with the same lists, tunes them on the same sample of users, and measures, on other
+users, recall@10 against exact search (at the tuned nprobe and at each of export's
+candidates) and the one-query search time with the candidates the service fetches, on
+one thread; it writes items-N.md and items-N.json into --out:
 
     python -m bench.ann_lift --bundle /tmp/cat/models-100000/current --out bench/results/ann-lift
 """
@@ -135,7 +136,7 @@ def render(rows: list[dict[str, Any]], *, command: str, bundle: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ann_lift", description=__doc__)
     parser.add_argument("--bundle", type=Path, required=True, help="a bundle directory")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.md/json")
+    parser.add_argument("--out", type=Path, required=True, help="directory for items-N.md/json")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
