@@ -5,10 +5,11 @@ HNSW adds about 2*M links per item (for M=32, 256 bytes: more than a 16-d studen
 itself), which would erase the student's memory advantage. The items are lifted onto a
 sphere first (contract.towers.lift_items: one more column), so that the inner-product
 search clusters well whatever the spread of the vectors' norms. `nprobe` is chosen at
-build time as the smallest value whose mean recall@k against exact search on sample queries
-reaches the target while few of them fall far below it (a probe more costs microseconds;
-a user whose list misses most of its true top items is a bad answer however good the
-mean), and recorded in the manifest with the measured recall.
+build time as the smallest value whose mean recall@k against exact search on sample
+queries (known users and cold-start vectors: training/towers.py) reaches the target while
+few of them fall far below it: a probe more costs microseconds, and a user whose list
+misses most of its true top items is a bad answer however good the mean. It is recorded
+in the manifest with the measured recall.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ TAIL_RECALL = 0.8
 TAIL_SHARE = 0.01
 NPROBES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 _TRAIN_SAMPLE = 256  # vectors per list k-means sees, FAISS's own rule of thumb
+_EXACT_CHUNK = 64  # query rows scored at once by exact_top (64 x 10^6 floats: 256 MB)
 _SEED = 1234
 
 
@@ -62,8 +64,19 @@ def default_nlist(n: int) -> int:
 
 
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best inner products per query row (ties by position)."""
-    scores = queries @ vectors.T  # [Q, N]
+    """Positions of the k best inner products per query row, best first: [Q, k].
+
+    Queries go in chunks, so that a million-item catalogue never holds more than
+    _EXACT_CHUNK x N scores at once."""
+    tops = [
+        _exact_top(vectors, queries[start : start + _EXACT_CHUNK], k)
+        for start in range(0, queries.shape[0], _EXACT_CHUNK)
+    ]
+    return np.concatenate(tops) if tops else np.empty((0, k), dtype=np.int64)
+
+
+def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    scores = queries @ vectors.T  # [q, N]
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     return np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1), 1)
 

@@ -164,7 +164,7 @@ def export_towers(
         raise ExportError(f"{tower}: tower score differs from the full model by {diff:.3g}")
     ann_path, info = None, None
     if items.shape[0] > ann_min_items:
-        queries = _sample_queries(tower, tables, feature_map, seed=seed)
+        queries = sample_queries(tower, tables, feature_map, seed=seed)
         index, info = build_ivf(items, queries)
         ann_path = out_dir / names["ann"]
         write_index(index, ann_path)
@@ -172,17 +172,21 @@ def export_towers(
     return TowerArtifacts(tower, items_path, ann_path, items.shape[1], info, diff)
 
 
-def _sample_queries(
+def sample_queries(
     tower: Path, tables: FeatureTables, feature_map: FeatureMap, *, seed: int
 ) -> np.ndarray:
-    """User vectors of real users of the data set: the queries the index will answer."""
+    """The queries the index will answer: user vectors of real users of the data set, then
+    the cold-start vectors (user index 0) of their side features, each distinct one once
+    (a cold-start request searches the same index)."""
     rng = np.random.default_rng(seed)
     users = rng.integers(1, feature_map.n_users + 1, _QUERY_SAMPLE).astype(np.int64)
+    feats = tables.user_feats[users]
+    cold_feats = np.unique(feats, axis=0)
     session = open_tower_session(tower)
-    (vectors,) = session.run(
-        [TOWER_OUTPUT], {"user": users, "user_feats": tables.user_feats[users]}
-    )
-    return np.asarray(vectors, np.float32)
+    (known,) = session.run([TOWER_OUTPUT], {"user": users, "user_feats": feats})
+    cold_users = np.zeros(cold_feats.shape[0], dtype=np.int64)
+    (cold,) = session.run([TOWER_OUTPUT], {"user": cold_users, "user_feats": cold_feats})
+    return np.concatenate([known, cold]).astype(np.float32)  # [Q + distinct feature rows, D]
 
 
 def ort_tower_scorer(tower: Path, items: Path, tables: FeatureTables) -> Scorer:

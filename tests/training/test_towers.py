@@ -18,7 +18,7 @@ from training.models.ensemble import EnsembleTeacher
 from training.models.mf import BiasedMF
 from training.models.student import Student, StudentShape
 from training.models.xdeepfm import XDeepFM
-from training.towers import TOWER_OUTPUT, export_towers
+from training.towers import TOWER_OUTPUT, export_towers, sample_queries
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,27 @@ def test_tower_scores_equal_the_full_graph(dataset: Dataset, tmp_path: Path) -> 
     assert art.ann_info.recall_at_10 >= 0.9
 
 
+def test_the_tuning_queries_hold_cold_start_vectors(dataset: Dataset, tmp_path: Path) -> None:
+    art = export_towers(
+        _teacher(dataset),
+        dataset.tables,
+        dataset.feature_map,
+        out_dir=tmp_path,
+        stem="teacher",
+        metadata={},
+        ann_min_items=10**9,
+    )
+    queries = sample_queries(art.user_tower, dataset.tables, dataset.feature_map, seed=0)
+    rng = np.random.default_rng(0)  # sample_queries' draw of users
+    users = rng.integers(1, dataset.feature_map.n_users + 1, 512)
+    cold_feats = np.unique(dataset.tables.user_feats[users], axis=0)
+    assert queries.shape == (512 + cold_feats.shape[0], art.dim) and cold_feats.shape[0] > 1
+    session = ort.InferenceSession(str(art.user_tower), providers=["CPUExecutionProvider"])
+    zeros = np.zeros(cold_feats.shape[0], np.int64)
+    (cold,) = session.run([TOWER_OUTPUT], {"user": zeros, "user_feats": cold_feats})
+    np.testing.assert_allclose(queries[512:], cold, rtol=1e-6)
+
+
 @pytest.mark.parametrize("lift", [True, False])
 def test_ivf_recall_on_a_generated_matrix(lift: bool) -> None:
     rng = np.random.default_rng(0)
@@ -82,6 +103,14 @@ def test_ivf_recall_on_a_generated_matrix(lift: bool) -> None:
     assert info.recall_at_10 >= 0.98 and 1 <= info.nprobe <= info.nlist
     # The tail rule: few sample queries far below the mean, or every list probed.
     assert info.share_under_tail <= TAIL_SHARE or info.nprobe == info.nlist
+
+
+def test_exact_top_in_chunks_equals_a_full_sort() -> None:
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    queries = rng.normal(size=(150, 8)).astype(np.float32)  # more rows than one chunk
+    want = np.argsort(-(queries.astype(np.float64) @ vectors.T.astype(np.float64)), axis=1)
+    assert exact_top(vectors, queries, 5).tolist() == want[:, :5].tolist()
 
 
 def test_query_recalls_counts_each_querys_overlap() -> None:
