@@ -4,11 +4,21 @@ never come back and k unseen items always do."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from app.retrieval import ExactSearcher, FaissSearcher, Retriever, choose_ann, top_k
+from app.retrieval import (
+    ExactSearcher,
+    FaissSearcher,
+    RetrievalSettings,
+    Retriever,
+    choose_ann,
+    open_retriever,
+    top_k,
+)
+from contract.manifest import RetrievalEntry
 from contract.towers import lift_items
 
 
@@ -102,6 +112,31 @@ def test_ann_recall_and_seen_exclusion(ivf: IVF) -> None:
         np.testing.assert_allclose(got.scores, vectors[got.positions] @ query, rtol=1e-4)
         hits += len(set(got.positions.tolist()) & set(truth[3:]))
     assert hits / (50 * 7) >= 0.9
+
+
+def test_the_manifest_kind_says_how_the_index_is_searched(ivf: IVF) -> None:
+    """`ivf_flat_sphere` (export now) pads the query; `ivf_flat` (older bundles) does not;
+    the wrong kind for a file is refused, never searched with the wrong dimension."""
+    vectors, path, lifted = ivf
+    ref = {"sha256": "0" * 64}
+    entry: dict[str, Any] = {
+        "user_tower": {"file": "t.onnx", **ref},
+        "items": {"file": "i.npy", **ref, "rows": vectors.shape[0], "dim": 16},
+        "ann": {"file": path.name, **ref, "nlist": 64, "nprobe": 16, "recall@10": 0.99},
+        "parity_max_abs_diff": 0.0,
+    }
+    settings = RetrievalSettings(mode="ann")
+    for kind in ("ivf_flat", "ivf_flat_sphere"):
+        parsed = RetrievalEntry.model_validate({**entry, "ann": {**entry["ann"], "kind": kind}})
+        if (kind == "ivf_flat_sphere") != lifted:
+            with pytest.raises(ValueError, match="vectors of dimension"):
+                open_retriever(path.parent, parsed, n_items=vectors.shape[0], settings=settings)
+            continue
+        retriever = open_retriever(path.parent, parsed, n_items=vectors.shape[0], settings=settings)
+        query = np.random.default_rng(5).normal(size=16).astype(np.float32)
+        got = retriever.retrieve(query, 10)
+        assert retriever.use_ann and not got.exact and got.positions.size == 10
+        np.testing.assert_allclose(got.scores, vectors[got.positions] @ query, rtol=1e-4)
 
 
 def test_ann_refuses_a_mismatched_matrix(ivf: IVF) -> None:
