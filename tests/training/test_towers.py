@@ -14,11 +14,12 @@ from contract.towers import lift_query
 from training.ann import TAIL_SHARE, build_ivf, exact_top, query_recalls, recall_at
 from training.data import Dataset, load_dataset
 from training.models.autoint import AutoInt
+from training.models.base import TwoHeadModel
 from training.models.ensemble import EnsembleTeacher
 from training.models.mf import BiasedMF
 from training.models.student import Student, StudentShape
 from training.models.xdeepfm import XDeepFM
-from training.towers import TOWER_OUTPUT, export_towers, sample_queries
+from training.towers import TOWER_OUTPUT, TowerArtifacts, export_towers, sample_queries
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +40,24 @@ def _teacher(ds: Dataset) -> EnsembleTeacher:
     return teacher
 
 
+def _export(
+    model: TwoHeadModel, ds: Dataset, out: Path, *, stem: str, ann_min_items: int = 10**9
+) -> TowerArtifacts:
+    """The model's towers as export writes them (no ANN index unless `ann_min_items` is low)."""
+    return export_towers(
+        model,
+        ds.tables,
+        ds.feature_map,
+        out_dir=out,
+        stem=stem,
+        metadata={"bundle_version": "v"},
+        ann_min_items=ann_min_items,
+    )
+
+
 def test_tower_scores_equal_the_full_graph(dataset: Dataset, tmp_path: Path) -> None:
     teacher = _teacher(dataset)
-    art = export_towers(
-        teacher,
-        dataset.tables,
-        dataset.feature_map,
-        out_dir=tmp_path,
-        stem="teacher",
-        metadata={"bundle_version": "v"},
-        ann_min_items=10,
-    )
+    art = _export(teacher, dataset, tmp_path, stem="teacher", ann_min_items=10)
     items = np.load(art.items)
     assert items.shape == (dataset.feature_map.n_items, art.dim)
     assert art.parity_max_abs_diff <= 1e-4
@@ -67,15 +75,7 @@ def test_tower_scores_equal_the_full_graph(dataset: Dataset, tmp_path: Path) -> 
 
 
 def test_the_tuning_queries_hold_cold_start_vectors(dataset: Dataset, tmp_path: Path) -> None:
-    art = export_towers(
-        _teacher(dataset),
-        dataset.tables,
-        dataset.feature_map,
-        out_dir=tmp_path,
-        stem="teacher",
-        metadata={},
-        ann_min_items=10**9,
-    )
+    art = _export(_teacher(dataset), dataset, tmp_path, stem="teacher")
     queries = sample_queries(art.user_tower, dataset.tables, dataset.feature_map, seed=0)
     rng = np.random.default_rng(0)  # sample_queries' draw of users
     users = rng.integers(1, dataset.feature_map.n_users + 1, 512)
@@ -134,15 +134,7 @@ def test_student_towers_equal_its_score_head(
             torch.nn.init.normal_(emb.weight)
     if weight:
         student.rank_with_rating(weight, np.arange(1, 40), dataset.tables)
-    art = export_towers(
-        student,
-        dataset.tables,
-        dataset.feature_map,
-        out_dir=tmp_path,
-        stem="student",
-        metadata={},
-        ann_min_items=10**9,
-    )
+    art = _export(student, dataset, tmp_path, stem="student")
     assert art.ann is None and art.parity_max_abs_diff <= 1e-4
     # Ranking with the rating adds its factors and two constant columns to the vectors.
     extra = shape.rating_factor + 1 if weight else 0
