@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from training.bayes_rating import BAYES_MAX_ITEMS, RATING_ROWS, GibbsSettings, fit_rating_head
 from training.component_pool import (
     ComponentTask,
     Refit,
@@ -117,7 +118,15 @@ class TeacherConfig:
         return replace(
             self,
             mf=replace(
-                self.mf, epochs=4, dim=16, score_dim=16, batch_size=512, lr=1e-2, tower_lr=1e-2
+                self.mf,
+                epochs=4,
+                dim=16,
+                score_dim=16,
+                batch_size=512,
+                lr=1e-2,
+                tower_lr=1e-2,
+                bayes_dim=8,
+                bayes_sweeps=20,
             ),
             xdeepfm=replace(
                 self.xdeepfm,
@@ -528,10 +537,16 @@ def train_component(
         raise ValueError(f"cannot train {name}: the training split has no ratings")
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    bayes = bayes_settings(config, fm)
+    if bayes is not None:
+        # The rating head is sampled after the epochs: Adam trains the towers only.
+        config = replace(cast(MFConfig, config), rating_weight=0.0, rating_history=False)
     data = TrainData.build(train, tables, fm, device=device)
     model = training_model(name, fm, config, data, global_mean=float(train.rating.mean()))
     if head_epochs is not None:
         config = replace(config, epochs=max(head_epochs))
+    if bayes is not None and config.ranking_weight == 0:
+        config = replace(config, epochs=0)  # a refit of the rating head alone
     world = current()
     t = Trainer(
         name=name,
@@ -558,9 +573,48 @@ def train_component(
     epochs_kept = selector.restore(model, last_epoch=last)
     model.fold_history()
     densify_embeddings(model)
+    info: dict[str, Any] = {"curves": curves, "head_epochs": epochs_kept}
+    if bayes is not None:
+        info["bayes_rating"] = _sample_rating_head(cast(BiasedMF, model), data, bayes, world)
     model.eval()
-    info = {"curves": curves, "head_epochs": epochs_kept, "seconds": time.perf_counter() - started}
+    info["seconds"] = time.perf_counter() - started
     return model, info
+
+
+def bayes_settings(config: ComponentConfig, fm: FeatureMap) -> GibbsSettings | None:
+    """The Gibbs sampler's settings when this component's rating head is sampled."""
+    if not (isinstance(config, MFConfig) and config.bayes_rating and config.rating_weight > 0):
+        return None
+    if fm.n_items > BAYES_MAX_ITEMS:
+        log.info(
+            "mf: %d items > %d, the rating head trains with Adam (the sampler's per-item "
+            "statistics grow with the catalogue)",
+            fm.n_items,
+            BAYES_MAX_ITEMS,
+        )
+        return None
+    return GibbsSettings(dim=config.bayes_dim, sweeps=config.bayes_sweeps)
+
+
+def _sample_rating_head(
+    model: BiasedMF, data: TrainData, settings: GibbsSettings, world: World
+) -> dict[str, float]:
+    """Rank 0 samples MF's rating head; every rank then holds its rows."""
+    figures, rows = None, None
+    if world.is_main:
+        figures = fit_rating_head(
+            model,
+            users=data.users,
+            items=data.items,
+            ratings=data.ratings,
+            tables=(data.user_feats, data.item_feats, data.item_genres),
+            settings=settings,
+        )
+        rows = {k: v.cpu() for k, v in model.state_dict().items() if k.startswith(RATING_ROWS)}
+    if world.distributed:
+        figures, rows = broadcast((figures, rows), world)
+        model.load_state_dict(cast(dict[str, Tensor], rows), strict=False)
+    return cast(dict[str, float], figures)
 
 
 def run_epochs(

@@ -39,7 +39,9 @@ from training.train import (
     training_model,
 )
 
-QUICK_MF = MFConfig(epochs=2, dim=8, score_dim=8, batch_size=128, lr=1e-2)
+# Adam's rating head, whose epochs, per-head selection and stopping these tests check; the
+# sampled head (MFConfig.bayes_rating) has its own tests in test_bayes_rating.py.
+QUICK_MF = MFConfig(epochs=2, dim=8, score_dim=8, batch_size=128, lr=1e-2, bayes_rating=False)
 
 
 @pytest.fixture(scope="module")

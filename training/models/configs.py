@@ -76,6 +76,14 @@ class MFConfig(ComponentConfig):
     history: bool = True
     history_alpha: float = 0.5
     rating_history: bool = True  # the same term in the rating factor p_u, as in SVD++
+    # The rating head as the mean of a Gibbs sampler's draws (Bayesian MF with a prior per
+    # field, training/bayes_rating.py) instead of Adam's point estimate; Adam then trains
+    # the ranking towers only, and the SVD++ term above is not used by the rating head.
+    # On held-back data of u1-u5 it lowered MF's RMSE by 0.0114 (5 of 5 folds; the towers
+    # unchanged) at 3.6x MF's time (bench/results/bayes-rating.md).
+    bayes_rating: bool = True
+    bayes_dim: int = 16  # the rank of each draw; the mean is compressed to `dim`
+    bayes_sweeps: int = 400
 
 
 @dataclass

@@ -1,0 +1,409 @@
+"""MF's rating head fitted by Gibbs sampling and averaged over the draws (Bayesian MF).
+
+Why: an SGD or Adam fit of MF's rating is a point estimate, tuned by early stopping and
+one L2 weight for every row. Averaging the model over the posterior instead (BPMF,
+Salakhutdinov & Mnih 2008; libFM's MCMC, Rendle 2012, with a prior per group of rows) is
+what the best-tuned rating baselines on MovieLens do (Rendle et al. 2019), with no
+learning rate, no epochs and the regularisation learnt per field. No maintained library
+samples this model with side features on torch, hence this module.
+
+The model is MF's rating head (training/models/mf.py): r = mu + b_u + b_i + p_u . q_i,
+where [p_u, b_u] sums one row per user-side field (the user id, then each user field) and
+[q_i, b_i] one row per item-side field (the item id, each item field) plus the genre
+bag's mean of genre rows. Each field's rows share a Gaussian prior whose mean and
+precision have a Normal-Wishart hyperprior; the noise precision has a Gamma prior.
+
+Block Gibbs: no rating touches two rows of one single-valued field, so a field's rows are
+drawn together; their sufficient statistics are sums over users (or items) of per-user
+Gram matrices, computed once per half-sweep, so a field costs O(users) and not O(ratings).
+Genre rows share ratings and are drawn one genre at a time.
+
+The posterior mean of the interaction, (1/S) sum_s A_s B_s^T over S draws of the user-
+and item-side rows, has a rank up to S x dim; it is compressed to the model's factor
+dimension with a single-pass randomised sketch (Tropp et al. 2017, "Practical sketching
+algorithms for low-rank matrix approximation"), which needs no draw kept. Compression acts
+on the rows, so every user and item, cold ones included, keeps the field structure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+from torch import Tensor
+
+from training.models.layers import FieldEmbedding
+from training.models.mf import BiasedMF
+
+log = logging.getLogger(__name__)
+
+# Weak priors (BPMF's): the hyperprior's mean 0, scale matrix I and nu0 = dim+1, and the
+# noise precision's Gamma(1, 1); the data dominate them for every field that has ratings.
+HYPER_BETA = 2.0
+NOISE_SHAPE = 1.0
+NOISE_RATE = 1.0
+# Above this many items the rating head trains with Adam: the per-item Gram matrices and
+# the sketch cost about 5 kB per item (2.3 GB each at 10^6 items in float64).
+BAYES_MAX_ITEMS = 250_000
+RATING_ROWS = ("factors.", "biases.")  # the state-dict prefixes of MF's rating head
+RATING_CHUNK = 1 << 16  # ratings per outer-product chunk: 64k x 17 x 17 doubles, 150 MB
+
+
+@dataclass(frozen=True)
+class GibbsSettings:
+    """How the rating head is sampled (`MFConfig.rating_fit` = "gibbs")."""
+
+    dim: int = 16  # the rank of each draw
+    sweeps: int = 400
+    min_sweeps: int = 40
+    # Sweeps x training ratings at most: large logs get fewer sweeps (at least
+    # `min_sweeps`), since each sweep costs a pass over the ratings.
+    max_visits: float = 4e7
+    burn_in: float = 0.2  # share of the sweeps discarded before averaging
+
+    def schedule(self, n_ratings: int) -> tuple[int, int]:
+        """(sweeps, burn-in sweeps) for a training set of `n_ratings`."""
+        budget = int(self.max_visits // max(n_ratings, 1))
+        sweeps = min(self.sweeps, max(self.min_sweeps, budget))
+        return sweeps, int(sweeps * self.burn_in)
+
+
+@dataclass
+class Layout:
+    """Which rows of the factor table each user and item sums (FieldEmbedding's offsets)."""
+
+    user_rows: Tensor  # long [n_users+1, Fu+1]: table rows of each user-side field
+    item_rows: Tensor  # long [n_items+1, Fi+1]
+    genre_weights: Tensor  # float64 [n_items+1, G]: the bag's mean as weights
+    user_fields: list[tuple[int, int]]  # (first row, rows) of each user-side field
+    item_fields: list[tuple[int, int]]
+    n_user_rows: int  # table rows [0, n_user_rows) are user-side, the rest item-side
+
+    @classmethod
+    def build(
+        cls, emb: FieldEmbedding, user_feats: Tensor, item_feats: Tensor, item_genres: Tensor
+    ) -> Layout:
+        n_users, n_items = user_feats.shape[0], item_feats.shape[0]
+        dev = user_feats.device
+        users = torch.arange(n_users, device=dev).unsqueeze(1)
+        items = torch.arange(n_items, device=dev).unsqueeze(1)
+        user_rows = torch.cat([users, user_feats.long()], dim=1) + emb.user_offsets
+        item_rows = torch.cat([items, item_feats.long()], dim=1) + emb.item_offsets
+        bounds = [*emb.user_offsets.tolist(), *emb.item_offsets.tolist()]
+        bounds.append(emb.table.num_embeddings)
+        spans = [(a, b - a) for a, b in pairwise(bounds)]
+        genres = item_genres.double()
+        count = genres.sum(dim=1, keepdim=True).clamp(min=1.0)
+        n_user_side = emb.user_offsets.numel()
+        return cls(
+            user_rows=user_rows,
+            item_rows=item_rows,
+            genre_weights=genres / count,
+            user_fields=spans[:n_user_side],
+            item_fields=spans[n_user_side:],
+            n_user_rows=int(emb.item_offsets[0]),
+        )
+
+
+@dataclass
+class Draw:
+    """One state of the chain: every table row and genre row as [vector, bias]."""
+
+    rows: Tensor  # float64 [table rows, d+1]
+    genres: Tensor  # float64 [G, d+1]
+    noise: float  # precision of the rating noise
+
+
+def posterior_draw(
+    gram: Tensor,  # [R, k, k]: sum of x x^T over each row's ratings (weighted)
+    rhs: Tensor,  # [R, k]: sum of x y
+    mean: Tensor,  # [k]: the prior's mean
+    precision: Tensor,  # [k, k]: the prior's precision
+    noise: float,
+) -> Tensor:
+    """A draw of each row from its Gaussian conditional: precision P + a G, mean
+    (P + a G)^-1 (P m + a h). Torch's global generator (seeded by the caller)."""
+    prec = precision.unsqueeze(0) + noise * gram  # [R, k, k]
+    chol = torch.linalg.cholesky(prec)  # [R, k, k]
+    lin = (precision @ mean).unsqueeze(0) + noise * rhs  # [R, k]
+    mu = torch.cholesky_solve(lin.unsqueeze(2), chol)  # [R, k, 1]
+    z = normal(mu)
+    # chol^T x = z gives x with covariance prec^-1.
+    return (mu + torch.linalg.solve_triangular(chol.mT, z, upper=True)).squeeze(2)  # [R, k]
+
+
+def hyper_draw(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean, precision) of a field's prior from its Normal-Wishart posterior given `rows`."""
+    n, k = rows.shape
+    eye = torch.eye(k, dtype=rows.dtype, device=rows.device)
+    if n == 0:
+        return torch.zeros_like(eye[0]), eye
+    bar = rows.mean(dim=0)
+    centred = rows - bar
+    beta = HYPER_BETA + n
+    scale_inv = eye + centred.T @ centred + (HYPER_BETA * n / beta) * torch.outer(bar, bar)
+    precision = _wishart(torch.linalg.inv(scale_inv), df=k + n)
+    cov_chol = torch.linalg.cholesky(torch.linalg.inv(beta * precision))
+    return n * bar / beta + cov_chol @ normal(bar), precision
+
+
+def _wishart(scale: Tensor, *, df: int) -> Tensor:
+    """A Wishart(scale, df) draw by Bartlett's decomposition."""
+    k = scale.shape[0]
+    chol = torch.linalg.cholesky((scale + scale.T) / 2)
+    dof = df - torch.arange(k, dtype=scale.dtype)
+    chi2 = torch.distributions.Chi2(dof).sample().to(scale.device)  # [k]
+    lower = normal(scale).tril(-1)
+    ca = chol @ (lower + torch.diag(chi2.sqrt()))
+    return ca @ ca.T
+
+
+def normal(like: Tensor) -> Tensor:
+    """Standard normal draws shaped like `like`, drawn on the CPU so that a chain on a GPU
+    uses the same random numbers as on the CPU (one seeded generator)."""
+    return torch.randn(like.shape, dtype=like.dtype).to(like.device)
+
+
+def gram_stats(index: Tensor, x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Per entity e: sum of x x^T and of x y over the ratings with index == e."""
+    k = x.shape[1]
+    gram = torch.zeros(n, k, k, dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], RATING_CHUNK):
+        xs = x[s : s + RATING_CHUNK]  # [C, k]
+        gram.index_add_(0, index[s : s + RATING_CHUNK], xs.unsqueeze(2) * xs.unsqueeze(1))
+    rhs = torch.zeros(n, k, dtype=x.dtype, device=x.device).index_add_(0, index, x * y[:, None])
+    return gram, rhs  # [n, k, k], [n, k]
+
+
+class MeanSketch:
+    """Sketches of the mean of A_s B_s^T over draws s, for a rank-r approximation of it
+    without keeping any draw (Tropp et al. 2017, algorithm 7 with a final truncation)."""
+
+    def __init__(self, n_a: int, n_b: int, rank: int, *, device: torch.device) -> None:
+        r = min(2 * rank + 16, n_a, n_b)
+        self.omega = torch.randn(n_b, r, dtype=torch.float64).to(device)
+        self.psi = torch.randn(n_a, min(2 * r + 1, n_a), dtype=torch.float64).to(device)
+        self.y = torch.zeros(n_a, r, dtype=torch.float64, device=device)  # A B^T omega
+        self.w = torch.zeros(self.psi.shape[1], n_b, dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, a: Tensor, b: Tensor) -> None:
+        self.y += a @ (b.T @ self.omega)  # [n_a, r]
+        self.w += (self.psi.T @ a) @ b.T  # [l, n_b]
+        self.count += 1
+
+    def factors(self, rank: int) -> tuple[Tensor, Tensor]:
+        """P [n_a, rank], Q [n_b, rank] with P Q^T the best rank-`rank` fit the sketch
+        gives of the mean (zero columns past the sketch's rank)."""
+        q, _ = torch.linalg.qr(self.y / self.count)  # [n_a, r]
+        x = torch.linalg.lstsq(self.psi.T @ q, self.w / self.count).solution  # [r, n_b]
+        u, s, vt = torch.linalg.svd(x, full_matrices=False)
+        k = min(rank, s.numel())
+        root = s[:k].sqrt()
+        p = torch.zeros(q.shape[0], rank, dtype=q.dtype, device=q.device)
+        qq = torch.zeros(x.shape[1], rank, dtype=q.dtype, device=q.device)
+        p[:, :k] = (q @ u[:, :k]) * root
+        qq[:, :k] = vt[:k].T * root
+        return p, qq
+
+
+class RatingChain:
+    """The Gibbs chain over MF's rating rows for one training set."""
+
+    def __init__(
+        self, layout: Layout, users: Tensor, items: Tensor, target: Tensor, *, dim: int, n_rows: int
+    ) -> None:
+        self.layout, self.users, self.items, self.target = layout, users, items, target
+        self.dim = dim
+        dev, n_genres = target.device, layout.genre_weights.shape[1]
+        rows = torch.randn(n_rows, dim + 1, dtype=torch.float64).to(dev) * 0.1
+        genres = torch.randn(n_genres, dim + 1, dtype=torch.float64).to(dev) * 0.1
+        rows[:, dim] = 0.0
+        genres[:, dim] = 0.0
+        self.state = Draw(rows=rows, genres=genres, noise=2.0)
+        self.n_users = layout.user_rows.shape[0]
+        self.n_items = layout.item_rows.shape[0]
+        self.user_count = torch.bincount(users, minlength=self.n_users)
+        self.item_count = torch.bincount(items, minlength=self.n_items)
+
+    def user_side(self) -> Tensor:
+        return self.state.rows[self.layout.user_rows].sum(dim=1)  # [n_users+1, d+1]
+
+    def item_side(self) -> Tensor:
+        single = self.state.rows[self.layout.item_rows].sum(dim=1)  # [n_items+1, d+1]
+        return single + self.layout.genre_weights @ self.state.genres  # [n_items+1, d+1]
+
+    def _pairs(self, other: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Each rating's features [v, 1] from the other side's vector and its target less
+        the other side's bias."""
+        side = other[index]  # [N, d+1]
+        x = torch.cat([side[:, : self.dim], torch.ones_like(side[:, :1])], dim=1)  # [N, d+1]
+        return x, self.target - side[:, self.dim]  # [N, d+1], [N]
+
+    def sweep(self) -> Tensor:
+        """One sweep: user-side fields, item-side fields, genres, noise. Returns each
+        training rating's prediction less mu under the new draw."""
+        x, y = self._pairs(self.item_side(), self.items)
+        gram, rhs = gram_stats(self.users, x, y, self.n_users)
+        own = self.user_side()
+        for col, span in enumerate(self.layout.user_fields):
+            stats = (gram, rhs, self.user_count)
+            self._draw_field(self.layout.user_rows[:, col], span, own, stats)
+        x, y = self._pairs(own, self.users)
+        gram, rhs = gram_stats(self.items, x, y, self.n_items)
+        other = self.item_side()
+        for col, span in enumerate(self.layout.item_fields):
+            stats = (gram, rhs, self.item_count)
+            self._draw_field(self.layout.item_rows[:, col], span, other, stats)
+        self._draw_genres(other, gram, rhs)
+        pred = predict(own, other, self.users, self.items, self.dim)  # [N]
+        sse = float((self.target - pred).pow(2).sum())
+        n = self.target.shape[0]
+        gamma = torch.distributions.Gamma(
+            torch.tensor(NOISE_SHAPE + n / 2, dtype=torch.float64),
+            torch.tensor(NOISE_RATE + sse / 2, dtype=torch.float64),
+        )
+        self.state.noise = float(gamma.sample())
+        return pred
+
+    def _draw_field(
+        self,
+        row_of: Tensor,  # [E]: each user's (or item's) row in this field
+        span: tuple[int, int],
+        side: Tensor,  # [E, d+1]: the side's sums, updated in place
+        stats: tuple[Tensor, Tensor, Tensor],  # per entity: gram, rhs, rating count
+    ) -> None:
+        gram, rhs, count = stats  # [E, d+1, d+1], [E, d+1], [E]
+        first, size = span
+        rows = self.state.rows
+        local = row_of - first  # [E]
+        old = rows[row_of]  # [E, d+1]
+        rest = side - old  # [E, d+1]: the other fields' part of each side vector
+        k = old.shape[1]
+        g = torch.zeros(size, k, k, dtype=old.dtype, device=old.device).index_add_(0, local, gram)
+        h = torch.zeros(size, k, dtype=old.dtype, device=old.device)
+        h.index_add_(0, local, rhs - (gram @ rest.unsqueeze(2)).squeeze(2))
+        used = torch.unique(local[count > 0])
+        mean, precision = hyper_draw(rows[first + used])
+        new = posterior_draw(g, h, mean, precision, self.state.noise)  # [size, d+1]
+        rows[first : first + size] = new
+        side += new[local] - old
+
+    def _draw_genres(self, side: Tensor, gram: Tensor, rhs: Tensor) -> None:
+        """Genre rows one at a time: an item's bag holds several, so they share ratings."""
+        weights = self.layout.genre_weights  # [I, G]
+        genres = self.state.genres
+        used = ((weights > 0) & (self.item_count > 0).unsqueeze(1)).any(dim=0)
+        mean, precision = hyper_draw(genres[used])
+        for g in range(genres.shape[0]):
+            idx = torch.nonzero(weights[:, g] > 0).squeeze(1)
+            w = weights[idx, g].unsqueeze(1)  # [M, 1]
+            old = genres[g].clone()
+            rest = side[idx] - w * old  # [M, d+1]
+            gsum = (w.unsqueeze(2).pow(2) * gram[idx]).sum(dim=0)  # [d+1, d+1]
+            fit = rhs[idx] - (gram[idx] @ rest.unsqueeze(2)).squeeze(2)  # [M, d+1]
+            hsum = (w * fit).sum(dim=0)  # [d+1]
+            new = posterior_draw(gsum[None], hsum[None], mean, precision, self.state.noise)[0]
+            genres[g] = new
+            side[idx] += w * (new - old)
+
+
+def predict(
+    users_side: Tensor, items_side: Tensor, users: Tensor, items: Tensor, dim: int
+) -> Tensor:
+    """Each pair's rating less mu: p_u . q_i + b_u + b_i from the side vectors [v, b]."""
+    u, i = users_side[users], items_side[items]  # [N, d+1]
+    return (u[:, :dim] * i[:, :dim]).sum(dim=1) + u[:, dim] + i[:, dim]  # [N]
+
+
+@dataclass
+class Posterior:
+    """What the kept draws add up to: the interaction's sketch and the biases' sums."""
+
+    sketch: MeanSketch
+    bias_rows: Tensor  # [table rows]
+    bias_genres: Tensor  # [G]
+    pred: Tensor  # [N]: training ratings' predictions less mu
+
+    def add(self, chain: RatingChain, pred: Tensor) -> None:
+        rows, genres, d = chain.state.rows, chain.state.genres, chain.dim
+        n_user = chain.layout.n_user_rows
+        self.sketch.add(rows[:n_user, :d], torch.cat([rows[n_user:, :d], genres[:, :d]]))
+        self.bias_rows += rows[:, d]
+        self.bias_genres += genres[:, d]
+        self.pred += pred
+
+
+def fit_rating_head(
+    model: BiasedMF,
+    *,
+    users: Tensor,  # long [N]
+    items: Tensor,  # long [N]
+    ratings: Tensor,  # [N]
+    tables: tuple[Tensor, Tensor, Tensor],  # user_feats, item_feats, item_genres (all rows)
+    settings: GibbsSettings,
+) -> dict[str, float]:
+    """Samples MF's rating rows on the given ratings and writes their posterior mean
+    (the interaction compressed to the model's factor dimension) into `model`'s rating
+    head; returns the run's figures for the training report."""
+    started = time.perf_counter()
+    emb = model.factors
+    layout = Layout.build(emb, *tables)
+    target = ratings.double() - float(model.mu)
+    chain = RatingChain(
+        layout, users, items, target, dim=settings.dim, n_rows=emb.table.num_embeddings
+    )
+    sweeps, burn = settings.schedule(int(target.shape[0]))
+    n_item_rows = emb.table.num_embeddings - layout.n_user_rows + emb.genre.shape[0]
+    post = Posterior(
+        sketch=MeanSketch(layout.n_user_rows, n_item_rows, emb.dim, device=target.device),
+        bias_rows=torch.zeros_like(chain.state.rows[:, 0]),
+        bias_genres=torch.zeros_like(chain.state.genres[:, 0]),
+        pred=torch.zeros_like(target),
+    )
+    for sweep in range(sweeps):
+        pred = chain.sweep()
+        if sweep >= burn:
+            post.add(chain, pred)
+        if (sweep + 1) % 50 == 0 or sweep + 1 == sweeps:
+            log.info(
+                "gibbs sweep %d/%d: noise std %.4f", sweep + 1, sweeps, chain.state.noise**-0.5
+            )
+    kept = sweeps - burn
+    mean_pred = post.pred / kept
+    written = _write(model, layout, post, kept)
+    return {
+        "sweeps": float(sweeps),
+        "burn_in": float(burn),
+        "seconds": time.perf_counter() - started,
+        "noise_std": chain.state.noise**-0.5,
+        "train_rmse": float((target - mean_pred).pow(2).mean().sqrt()),
+        # What the compression to the model's dimension changes in the training ratings.
+        "compression_rmse": float(
+            (predict(*written, users, items, emb.dim) - mean_pred).pow(2).mean().sqrt()
+        ),
+    }
+
+
+@torch.no_grad()
+def _write(model: BiasedMF, layout: Layout, post: Posterior, kept: int) -> tuple[Tensor, Tensor]:
+    """Writes the posterior mean into the model's rating rows; returns the user and item
+    side vectors [p, b] it gives (float64)."""
+    emb, bias = model.factors, model.biases
+    n_user = layout.n_user_rows
+    p, q = post.sketch.factors(emb.dim)  # [user rows, D], [item rows + G, D]
+    n_table = emb.table.num_embeddings
+    rows = torch.cat(
+        [torch.cat([p, q[: n_table - n_user]]), (post.bias_rows / kept)[:, None]], dim=1
+    )
+    genres = torch.cat([q[n_table - n_user :], (post.bias_genres / kept)[:, None]], dim=1)
+    emb.table.weight.copy_(rows[:, : emb.dim])
+    emb.genre.copy_(genres[:, : emb.dim])
+    bias.table.weight.copy_(rows[:, emb.dim :])
+    bias.genre.copy_(genres[:, emb.dim :])
+    users_side = rows[layout.user_rows].sum(dim=1)
+    items_side = rows[layout.item_rows].sum(dim=1) + layout.genre_weights @ genres
+    return users_side, items_side
