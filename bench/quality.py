@@ -402,7 +402,8 @@ def _weights_lines(folds: list[dict[str, Any]]) -> list[str]:
     if folds and folds[0]["teacher_report"]["config"].get("refit_full"):
         lines += [
             "",
-            "The validation split also chooses each component's epochs (per head); the "
+            "The validation split also chooses each component's epochs (per head; MF's "
+            "sampled rating head has none, it is drawn again on all the data); the "
             "components are then retrained on all of the fold's training data with those "
             "epochs and these weights, and that retrained teacher is the one measured above.",
         ]
@@ -410,9 +411,11 @@ def _weights_lines(folds: list[dict[str, Any]]) -> list[str]:
 
 
 MF_NOTE = (
-    " The teacher's MF component holds each user's training items in its user vectors "
-    "(SVD++'s implicit term, in both heads); bench/results/mf-history.md has the validation "
-    "evidence for it. xDeepFM's user tower holds them too (ranking head only); "
+    " The teacher's MF component holds each user's training items in its ranking vectors "
+    "(SVD++'s implicit term); bench/results/mf-history.md has the validation evidence for "
+    "it. Its rating head is the mean of a Gibbs sampler's draws (Bayesian MF with a prior "
+    "per field, `MFConfig.bayes_rating`); bench/results/bayes-rating.md has the validation "
+    "evidence for that. xDeepFM's user tower holds them too (ranking head only); "
     "bench/results/xdeepfm-history.md has the evidence for that. The teacher's ranking "
     "score adds MF's standardised rating with weight g (`TeacherConfig.rating_score_weight`, "
     "chosen on held-back data: bench/results/blend-rating.md); the row 'no rating term' is "

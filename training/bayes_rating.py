@@ -54,7 +54,7 @@ RATING_CHUNK = 1 << 16  # ratings per outer-product chunk: 64k x 17 x 17 doubles
 
 @dataclass(frozen=True)
 class GibbsSettings:
-    """How the rating head is sampled (`MFConfig.rating_fit` = "gibbs")."""
+    """How the rating head is sampled (`MFConfig.bayes_rating`)."""
 
     dim: int = 16  # the rank of each draw
     sweeps: int = 400

@@ -576,6 +576,7 @@ def train_component(
     info: dict[str, Any] = {"curves": curves, "head_epochs": epochs_kept}
     if bayes is not None:
         info["bayes_rating"] = _sample_rating_head(cast(BiasedMF, model), data, bayes, world)
+        epochs_kept[0] = 0  # the sampled rating head has no epochs
     model.eval()
     info["seconds"] = time.perf_counter() - started
     return model, info

@@ -183,6 +183,7 @@ def test_mf_trains_its_towers_with_adam_and_samples_its_rating_head(dataset: Dat
     model, info = train_component("mf", fm, tables, train, config=config, seed=0, progress=False)
     assert info["bayes_rating"]["sweeps"] == 30
     assert model.rating_history is None and len(info["curves"]) == 2
+    assert info["head_epochs"][0] == 0  # no epoch of Adam's is the rating head's
     sampled = _rating(model, dataset, train)
     # A refit of the rating head alone runs no epoch and samples the same head again.
     refit = replace(config, ranking_weight=0.0)
