@@ -38,7 +38,16 @@ def test_components_train_with_sparse_tables(
     split = make_split(ds, split="u1")
     monkeypatch.setattr(train, "SPARSE_MIN_ROWS", 40)  # these tables count as large
     config = (
-        MFConfig(epochs=3, dim=4, score_dim=4, batch_size=64, n_negatives=16, exact_softmax_items=0)
+        # Adam's rating head, so that its sparse factor tables train too.
+        MFConfig(
+            epochs=3,
+            dim=4,
+            score_dim=4,
+            batch_size=64,
+            n_negatives=16,
+            exact_softmax_items=0,
+            bayes_rating=False,
+        )
         if name == "mf"
         else XDeepFMConfig(
             epochs=3, dim=4, cin_layers=(4,), dnn_layers=(8,), tower_layers=(8,), batch_size=64
