@@ -50,8 +50,9 @@ NOISE_RATE = 1.0
 BAYES_MAX_ITEMS = 250_000
 RATING_ROWS = ("factors.", "biases.")  # the state-dict prefixes of MF's rating head
 # Ratings per outer-product chunk (2048 x 17 x 17 doubles, 4.7 MB): chunks that stay in
-# the CPU's cache made the Gram matrices 6-9x faster than 64k-rating ones on ml-100k, with
-# the same sums (the same additions in the same order).
+# the CPU's cache sum the same Gram matrices (the same additions in the same order) much
+# faster than 65,536-rating ones; make run's teacher step took 300 s with those, 177 s
+# with these (docs/SCALE.md).
 RATING_CHUNK = 2048
 
 

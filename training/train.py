@@ -601,7 +601,7 @@ def _sample_rating_head(
     model: BiasedMF, data: TrainData, settings: GibbsSettings, world: World
 ) -> dict[str, float]:
     """Rank 0 samples MF's rating head; every rank then holds its rows."""
-    figures, rows = None, None
+    figures = None
     if world.is_main:
         figures = fit_rating_head(
             model,
@@ -611,8 +611,11 @@ def _sample_rating_head(
             tables=(data.user_feats, data.item_feats, data.item_genres),
             settings=settings,
         )
-        rows = {k: v.cpu() for k, v in model.state_dict().items() if k.startswith(RATING_ROWS)}
     if world.distributed:
+        rows = None
+        if world.is_main:
+            state = model.state_dict().items()
+            rows = {k: v.cpu() for k, v in state if k.startswith(RATING_ROWS)}
         figures, rows = broadcast((figures, rows), world)
         model.load_state_dict(cast(dict[str, Tensor], rows), strict=False)
     return cast(dict[str, float], figures)

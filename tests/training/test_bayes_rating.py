@@ -175,6 +175,32 @@ def test_the_sampled_head_recovers_a_planted_model(dataset: Dataset) -> None:
     assert figures["compression_rmse"] < 0.05
 
 
+def test_the_chunk_size_of_the_gram_sums_does_not_change_the_draws(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, _, _ = _planted(dataset, seed=4)
+    tables = dataset.tables
+    heads = []
+    for chunk in (1 << 16, 64):
+        monkeypatch.setattr(bayes_rating, "RATING_CHUNK", chunk)
+        torch.manual_seed(0)
+        model = BiasedMF(dataset.feature_map, dim=8, score_dim=4)
+        fit_rating_head(
+            model,
+            users=torch.as_tensor(train.user),
+            items=torch.as_tensor(train.item),
+            ratings=torch.as_tensor(train.rating),
+            tables=(
+                torch.as_tensor(tables.user_feats),
+                torch.as_tensor(tables.item_feats),
+                torch.as_tensor(tables.item_genres),
+            ),
+            settings=GibbsSettings(dim=4, sweeps=20),
+        )
+        heads.append(_rating(model, dataset, train))
+    torch.testing.assert_close(heads[0], heads[1], atol=1e-9, rtol=0)
+
+
 def test_mf_trains_its_towers_with_adam_and_samples_its_rating_head(dataset: Dataset) -> None:
     train, _, _ = _planted(dataset, seed=2)
     config = MFConfig(epochs=2, dim=8, score_dim=8, batch_size=128, lr=1e-2, bayes_dim=4)

@@ -80,7 +80,7 @@ class MFConfig(ComponentConfig):
     # field, training/bayes_rating.py) instead of Adam's point estimate; Adam then trains
     # the ranking towers only, and the SVD++ term above is not used by the rating head.
     # On held-back data of u1-u5 it lowered MF's RMSE by 0.0114 (5 of 5 folds; the towers
-    # unchanged) at 3.6x MF's time, before its Gram sums ran 4x faster
+    # unchanged) at 3.6x MF's time with the slower Gram sums of then
     # (bench/results/bayes-rating.md).
     bayes_rating: bool = True
     bayes_dim: int = 16  # the rank of each draw; the mean is compressed to `dim`
