@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -49,11 +50,6 @@ NOISE_RATE = 1.0
 # the sketch cost about 5 kB per item (2.3 GB each at 10^6 items in float64).
 BAYES_MAX_ITEMS = 250_000
 RATING_ROWS = ("factors.", "biases.")  # the state-dict prefixes of MF's rating head
-# Ratings per outer-product chunk (2048 x 17 x 17 doubles, 4.7 MB): chunks that stay in
-# the CPU's cache sum the same Gram matrices (the same additions in the same order) much
-# faster than 65,536-rating ones; make run's teacher step took 300 s with those, 177 s
-# with these (docs/SCALE.md).
-RATING_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -171,15 +167,41 @@ def normal(like: Tensor) -> Tensor:
     return torch.randn(like.shape, dtype=like.dtype).to(like.device)
 
 
-def gram_stats(index: Tensor, x: Tensor, y: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Per entity e: sum of x x^T and of x y over the ratings with index == e."""
+class Incidence:
+    """The training ratings as a sparse [entities, other side] matrix (rows: users, or
+    items), in CSR form, built once per chain.
+
+    Why: a side's sufficient statistics sum, per user (item), a function of the other
+    side's vector over the user's ratings. Gathering those vectors per rating and adding
+    per-rating outer products into the users' rows (index_add) cost 8x as much as one
+    sparse-dense product with the other side's per-entity outer products (docs/SCALE.md).
+    """
+
+    def __init__(self, index: Tensor, other: Tensor, n: int, n_other: int) -> None:
+        self.order = torch.argsort(index, stable=True)  # [N]: the ratings by entity
+        counts = torch.bincount(index, minlength=n)
+        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # [n+1]
+        self.col = other[self.order]  # [N]
+        self.size = (n, n_other)
+
+    def matmul(self, values: Tensor, dense: Tensor) -> Tensor:
+        """[n, m]: per entity, the sum over its ratings r of values[r] * dense[other[r]]."""
+        with warnings.catch_warnings():
+            # torch marks CSR tensors beta; the product used here is a stable kernel.
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            matrix = torch.sparse_csr_tensor(
+                self.crow, self.col, values[self.order], size=self.size, check_invariants=False
+            )
+        return matrix @ dense
+
+
+def gram_stats(incidence: Incidence, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per entity e: the sums of x x^T and of x y over e's ratings, where x [n_other, k] is
+    each other-side entity's feature vector and y [N] each rating's target."""
     k = x.shape[1]
-    gram = torch.zeros(n, k, k, dtype=x.dtype, device=x.device)
-    for s in range(0, x.shape[0], RATING_CHUNK):
-        xs = x[s : s + RATING_CHUNK]  # [C, k]
-        gram.index_add_(0, index[s : s + RATING_CHUNK], xs.unsqueeze(2) * xs.unsqueeze(1))
-    rhs = torch.zeros(n, k, dtype=x.dtype, device=x.device).index_add_(0, index, x * y[:, None])
-    return gram, rhs  # [n, k, k], [n, k]
+    outer = (x.unsqueeze(2) * x.unsqueeze(1)).reshape(x.shape[0], k * k)  # [n_other, k*k]
+    gram = incidence.matmul(torch.ones_like(y), outer).view(-1, k, k)  # [n, k, k]
+    return gram, incidence.matmul(y, x)  # [n, k, k], [n, k]
 
 
 class MeanSketch:
@@ -232,6 +254,8 @@ class RatingChain:
         self.n_items = layout.item_rows.shape[0]
         self.user_count = torch.bincount(users, minlength=self.n_users)
         self.item_count = torch.bincount(items, minlength=self.n_items)
+        self.by_user = Incidence(users, items, self.n_users, self.n_items)
+        self.by_item = Incidence(items, users, self.n_items, self.n_users)
 
     def user_side(self) -> Tensor:
         return self.state.rows[self.layout.user_rows].sum(dim=1)  # [n_users+1, d+1]
@@ -240,24 +264,21 @@ class RatingChain:
         single = self.state.rows[self.layout.item_rows].sum(dim=1)  # [n_items+1, d+1]
         return single + self.layout.genre_weights @ self.state.genres  # [n_items+1, d+1]
 
-    def _pairs(self, other: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        """Each rating's features [v, 1] from the other side's vector and its target less
-        the other side's bias."""
-        side = other[index]  # [N, d+1]
-        x = torch.cat([side[:, : self.dim], torch.ones_like(side[:, :1])], dim=1)  # [N, d+1]
-        return x, self.target - side[:, self.dim]  # [N, d+1], [N]
+    def _features(self, other: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The other side's features [v, 1] per entity, and each rating's target less the
+        other side's bias."""
+        x = torch.cat([other[:, : self.dim], torch.ones_like(other[:, :1])], dim=1)  # [E, d+1]
+        return x, self.target - other[index, self.dim]  # [E, d+1], [N]
 
     def sweep(self) -> Tensor:
         """One sweep: user-side fields, item-side fields, genres, noise. Returns each
         training rating's prediction less mu under the new draw."""
-        x, y = self._pairs(self.item_side(), self.items)
-        gram, rhs = gram_stats(self.users, x, y, self.n_users)
+        gram, rhs = gram_stats(self.by_user, *self._features(self.item_side(), self.items))
         own = self.user_side()
         for col, span in enumerate(self.layout.user_fields):
             stats = (gram, rhs, self.user_count)
             self._draw_field(self.layout.user_rows[:, col], span, own, stats)
-        x, y = self._pairs(own, self.users)
-        gram, rhs = gram_stats(self.items, x, y, self.n_items)
+        gram, rhs = gram_stats(self.by_item, *self._features(own, self.users))
         other = self.item_side()
         for col, span in enumerate(self.layout.item_fields):
             stats = (gram, rhs, self.item_count)

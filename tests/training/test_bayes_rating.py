@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from tests.datagen import write_ml100k
-from training import bayes_rating
 from training.bayes_rating import (
+    BAYES_MAX_ITEMS,
     GibbsSettings,
+    Incidence,
     Layout,
     MeanSketch,
     fit_rating_head,
+    gram_stats,
     hyper_draw,
     posterior_draw,
 )
@@ -175,30 +177,23 @@ def test_the_sampled_head_recovers_a_planted_model(dataset: Dataset) -> None:
     assert figures["compression_rmse"] < 0.05
 
 
-def test_the_chunk_size_of_the_gram_sums_does_not_change_the_draws(
-    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    train, _, _ = _planted(dataset, seed=4)
-    tables = dataset.tables
-    heads = []
-    for chunk in (1 << 16, 64):
-        monkeypatch.setattr(bayes_rating, "RATING_CHUNK", chunk)
-        torch.manual_seed(0)
-        model = BiasedMF(dataset.feature_map, dim=8, score_dim=4)
-        fit_rating_head(
-            model,
-            users=torch.as_tensor(train.user),
-            items=torch.as_tensor(train.item),
-            ratings=torch.as_tensor(train.rating),
-            tables=(
-                torch.as_tensor(tables.user_feats),
-                torch.as_tensor(tables.item_feats),
-                torch.as_tensor(tables.item_genres),
-            ),
-            settings=GibbsSettings(dim=4, sweeps=20),
-        )
-        heads.append(_rating(model, dataset, train))
-    torch.testing.assert_close(heads[0], heads[1], atol=1e-9, rtol=0)
+def test_gram_stats_sum_each_entitys_outer_products_over_its_ratings() -> None:
+    gen = torch.Generator().manual_seed(5)
+    n, n_other, k = 7, 5, 3
+    # Entity 6 has no ratings; the pair (2, 1) is rated twice (both count).
+    index = torch.tensor([0, 2, 2, 2, 5, 1, 3, 0, 4, 5, 1])
+    other = torch.tensor([1, 1, 1, 4, 0, 3, 2, 4, 0, 2, 2])
+    x = torch.randn(n_other, k, generator=gen, dtype=F64)
+    y = torch.randn(index.numel(), generator=gen, dtype=F64)
+    gram, rhs = gram_stats(Incidence(index, other, n, n_other), x, y)
+    want_gram = torch.zeros(n, k, k, dtype=F64)
+    want_rhs = torch.zeros(n, k, dtype=F64)
+    for e, o, t in zip(index.tolist(), other.tolist(), y.tolist(), strict=True):
+        want_gram[e] += torch.outer(x[o], x[o])
+        want_rhs[e] += t * x[o]
+    torch.testing.assert_close(gram, want_gram, atol=1e-12, rtol=0)
+    torch.testing.assert_close(rhs, want_rhs, atol=1e-12, rtol=0)
+    assert not gram[6].any() and not rhs[6].any()
 
 
 def test_mf_trains_its_towers_with_adam_and_samples_its_rating_head(dataset: Dataset) -> None:
@@ -232,4 +227,4 @@ def test_only_mf_on_a_catalogue_the_sampler_holds_samples(
     assert bayes_settings(XDeepFMConfig(), fm) is None
     monkeypatch.setattr("training.train.BAYES_MAX_ITEMS", fm.n_items - 1)
     assert bayes_settings(MFConfig(), fm) is None
-    assert fm.n_items < bayes_rating.BAYES_MAX_ITEMS
+    assert fm.n_items < BAYES_MAX_ITEMS

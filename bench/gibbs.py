@@ -1,0 +1,109 @@
+"""How long does MF's sampled rating head take per Gibbs sweep on this machine?
+
+    python -m bench.gibbs --data-dir $MOVIELENS_DIR [--sweeps 40] [--repeat 3] [--profile 15]
+
+Samples MF's rating head (`training.bayes_rating.fit_rating_head`, the default MF's
+shapes and the rank of its draws) on every rating of the data set, `--repeat` times from
+the same seed, on one torch thread, and prints one JSON line: the median seconds and
+milliseconds per sweep, and the run's figures (training RMSE of the averaged draws,
+noise). `--profile N` also logs cProfile's N functions with the most own time (of one
+more run). The same seed gives the same draws, so two versions of the sampler can be
+compared on their figures as well as their time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import pstats
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("bench.gibbs")
+
+
+def _sample(data_dir: Path, dataset_name: str, sweeps: int) -> dict[str, float]:
+    from training import train as T  # noqa: PLC0415 - torch only when measuring
+    from training.bayes_rating import fit_rating_head  # noqa: PLC0415
+    from training.data import load_dataset  # noqa: PLC0415
+    from training.models.mf import BiasedMF  # noqa: PLC0415
+
+    dataset = load_dataset(data_dir, dataset=dataset_name)
+    ratings, tables = dataset.ratings, dataset.tables
+    config = T.MFConfig(bayes_sweeps=sweeps)
+    T.set_seed(0)
+    model = T.build_component(
+        "mf", dataset.feature_map, config, global_mean=float(ratings.rating.mean())
+    )
+    settings = T.bayes_settings(config, dataset.feature_map)
+    if settings is None or not isinstance(model, BiasedMF):
+        raise SystemExit(f"MF's rating head is not sampled on {data_dir} (catalogue too large)")
+    return fit_rating_head(
+        model,
+        users=torch.as_tensor(ratings.user),
+        items=torch.as_tensor(ratings.item),
+        ratings=torch.as_tensor(ratings.rating),
+        tables=(
+            torch.as_tensor(tables.user_feats),
+            torch.as_tensor(tables.item_feats),
+            torch.as_tensor(tables.item_genres),
+        ),
+        settings=settings,
+    )
+
+
+def measure(data_dir: Path, dataset: str, *, sweeps: int, repeat: int) -> dict[str, Any]:
+    seconds, figures = [], {}
+    for _ in range(repeat):
+        figures = _sample(data_dir, dataset, sweeps)
+        seconds.append(figures["seconds"])  # the sampler's own time, not the data's loading
+    median = statistics.median(seconds)
+    return {
+        "dataset": dataset,
+        "sweeps": int(figures["sweeps"]),
+        "seconds": [round(s, 3) for s in seconds],
+        "median_seconds": round(median, 3),
+        "ms_per_sweep": round(1000 * median / figures["sweeps"], 2),
+        "train_rmse": figures["train_rmse"],
+        "noise_std": figures["noise_std"],
+    }
+
+
+def profile(data_dir: Path, dataset: str, *, sweeps: int, top: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    _sample(data_dir, dataset, sweeps)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gibbs", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, required=True, help="the data set's folder")
+    parser.add_argument("--dataset", default="ml-100k", help="its format (training.data)")
+    parser.add_argument("--sweeps", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs (median)")
+    parser.add_argument("--profile", type=int, default=0, help="log the top N functions")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("training").setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    row = measure(args.data_dir, args.dataset, sweeps=args.sweeps, repeat=args.repeat)
+    sys.stdout.write(json.dumps(row) + "\n")
+    if args.profile:
+        log.info("%s", profile(args.data_dir, args.dataset, sweeps=args.sweeps, top=args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
