@@ -173,8 +173,9 @@ class Incidence:
 
     Why: a side's sufficient statistics sum, per user (item), a function of the other
     side's vector over the user's ratings. Gathering those vectors per rating and adding
-    per-rating outer products into the users' rows (index_add) cost 8x as much as one
-    sparse-dense product with the other side's per-entity outer products (docs/SCALE.md).
+    per-rating outer products into the users' rows (index_add) was most of a sweep; one
+    sparse-dense product with the other side's per-entity outer products halves the sweep
+    (docs/SCALE.md item 28).
     """
 
     def __init__(self, index: Tensor, other: Tensor, n: int, n_other: int) -> None:
