@@ -44,7 +44,12 @@ from training.losses import DistillLoss
 from training.models.base import count_params
 from training.models.student import Student, StudentShape
 from training.prune import prune_step
-from training.prune_schedule import initial_shape, prune_schedule, step_target
+from training.prune_schedule import (
+    finetune_lr_scale,
+    initial_shape,
+    prune_schedule,
+    step_target,
+)
 from training.sparse import (
     SPARSE_MIN_ROWS,
     Optimizers,
@@ -196,6 +201,7 @@ class Distillation:
             disable=not cfg.progress,
         )
         for start in bar:
+            self._set_lr(finetune_lr_scale(cfg, epoch, start / n))
             idx = perm[start : start + self.batch_lists]
             losses = self.train_step({k: v.to(self.device) for k, v in pool.batch(idx).items()})
             for k, v in losses.items():
@@ -203,6 +209,12 @@ class Distillation:
         self.curves["epoch"].append(epoch + 1)
         for name, value in sums.items():
             self.curves.setdefault(name, []).append(value / n)
+
+    def _set_lr(self, scale: float) -> None:
+        parts = self.opt.parts if isinstance(self.opt, Optimizers) else [self.opt]
+        for opt in parts:
+            for group in opt.param_groups:
+                group["lr"] = self.lr * scale
 
     def train_step(self, ex: Mapping[str, Tensor]) -> dict[str, float]:
         """One optimiser step on a batch of lists; returns each mean loss and the total."""

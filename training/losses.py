@@ -83,6 +83,18 @@ def topk_ranking_kd(student: Tensor, teacher: Tensor, rankable: Tensor, *, k: in
     return nll.sum(dim=-1) / valid.sum(dim=-1).clamp(min=1)
 
 
+def catalogue_score_kd(student: Tensor, teacher: Tensor, rankable: Tensor) -> Tensor:
+    """Mean squared difference of the scores over each row's rankable items, each side
+    centred on its row's mean there (a per-user constant does not change a ranking):
+    [N, M] x3 -> [N]. Its minimum over rank-k students is the truncated SVD of the
+    teacher's centred score matrix, whose top 10 held the teacher's (docs/student.md)."""
+    mask = rankable.float()
+    count = mask.sum(dim=-1, keepdim=True).clamp(min=1.0)  # [N, 1]
+    diff = (student - teacher) * mask  # [N, M]
+    centred = (diff - diff.sum(dim=-1, keepdim=True) / count) * mask
+    return centred.pow(2).sum(dim=-1) / count.squeeze(-1)
+
+
 def feature_kd(projected: Tensor, teacher: Tensor, *, scale: float = 1.0) -> Tensor:
     """Mean squared error of representations per list, over `scale`: [N, L, D] x2 -> [N]."""
     return (projected - teacher).pow(2).mean(dim=(-1, -2)) / scale
@@ -129,7 +141,7 @@ class DistillLoss(nn.Module):
         distillation covers the whole catalogue; without (the per-example importance
         estimates, where scoring every item for every list is too dear) the list."""
         c = self.config
-        wants_catalogue = c.w_ranking_kd > 0 or c.w_topk_kd > 0
+        wants_catalogue = c.w_ranking_kd > 0 or c.w_topk_kd > 0 or c.w_score_kd > 0
         catalogue = self.catalogue if wants_catalogue and student is not None else None
         if catalogue is not None and student is not None:
             dev = ex["user"].device  # the catalogue's tables live on the CPU; no copy there
@@ -156,6 +168,8 @@ class DistillLoss(nn.Module):
                 )
             if c.w_topk_kd > 0:
                 parts["topk_kd"] = topk_ranking_kd(s_scores, t_scores, rankable, k=c.topk_kd_items)
+            if c.w_score_kd > 0:
+                parts["score_kd"] = catalogue_score_kd(s_scores, t_scores, rankable)
         elif c.w_ranking_kd > 0:
             parts["ranking_kd"] = ranking_kd(out["score"], ex["t_score"], temperature=c.temperature)
         if self.use_feature and "t_repr" in ex:
@@ -174,6 +188,7 @@ class DistillLoss(nn.Module):
             "ranking_kd": c.w_ranking_kd,
             "feature_kd": c.w_feature_kd,
             "topk_kd": c.w_topk_kd,
+            "score_kd": c.w_score_kd,
         }
         return sum((weights[k] * v for k, v in parts.items()), torch.zeros(()))
 

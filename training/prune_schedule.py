@@ -1,5 +1,5 @@
 """When the student is pruned and to what size: the unpruned shape, the epochs after which
-a pruning step runs, and each step's parameter target."""
+a pruning step runs, each step's parameter target, and the fine-tune's learning rate."""
 
 from __future__ import annotations
 
@@ -49,3 +49,15 @@ def step_target(initial_params: int, target_params: int, step: int, n_steps: int
     from the unpruned size (at least the final target) down to the final target."""
     initial = max(initial_params, target_params)
     return round(initial * (target_params / initial) ** (step / n_steps))
+
+
+def finetune_lr_scale(config: StudentConfig, epoch: int, progress: float) -> float:
+    """The learning rate's multiplier at `progress` (0 to 1) through epoch `epoch`
+    (0-based): 1 until the fine-tune, then a cosine from 1 to `finetune_lr_end` over its
+    epochs, so the last steps average out the noise of Adam's steps rather than add it."""
+    start = config.epochs - config.finetune_epochs
+    if config.finetune_epochs <= 0 or epoch < start:
+        return 1.0
+    done = min(max((epoch - start + progress) / config.finetune_epochs, 0.0), 1.0)
+    end = config.finetune_lr_end
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * done))

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from tests.datagen import write_ml100k
 from tests.training.test_fisher import lists, tiny_student
 from tests.training.test_student import feature_map
-from training import kd_targets
+from training import distill, kd_targets
 from training.data import Dataset, load_dataset, make_split
 from training.distill import distill_student
 from training.distill_config import StudentConfig
@@ -26,6 +27,7 @@ from training.kd_targets import (
 from training.losses import (
     DistillLoss,
     catalogue_ranking_kd,
+    catalogue_score_kd,
     feature_kd,
     ranking_kd,
     ranking_loss,
@@ -36,7 +38,12 @@ from training.losses import (
 from training.models.base import count_params
 from training.models.ensemble import EnsembleTeacher
 from training.models.student import StudentShape, shape_params
-from training.prune_schedule import initial_shape, prune_schedule, step_target
+from training.prune_schedule import (
+    finetune_lr_scale,
+    initial_shape,
+    prune_schedule,
+    step_target,
+)
 from training.sampling import ListSampler
 from training.train import TeacherConfig, build_component
 
@@ -58,12 +65,19 @@ def test_each_distillation_loss_is_zero_when_student_equals_teacher() -> None:
     assert bool((feature_kd(f * 0.5, f) > 0).all())
 
 
-def test_catalogue_ranking_kd_sees_only_rankable_items() -> None:
+def _catalogue(rows: int, items: int, share: float, always: int) -> tuple[Tensor, ...]:
+    """Random student scores (with gradients), teacher scores and a rankable mask whose
+    first `always` items every row can rank."""
     g = torch.Generator().manual_seed(0)
-    s = torch.randn(4, 9, generator=g, requires_grad=True)
-    t = torch.randn(4, 9, generator=g)
-    rankable = torch.rand(4, 9, generator=g) < 0.6
-    rankable[:, 0] = True
+    s = torch.randn(rows, items, generator=g, requires_grad=True)
+    t = torch.randn(rows, items, generator=g)
+    rankable = torch.rand(rows, items, generator=g) < share
+    rankable[:, :always] = True
+    return s, t, rankable
+
+
+def test_catalogue_ranking_kd_sees_only_rankable_items() -> None:
+    s, t, rankable = _catalogue(4, 9, 0.6, 1)
     got = catalogue_ranking_kd(s, t, rankable, temperature=0.7)
     for row in range(4):
         keep = rankable[row]
@@ -80,6 +94,21 @@ def test_catalogue_ranking_kd_sees_only_rankable_items() -> None:
     )
 
 
+def test_catalogue_score_kd_is_the_centred_squared_error_over_rankable_items() -> None:
+    s, t, rankable = _catalogue(3, 7, 0.7, 2)
+    got = catalogue_score_kd(s, t, rankable)
+    for row in range(3):
+        d = (s[row] - t[row])[rankable[row]]
+        torch.testing.assert_close(got[row], (d - d.mean()).pow(2).mean())
+    # A per-row shift changes no ranking and no loss; hidden items neither count nor learn.
+    shifted = torch.where(rankable, t + torch.arange(3.0)[:, None], t - 50.0)
+    torch.testing.assert_close(
+        catalogue_score_kd(shifted, t, rankable), torch.zeros(3), atol=1e-5, rtol=0
+    )
+    got.sum().backward()
+    assert s.grad is not None and bool((s.grad[~rankable] == 0).all())
+
+
 def _plackett_luce_top(s: list[float], t: list[float], k: int) -> float:
     """The definition, item by item: -log P(teacher's top k, in order, before the rest)."""
     order = sorted(range(len(t)), key=lambda j: -t[j])
@@ -92,11 +121,7 @@ def _plackett_luce_top(s: list[float], t: list[float], k: int) -> float:
 
 
 def test_topk_ranking_kd_is_the_plackett_luce_likelihood_of_the_teachers_top() -> None:
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(4, 12, generator=g, requires_grad=True)
-    t = torch.randn(4, 12, generator=g)
-    rankable = torch.rand(4, 12, generator=g) < 0.7
-    rankable[:, :5] = True
+    s, t, rankable = _catalogue(4, 12, 0.7, 5)
     got = topk_ranking_kd(s, t, rankable, k=4)
     for row in range(4):
         keep = rankable[row]
@@ -107,7 +132,9 @@ def test_topk_ranking_kd_is_the_plackett_luce_likelihood_of_the_teachers_top() -
     assert s.grad is not None and bool((s.grad[~rankable] == 0).all())
     masked = torch.where(rankable, t, torch.tensor(-1e4))
     in_top = masked >= masked.topk(4, dim=-1).values[:, -1:]
-    below = torch.where(in_top, t, t.min() - 1.0 - torch.rand(4, 12, generator=g))
+    below = torch.where(
+        in_top, t, t.min() - 1.0 - torch.rand(4, 12, generator=torch.Generator().manual_seed(1))
+    )
     torch.testing.assert_close(topk_ranking_kd(s, below, rankable, k=4), got)
     # A student far more confident in the teacher's order approaches zero loss; the
     # reverse order costs more.
@@ -200,6 +227,19 @@ def test_list_sampler_draws_rated_positives_and_unseen_negatives(tmp_path: Path)
     assert ex["item_genres"].shape == (*arrays["item"].shape, ds.feature_map.n_genres)
 
 
+def test_finetune_lr_falls_on_a_cosine_over_the_finetune_epochs_only() -> None:
+    cfg = StudentConfig(epochs=10, finetune_epochs=4, finetune_lr_end=0.1)
+    assert [finetune_lr_scale(cfg, e, 0.5) for e in range(6)] == [1.0] * 6
+    assert finetune_lr_scale(cfg, 6, 0.0) == pytest.approx(1.0)
+    assert finetune_lr_scale(cfg, 8, 0.0) == pytest.approx(0.55)  # half way: the mean
+    assert finetune_lr_scale(cfg, 9, 1.0) == pytest.approx(0.1)
+    path = [finetune_lr_scale(cfg, e, f) for e in range(6, 10) for f in (0.0, 0.25, 0.5, 0.75)]
+    assert path == sorted(path, reverse=True) and min(path) > 0.1
+    assert finetune_lr_scale(replace(cfg, finetune_lr_end=1.0), 9, 0.9) == 1.0
+    with pytest.raises(ValueError, match="finetune_lr_end"):
+        replace(cfg, finetune_lr_end=1.5).effective()
+
+
 def test_schedule_and_initial_size() -> None:
     cfg = StudentConfig(epochs=14, prune_start=2, prune_steps=6, finetune_epochs=4)
     sched = prune_schedule(cfg)
@@ -258,6 +298,30 @@ def test_distillation_runs_with_every_pruning_method(tmp_path: Path, method: str
     assert count_params(student) <= 0.5 * count_params(teacher) + 1
     assert info["config"]["method"] == method
     assert len(info["prune_steps"]) == 2
+
+
+def test_score_kd_and_the_finetune_decay_take_part_in_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
+    split = make_split(ds, split="u1")
+    teacher = tiny_student(1)
+    teacher = type(teacher)(ds.feature_map, shape=teacher.shape)
+    cfg = StudentConfig(quick=True, progress=False, w_score_kd=1.0, finetune_lr_end=0.0)
+    rates: list[float] = []
+    set_lr = distill.Distillation._set_lr
+
+    def record(run: distill.Distillation, scale: float) -> None:
+        set_lr(run, scale)
+        groups = run.opt.param_groups  # type: ignore[union-attr]
+        rates.append(groups[0]["lr"] / run.lr)
+
+    monkeypatch.setattr(distill.Distillation, "_set_lr", record)
+    _, info = distill_student(ds, split.train, teacher, config=cfg)
+    losses = info["curves"]["score_kd"]
+    assert len(losses) == cfg.effective().epochs and all(np.isfinite(losses))
+    # Constant until the fine-tune, then falling towards 0 within its epochs.
+    assert rates[0] == 1.0 and rates == sorted(rates, reverse=True) and rates[-1] < 0.2
 
 
 def test_a_student_distilled_twice_on_two_threads_is_the_same(tmp_path: Path) -> None:
