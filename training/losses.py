@@ -8,6 +8,8 @@
   item the user has not rated in training, or over the list only;
 - top-k ranking distillation: the teacher's top items in its order above the rest (with
   the catalogue scope only);
+- score distillation: squared error of the centred catalogue scores (the catalogue scope
+  only);
 - feature distillation: the student's per-factor interactions, through a learned linear
   projection, against the teacher's representation (over its mean square).
 
@@ -86,8 +88,9 @@ def topk_ranking_kd(student: Tensor, teacher: Tensor, rankable: Tensor, *, k: in
 def catalogue_score_kd(student: Tensor, teacher: Tensor, rankable: Tensor) -> Tensor:
     """Mean squared difference of the scores over each row's rankable items, each side
     centred on its row's mean there (a per-user constant does not change a ranking):
-    [N, M] x3 -> [N]. Its minimum over rank-k students is the truncated SVD of the
-    teacher's centred score matrix, whose top 10 held the teacher's (docs/student.md)."""
+    [N, M] x3 -> [N]. Unmasked, a low-rank factorisation minimising it is what the
+    spectral start computes (training/student_init.py): this term holds the score path
+    to the teacher's scores themselves, not only to their softmax."""
     mask = rankable.float()
     count = mask.sum(dim=-1, keepdim=True).clamp(min=1.0)  # [N, 1]
     diff = (student - teacher) * mask  # [N, M]
