@@ -69,8 +69,10 @@ def measure(data_dir: Path, dataset: str, *, sweeps: int, repeat: int) -> dict[s
     return {
         "dataset": dataset,
         "sweeps": int(figures["sweeps"]),
-        "seconds": [round(s, 3) for s in seconds],
-        "median_seconds": round(median, 3),
+        # To 10 us: a short run's sweep takes a few milliseconds, which a rounding to the
+        # millisecond would blur by more than ms_per_sweep's own rounding.
+        "seconds": [round(s, 5) for s in seconds],
+        "median_seconds": round(median, 5),
         "ms_per_sweep": round(1000 * median / figures["sweeps"], 2),
         "train_rmse": figures["train_rmse"],
         "noise_std": figures["noise_std"],

@@ -211,6 +211,8 @@ class Distillation:
             self.curves.setdefault(name, []).append(value / n)
 
     def _set_lr(self, scale: float) -> None:
+        # Not a torch LR scheduler: the optimiser is rebuilt after every pruning step and
+        # may be two (Optimizers), so a scheduler would be rebuilt and stepped with each.
         parts = self.opt.parts if isinstance(self.opt, Optimizers) else [self.opt]
         for opt in parts:
             for group in opt.param_groups:
