@@ -35,7 +35,7 @@ import torch
 from bench._heldout import int_list, write_outputs
 from bench.student import fold_split, get_teacher
 from training.data import Dataset, Split, load_dataset
-from training.evaluate import ranking_metrics
+from training.evaluate import ranking_metrics, rating_metrics
 from training.models.base import TwoHeadModel
 
 log = logging.getLogger("bench.head_rank")
@@ -84,10 +84,11 @@ def teacher_matrices(teacher: TwoHeadModel, ds: Dataset) -> tuple[np.ndarray, np
     return scores.double().numpy(), np.stack(rows)
 
 
-def subspace(matrix: np.ndarray, rank: int) -> np.ndarray:
-    """Orthonormal basis [N, rank] of the best rank-`rank` column space of `matrix`."""
+def subspace(matrix: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """Orthonormal basis [N, rank] of the best rank-`rank` column space of `matrix`; every
+    rank's at once (its left singular vectors, best first) when `rank` is None."""
     left, _, _ = np.linalg.svd(matrix, full_matrices=False)
-    return left[:, :rank]
+    return left if rank is None else left[:, :rank]
 
 
 def project(matrix: np.ndarray, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -118,22 +119,23 @@ def cell(teacher: TwoHeadModel, ds: Dataset, split: Split, ranks: list[int]) -> 
 
     def rmse(matrix: np.ndarray) -> float:
         test = split.test
-        predicted = np.clip(matrix[test.user - 1, test.item - 1], 1.0, 5.0)
-        return float(np.sqrt(np.mean((predicted - test.rating) ** 2)))
+        return rating_metrics(matrix[test.user - 1, test.item - 1], test.rating)["rmse"]
 
     base_ndcg, base_rmse = ndcg(scores), rmse(ratings)
     weight = np.linalg.norm(scores) / max(float(np.linalg.norm(residual)), 1e-12)
+    # Each mode's singular vectors once; a rank's subspaces are their leading columns.
+    bases = {
+        "score only": (subspace(scores), subspace(scores.T)),
+        "rating only": (subspace(residual), subspace(residual.T)),
+        "shared": (
+            subspace(np.hstack([scores, weight * residual])),
+            subspace(np.hstack([scores.T, weight * residual.T])),
+        ),
+    }
     rows = []
     for rank in ranks:
-        bases = {
-            "score only": (subspace(scores, rank), subspace(scores.T, rank)),
-            "rating only": (subspace(residual, rank), subspace(residual.T, rank)),
-            "shared": (
-                subspace(np.hstack([scores, weight * residual]), rank),
-                subspace(np.hstack([scores.T, weight * residual.T]), rank),
-            ),
-        }
-        for mode, (users, items) in bases.items():
+        for mode, (all_users, all_items) in bases.items():
+            users, items = all_users[:, :rank], all_items[:, :rank]
             rows.append(
                 {
                     "rank": rank,
