@@ -42,7 +42,7 @@ from training.kd_targets import (
 )
 from training.losses import DistillLoss
 from training.models.base import count_params
-from training.models.student import Student, StudentShape
+from training.models.student import RATING_DIMS, SCORE_RANK, Student, StudentShape
 from training.prune import prune_step
 from training.prune_schedule import (
     finetune_lr_scale,
@@ -58,7 +58,7 @@ from training.sparse import (
     sparse_ids,
     sparsify_embeddings,
 )
-from training.student_init import spectral_start
+from training.student_init import factor_tiers, spectral_start
 
 if TYPE_CHECKING:
     from training.data import Dataset, Ratings
@@ -103,8 +103,12 @@ class Distillation:
         *,
         target_params: int,
         device: torch.device | None = None,
+        hold_score_path: bool = False,
     ) -> None:
         self.cfg = config
+        self.hold_score_path = hold_score_path
+        # (view, value) pairs written back after every step: the score path held fixed.
+        self.held: list[tuple[Tensor, Tensor]] = []
         # Pools stay on the CPU and each batch moves to `device`; pruning runs on the CPU.
         self.device = indexed(device or torch.device("cpu"))
         self.student = student
@@ -157,6 +161,7 @@ class Distillation:
 
     def fit(self) -> None:
         self._place(self.device)
+        self._hold()
         for epoch in range(self.cfg.epochs):
             pool = self.pools[epoch % len(self.pools)]
             self.train_epoch(epoch, pool)
@@ -226,6 +231,9 @@ class Distillation:
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
+        with torch.no_grad():
+            for view, value in self.held:
+                view.copy_(value)
         return {**{k: float(v.detach()) for k, v in means.items()}, "total": float(total.detach())}
 
     def prune_after(self, epoch: int, pool: TeacherPool) -> None:
@@ -244,12 +252,25 @@ class Distillation:
                 batches=self._importance_batches(pool),
                 generator=self.gen,
                 min_units=self.cfg.min_units,
+                floors={
+                    **dict.fromkeys(RATING_DIMS, self.cfg.min_rating_dims),
+                    **dict.fromkeys(SCORE_RANK, self.cfg.min_score_rank),
+                },
+                tiers=factor_tiers if self.hold_score_path else None,
                 on_prune=self._on_prune,
             )
             self.steps.append({"epoch": epoch + 1, "target": target, **asdict(step)})
             self.opt = self._optimizer()
             pruned = True
         self._place(self.device, rebuild=pruned)
+        if pruned:
+            self._hold()
+
+    def _hold(self) -> None:
+        """Takes the score path's values to hold (pruning and moves replace its tensors,
+        so the views are taken again after each)."""
+        if self.hold_score_path:
+            self.held = [(v, v.detach().clone()) for v in self.student.score_path()]
 
     def _importance_batches(self, pool: TeacherPool) -> list[dict[str, Tensor]]:
         cfg = self.cfg
@@ -330,14 +351,16 @@ def distill_student(
     shape = initial_shape(dataset.feature_map, cfg, teacher_params)
     student = Student(dataset.feature_map, shape=shape, global_mean=float(train.rating.mean()))
     initial_params = count_params(student)
-    if cfg.score_init == "spectral":
-        spectral_start(student, teacher, dataset.tables)
+    rank = spectral_start(student, teacher, dataset.tables) if cfg.score_init == "spectral" else 0
     if pools is None:
         pools = teacher_pools(dataset, train, teacher, config=cfg)
     loss = _distill_loss(cfg, dataset, train, teacher, shape=shape, pool=pools[0])
     device = local_device(resolve_device(cfg.device))
     log.info("student distils on %s", device)
-    run = Distillation(cfg, student, loss, pools, target_params=target, device=device)
+    hold = cfg.hold_score_path and rank > 0
+    run = Distillation(
+        cfg, student, loss, pools, target_params=target, device=device, hold_score_path=hold
+    )
     with reproducible(device):
         run.fit()
     if teacher is not full_teacher:

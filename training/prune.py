@@ -69,31 +69,45 @@ def select_keep(
     *,
     remove_params: int,
     min_units: int = 2,
+    floors: Mapping[str, int] | None = None,
+    tiers: Mapping[str, Tensor] | None = None,
     normalise: bool = True,
 ) -> dict[str, Tensor]:
     """Greedy: drops the units with the least importance per parameter saved.
 
     Stops once `remove_params` parameters are gone (costs as of now) and never leaves a
-    kind with fewer than `min_units` units. Returns kind -> sorted indices to keep.
+    kind with fewer than `min_units` units. `floors[kind]`, where larger, bounds a kind
+    while the removal can be met without going under it: the size target is the run's
+    contract and a floor only a preference (a small data set's student may be too small
+    for one), so a second pass, in the same order, goes down to `min_units`. `tiers[kind]`
+    ([n_units] integers, 0 where absent) orders before importance: a unit of a higher tier
+    goes only after every unit of lower tiers that may go.
+    Returns kind -> sorted indices to keep.
     """
     counts = student.unit_counts()
+    floored = {k: max(min_units, (floors or {}).get(k, 0)) for k in UNIT_KINDS}
     costs = {k: student.unit_cost(k) for k in UNIT_KINDS}
-    candidates: list[tuple[float, str, int]] = []
+    candidates: list[tuple[int, float, str, int]] = []
     for kind in UNIT_KINDS:
         scores = importance[kind].double()
         if normalise:
             scores = scores / costs[kind]
-        candidates += [(float(s), kind, j) for j, s in enumerate(scores.tolist())]
-    candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+        tier = (tiers or {}).get(kind, torch.zeros(counts[kind], dtype=torch.long)).tolist()
+        candidates += [(int(tier[j]), float(s), kind, j) for j, s in enumerate(scores.tolist())]
+    candidates.sort()
     dropped: dict[str, set[int]] = {k: set() for k in UNIT_KINDS}
     removed = 0
-    for _, kind, j in candidates:
-        if removed >= remove_params:
-            break
-        if counts[kind] - len(dropped[kind]) <= min_units:
-            continue
-        dropped[kind].add(j)
-        removed += costs[kind]
+    for least in (floored, dict.fromkeys(UNIT_KINDS, min_units)):
+        for _, _, kind, j in candidates:
+            if removed >= remove_params:
+                break
+            if j in dropped[kind] or counts[kind] - len(dropped[kind]) <= least[kind]:
+                continue
+            dropped[kind].add(j)
+            removed += costs[kind]
+    under = [k for k in UNIT_KINDS if dropped[k] and counts[k] - len(dropped[k]) < floored[k]]
+    if under:
+        log.info("the size target took %s under their pruning floors", ", ".join(under))
     return {
         k: torch.tensor([j for j in range(counts[k]) if j not in dropped[k]], dtype=torch.long)
         for k in UNIT_KINDS
@@ -121,6 +135,8 @@ def prune_step(
     batches: Iterable[Mapping[str, Tensor]] = (),
     generator: torch.Generator | None = None,
     min_units: int = 2,
+    floors: Mapping[str, int] | None = None,
+    tiers: Callable[[Student], Mapping[str, Tensor]] | None = None,
     max_rounds: int = 4,
     on_prune: Callable[[str, Tensor], None] | None = None,
 ) -> PruneStep:
@@ -128,8 +144,9 @@ def prune_step(
 
     Costs interact (dropping an embedding dimension makes every hidden neuron cheaper), so
     the greedy pass is repeated, with fresh importance, until the target is met.
-    `on_prune(kind, keep)` lets the caller shrink tensors outside the student (the
-    feature-distillation projection) the same way.
+    `tiers(student)`, taken afresh every round, orders units before importance
+    (`select_keep`). `on_prune(kind, keep)` lets the caller shrink tensors outside the
+    student (the feature-distillation projection) the same way.
     """
     before = count_params(student)
     removed_total = dict.fromkeys(UNIT_KINDS, 0)
@@ -146,6 +163,8 @@ def prune_step(
             importance,
             remove_params=now - target_params,
             min_units=min_units,
+            floors=floors,
+            tiers=tiers(student) if tiers is not None else None,
             normalise=method != "random",
         )
         removed = apply_keep(student, keep)

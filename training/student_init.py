@@ -5,10 +5,11 @@ Why: the teacher ranks by an inner product of tower vectors, so its score matrix
 (Eckart-Young) is a pair of factor tables of (users + items) x k numbers, the shape of the
 student's id embeddings. The best rank-16 factorisation keeps about 0.92 of the teacher's
 top 10 where distillation from a random start kept about 0.7 (bench/results/fidelity.md).
-So the student starts where its score head would like to end: its first k embedding
-dimensions hold the factors and its score projections pass them through; the other
-dimensions, the hidden layer and the rating head start as before and distillation and
-pruning proceed unchanged.
+So the student starts where its score head would like to end: the first k dimensions of
+its score block hold the factors and its score projections pass them through; the other
+dimensions, the hidden layer and the rating head start as before. With
+`StudentConfig.hold_score_path` (the default) distillation keeps the factorisation as it
+is and pruning can only truncate it; otherwise distillation trains it like the rest.
 """
 
 from __future__ import annotations
@@ -67,23 +68,20 @@ def teacher_score_factors(
 
 
 def _pass_through(tower: Tower, factors: Tensor) -> None:
-    """Embedding dims [0, k): the id table's are `factors`, the side fields' zero; the score
-    projection copies them unchanged."""
+    """Score-block dims [0, k): the id table's are `factors`, the side fields' zero; the
+    score projection copies them unchanged."""
     k = factors.shape[1]
-    hidden = tower.hidden.out_features
     ids, *fields = tower.embeddings()
     ids.weight[:, :k] = factors
     # Side fields add to the same dimensions, and their random start would blur the
-    # factorised scores: they start at zero there and learn.
+    # factorised scores: they start at zero there (and learn, unless the path is held).
     for table in fields:
         table.weight[:, :k] = 0.0
     if tower.genre is not None:
         tower.genre.weight[:k] = 0.0
     tower.score_out.weight.zero_()
     tower.score_out.bias.zero_()
-    tower.score_out.weight[:k, hidden : hidden + k] = torch.eye(k)
-    # The rating head starts on the other dimensions, as it would from a random start.
-    tower.rating_out.weight[:, hidden : hidden + k] = 0.0
+    tower.score_out.weight[:k, :k] = torch.eye(k)
 
 
 @torch.no_grad()
@@ -94,7 +92,7 @@ def spectral_start(student: Student, teacher: nn.Module, tables: FeatureTables) 
         log.warning("the teacher has no towers to factorise: the student starts at random")
         return 0
     shape = student.shape
-    k = min(shape.score_factor, shape.user_dim, shape.item_dim)
+    k = min(shape.score_factor, shape.user_score_dim, shape.item_score_dim)
     user_factors, item_factors = teacher_score_factors(teacher, tables, k)
     k = user_factors.shape[1]
     _pass_through(student.user, user_factors)
@@ -102,3 +100,28 @@ def spectral_start(student: Student, teacher: nn.Module, tables: FeatureTables) 
     student.item_score_bias.weight.zero_()
     log.info("student score path starts at the teacher's rank-%d score factorisation", k)
     return k
+
+
+@torch.no_grad()
+def factor_tiers(student: Student) -> dict[str, Tensor]:
+    """Pruning tiers (`prune.select_keep`) of a held factorisation: 0 for score dimensions
+    and factors outside it, else higher for larger singular values, so that pruning takes
+    the dimensions the score head does not read first and then the factorisation's
+    smallest directions. Left to importance, pruning kept a dimension that only the rating
+    head reads over one of the factorisation's, and that run's held-back NDCG@10 fell
+    (bench/results/student-split/). Read from the score projections, which a held path
+    keeps at the spectral start's pass-through: column j copies factor row(j)."""
+    n = student.user.score_out.out_features
+
+    def dims(tower: Tower) -> Tensor:
+        weight = tower.score_out.weight.abs()  # [Ks, Ds]
+        tier = n - weight.argmax(dim=0)  # [Ds]: rows are in singular-value order
+        return torch.where(weight.sum(dim=0) > 0, tier, 0)
+
+    rows = student.user.score_out.weight.abs().sum(dim=1) > 0  # [Ks]
+    factors = torch.where(rows, n - torch.arange(n), 0)
+    return {
+        "user_score_dim": dims(student.user),
+        "item_score_dim": dims(student.item),
+        "score_factor": factors,
+    }

@@ -98,7 +98,8 @@ def test_pruned_student_round_trip_keeps_its_shape(dataset: Dataset, tmp_path: P
     torch.manual_seed(0)
     student = Student(dataset.feature_map, shape=StudentShape().scaled(0.25), global_mean=3.4)
     _randomise(student, 2)
-    student.prune("user_dim", torch.arange(0, 16, 2))
+    student.prune("user_score_dim", torch.arange(0, 12, 2))
+    student.prune("item_rating_dim", torch.tensor([0, 3]))
     student.prune("item_hidden", torch.tensor([0, 3, 5]))
     student.prune("score_factor", torch.arange(5))
     path = tmp_path / "student.pt"

@@ -250,7 +250,14 @@ def test_schedule_and_initial_size() -> None:
     shape = initial_shape(fm, cfg, 50_000)
     assert 0.8 * 50_000 < shape_params(fm, shape) <= 50_000
     fixed = StudentShape(
-        user_dim=3, item_dim=3, user_hidden=3, item_hidden=3, rating_factor=2, score_factor=2
+        user_score_dim=3,
+        user_rating_dim=2,
+        item_score_dim=3,
+        item_rating_dim=2,
+        user_hidden=3,
+        item_hidden=3,
+        rating_factor=2,
+        score_factor=2,
     )
     assert initial_shape(fm, replace(cfg, initial="shape", shape=fixed), 50_000) == fixed
 
@@ -403,7 +410,9 @@ def test_a_mirroring_student_distils_the_tower_score_and_ranks_with_its_rating(
     teacher = quick_teacher(ds)
     teacher.standardise(np.arange(1, 31), ds.tables)
     teacher.rating_score_weight.fill_(0.3)
-    mirror = StudentConfig(quick=True, progress=False, prune_ratio=0.5)
+    mirror = StudentConfig(
+        quick=True, progress=False, prune_ratio=0.5, score_rating="mirror", hold_score_path=False
+    )
     towers_only = score_teacher(teacher, mirror)
     assert float(towers_only.rating_score_weight) == 0.0
     assert float(teacher.rating_score_weight) == pytest.approx(0.3)  # a copy: the teacher keeps it

@@ -100,7 +100,7 @@ def test_group_fisher_matches_brute_force_gradient_times_weight() -> None:
     got = group_fisher(model, loss_fn, [ex], units=model.unit_counts())
     n = ex["user"].shape[0]
     params = {
-        "user_hidden": [model.user.rating_out.weight, model.user.score_out.weight],
+        "user_hidden": [model.user.rating_out.weight],
         "rating_factor": [model.user.rating_out.weight, model.user.rating_out.bias],
         "score_factor": [model.user.score_out.weight, model.user.score_out.bias],
     }
@@ -121,8 +121,10 @@ def test_group_fisher_matches_brute_force_gradient_times_weight() -> None:
         want = 0.5 * per_example.pow(2).mean(dim=0)
         torch.testing.assert_close(got[kind], want, rtol=1e-4, atol=1e-8)
     # Embedding dimensions: gate at the summed embedding = sum of g * theta over the tables.
-    assert got["user_dim"].shape == (SMALL.user_dim,)
-    assert bool((got["item_dim"] > 0).all())
+    assert got["user_score_dim"].shape == (SMALL.user_score_dim,)
+    assert got["user_rating_dim"].shape == (SMALL.user_rating_dim,)
+    assert bool((got["item_score_dim"] > 0).all())
+    assert bool((got["item_rating_dim"] > 0).all())
 
 
 def test_layer_sensitivity_and_units_aggregate_the_diagonal() -> None:

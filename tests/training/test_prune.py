@@ -24,6 +24,39 @@ def test_select_keep_drops_least_important_per_parameter_and_respects_minimum() 
     # Asking for everything stops at min_units of every kind.
     keep = select_keep(model, importance, remove_params=10**9, min_units=2)
     assert all(keep[k].numel() == 2 for k in UNIT_KINDS)
+    # A floor holds one kind above min_units while the removal can be met above it (here
+    # everything else, less one unit's cost); a floor above the current count drops none.
+    floors = {"user_rating_dim": 3, "item_rating_dim": 9}
+    others = sum(
+        (n - 2) * model.unit_cost(k) for k, n in model.unit_counts().items() if k not in floors
+    )
+    reachable = others + (SMALL.user_rating_dim - 3) * model.unit_cost("user_rating_dim")
+    keep = select_keep(model, importance, remove_params=reachable, min_units=2, floors=floors)
+    assert keep["user_rating_dim"].numel() == 3
+    assert keep["item_rating_dim"].numel() == SMALL.item_rating_dim
+    assert all(keep[k].numel() == 2 for k in UNIT_KINDS if k not in floors)
+    # Floors give way to the size target where it cannot be met above them.
+    keep = select_keep(model, importance, remove_params=10**9, min_units=2, floors=floors)
+    assert all(keep[k].numel() == 2 for k in UNIT_KINDS)
+
+
+def test_a_higher_tier_goes_only_after_every_lower_one_of_any_kind() -> None:
+    model = Student(feature_map(), shape=SMALL)
+    n = SMALL.score_factor
+    importance = {k: torch.ones(c) for k, c in model.unit_counts().items()}
+    importance["score_factor"] = torch.arange(n, 0, -1) * 1e-3  # the last is least important
+    cost = model.unit_cost("score_factor")
+    others = sum((c - 2) * model.unit_cost(k) for k, c in model.unit_counts().items())
+    others -= (n - 2) * cost
+    # Without tiers the factors go first, least important first.
+    keep = select_keep(model, importance, remove_params=2 * cost)
+    assert keep["score_factor"].tolist() == list(range(n - 2))
+    assert all(keep[k].numel() == c for k, c in model.unit_counts().items() if k != "score_factor")
+    # Tiers 1, 2, ...: every other unit goes first, then factor 0 and factor 1.
+    tiers = {"score_factor": torch.arange(1, n + 1)}
+    keep = select_keep(model, importance, remove_params=others + 2 * cost, tiers=tiers)
+    assert keep["score_factor"].tolist() == list(range(2, n))
+    assert all(keep[k].numel() == 2 for k in UNIT_KINDS if k != "score_factor")
 
 
 def test_magnitude_and_fisher_rank_silent_units_last() -> None:
@@ -32,7 +65,7 @@ def test_magnitude_and_fisher_rank_silent_units_last() -> None:
         model.item.hidden.weight[1] = 0.0
         model.item.hidden.bias[1] = 0.0
         model.item.rating_out.weight[:, 1] = 0.0
-        model.item.score_out.weight[:, 1] = 0.0
+        model.item.hidden.bias[[0, 2, 3]] = 1.0  # live for every input: their Fisher is > 0
     magnitude = unit_importance(model, method="magnitude")
     assert int(magnitude["item_hidden"].argmin()) == 1
     assert float(magnitude["item_hidden"][1]) == 0.0

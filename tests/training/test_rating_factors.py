@@ -25,7 +25,17 @@ def dataset(synthetic_ml100k: Path) -> Dataset:
 
 def _student(ds: Dataset) -> Student:
     torch.manual_seed(0)
-    student = Student(ds.feature_map, shape=StudentShape(8, 8, 6, 6, 4, 5), global_mean=3.6)
+    shape = StudentShape(
+        user_score_dim=8,
+        user_rating_dim=4,
+        item_score_dim=8,
+        item_rating_dim=4,
+        user_hidden=6,
+        item_hidden=6,
+        rating_factor=4,
+        score_factor=5,
+    )
+    student = Student(ds.feature_map, shape=shape, global_mean=3.6)
     with torch.no_grad():  # biases away from their zero start, so that they are tested
         student.user_bias.weight.normal_(0.0, 0.3)
         student.item_bias.weight.normal_(0.0, 0.3)

@@ -24,7 +24,14 @@ from training.report import RESULTS_BEGIN, RESULTS_END, write_student_report
 from training.train import TeacherConfig, train_teacher
 
 SMALL = StudentShape(
-    user_dim=6, item_dim=5, user_hidden=7, item_hidden=4, rating_factor=3, score_factor=4
+    user_score_dim=6,
+    user_rating_dim=4,
+    item_score_dim=5,
+    item_rating_dim=3,
+    user_hidden=7,
+    item_hidden=4,
+    rating_factor=3,
+    score_factor=4,
 )
 
 
@@ -68,12 +75,13 @@ def test_shapes_and_parameter_count() -> None:
 def _silence_unit(model: Student, kind: str, j: int) -> None:
     """Zeroes the weights that feed unit j, so that the unit outputs exactly zero."""
     with torch.no_grad():
-        if kind in ("user_dim", "item_dim"):
-            tower = model.user if kind == "user_dim" else model.item
+        if kind.endswith("_dim"):
+            tower = model.user if kind.startswith("user") else model.item
+            col = j if "score" in kind else tower.score_dim + j
             for table in tower.embeddings():
-                table.weight[:, j] = 0.0
+                table.weight[:, col] = 0.0
             if tower.genre is not None:
-                tower.genre.weight[j] = 0.0
+                tower.genre.weight[col] = 0.0
         elif kind in ("user_hidden", "item_hidden"):
             tower = model.user if kind == "user_hidden" else model.item
             tower.hidden.weight[j] = 0.0
@@ -129,9 +137,28 @@ def test_prune_rejects_bad_requests() -> None:
     with pytest.raises(ValueError, match="unknown unit kind"):
         model.prune("head", torch.tensor([0]))
     with pytest.raises(ValueError, match="non-empty subset"):
-        model.prune("user_dim", torch.tensor([], dtype=torch.long))
+        model.prune("user_score_dim", torch.tensor([], dtype=torch.long))
     with pytest.raises(ValueError, match="non-empty subset"):
-        model.prune("user_dim", torch.tensor([99]))
+        model.prune("user_rating_dim", torch.tensor([99]))
+
+
+def test_the_score_head_reads_only_its_block_and_the_rating_head_both() -> None:
+    fm = feature_map()
+    torch.manual_seed(2)
+    model = Student(fm, shape=SMALL)
+    x = inputs(fm, 16, seed=4)
+    with torch.no_grad():
+        before = model.heads(*x)
+        for tower in (model.user, model.item):
+            tower.tables[0].weight[:, tower.score_dim :] += 1.0
+        rating_moved = model.heads(*x)
+        for tower in (model.user, model.item):
+            tower.tables[0].weight[:, : tower.score_dim] += 1.0
+        both_moved = model.heads(*x)
+    torch.testing.assert_close(rating_moved["score"], before["score"])
+    assert not torch.allclose(rating_moved["rating"], before["rating"])
+    assert not torch.allclose(both_moved["score"], rating_moved["score"])
+    assert not torch.allclose(both_moved["rating"], rating_moved["rating"])
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.7])
@@ -213,7 +240,8 @@ def test_pruned_student_exports_to_onnx_with_parity(tmp_path: Path) -> None:
     ds = load_dataset(write_ml100k(tmp_path / "data", n_users=12, n_items=15, n_ratings=120))
     model = Student(ds.feature_map, shape=SMALL)
     model.prune("user_hidden", torch.tensor([1, 3, 4]))
-    model.prune("item_dim", torch.tensor([0, 4]))
+    model.prune("item_score_dim", torch.tensor([0, 4]))
+    model.prune("user_rating_dim", torch.tensor([1, 2]))
     model.eval()
     path = export_onnx(model, ds.feature_map, tmp_path / "student.onnx", metadata={})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from training.distill_config import StudentConfig
 from training.kd_targets import item_tower_table
 from training.models.ensemble import EnsembleTeacher
 from training.models.student import Student, StudentShape
-from training.student_init import spectral_start, teacher_score_factors
+from training.student_init import factor_tiers, spectral_start, teacher_score_factors
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_a_student_started_spectrally_ranks_as_its_teacher(dataset: Dataset) -> 
     teacher = quick_teacher(dataset)
     fm = dataset.feature_map
     torch.manual_seed(1)
-    student = Student(fm, shape=StudentShape(user_dim=40, item_dim=40, score_factor=32))
+    student = Student(fm, shape=StudentShape(user_score_dim=40, item_score_dim=40, score_factor=32))
     rank = spectral_start(student, teacher, dataset.tables)
     assert rank >= int(np.linalg.matrix_rank(centred_scores(teacher, dataset), tol=1e-4))
     users = np.arange(1, fm.n_users + 1)
@@ -80,15 +81,24 @@ def test_a_student_started_spectrally_ranks_as_its_teacher(dataset: Dataset) -> 
     )
 
 
-def test_the_rating_head_starts_off_the_score_dimensions(dataset: Dataset) -> None:
+def test_the_spectral_start_leaves_the_rating_block_and_head_as_they_were(
+    dataset: Dataset,
+) -> None:
     teacher = quick_teacher(dataset)
-    shape = StudentShape(user_dim=24, item_dim=24, score_factor=8)
+    shape = StudentShape(user_score_dim=24, item_score_dim=24, score_factor=8)
+    torch.manual_seed(3)
     student = Student(dataset.feature_map, shape=shape)
-    rank = spectral_start(student, teacher, dataset.tables)
-    for tower in (student.user, student.item):
-        hidden = tower.hidden.out_features
-        assert not tower.rating_out.weight[:, hidden : hidden + rank].any()
-        assert tower.rating_out.weight[:, hidden + rank :].abs().sum() > 0
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    assert spectral_start(student, teacher, dataset.tables) > 0
+    for side in ("user", "item"):
+        tower = getattr(student, side)
+        for name in ("rating_out.weight", "rating_out.bias", "hidden.weight"):
+            torch.testing.assert_close(
+                student.state_dict()[f"{side}.{name}"], before[f"{side}.{name}"]
+            )
+        ids = before[f"{side}.tables.0.weight"]
+        torch.testing.assert_close(tower.tables[0].weight[:, 24:], ids[:, 24:])
+        assert not torch.equal(tower.tables[0].weight[:, :24], ids[:, :24])
 
 
 def test_distillation_runs_from_either_start(tmp_path: Path) -> None:
@@ -100,3 +110,49 @@ def test_distillation_runs_from_either_start(tmp_path: Path) -> None:
         student, info = distill_student(ds, split.train, teacher, config=cfg)
         assert info["config"]["score_init"] == start
         assert torch.isfinite(student.score_matrix(np.arange(1, 21), ds.tables)).all()
+
+
+def test_a_held_score_path_stays_the_factorisation_while_the_rest_trains(
+    tmp_path: Path,
+) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=20, n_items=30, n_ratings=300))
+    train = make_split(ds, split="u1").train
+    teacher = quick_teacher(ds)
+    cfg = StudentConfig(
+        quick=True, progress=False, prune=False, score_rating="distil", hold_score_path=True
+    )
+    student, _ = distill_student(ds, train, teacher, config=cfg)
+    torch.manual_seed(cfg.seed)  # as distill_student builds its student
+    fresh = Student(ds.feature_map, shape=student.shape)
+    spectral_start(fresh, teacher, ds.tables)
+    for got, want in zip(student.score_path(), fresh.score_path(), strict=True):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(student.user.rating_out.weight, fresh.user.rating_out.weight)
+    # Without holding it, distillation moves the score path off the factorisation.
+    moved, _ = distill_student(ds, train, teacher, config=replace(cfg, hold_score_path=False))
+    assert not all(
+        torch.allclose(a, b) for a, b in zip(moved.score_path(), fresh.score_path(), strict=True)
+    )
+
+
+def test_pruning_a_held_factorisation_takes_unread_dimensions_then_its_smallest_directions(
+    dataset: Dataset,
+) -> None:
+    teacher = quick_teacher(dataset)
+    torch.manual_seed(4)
+    shape = StudentShape(user_score_dim=10, item_score_dim=10, score_factor=6)
+    student = Student(dataset.feature_map, shape=shape)
+    k = spectral_start(student, teacher, dataset.tables)
+    assert k == 6
+    tiers = factor_tiers(student)
+    # Dimensions 0..5 pass factors 0..5 through (largest singular value first); 6..9 are
+    # read by the rating head alone.
+    assert tiers["user_score_dim"].tolist() == [6, 5, 4, 3, 2, 1, 0, 0, 0, 0]
+    assert tiers["score_factor"].tolist() == [6, 5, 4, 3, 2, 1]
+    # Pruning factor 1 and dimension 0 keeps the order of the rest.
+    student.prune("score_factor", torch.tensor([0, 2, 3, 4, 5]))
+    student.prune("item_score_dim", torch.arange(1, 10))
+    tiers = factor_tiers(student)
+    assert tiers["score_factor"].tolist() == [5, 4, 3, 2, 1]
+    assert tiers["user_score_dim"].tolist() == [5, 0, 4, 3, 2, 1, 0, 0, 0, 0]
+    assert tiers["item_score_dim"].tolist() == [0, 4, 3, 2, 1, 0, 0, 0, 0]

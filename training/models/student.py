@@ -2,12 +2,21 @@
 
 Why this shape: serving scores the whole catalogue for one user, so the student keeps the
 teacher's two-tower ranking head (one user vector against every item vector) and a biased
-MF rating head over tower outputs; the towers are one hidden layer with a linear skip, so
-side features still help cold users and items. Every structured unit can be removed by
-building new, smaller tensors (`prune`), which is what progressive pruning relies on.
+MF rating head over tower outputs. Every structured unit can be removed by building new,
+smaller tensors (`prune`), which is what progressive pruning relies on.
 
-Unit kinds (see UNIT_KINDS): the embedding dimensions of each side, the hidden neurons of
-each tower, and the rating and score factors (the dot-product dimensions of each head).
+Each side's embedding is two blocks of dimensions. The score head reads only the first and
+is linear in it, so that it can hold the teacher's score factorisation exactly (training/
+student_init.py); the rating head, one hidden layer with a linear skip, reads both. Side
+features add to both blocks, so they still help cold users and items. One block for
+both heads confines the score and rating matrices to one row space per side: on held-back
+data the best rank-20 subspace shared by the teacher's two matrices keeps 0.958 of its
+NDCG@10 where rank 16 for the score alone keeps 0.992, and rank 6 for the rating alone
+1.004x its RMSE (bench/results/student-split/head-rank.md).
+
+Unit kinds (see UNIT_KINDS): each block's embedding dimensions on each side, the hidden
+neurons of each tower, and the rating and score factors (the dot-product dimensions of each
+head).
 """
 
 from __future__ import annotations
@@ -24,21 +33,27 @@ from training.features import FeatureMap, FeatureTables
 from training.models.base import FactoredRating, RatedScore, TwoHeadModel
 
 UNIT_KINDS = (
-    "user_dim",
-    "item_dim",
+    "user_score_dim",
+    "user_rating_dim",
+    "item_score_dim",
+    "item_rating_dim",
     "user_hidden",
     "item_hidden",
     "rating_factor",
     "score_factor",
 )
+RATING_DIMS = ("user_rating_dim", "item_rating_dim")
+SCORE_RANK = ("user_score_dim", "item_score_dim", "score_factor")
 
 
 @dataclass(frozen=True)
 class StudentShape:
     """Widths of a student; pruning only ever shrinks them."""
 
-    user_dim: int = 64
-    item_dim: int = 64
+    user_score_dim: int = 48
+    user_rating_dim: int = 16
+    item_score_dim: int = 48
+    item_rating_dim: int = 16
     user_hidden: int = 128
     item_hidden: int = 128
     rating_factor: int = 32
@@ -50,16 +65,27 @@ class StudentShape:
     def as_dict(self) -> dict[str, int]:
         return {k: int(getattr(self, k)) for k in UNIT_KINDS}
 
+    @property
+    def user_dim(self) -> int:
+        return self.user_score_dim + self.user_rating_dim
+
+    @property
+    def item_dim(self) -> int:
+        return self.item_score_dim + self.item_rating_dim
+
 
 def shape_params(fm: FeatureMap, shape: StudentShape) -> int:
     """Parameter count of a student of this shape, without building it."""
     du, di = shape.user_dim, shape.item_dim
     hu, hi = shape.user_hidden, shape.item_hidden
-    k = shape.rating_factor + shape.score_factor
+    kr, ks = shape.rating_factor, shape.score_factor
     user_rows = fm.user_vocab + sum(fm.user_field_vocabs)
     item_rows = fm.item_vocab + sum(fm.item_field_vocabs) + fm.n_genres
     embeds = user_rows * du + item_rows * di
-    towers = (du * hu + hu) + (di * hi + hi) + (hu + du + 1) * k + (hi + di + 1) * k
+    hidden = (du * hu + hu) + (di * hi + hi)
+    heads = (shape.user_score_dim + 1) * ks + (hu + du + 1) * kr
+    heads += (shape.item_score_dim + 1) * ks + (hi + di + 1) * kr
+    towers = hidden + heads
     biases = fm.user_vocab + 2 * fm.item_vocab
     return embeds + towers + biases
 
@@ -77,27 +103,30 @@ def _embedding(weight: Tensor) -> nn.Embedding:
 
 
 class Tower(nn.Module):
-    """Embeddings of one side -> x [B, D]; h = relu(W x); p = A [h; x]; s = S [h; x]."""
+    """Embeddings of one side -> x = [x_s; x_r] [B, Ds + Dr]; s = S x_s (the score head,
+    linear in its block); h = relu(W x), p = A [h; x] (the rating head, reading both)."""
 
     def __init__(
         self,
         vocabs: list[int],
         n_genres: int,
         *,
-        dim: int,
+        score_dim: int,
+        rating_dim: int,
         hidden: int,
         rating_factor: int,
         score_factor: int,
         init_std: float = 0.05,
     ) -> None:
         super().__init__()
+        dim = score_dim + rating_dim
         # vocabs[0] is the id table; the rest are side fields. n_genres = 0 for users.
         self.tables = nn.ModuleList(nn.Embedding(v, dim) for v in vocabs)
         self.genre: nn.Linear | None
         self.genre = nn.Linear(n_genres, dim, bias=False) if n_genres > 0 else None
         self.hidden = nn.Linear(dim, hidden)
         self.rating_out = nn.Linear(hidden + dim, rating_factor)
-        self.score_out = nn.Linear(hidden + dim, score_factor)
+        self.score_out = nn.Linear(score_dim, score_factor)
         for table in self.embeddings():
             nn.init.normal_(table.weight, std=init_std)
         if self.genre is not None:
@@ -107,8 +136,16 @@ class Tower(nn.Module):
         return [cast(nn.Embedding, t) for t in self.tables]
 
     @property
+    def score_dim(self) -> int:
+        return int(self.score_out.in_features)
+
+    @property
     def dim(self) -> int:
         return int(self.hidden.in_features)
+
+    @property
+    def rating_dim(self) -> int:
+        return self.dim - self.score_dim
 
     def embed(self, ids: Tensor, feats: Tensor, genres: Tensor | None) -> Tensor:
         """[B] ids, [B, F] side fields, [B, G] genres (item side) -> [B, D]."""
@@ -128,34 +165,52 @@ class Tower(nn.Module):
         h = torch.relu(self.hidden(x))  # [B, H]
         if hidden_mask is not None:
             h = h * hidden_mask
-        z = torch.cat([h, x], dim=1)  # [B, H+D]
-        return self.rating_out(z), self.score_out(z)  # [B, Kr], [B, Ks]
+        rating = self.rating_out(torch.cat([h, x], dim=1))  # [B, Kr]
+        return rating, self.score_out(x[:, : self.score_dim])  # [B, Kr], [B, Ks]
 
     # ---- structured pruning: each method replaces tensors by new, smaller ones
 
-    def prune_dim(self, keep: Tensor) -> None:
-        hidden = self.hidden.out_features
+    def prune_dim(self, keep: Tensor, *, block: str) -> None:
+        """Keeps the dimensions `keep` of one block ("score" or "rating")."""
+        ds, dr, hidden = self.score_dim, self.rating_dim, self.hidden.out_features
+        if block == "score":
+            columns = torch.cat([keep, ds + torch.arange(dr)])
+            self.score_out = _linear(self.score_out.weight[:, keep], self.score_out.bias)
+        else:
+            columns = torch.cat([torch.arange(ds), ds + keep])
+        self.hidden = _linear(self.hidden.weight[:, columns], self.hidden.bias)
+        self.rating_out = _linear(
+            self.rating_out.weight[:, torch.cat([torch.arange(hidden), hidden + columns])],
+            self.rating_out.bias,
+        )
         for j, table in enumerate(self.embeddings()):
-            self.tables[j] = _embedding(table.weight[:, keep])
+            self.tables[j] = _embedding(table.weight[:, columns])
         if self.genre is not None:
-            self.genre = _linear(self.genre.weight[keep], None)
-        self.hidden = _linear(self.hidden.weight[:, keep], self.hidden.bias)
-        cols = torch.cat([torch.arange(hidden), hidden + keep])
-        self.rating_out = _linear(self.rating_out.weight[:, cols], self.rating_out.bias)
-        self.score_out = _linear(self.score_out.weight[:, cols], self.score_out.bias)
+            self.genre = _linear(self.genre.weight[columns], None)
 
     def prune_hidden(self, keep: Tensor) -> None:
         hidden = self.hidden.out_features
         self.hidden = _linear(self.hidden.weight[keep], self.hidden.bias[keep])
         cols = torch.cat([keep, hidden + torch.arange(self.dim)])
         self.rating_out = _linear(self.rating_out.weight[:, cols], self.rating_out.bias)
-        self.score_out = _linear(self.score_out.weight[:, cols], self.score_out.bias)
 
     def prune_rating_factor(self, keep: Tensor) -> None:
         self.rating_out = _linear(self.rating_out.weight[keep], self.rating_out.bias[keep])
 
     def prune_score_factor(self, keep: Tensor) -> None:
         self.score_out = _linear(self.score_out.weight[keep], self.score_out.bias[keep])
+
+
+def _dim_mask(masks: Mapping[str, Tensor], side: str, tower: Tower, rows: int) -> Tensor | None:
+    """One side's [B, Ds + Dr] embedding mask from its two blocks' masks (ones for a block
+    without one), or None when neither block has one."""
+    score, rating = masks.get(f"{side}_score_dim"), masks.get(f"{side}_rating_dim")
+    if score is None and rating is None:
+        return None
+    ones = tower.hidden.weight.new_ones
+    score = ones(rows, tower.score_dim) if score is None else score
+    rating = ones(rows, tower.rating_dim) if rating is None else rating
+    return torch.cat([score, rating], dim=1)  # [B, Ds + Dr]
 
 
 def _distinct(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -188,7 +243,8 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
         self.user = Tower(
             [fm.user_vocab, *fm.user_field_vocabs],
             0,
-            dim=shape.user_dim,
+            score_dim=shape.user_score_dim,
+            rating_dim=shape.user_rating_dim,
             hidden=shape.user_hidden,
             rating_factor=shape.rating_factor,
             score_factor=shape.score_factor,
@@ -196,7 +252,8 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
         self.item = Tower(
             [fm.item_vocab, *fm.item_field_vocabs],
             fm.n_genres,
-            dim=shape.item_dim,
+            score_dim=shape.item_score_dim,
+            rating_dim=shape.item_rating_dim,
             hidden=shape.item_hidden,
             rating_factor=shape.rating_factor,
             score_factor=shape.score_factor,
@@ -210,8 +267,10 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
     @property
     def shape(self) -> StudentShape:
         return StudentShape(
-            user_dim=self.user.dim,
-            item_dim=self.item.dim,
+            user_score_dim=self.user.score_dim,
+            user_rating_dim=self.user.rating_dim,
+            item_score_dim=self.item.score_dim,
+            item_rating_dim=self.item.rating_dim,
             user_hidden=self.user.hidden.out_features,
             item_hidden=self.item.hidden.out_features,
             rating_factor=self.user.rating_out.out_features,
@@ -232,8 +291,10 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
         m = masks or {}
         xu = self.user.embed(user, user_feats, None)  # [B, Du]
         xi = self.item.embed(item, item_feats, item_genres)  # [B, Di]
-        p, s = self.user(xu, dim_mask=m.get("user_dim"), hidden_mask=m.get("user_hidden"))
-        q, t = self.item(xi, dim_mask=m.get("item_dim"), hidden_mask=m.get("item_hidden"))
+        u_mask = _dim_mask(m, "user", self.user, user.shape[0])
+        i_mask = _dim_mask(m, "item", self.item, item.shape[0])
+        p, s = self.user(xu, dim_mask=u_mask, hidden_mask=m.get("user_hidden"))
+        q, t = self.item(xi, dim_mask=i_mask, hidden_mask=m.get("item_hidden"))
         if "rating_factor" in m:
             p = p * m["rating_factor"]  # [B, Kr]
         if "score_factor" in m:
@@ -355,6 +416,18 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
             torch.as_tensor(tables.item_genres),
         )
 
+    def score_path(self) -> list[Tensor]:
+        """Views of every parameter that only the score head reads: each tower's score
+        block of its embeddings, its score projection, and the items' score biases."""
+        views: list[Tensor] = [self.item_score_bias.weight]
+        for tower in (self.user, self.item):
+            ds = tower.score_dim
+            views += [table.weight[:, :ds] for table in tower.embeddings()]
+            if tower.genre is not None:
+                views.append(tower.genre.weight[:ds])
+            views += [tower.score_out.weight, tower.score_out.bias]
+        return views
+
     def unit_counts(self) -> dict[str, int]:
         return self.shape.as_dict()
 
@@ -366,10 +439,10 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
         n = self.unit_counts()[kind]
         if keep.numel() == 0 or int(keep.min()) < 0 or int(keep.max()) >= n:
             raise ValueError(f"keep indices for {kind} must be a non-empty subset of 0..{n - 1}")
-        if kind == "user_dim":
-            self.user.prune_dim(keep)
-        elif kind == "item_dim":
-            self.item.prune_dim(keep)
+        side, _, rest = kind.partition("_")
+        tower = self.user if side == "user" else self.item
+        if rest in ("score_dim", "rating_dim"):
+            tower.prune_dim(keep, block=rest.removesuffix("_dim"))
         elif kind == "user_hidden":
             self.user.prune_hidden(keep)
         elif kind == "item_hidden":
@@ -387,15 +460,16 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
         Used by magnitude pruning; the rows are the weights that `prune` removes.
         """
         u, i = self.user, self.item
-        if kind in ("user_dim", "item_dim"):
-            tower = u if kind == "user_dim" else i
-            parts: list[Tensor] = [t.weight.T for t in tower.embeddings()]
+        side, _, rest = kind.partition("_")
+        if rest in ("score_dim", "rating_dim"):
+            tower = u if side == "user" else i
+            ds, h = tower.score_dim, tower.hidden.out_features
+            block = slice(0, ds) if rest == "score_dim" else slice(ds, tower.dim)
+            parts: list[Tensor] = [t.weight[:, block].T for t in tower.embeddings()]
             if tower.genre is not None:
-                parts.append(tower.genre.weight)
-            parts.append(tower.hidden.weight.T)
-            h = tower.hidden.out_features
-            parts += [tower.rating_out.weight[:, h:].T, tower.score_out.weight[:, h:].T]
-            return parts
+                parts.append(tower.genre.weight[block])
+            parts += [tower.hidden.weight[:, block].T, tower.rating_out.weight[:, h:][:, block].T]
+            return [*parts, tower.score_out.weight.T] if rest == "score_dim" else parts
         if kind in ("user_hidden", "item_hidden"):
             tower = u if kind == "user_hidden" else i
             h = tower.hidden.out_features
@@ -403,7 +477,6 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
                 tower.hidden.weight,
                 tower.hidden.bias.unsqueeze(1),
                 tower.rating_out.weight[:, :h].T,
-                tower.score_out.weight[:, :h].T,
             ]
         layer = "rating_out" if kind == "rating_factor" else "score_out"
         if kind not in UNIT_KINDS:
