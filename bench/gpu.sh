@@ -33,7 +33,7 @@ started=$(date +%s)
 reserve=15 # seconds kept for archiving the logs at the end
 left() { echo $((budget - ($(date +%s) - started) - reserve)); }
 step() { # step NAME SECONDS COMMAND...: COMMAND under at most SECONDS and what is left
-    local name=$1 limit=$2 now
+    local name=$1 limit=$2 now rc
     shift 2
     now=$(left)
     ((now < limit)) && limit=$now
@@ -43,7 +43,8 @@ step() { # step NAME SECONDS COMMAND...: COMMAND under at most SECONDS and what 
     fi
     echo "$(date -u +%T) $name: limit ${limit}s" >>"$out/steps.txt"
     timeout --kill-after=5 "$limit" "$@" >"$out/$name.log" 2>&1
-    echo "$(date -u +%T) $name: exit $?" >>"$out/steps.txt"
+    rc=$? # before the line below: its $(date) would reset $? to 0
+    echo "$(date -u +%T) $name: exit $rc" >>"$out/steps.txt"
 }
 mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1
