@@ -169,7 +169,7 @@ def normal(like: Tensor) -> Tensor:
 
 class Incidence:
     """The training ratings as a sparse [entities, other side] matrix (rows: users, or
-    items), in CSR form, built once per chain.
+    items), in CSR form, built once per chain (also the items' genre pairs: `genre_pairs`).
 
     Why: a side's sufficient statistics sum, per user (item), a function of the other
     side's vector over the user's ratings. Gathering those vectors per rating and adding
@@ -257,6 +257,7 @@ class RatingChain:
         self.item_count = torch.bincount(items, minlength=self.n_items)
         self.by_user = Incidence(users, items, self.n_users, self.n_items)
         self.by_item = Incidence(items, users, self.n_items, self.n_users)
+        self.genre_pairs, self.pair_weights = genre_pairs(layout.genre_weights)
 
     def user_side(self) -> Tensor:
         return self.state.rows[self.layout.user_rows].sum(dim=1)  # [n_users+1, d+1]
@@ -319,22 +320,54 @@ class RatingChain:
         side += new[local] - old
 
     def _draw_genres(self, side: Tensor, gram: Tensor, rhs: Tensor) -> None:
-        """Genre rows one at a time: an item's bag holds several, so they share ratings."""
+        """Genre rows one at a time: an item's bag holds several, so they share ratings.
+
+        Genre g's conditional needs, over its items i (bag weight w_ig), the sums
+        C_gg = sum w_ig^2 G_i and sum w_ig (h_i - G_i s_i) with s_i the item's side vector
+        as the genres drawn before g left it. Both come from per-sweep sums: C_gh = sum
+        w_ig w_ih G_i for every genre pair, one sparse product, and b_g = sum w_ig (h_i -
+        G_i s_i) at the sweep's start, which a draw of genre h moves by C_gh (new - old).
+        Gathering each genre's items' Gram matrices instead (twice per genre) was most of
+        a sweep on large catalogues (docs/SCALE.md item 29).
+        """
         weights = self.layout.genre_weights  # [I, G]
         genres = self.state.genres
+        n_genres, k = genres.shape
         used = ((weights > 0) & (self.item_count > 0).unsqueeze(1)).any(dim=0)
         mean, precision = hyper_draw(genres[used])
-        for g in range(genres.shape[0]):
-            idx = torch.nonzero(weights[:, g] > 0).squeeze(1)
-            w = weights[idx, g].unsqueeze(1)  # [M, 1]
+        if n_genres == 0:
+            return
+        flat = gram.reshape(gram.shape[0], k * k)  # [I, k*k]
+        pair = self.genre_pairs.matmul(self.pair_weights, flat).view(n_genres, n_genres, k, k)
+        fit = rhs - (gram @ side.unsqueeze(2)).squeeze(2)  # [I, k]
+        base = weights.T @ fit  # [G, k]
+        start = genres.clone()
+        for g in range(n_genres):
             old = genres[g].clone()
-            rest = side[idx] - w * old  # [M, d+1]
-            gsum = (w.unsqueeze(2).pow(2) * gram[idx]).sum(dim=0)  # [d+1, d+1]
-            fit = rhs[idx] - (gram[idx] @ rest.unsqueeze(2)).squeeze(2)  # [M, d+1]
-            hsum = (w * fit).sum(dim=0)  # [d+1]
-            new = posterior_draw(gsum[None], hsum[None], mean, precision, self.state.noise)[0]
-            genres[g] = new
-            side[idx] += w * (new - old)
+            hsum = base[g] + pair[g, g] @ old  # [k]
+            new = posterior_draw(pair[g, g][None], hsum[None], mean, precision, self.state.noise)
+            genres[g] = new[0]
+            base -= pair[:, g] @ (new[0] - old)  # [G, k]
+        side += weights @ (genres - start)  # [I, k]
+
+
+def genre_pairs(weights: Tensor) -> tuple[Incidence, Tensor]:
+    """Every (genre g, genre h, item i) with both genres in i's bag, as an Incidence from
+    the pair g*G + h to its items, and each one's weight w_ig w_ih: a product with the
+    items' Gram matrices sums them per genre pair. Built once per chain."""
+    n_items, n_genres = weights.shape
+    rows, cols, values = [], [], []
+    for h in range(n_genres):
+        items = torch.nonzero(weights[:, h] > 0).squeeze(1)  # [M]
+        member, g = torch.nonzero(weights[items] > 0, as_tuple=True)  # [P], [P]
+        item = items[member]
+        rows.append(g * n_genres + h)
+        cols.append(item)
+        values.append(weights[item, g] * weights[item, h])
+    none = torch.zeros(0, dtype=torch.long, device=weights.device)
+    row, col = torch.cat([none, *rows]), torch.cat([none, *cols])
+    value = torch.cat([weights.new_zeros(0), *values])
+    return Incidence(row, col, n_genres * n_genres, n_items), value
 
 
 def predict(

@@ -15,6 +15,7 @@ from training.bayes_rating import (
     Incidence,
     Layout,
     MeanSketch,
+    RatingChain,
     fit_rating_head,
     gram_stats,
     hyper_draw,
@@ -194,6 +195,62 @@ def test_gram_stats_sum_each_entitys_outer_products_over_its_ratings() -> None:
     torch.testing.assert_close(gram, want_gram, atol=1e-12, rtol=0)
     torch.testing.assert_close(rhs, want_rhs, atol=1e-12, rtol=0)
     assert not gram[6].any() and not rhs[6].any()
+
+
+def _genres_one_at_a_time(
+    chain: RatingChain, side: torch.Tensor, gram: torch.Tensor, rhs: torch.Tensor
+) -> None:
+    """The genre draw by its definition: each genre's sums over its own items' Gram
+    matrices and current side vectors, the side moved after every draw."""
+    weights, genres = chain.layout.genre_weights, chain.state.genres
+    used = ((weights > 0) & (chain.item_count > 0).unsqueeze(1)).any(dim=0)
+    mean, precision = hyper_draw(genres[used])
+    for g in range(genres.shape[0]):
+        idx = torch.nonzero(weights[:, g] > 0).squeeze(1)
+        w = weights[idx, g].unsqueeze(1)  # [M, 1]
+        old = genres[g].clone()
+        rest = side[idx] - w * old
+        gsum = (w.unsqueeze(2).pow(2) * gram[idx]).sum(dim=0)
+        fit = rhs[idx] - (gram[idx] @ rest.unsqueeze(2)).squeeze(2)
+        new = posterior_draw(
+            gsum[None], (w * fit).sum(dim=0)[None], mean, precision, chain.state.noise
+        )[0]
+        genres[g] = new
+        side[idx] += w * (new - old)
+
+
+def test_genre_draws_equal_drawing_each_genre_from_its_own_items(dataset: Dataset) -> None:
+    torch.manual_seed(0)
+    model = BiasedMF(dataset.feature_map, dim=8, score_dim=4, global_mean=3.5)
+    tables = dataset.tables
+    feats = [torch.as_tensor(t) for t in (tables.user_feats, tables.item_feats)]
+    genres = torch.as_tensor(tables.item_genres)
+    # Bags of several genres (they share ratings) and rows with none (the padding row).
+    assert (genres.sum(dim=1) > 1).any() and (genres.sum(dim=1) == 0).any()
+    layout = Layout.build(model.factors, *feats, genres)
+    ratings = dataset.ratings
+    chain = RatingChain(
+        layout,
+        torch.as_tensor(ratings.user),
+        torch.as_tensor(ratings.item),
+        torch.as_tensor(ratings.rating).double() - 3.5,
+        dim=4,
+        n_rows=model.factors.table.num_embeddings,
+    )
+    chain.sweep()  # a state away from the start
+    gram, rhs = gram_stats(chain.by_item, *chain._features(chain.user_side(), chain.users))
+    start, side = chain.state.genres.clone(), chain.item_side()
+    results = []
+    for draw in (chain._draw_genres, lambda *a: _genres_one_at_a_time(chain, *a)):
+        chain.state.genres = start.clone()
+        moved = side.clone()
+        torch.manual_seed(7)  # the same random numbers for both
+        draw(moved, gram, rhs)
+        results.append((chain.state.genres, moved))
+    (genres_fast, side_fast), (genres_ref, side_ref) = results
+    assert not torch.equal(genres_ref, start)
+    torch.testing.assert_close(genres_fast, genres_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(side_fast, side_ref, atol=1e-10, rtol=0)
 
 
 def test_mf_trains_its_towers_with_adam_and_samples_its_rating_head(dataset: Dataset) -> None:
