@@ -327,8 +327,8 @@ class RatingChain:
         as the genres drawn before g left it. Both come from per-sweep sums: C_gh = sum
         w_ig w_ih G_i for every genre pair, one sparse product, and b_g = sum w_ig (h_i -
         G_i s_i) at the sweep's start, which a draw of genre h moves by C_gh (new - old).
-        Gathering each genre's items' Gram matrices instead (twice per genre) was most of
-        a sweep on large catalogues (docs/SCALE.md item 29).
+        Gathering each genre's items' Gram matrices instead (twice per genre) was the
+        largest share of a sweep on large catalogues (docs/SCALE.md item 29).
         """
         weights = self.layout.genre_weights  # [I, G]
         genres = self.state.genres
