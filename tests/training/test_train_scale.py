@@ -11,10 +11,11 @@ from torch import nn
 from tests.datagen import write_ml100k
 from training import train
 from training.data import load_dataset, make_split
+from training.sparse import LazyAdam
 from training.train import MFConfig, XDeepFMConfig, make_optimizer, sparsify_embeddings
 
 
-def test_large_tables_become_sparse_and_get_sparse_adam(tmp_path: Path) -> None:
+def test_large_tables_become_sparse_and_get_lazy_adam(tmp_path: Path) -> None:
     ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
     config = MFConfig(dim=4, score_dim=4)
     model = train.build_component("mf", ds.feature_map, config, global_mean=3.5)
@@ -25,7 +26,7 @@ def test_large_tables_become_sparse_and_get_sparse_adam(tmp_path: Path) -> None:
     opt = make_optimizer(model, config)
     assert isinstance(opt, train.Optimizers)
     kinds = [type(part) for part in opt.parts]
-    assert kinds == [torch.optim.Adam, torch.optim.SparseAdam]
+    assert kinds == [torch.optim.Adam, LazyAdam]
     n_params = sum(len(g["params"]) for part in opt.parts for g in part.param_groups)
     assert n_params == len(list(model.parameters()))
 
