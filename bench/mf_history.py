@@ -24,11 +24,27 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS: dict[str, dict[str, Any]] = {
-    "no history (towers' L2 1e-3)": {"history": False, "rating_history": False, "tower_l2": 1e-3},
-    "history in the ranking vector": {"history": True, "rating_history": False},
-    "history in both heads (default)": {"history": True, "rating_history": True},
+# key: (row label, MFConfig fields). The sampled rows train on at most N items of each
+# history per step (ComponentConfig.history_sample), which only catalogues with sparse
+# tables get by default; "adam" rows train the rating head with Adam (and its history
+# term), as MF does above bayes_rating.BAYES_MAX_ITEMS items.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "none": (
+        "no history (towers' L2 1e-3)",
+        {"history": False, "rating_history": False, "tower_l2": 1e-3},
+    ),
+    "ranking": ("history in the ranking vector", {"history": True, "rating_history": False}),
+    "both": ("history in both heads (default)", {"history": True, "rating_history": True}),
+    "both-s128": ("history in both heads, 128 per step", {"history_sample": 128}),
+    "both-s32": ("history in both heads, 32 per step", {"history_sample": 32}),
+    "adam": ("Adam's rating head, whole histories", {"bayes_rating": False}),
+    "adam-s128": (
+        "Adam's rating head, 128 per step",
+        {"bayes_rating": False, "history_sample": 128},
+    ),
+    "adam-s32": ("Adam's rating head, 32 per step", {"bayes_rating": False, "history_sample": 32}),
 }
+DEFAULT_VARIANTS = "none,ranking,both"
 
 log = logging.getLogger("bench.mf_history")
 
@@ -38,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, required=True, help="ml-100k folder")
     parser.add_argument("--folds", default="u1,u2,u3", help="comma-separated canonical folds")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
+    parser.add_argument(
+        "--variants", default=DEFAULT_VARIANTS, help=f"comma-separated of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--epochs", type=int, default=0, help="0 = MFConfig's (tests: fewer)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mf-history")
     return parser.parse_args(argv)
@@ -55,7 +74,8 @@ def run_one(task: tuple[Path, str, str, int]) -> dict[str, Any]:
     torch.set_num_threads(1)
     ds = load_dataset(data_dir)
     fit, valid = holdout(make_split(ds, split=fold, data_dir=data_dir).train, seed=0)
-    config = replace(MFConfig(), **VARIANTS[variant])
+    label, fields = VARIANTS[variant]
+    config = replace(MFConfig(), **fields)
     config = replace(config, epochs=epochs or config.epochs)
     started = time.perf_counter()
     _, info = train_component(
@@ -66,7 +86,7 @@ def run_one(task: tuple[Path, str, str, int]) -> dict[str, Any]:
     rating = min(curves, key=lambda p: p["valid_rmse"])
     return {
         "fold": fold,
-        "model": f"MF, {variant}",
+        "model": f"MF, {label}",
         "ndcg@10": ranking["valid_ndcg@10"],
         "recall@10": ranking["valid_recall@10"],
         "ranking_epoch": int(ranking["epoch"]),
@@ -123,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
-    tasks = [(args.data_dir, f, variant, args.epochs) for f in folds for variant in VARIANTS]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(
+            f"unknown variant(s) {', '.join(unknown)}: pick from {', '.join(VARIANTS)}"
+        )
+    tasks = [(args.data_dir, f, variant, args.epochs) for f in folds for variant in variants]
     with multiprocessing.get_context("spawn").Pool(max(1, args.jobs)) as pool:
         trained = pool.map(run_one, tasks, chunksize=1)
     rows = []
@@ -132,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(r for r in trained if r["fold"] == fold)
     command = f"python -m bench.mf_history --data-dir $MOVIELENS_DIR --folds {args.folds}"
     command += f" --jobs {args.jobs}" + (f" --epochs {args.epochs}" if args.epochs else "")
+    if args.variants != DEFAULT_VARIANTS:
+        command += f" --variants {args.variants} --out {args.out}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     args.out.with_suffix(".md").write_text(markdown(rows, command), encoding="utf-8")

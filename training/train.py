@@ -58,7 +58,7 @@ from training.models.configs import (
     XDeepFMConfig,
 )
 from training.models.ensemble import COMPONENTS, DEFAULT_WEIGHTS, EnsembleTeacher
-from training.models.layers import TowerScoring
+from training.models.layers import TowerScoring, UserHistory
 from training.models.mf import BiasedMF
 from training.models.xdeepfm import XDeepFM
 from training.seen import SeenIndex
@@ -80,6 +80,9 @@ log = logging.getLogger(__name__)
 
 # ml-100k's 80-100k training ratings refit; ML-1M's 900k do not (docs/SCALE.md).
 REFIT_MAX_RATINGS = 250_000
+# Items of a user's history a training step sums where history tables are sparse
+# (ComponentConfig.history_sample "auto"; docs/SCALE.md item 31).
+AUTO_HISTORY_SAMPLE = 128
 
 
 @dataclass
@@ -508,7 +511,23 @@ def training_model(
     n_sparse = sparsify_embeddings(model, min_rows=SPARSE_MIN_ROWS)
     if n_sparse:
         log.info("%s: %d embedding tables with sparse gradients (lazy Adam)", name, n_sparse)
+    cap = 0
+    for module in model.modules():
+        if isinstance(module, UserHistory):
+            module.sample = history_sample(config, sparse=module.table.sparse)
+            cap = max(cap, module.sample)
+    if cap:
+        log.info("%s: histories sampled, at most %d items per user and step", name, cap)
     return model
+
+
+def history_sample(config: ComponentConfig, *, sparse: bool) -> int:
+    """How many items of a user's history a training step sums (0: all of them)."""
+    if config.history_sample == "auto":
+        return AUTO_HISTORY_SAMPLE if sparse else 0
+    if config.history_sample < 0:
+        raise ValueError(f"history_sample must be 'auto' or >= 0, not {config.history_sample}")
+    return config.history_sample
 
 
 def train_component(

@@ -246,17 +246,42 @@ def test_user_history_gradients_reach_only_the_items_used() -> None:
     assert set(history.state_dict()) == {"table.weight"}  # histories are not checkpointed
 
 
+@pytest.mark.parametrize("sample", [0, 2])  # whole histories; two draws of each long one
 def test_user_history_sums_alike_by_matrix_product_and_by_embedding_bag(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, sample: int
 ) -> None:
     users, positives = torch.tensor([1, 4, 3, 0, 1, 2]), torch.tensor([5, 9, 1, 8, 2, 3])
     results = []
     for limit in (layers.DENSE_HISTORY_MAX, 0):  # the product, then embedding_bag
         monkeypatch.setattr(layers, "DENSE_HISTORY_MAX", limit)
         history, _ = _history()
+        history.sample = sample
+        torch.manual_seed(3)  # the same draws for both
         out = history(users, exclude=positives)
         out.pow(2).sum().backward()
         assert history.table.weight.grad is not None
         results.append((out.detach(), history.table.weight.grad))
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_a_sampled_history_sums_the_whole_history_in_expectation() -> None:
+    history, rows = _history()
+    z = history.table.weight.detach()
+    history.sample = 2  # user 4's five items and user 1's three are sampled; user 3's one is not
+    users = torch.tensor([4, 1, 3, 0])
+    exact = history.eval()(users)
+    history.train()
+    torch.manual_seed(1)
+    draws = torch.stack([history(users).detach() for _ in range(500)])  # [500, 4, D]
+    # Short histories and empty ones are summed whole on every draw.
+    assert torch.equal(draws[:, 2], exact[2].expand(500, -1))
+    assert not draws[:, 3].any()
+    # Long ones: two items weighted length/2, scaled by the whole length's |N(u)|^-alpha.
+    assert not torch.equal(draws[0, 0], draws[1, 0])
+    first = draws[0, 0] * np.sqrt(5) / (5 / 2)
+    assert any(torch.allclose(first, z[a] + z[b]) for a in rows[4] for b in rows[4])
+    spread = draws[:, :2].std(0) / np.sqrt(500)
+    assert bool(((draws[:, :2].mean(0) - exact[:2]).abs() < 5 * spread + 1e-6).all())
+    # Evaluation and the towers folded for export never sample.
+    assert torch.equal(history.vectors(5), history.eval()(torch.arange(5)))

@@ -11,6 +11,7 @@ from torch import nn
 from tests.datagen import write_ml100k
 from training import train
 from training.data import load_dataset, make_split
+from training.models.layers import UserHistory
 from training.sparse import LazyAdam
 from training.train import MFConfig, XDeepFMConfig, make_optimizer, sparsify_embeddings
 
@@ -31,6 +32,21 @@ def test_large_tables_become_sparse_and_get_lazy_adam(tmp_path: Path) -> None:
     assert n_params == len(list(model.parameters()))
 
 
+def test_histories_are_sampled_where_their_tables_are_sparse_unless_told(tmp_path: Path) -> None:
+    assert train.history_sample(MFConfig(), sparse=True) == train.AUTO_HISTORY_SAMPLE
+    assert train.history_sample(MFConfig(), sparse=False) == 0
+    assert train.history_sample(MFConfig(history_sample=0), sparse=True) == 0
+    assert train.history_sample(XDeepFMConfig(history_sample=16), sparse=False) == 16
+    with pytest.raises(ValueError, match="history_sample"):
+        train.history_sample(MFConfig(history_sample=-1), sparse=True)
+    # A small catalogue (ml-100k, ML-1M) sums whole histories, as it always did.
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
+    data = train.TrainData.build(ds.ratings, ds.tables, ds.feature_map, device="cpu")
+    model = train.training_model("mf", ds.feature_map, MFConfig(), data, global_mean=3.5)
+    histories = [m for m in model.modules() if isinstance(m, UserHistory)]
+    assert histories and all(m.sample == 0 for m in histories)
+
+
 @pytest.mark.parametrize("name", ["mf", "xdeepfm"])
 def test_components_train_with_sparse_tables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
@@ -38,6 +54,7 @@ def test_components_train_with_sparse_tables(
     ds = load_dataset(write_ml100k(tmp_path / "d", n_users=30, n_items=40, n_ratings=600))
     split = make_split(ds, split="u1")
     monkeypatch.setattr(train, "SPARSE_MIN_ROWS", 40)  # these tables count as large
+    monkeypatch.setattr(train, "AUTO_HISTORY_SAMPLE", 4)  # and these histories as long
     config = (
         # Adam's rating head, so that its sparse factor tables train too.
         MFConfig(
@@ -55,12 +72,14 @@ def test_components_train_with_sparse_tables(
         )
     )
     sparse_at_step: list[bool] = []
+    samples: set[int] = set()
     original = train.train_step
 
     def spy(t: train.Trainer, idx: torch.Tensor) -> tuple[float, float, float]:
         sparse_at_step.append(
             any(isinstance(m, nn.Embedding) and m.sparse for m in t.model.modules())
         )
+        samples.update(m.sample for m in t.model.modules() if isinstance(m, UserHistory))
         return original(t, idx)
 
     monkeypatch.setattr(train, "train_step", spy)
@@ -68,6 +87,7 @@ def test_components_train_with_sparse_tables(
         name, ds.feature_map, ds.tables, split.train, config=config, seed=0, progress=False
     )
     assert sparse_at_step and all(sparse_at_step)
+    assert samples == {4}  # every history term trained on at most 4 items per user and step
     # The trained model is an ordinary dense one again: Fisher takes per-example gradients.
     assert not any(isinstance(m, nn.Embedding) and m.sparse for m in model.modules())
     batch = {"user": torch.tensor([1, 2]), "item": torch.tensor([3, 4])}

@@ -35,6 +35,14 @@ class ComponentConfig:
     # (bench/results/exact-softmax/). A step then costs the catalogue's size, so larger
     # catalogues keep the sampled softmax, whose cost does not grow with them.
     exact_softmax_items: int = 2048
+    # Models with a user-history term (MFConfig.history, XDeepFMConfig.history): a training
+    # step sums at most this many items of each user's history, drawn uniformly and scaled
+    # to the whole history's sum in expectation; evaluation and the exported towers sum
+    # them all. "auto": 128 where the history's item table is sparse (catalogues of at
+    # least training.sparse.SPARSE_MIN_ROWS items), whose step otherwise moves every
+    # history row of the batch's heavy users (docs/SCALE.md item 31); the whole history
+    # below that. 0: always the whole history.
+    history_sample: int | Literal["auto"] = "auto"
     # Weight in the ranking loss of positives rated below 4: protocol P counts only items
     # rated >= 4 as relevant, so a watched-but-disliked item is a weaker positive.
     low_rating_weight: float = 0.3

@@ -268,22 +268,25 @@ class UserHistory(nn.Module):
         self.table = nn.Embedding(item_vocab, dim)
         nn.init.normal_(self.table.weight, std=init_std)
         self.alpha = alpha
+        # In training, at most this many items of each history per step (0: all of them);
+        # set by training where histories are long and tables sparse (docs/SCALE.md item 31).
+        self.sample = 0
         self.register_buffer("indptr", indptr.long(), persistent=False)
         self.register_buffer("items", items.long(), persistent=False)
 
     def forward(self, user: Tensor, exclude: Tensor | None = None) -> Tensor:
+        return self._term(user, exclude, cap=self.sample if self.training else 0)  # [B, D]
+
+    def _term(self, user: Tensor, exclude: Tensor | None, *, cap: int) -> Tensor:
         # A batch of training pairs repeats its heavy users (a user appears about as often
         # as they rated), and their histories are the long ones: summing each distinct
         # user's once saves most of that work (docs/SCALE.md, item 10).
         distinct, inverse = torch.unique(user, return_inverse=True)  # [U], [B]
         start = self.indptr[distinct]  # [U]
         length = self.indptr[distinct + 1] - start  # [U]
-        offsets = torch.cumsum(length, 0) - length  # [U]
-        # The U users' histories as one flat run of item ids, bag b at offsets[b].
-        within = torch.arange(int(length.sum()), device=user.device)
-        within = within - torch.repeat_interleave(offsets, length)
-        flat = self.items[torch.repeat_interleave(start, length) + within]  # [sum(length)]
-        total = self._bag_sums(flat, offsets, length)[inverse]  # [B, D]
+        flat, taken, weights = self._history_items(start, length, cap)  # [N], [U], [N] | None
+        offsets = torch.cumsum(taken, 0) - taken  # [U]: bag b starts at offsets[b]
+        total = self._bag_sums(flat, offsets, taken, weights)[inverse]  # [B, D]
         length = length[inverse]  # [B]
         count = length.to(total.dtype)
         if exclude is not None:
@@ -293,27 +296,58 @@ class UserHistory(nn.Module):
             count = count - held
         return total * count.clamp(min=1.0).pow(-self.alpha)[:, None]  # [B, D]
 
-    def _bag_sums(self, flat: Tensor, offsets: Tensor, length: Tensor) -> Tensor:
-        """Sum of the table rows of each bag: [U, D]."""
+    def _history_items(
+        self, start: Tensor, length: Tensor, cap: int
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The items each bag sums, as one flat run ([N]), the bag sizes ([U]) and their
+        weights ([N], None: all 1). With `cap`, a history longer than `cap` is `cap`
+        uniform draws (with replacement) weighted length/cap: its sum in expectation."""
+        taken = length.clamp(max=cap) if cap > 0 else length  # [U]
+        offsets = torch.cumsum(taken, 0) - taken  # [U]
+        within = torch.arange(int(taken.sum()), device=start.device)  # [N]
+        within = within - torch.repeat_interleave(offsets, taken)
+        weights = None
+        if cap > 0 and bool((length > cap).any()):
+            long = torch.repeat_interleave(length > cap, taken)  # [N]
+            full = torch.repeat_interleave(length, taken)  # [N]
+            # Drawn on the CPU and moved: one seed's draws are then the same on every device.
+            draws = (torch.rand(within.shape[0]).to(start.device) * full).long().clamp(max=full - 1)
+            within = torch.where(long, draws, within)
+            scale = length.to(self.table.weight.dtype) / taken.clamp(min=1)  # [U]
+            weights = torch.repeat_interleave(scale, taken)  # [N]
+        flat = self.items[torch.repeat_interleave(start, taken) + within]  # [N]
+        return flat, taken, weights
+
+    def _bag_sums(
+        self, flat: Tensor, offsets: Tensor, length: Tensor, weights: Tensor | None
+    ) -> Tensor:
+        """Sum of the (weighted) table rows of each bag: [U, D]."""
         weight = self.table.weight
         n_bags, n_rows = length.shape[0], weight.shape[0]
         if self.table.sparse or n_bags * n_rows > DENSE_HISTORY_MAX:
             return nn.functional.embedding_bag(
-                flat, weight, offsets, mode="sum", sparse=self.table.sparse
+                flat,
+                weight,
+                offsets,
+                mode="sum",
+                sparse=self.table.sparse,
+                per_sample_weights=weights,
             )  # [U, D]
         # embedding_bag's backward sorts every history item of the batch (hundreds of
         # thousands at ML-1M); the same sums as a [U, items] count matrix times the table
         # are two matrix products, which timed faster on ML-1M- and ml-100k-sized batches.
         bag = torch.repeat_interleave(torch.arange(n_bags, device=flat.device), length)
         counts = torch.zeros(n_bags, n_rows, dtype=weight.dtype, device=flat.device)
-        counts.index_put_((bag, flat), torch.ones((), dtype=weight.dtype), accumulate=True)
+        ones = torch.ones((), dtype=weight.dtype, device=flat.device)
+        counts.index_put_((bag, flat), ones if weights is None else weights, accumulate=True)
         return counts @ weight  # [U, D]
 
     @torch.no_grad()
     def vectors(self, n_rows: int, *, chunk: int = 65_536) -> Tensor:
         """The term of every user index 0..n_rows-1: [n_rows, D]."""
         users = torch.arange(n_rows, device=self.indptr.device)
-        return torch.cat([self(users[s : s + chunk]) for s in range(0, n_rows, chunk)])
+        parts = [self._term(users[s : s + chunk], None, cap=0) for s in range(0, n_rows, chunk)]
+        return torch.cat(parts)
 
 
 class TowerScoring(TwoHeadModel):
