@@ -24,3 +24,14 @@ def test_reports_the_median_time_per_sweep_and_the_same_figures_for_each_run(
     # One seed, one chain: a second run of the benchmark samples the same head.
     gibbs.main(["--data-dir", str(data), "--sweeps", "5", "--repeat", "1"])
     assert json.loads(capsys.readouterr().out)["train_rmse"] == row["train_rmse"]
+
+
+def test_scores_held_out_ratings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_ml100k(tmp_path, n_users=40, n_items=30, n_ratings=600, seed=2)
+    argv = ["--data-dir", str(data), "--sweeps", "45", "--repeat", "1", "--holdout", "0.2"]
+    assert gibbs.main(argv) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["sweeps"] == 45 and row["holdout"] == 0.2
+    assert 0 < row["train_rmse"] < row["holdout_rmse"] < 3
+    with pytest.raises(SystemExit):
+        gibbs.main([*argv[:-1], "1.5"])
