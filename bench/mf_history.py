@@ -9,7 +9,8 @@ the user's training items in the ranking vector (`MFConfig.history`, towers' L2 
 and with them in the rating factor too (`rating_history`: the current default). Each
 row is the best validation epoch of each head, as the teacher's head selection keeps
 them; EASE, tuned on the same split, is the reference. Writes bench/results/mf-history.md
-and .json.
+and .json. `--variants` picks other forms of VARIANTS (sampled histories, Adam's rating
+head; bench/results/history-sample/ used them), `--out` where they go.
 """
 
 from __future__ import annotations
