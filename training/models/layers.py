@@ -284,8 +284,7 @@ class UserHistory(nn.Module):
         distinct, inverse = torch.unique(user, return_inverse=True)  # [U], [B]
         start = self.indptr[distinct]  # [U]
         length = self.indptr[distinct + 1] - start  # [U]
-        flat, taken, weights = self._history_items(start, length, cap)  # [N], [U], [N] | None
-        offsets = torch.cumsum(taken, 0) - taken  # [U]: bag b starts at offsets[b]
+        flat, taken, offsets, weights = self._history_items(start, length, cap)
         total = self._bag_sums(flat, offsets, taken, weights)[inverse]  # [B, D]
         length = length[inverse]  # [B]
         count = length.to(total.dtype)
@@ -298,17 +297,19 @@ class UserHistory(nn.Module):
 
     def _history_items(
         self, start: Tensor, length: Tensor, cap: int
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The items each bag sums, as one flat run ([N]), the bag sizes ([U]) and their
-        weights ([N], None: all 1). With `cap`, a history longer than `cap` is `cap`
-        uniform draws (with replacement) weighted length/cap: its sum in expectation."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The items each bag sums, as one flat run ([N]), the bag sizes and where each
+        bag starts in the run ([U], [U]), and their weights ([N], None: all 1). With `cap`,
+        a history longer than `cap` is `cap` uniform draws (with replacement) weighted
+        length/cap: its sum in expectation."""
         taken = length.clamp(max=cap) if cap > 0 else length  # [U]
         offsets = torch.cumsum(taken, 0) - taken  # [U]
         within = torch.arange(int(taken.sum()), device=start.device)  # [N]
         within = within - torch.repeat_interleave(offsets, taken)
         weights = None
-        if cap > 0 and bool((length > cap).any()):
-            long = torch.repeat_interleave(length > cap, taken)  # [N]
+        longer = length > cap if cap > 0 else None  # [U]
+        if longer is not None and bool(longer.any()):
+            long = torch.repeat_interleave(longer, taken)  # [N]
             full = torch.repeat_interleave(length, taken)  # [N]
             # Drawn on the CPU and moved: one seed's draws are then the same on every device.
             draws = (torch.rand(within.shape[0]).to(start.device) * full).long().clamp(max=full - 1)
@@ -316,7 +317,7 @@ class UserHistory(nn.Module):
             scale = length.to(self.table.weight.dtype) / taken.clamp(min=1)  # [U]
             weights = torch.repeat_interleave(scale, taken)  # [N]
         flat = self.items[torch.repeat_interleave(start, taken) + within]  # [N]
-        return flat, taken, weights
+        return flat, taken, offsets, weights
 
     def _bag_sums(
         self, flat: Tensor, offsets: Tensor, length: Tensor, weights: Tensor | None
