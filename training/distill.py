@@ -42,7 +42,13 @@ from training.kd_targets import (
 )
 from training.losses import DistillLoss
 from training.models.base import count_params
-from training.models.student import RATING_DIMS, SCORE_RANK, Student, StudentShape
+from training.models.student import (
+    RATING_DIMS,
+    SCORE_RANK,
+    ParamBlock,
+    Student,
+    StudentShape,
+)
 from training.prune import prune_step
 from training.prune_schedule import (
     finetune_lr_scale,
@@ -107,8 +113,9 @@ class Distillation:
     ) -> None:
         self.cfg = config
         self.hold_score_path = hold_score_path
-        # (view, value) pairs written back after every step: the score path held fixed.
-        self.held: list[tuple[Tensor, Tensor]] = []
+        # The score path's blocks, held fixed: their gradients are zeroed before every
+        # step (`zero_blocks`).
+        self.held: list[ParamBlock] = []
         # Pools stay on the CPU and each batch moves to `device`; pruning runs on the CPU.
         self.device = indexed(device or torch.device("cpu"))
         self.student = student
@@ -230,10 +237,8 @@ class Distillation:
         total = self.loss.total(means) + l2
         self.opt.zero_grad(set_to_none=True)
         total.backward()
+        zero_blocks(self.held)
         self.opt.step()
-        with torch.no_grad():
-            for view, value in self.held:
-                view.copy_(value)
         return {**{k: float(v.detach()) for k, v in means.items()}, "total": float(total.detach())}
 
     def prune_after(self, epoch: int, pool: TeacherPool) -> None:
@@ -267,10 +272,10 @@ class Distillation:
             self._hold()
 
     def _hold(self) -> None:
-        """Takes the score path's values to hold (pruning and moves replace its tensors,
-        so the views are taken again after each)."""
+        """Takes the score path's blocks to hold (pruning replaces its parameters, so
+        they are taken again after each pruning step, with the new optimiser)."""
         if self.hold_score_path:
-            self.held = [(v, v.detach().clone()) for v in self.student.score_path()]
+            self.held = self.student.score_path()
 
     def _importance_batches(self, pool: TeacherPool) -> list[dict[str, Tensor]]:
         cfg = self.cfg
@@ -290,6 +295,29 @@ class Distillation:
             self.n_rating = int(keep.numel())
         elif kind == "score_factor":
             self.loss.prune_inputs(torch.cat([torch.arange(self.n_rating), self.n_rating + keep]))
+
+
+def zero_blocks(blocks: list[ParamBlock]) -> None:
+    """Zeroes the gradient of every block, so that Adam leaves it where it is.
+
+    Adam moves an entry by its first moment, which stays exactly zero while every
+    gradient the optimiser has seen is zero: the blocks must be zeroed from the new
+    optimiser's first step on. Zeroing gradients replaced writing the blocks' values back
+    after each step, which made the same model but cost a pass over the item tables per
+    step (10-20 ms at 10^6 items, the held columns being strided; docs/SCALE.md item 32).
+    """
+    for param, index in blocks:
+        grad = param.grad
+        if grad is None:
+            continue
+        if not grad.is_sparse:
+            grad[index].zero_()
+        elif index[0] == slice(None):
+            # A sparse gradient's values hold the rows it touches: the block's columns
+            # of all of them.
+            grad._values()[(slice(None), *index[1:])].zero_()
+        else:
+            raise ValueError("a block of a sparse gradient must span every row")
 
 
 def _distill_loss(

@@ -32,6 +32,10 @@ RELEVANT_MIN_RATING = 4.0
 
 # users -> scores [len(users), n_items]; column j is item index j + 1.
 Scorer = Callable[[np.ndarray], np.ndarray]
+# users -> (items [len(users), k] (1-based), finite [len(users), k]): each user's k best
+# items not rated in training, ties to the lower index; `finite` False where fewer than k
+# were left.
+TopK = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 # (users, items) -> predicted ratings of those pairs (clipped or not: metrics clip).
 PairPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -83,12 +87,49 @@ def ranking_metrics(
     """Protocol P ranking metrics of a catalogue scorer.
 
     `seen` is the index of `train`; callers that rank many times against the same
-    training data (the ensemble weight search) pass it to build it once. `max_users`
-    bounds the cost on large data: a seeded uniform sample of that many evaluated users
-    (all of them when there are fewer), reported in `n_users`.
+    training data pass it to build it once. `max_users` bounds the cost on large data: a
+    seeded uniform sample of that many evaluated users (all of them when there are
+    fewer), reported in `n_users`.
     """
-    if seen is None:
-        seen = SeenIndex.from_ratings(train, n_users=n_users, n_items=n_items)
+    index = seen or SeenIndex.from_ratings(train, n_users=n_users, n_items=n_items)
+
+    def top(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.array(scorer(block), dtype=np.float64)  # [b, n_items], a copy
+        if scores.shape != (block.size, n_items):
+            raise ValueError(f"scorer returned {scores.shape}, expected {(block.size, n_items)}")
+        rows, items = _csr_rows(index, block)
+        scores[rows, items - 1] = -np.inf
+        pick = top_k_stable(scores, k)  # [b, k] columns
+        # Items scored -inf (rated in training) are never recommended; they sort last.
+        return pick + 1, np.isfinite(np.take_along_axis(scores, pick, axis=1))
+
+    chunk = max(1, min(chunk, SCORE_CELLS_PER_CHUNK // max(n_items, 1)))
+    return top_k_metrics(
+        top,
+        test=test,
+        n_users=n_users,
+        n_items=n_items,
+        k=k,
+        chunk=chunk,
+        max_users=max_users,
+        seed=seed,
+    )
+
+
+def top_k_metrics(
+    top_of: TopK,
+    *,
+    test: Ratings,
+    n_users: int,
+    n_items: int,
+    k: int = 10,
+    chunk: int = 256,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Protocol P ranking metrics from each user's top-k list, as `top_of` finds it:
+    `ranking_metrics` scores the catalogue; the ensemble weight search finds the lists
+    among candidates (training/blend_topk.py)."""
     rel_mask = test.rating >= RELEVANT_MIN_RATING
     relevant = SeenIndex.build(
         test.user[rel_mask], test.item[rel_mask], n_users=n_users, n_items=n_items
@@ -111,17 +152,9 @@ def ranking_metrics(
     n_rel = relevant.counts()[users]
     hits = np.zeros((users.size, min(k, n_items)), dtype=bool)
     recommended = np.zeros(n_items + 1, dtype=bool)
-    chunk = max(1, min(chunk, SCORE_CELLS_PER_CHUNK // max(n_items, 1)))
     for start in range(0, users.size, chunk):
         block = users[start : start + chunk]
-        scores = np.array(scorer(block), dtype=np.float64)  # [b, n_items], a copy
-        if scores.shape != (block.size, n_items):
-            raise ValueError(f"scorer returned {scores.shape}, expected {(block.size, n_items)}")
-        rows, items = _csr_rows(seen, block)
-        scores[rows, items - 1] = -np.inf
-        top = top_k_stable(scores, k) + 1  # [b, k] item indices
-        # Items scored -inf (rated in training) are never recommended; they sort last.
-        finite = np.isfinite(np.take_along_axis(scores, top - 1, axis=1))
+        top, finite = top_of(block)
         recommended[top[finite]] = True
         hits[start : start + block.size] = finite & relevant.contains(block[:, None], top)
     n_hits = hits.sum(axis=1)

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from training.bayes_rating import BAYES_MAX_ITEMS, RATING_ROWS, GibbsSettings, fit_rating_head
+from training.blend_topk import BlendTopK
 from training.component_pool import (
     ComponentTask,
     Refit,
@@ -44,8 +45,8 @@ from training.evaluate import (
     bounded_users,
     evaluate_model,
     predict_pairs,
-    ranking_metrics,
     rating_metrics,
+    top_k_metrics,
 )
 from training.features import FeatureMap, FeatureTables
 from training.models.autoint import AutoInt
@@ -891,8 +892,17 @@ def fit_ensemble_weights(
     if users.size > max_users:
         log.info("ensemble weights: ranking %d of %d validation users", max_users, users.size)
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    ranking = _blend_ranking(teacher, tables, users, fit=fit, valid=valid, fm=fm)
+    ranking, lists = _blend_ranking(teacher, tables, users, fit=fit, valid=valid, fm=fm)
+    started = time.perf_counter()
     score_w = _best_score_weights(ranking, step=step, default=default, workers=workers)
+    log.info(
+        "ensemble weights: %d grid points ranked in %.1f s, %d of %d user rankings over "
+        "the whole catalogue",
+        len(simplex_grid(step)),
+        time.perf_counter() - started,
+        sum(lists.full_rows),
+        sum(lists.rows),
+    )
     teacher.set_weights(
         rating=rating_w.tolist(),
         rating_bias=rating_b,
@@ -926,13 +936,13 @@ def _blend_ranking(
     fit: Ratings,
     valid: Ratings,
     fm: FeatureMap,
-) -> Callable[[np.ndarray, float], dict[str, float]]:
+) -> tuple[Callable[[np.ndarray, float], dict[str, float]], BlendTopK]:
     """(score weights, weight of MF's rating) -> validation ranking metrics of the
-    blend over `users`.
+    blend over `users`; and the lists it ranks with.
 
     Computes each component's score matrix once, standardises the teacher on it, and
-    keeps the standardised scores; every weight vector then only costs a weighted sum and
-    a ranking, both done a chunk of users at a time (no users x catalogue blend in memory).
+    keeps the standardised scores; every weight vector then ranks each user's blend
+    among candidates (training/blend_topk.py: the same lists as over the catalogue).
     """
     mats = [
         *teacher.component_score_matrices(users, tables),
@@ -947,24 +957,18 @@ def _blend_ranking(
     row_of[users] = np.arange(users.size)
     sub_valid = valid.subset(np.isin(valid.user, users))
     seen = SeenIndex.from_ratings(fit, n_users=fm.n_users, n_items=fm.n_items)
-
-    def blend(w: np.ndarray, g: float, users: np.ndarray) -> np.ndarray:
-        part = z[: 4 if g else 3, row_of[users]]  # [3 or 4, b, n_items]
-        # Scaled adds: a float64 tensordot over the same block was 3-20x slower.
-        out = w[0] * part[0] + w[1] * part[1] + w[2] * part[2]
-        return np.asarray(out + g * part[3] if g else out)
+    lists = BlendTopK(z, users, seen)
 
     def ranking(w: np.ndarray, g: float = 0.0) -> dict[str, float]:
-        return ranking_metrics(
-            lambda us: blend(w, g, us),  # [b, n_items]
-            train=fit,
+        weights = np.append(w, g) if g else np.asarray(w, np.float64)
+        return top_k_metrics(
+            lambda us: lists.top(weights, row_of[us]),
             test=sub_valid,
             n_users=fm.n_users,
             n_items=fm.n_items,
-            seen=seen,
         )
 
-    return ranking
+    return ranking, lists
 
 
 def _best_score_weights(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tests.datagen import write_ml100k
 from tests.training.test_fisher import lists, tiny_student
@@ -45,6 +46,7 @@ from training.prune_schedule import (
     step_target,
 )
 from training.sampling import ListSampler
+from training.sparse import make_adam, sparse_ids
 from training.train import TeacherConfig, build_component
 
 
@@ -432,3 +434,46 @@ def test_a_mirroring_student_distils_the_tower_score_and_ranks_with_its_rating(
     assert student.ranks_with_rating()
     plain, plain_info = distill_student(ds, split.train, teacher, config=distil)
     assert plain_info["rating_score_weight"] == 0.0 and not plain.ranks_with_rating()
+
+
+def test_zeroed_blocks_make_the_model_writing_them_back_made() -> None:
+    """distill.zero_blocks against what it replaced: Adam stepping every entry and the
+    held blocks' values written back after each step. A sparse table (lazy Adam) and a
+    dense layer, blocks of columns and of rows, repeated rows in a batch."""
+    held = {"table.weight": (slice(None), slice(0, 2)), "out.weight": (slice(1, 2),)}
+
+    def train(hold: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        torch.manual_seed(0)
+        layers = OrderedDict(table=nn.Embedding(50, 6, sparse=True), out=nn.Linear(6, 3))
+        net = nn.Sequential(layers)
+        params = dict(net.named_parameters())
+        blocks = [(params[name], index) for name, index in held.items()]
+        start = {name: params[name][index].detach().clone() for name, index in held.items()}
+        opt = make_adam([(p, 0.1) for p in net.parameters()], sparse=sparse_ids(net))
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            loss = net(torch.randint(0, 50, (32,), generator=gen)).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if hold == "zero":
+                distill.zero_blocks(blocks)
+            opt.step()
+            if hold == "write":
+                with torch.no_grad():
+                    for name, index in held.items():
+                        params[name][index].copy_(start[name])
+        return dict(net.state_dict()), start
+
+    (zeroed, start), (written, _), (free, _) = train("zero"), train("write"), train("none")
+    for name, value in zeroed.items():
+        assert torch.equal(value, written[name]), name
+    for name, index in held.items():
+        assert torch.equal(zeroed[name][index], start[name]), name
+        assert not torch.equal(free[name][index], start[name]), name
+
+
+def test_zero_blocks_refuses_a_row_block_of_a_sparse_gradient() -> None:
+    table = nn.Embedding(10, 4, sparse=True)
+    table(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="every row"):
+        distill.zero_blocks([(table.weight, (slice(0, 3),))])

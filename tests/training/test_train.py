@@ -12,9 +12,16 @@ import pytest
 import torch
 
 from tests.training.test_distill import quick_teacher
+from training import blend_topk
+from training.blend_topk import blend
 from training.component_pool import ComponentTask
 from training.data import Dataset, Ratings, holdout, load_dataset, make_split
-from training.evaluate import evaluate_model, evaluate_popularity, rating_metrics
+from training.evaluate import (
+    evaluate_model,
+    evaluate_popularity,
+    ranking_metrics,
+    rating_metrics,
+)
 from training.features import FeatureMap, FeatureTables
 from training.models.ensemble import EnsembleTeacher
 from training.seen import SeenIndex
@@ -27,6 +34,7 @@ from training.train import (
     TrainData,
     Trainer,
     XDeepFMConfig,
+    _blend_ranking,
     _merge_heads,
     _refit_tasks,
     component_loss,
@@ -266,6 +274,37 @@ def test_the_blend_search_finds_the_same_weights_on_several_threads(
     assert reports[0] == reports[1]
     a, b = (t.state_dict() for t in teachers)
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("per_matrix", [3, 20, 256])
+def test_the_blend_search_ranks_as_over_the_whole_catalogue(
+    dataset: Dataset, train_ratings: Ratings, per_matrix: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every grid point's metrics from candidate lists (training/blend_topk.py) equal the
+    blend ranked over the catalogue, with MF's rating in the score too. With 3 candidates
+    per matrix every row needs the whole catalogue, with 20 a few, with 256 (above its 80
+    items) none: both paths are checked."""
+    monkeypatch.setattr(blend_topk, "CANDIDATES_PER_MATRIX", per_matrix)
+    fit, valid = holdout(train_ratings, fraction=0.1, seed=0)
+    users = np.unique(valid.user[valid.rating >= 4.0])
+    fm = dataset.feature_map
+    ranking, lists = _blend_ranking(
+        quick_teacher(dataset), dataset.tables, users, fit=fit, valid=valid, fm=fm
+    )
+    row_of = dict(zip(users.tolist(), range(users.size), strict=True))
+    sub_valid = valid.subset(np.isin(valid.user, users))
+    for point, g in [(w, 0.0) for w in simplex_grid(0.25)] + [((0.2, 0.3, 0.5), 0.4)]:
+        w = np.array([*point, g] if g else point)
+        whole = ranking_metrics(
+            lambda us, w=w: blend(w, lists.mats[: w.size, [row_of[u] for u in us]]),
+            train=fit,
+            test=sub_valid,
+            n_users=fm.n_users,
+            n_items=fm.n_items,
+        )
+        assert ranking(np.asarray(point), g) == whole
+    full, rows = sum(lists.full_rows), sum(lists.rows)
+    assert {3: full == rows, 20: 0 < full < rows, 256: full == 0}[per_matrix]
 
 
 def test_quick_teacher_learns_on_synthetic_data(dataset: Dataset, synthetic_ml100k: Path) -> None:

@@ -44,6 +44,8 @@ UNIT_KINDS = (
 )
 RATING_DIMS = ("user_rating_dim", "item_rating_dim")
 SCORE_RANK = ("user_score_dim", "item_score_dim", "score_factor")
+# A block of a parameter: (parameter, index), the block being `parameter[index]`.
+ParamBlock = tuple[Tensor, tuple[slice, ...]]
 
 
 @dataclass(frozen=True)
@@ -416,17 +418,19 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
             torch.as_tensor(tables.item_genres),
         )
 
-    def score_path(self) -> list[Tensor]:
-        """Views of every parameter that only the score head reads: each tower's score
-        block of its embeddings, its score projection, and the items' score biases."""
-        views: list[Tensor] = [self.item_score_bias.weight]
+    def score_path(self) -> list[ParamBlock]:
+        """Every parameter block that only the score head reads, as (parameter, index)
+        with `parameter[index]` the block: each tower's score columns of its embeddings
+        (every row), its score projection, and the items' score biases."""
+        whole = (slice(None),)
+        blocks: list[ParamBlock] = [(self.item_score_bias.weight, whole)]
         for tower in (self.user, self.item):
-            ds = tower.score_dim
-            views += [table.weight[:, :ds] for table in tower.embeddings()]
+            columns = (slice(None), slice(0, tower.score_dim))
+            blocks += [(table.weight, columns) for table in tower.embeddings()]
             if tower.genre is not None:
-                views.append(tower.genre.weight[:ds])
-            views += [tower.score_out.weight, tower.score_out.bias]
-        return views
+                blocks.append((tower.genre.weight, (slice(0, tower.score_dim),)))
+            blocks += [(tower.score_out.weight, whole), (tower.score_out.bias, whole)]
+        return blocks
 
     def unit_counts(self) -> dict[str, int]:
         return self.shape.as_dict()
