@@ -23,7 +23,8 @@ from training.evaluate import top_k_stable
 from training.seen import SeenIndex
 
 # Candidates per matrix and user: more make a grid point dearer and fewer rows fall back
-# to the whole catalogue.
+# to the whole catalogue. With 256, none of the 231-point grid's rankings did in the
+# catalogue builds of 10^4, 10^5 and 10^6 items (bench/results/catalogue-20261205c/).
 CANDIDATES_PER_MATRIX = 256
 
 
@@ -104,12 +105,14 @@ class BlendTopK:
         full = np.flatnonzero(~self.complete[rows] & (vals[:, -1] <= bound))
         self.full_rows.append(full.size)
         self.rows.append(rows.size)
-        for i in full.tolist():
-            items[i], finite[i] = self._full_row(w, int(rows[i]))
+        if full.size:
+            items[full], finite[full] = self._whole(w, rows[full])
         return items, finite
 
-    def _full_row(self, w: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = blend(w, self.mats[: w.size, row])[None]  # [1, n_items]
-        scores[0, self.seen.of(int(self.users[row])) - 1] = -np.inf
+    def _whole(self, w: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`top` over the whole catalogue, as the search ranked before candidates."""
+        scores = blend(w, self.mats[: w.size, rows])  # [b, n_items]
+        for i, user in enumerate(self.users[rows].tolist()):
+            scores[i, self.seen.of(user) - 1] = -np.inf
         pick = top_k_stable(scores, self.k)
-        return pick[0] + 1, np.isfinite(np.take_along_axis(scores, pick, axis=1))[0]
+        return pick + 1, np.isfinite(np.take_along_axis(scores, pick, axis=1))
