@@ -16,7 +16,8 @@ seed by seed. Writes docs/student.md (generated section), docs/student/*.png and
 docs/student_results.json under --out.
 
 Tuning never reads the test folds: --holdout scores on a held-back tenth of each fold's
-training ratings instead, and --set FIELD=VALUE changes a StudentConfig field.
+training ratings instead, and --set FIELD=VALUE changes a StudentConfig field (shape.FIELD
+one of the shape's widths, e.g. --set initial=shape --set shape.user_hidden=64).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from training.export import export_onnx, ort_latency_ms
 from training.fisher_analysis import fisher_report
 from training.kd_targets import teacher_pools
 from training.models.base import TwoHeadModel, count_params
-from training.models.student import Student
+from training.models.student import Student, StudentShape
 from training.report import write_student_report
 from training.train import train_teacher
 
@@ -151,12 +152,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_overrides(pairs: list[str]) -> dict[str, Any]:
     """`FIELD=VALUE` strings as StudentConfig fields, each value parsed as its field's type."""
     defaults = {f.name: getattr(StudentConfig(), f.name) for f in fields(StudentConfig)}
+    # The shape's widths as `shape.FIELD` (with `initial=shape`, the widths run as given).
+    defaults |= {f"shape.{k}": v for k, v in StudentShape().as_dict().items()}
     out: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         name = name.strip()
         if not sep or name not in defaults:
-            raise ValueError(f"{pair!r} is not FIELD=VALUE with a StudentConfig field")
+            raise ValueError(
+                f"{pair!r} is not FIELD=VALUE with a StudentConfig field (or shape.FIELD)"
+            )
         default = defaults[name]
         if isinstance(default, bool):
             if text.lower() not in ("true", "false"):
@@ -169,7 +174,12 @@ def config_overrides(pairs: list[str]) -> dict[str, Any]:
                 kind = type(default).__name__
                 raise ValueError(f"{name}: {text!r} is not a valid {kind}") from None
         else:
-            raise ValueError(f"{name} cannot be set from the command line")
+            raise ValueError(f"{name} is set by its widths, as shape.FIELD=VALUE")
+    widths = {k.removeprefix("shape."): out.pop(k) for k in list(out) if k.startswith("shape.")}
+    if widths:
+        if min(widths.values()) < 1:
+            raise ValueError("shape widths must be positive")
+        out["shape"] = replace(StudentShape(), **widths)
     return out
 
 

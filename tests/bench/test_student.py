@@ -6,12 +6,14 @@ import argparse
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import student
+from training.models.student import StudentShape
 from training.report import write_student_report
 
 
@@ -174,11 +176,21 @@ def test_set_parses_each_value_as_its_field_type() -> None:
     assert out == {"finetune_epochs": 6, "w_ranking_kd": 0.5, "prune": False}
 
 
+def test_set_changes_the_shape_width_by_width() -> None:
+    pairs = ["initial=shape", "shape.user_hidden=64", "shape.score_factor=8"]
+    out = student.config_overrides(pairs)
+    assert out == {
+        "initial": "shape",
+        "shape": replace(StudentShape(), user_hidden=64, score_factor=8),
+    }
+
+
 @pytest.mark.parametrize(
     ("pair", "message"),
     [("epochz=3", "StudentConfig field"), ("finetune_epochs", "FIELD=VALUE"),
      ("finetune_epochs=many", "is not a valid int"), ("prune=maybe", "true or false"),
-     ("shape=1", "cannot be set")],
+     ("shape=1", "shape.FIELD=VALUE"), ("shape.width=3", "StudentConfig field"),
+     ("shape.user_hidden=0", "must be positive"), ("shape.user_hidden=x", "not a valid int")],
 )  # fmt: skip
 def test_a_bad_set_is_a_one_line_error(
     pair: str, message: str, capsys: pytest.CaptureFixture[str]
