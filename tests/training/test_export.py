@@ -155,6 +155,23 @@ def test_int8_student_is_smaller_close_and_valid(dataset: Dataset, tmp_path: Pat
     assert 0.0 < drift < 0.5
 
 
+def test_int8_quantises_the_tables_and_leaves_the_layers_fp32(
+    dataset: Dataset, tmp_path: Path
+) -> None:
+    """The default covers Gather only: no activation quantised per run; onnxruntime's
+    default set (ops=None) quantises the MatMul layers too."""
+    fm = dataset.feature_map
+    fp32 = export.export_onnx(_student(fm), fm, tmp_path / "s.onnx", metadata={})
+
+    def op_types(path: Path) -> set[str]:
+        return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+    tables = op_types(export.quantize_int8(fp32, tmp_path / "tables.onnx"))
+    default = op_types(export.quantize_int8(fp32, tmp_path / "default.onnx", ops=None))
+    assert "DequantizeLinear" in tables and "DynamicQuantizeLinear" not in tables
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= default
+
+
 def test_int8_acceptance_rule() -> None:
     ref = {"rmse": 1.0, "ndcg@10": 0.40}
     assert export.int8_acceptable({"rmse": 1.009, "ndcg@10": 0.389}, ref)[0]
