@@ -5,10 +5,11 @@ set (MatMul too), on a bundle's student (bench/results/int8.md).
 
 From the bundle's fp32 pair graph (student.onnx) each quantisation is written as the
 pipeline writes it (`training.export.quantize_int8`, then its rating graph), and per
-variant: the bytes of both graphs; the rating graph's median time on 10 and 100 rows of
-one user (one thread, 2,000 runs, the variants in turns, `--repeat` rounds); the pair
-graph on the whole catalogue (`ort_latency_ms`); and how far its ratings are from the fp32
-graph's over every rated pair of the data set (mean and max |difference|).
+variant: the bytes of both graphs; the rating graph's median time on 10 and 100 random
+rows (one thread, 2,000 runs each, the graphs in turns: bench.rating_graph's
+`time_graphs`; `--repeat` rounds); the pair graph on the whole catalogue
+(`ort_latency_ms`); and how far its ratings are from the fp32 graph's over every rated
+pair of the data set (mean and max |difference|).
 """
 
 from __future__ import annotations
@@ -20,26 +21,22 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from contract.session import open_session
-from contract.signature import RATING_OUTPUTS
+from bench.rating_graph import Config, time_graphs
 from training.data import load_dataset
 from training.export import (
     INT8_OPS,
     export_rating_graph,
-    ort_feed,
     ort_latency_ms,
     ort_pair_predict,
     ort_session,
     quantize_int8,
 )
-from training.features import FeatureTables, make_batch
 
 log = logging.getLogger("bench.int8")
 
@@ -61,24 +58,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
-
-
-def rating_graph_us(path: Path, tables: FeatureTables, rows: int, runs: int = 2000) -> float:
-    """Median microseconds of one rating-graph run on `rows` items of user 1 (the first
-    items, repeated if the catalogue has fewer)."""
-    session = open_session(path, intra_op_threads=1, inter_op_threads=1, needs=RATING_OUTPUTS)
-    names = [i.name for i in session.get_inputs()]
-    items = np.arange(rows) % (tables.item_feats.shape[0] - 1) + 1
-    arrays = ort_feed(make_batch(tables, np.ones(rows, np.int64), items))
-    feed = {name: arrays[name] for name in names}
-    for _ in range(50):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1e6)
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -106,10 +85,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             **{f"rating_graph_us_{n}": [] for n in ROWS},
             "catalogue_ms": [],
         }
-    for _ in range(args.repeat):
-        for name, (pair, rating) in graphs.items():
-            for n in ROWS:
-                out[name][f"rating_graph_us_{n}"].append(rating_graph_us(rating, tables, n))
+    ratings = {name: rating for name, (_, rating) in graphs.items()}
+    for round_ in range(args.repeat):
+        for n in ROWS:
+            config = Config(k=n, warm_rounds=2000, cold_rounds=0, seed=round_)
+            for row in time_graphs(ratings, fm, config, reference="fp32"):
+                out[row["graph"]][f"rating_graph_us_{n}"].append(row["warm_p50_us"])
+        for name, (pair, _) in graphs.items():
             out[name]["catalogue_ms"].append(ort_latency_ms(pair, fm, tables, runs=100))
     return out
 

@@ -81,18 +81,22 @@ def build_variants(model: TwoHeadModel, fm: FeatureMap, work: Path) -> dict[str,
     return graphs
 
 
-def time_graphs(graphs: dict[str, Path], fm: FeatureMap, config: Config) -> list[dict[str, Any]]:
-    """Median and p95 microseconds per graph, warm and cold, the graphs run in turns."""
+def time_graphs(
+    graphs: dict[str, Path], fm: FeatureMap, config: Config, *, reference: str = "traced"
+) -> list[dict[str, Any]]:
+    """Median and p95 microseconds per graph, warm and (with cold rounds) cold, the graphs
+    run in turns; and each graph's largest rating difference from the `reference` one."""
     sessions = {}
     for name, path in graphs.items():
         session = open_session(path, intra_op_threads=1, inter_op_threads=1, needs=RATING_OUTPUTS)
         sessions[name] = (session, graph_inputs(session, file=path.name, needs=RATING_OUTPUTS))
     rng = np.random.default_rng(config.seed)
     feeds = [ort_feed(random_batch(fm, config.k, rng=rng)) for _ in range(_FEEDS)]
-    reference = {n: run_rating(s, feeds[0], inputs=i) for n, (s, i) in sessions.items()}
+    ratings = {n: run_rating(s, feeds[0], inputs=i) for n, (s, i) in sessions.items()}
     flush = np.ones(_EVICT_MB * 2**20 // 8)
+    modes = [m for m in (("warm", config.warm_rounds), ("cold", config.cold_rounds)) if m[1] > 0]
     times: dict[tuple[str, str], list[int]] = {}
-    for mode, rounds in (("warm", config.warm_rounds), ("cold", config.cold_rounds)):
+    for mode, rounds in modes:
         for r in range(rounds):
             for name, (session, inputs) in sessions.items():
                 if mode == "cold":
@@ -102,12 +106,13 @@ def time_graphs(graphs: dict[str, Path], fm: FeatureMap, config: Config) -> list
                 times.setdefault((name, mode), []).append(time.perf_counter_ns() - started)
     rows = []
     for name, path in graphs.items():
+        diff = float(np.abs(ratings[name] - ratings[reference]).max())
         row: dict[str, Any] = {
             "graph": name,
             "nodes": len(onnx.load(str(path)).graph.node),
-            "max_abs_diff_vs_traced": float(np.abs(reference[name] - reference["traced"]).max()),
+            f"max_abs_diff_vs_{reference}": diff,
         }
-        for mode in ("warm", "cold"):
+        for mode, _ in modes:
             us = np.asarray(times[(name, mode)], dtype=np.float64) / 1e3
             row[f"{mode}_p50_us"] = float(np.percentile(us, 50))
             row[f"{mode}_p95_us"] = float(np.percentile(us, 95))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.evaluate import top_k_stable
+from training.evaluate import top_k_stable, top_unrated
 from training.seen import SeenIndex
 
 # Candidates per matrix and user: more make a grid point dearer and fewer rows fall back
@@ -111,7 +111,4 @@ class BlendTopK:
     def _whole(self, w: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`top` over the whole catalogue, as the search ranked before candidates."""
         scores = blend(w, self.mats[: w.size, rows])  # [b, n_items]
-        for i, user in enumerate(self.users[rows].tolist()):
-            scores[i, self.seen.of(user) - 1] = -np.inf
-        pick = top_k_stable(scores, self.k)
-        return pick + 1, np.isfinite(np.take_along_axis(scores, pick, axis=1))
+        return top_unrated(scores, self.users[rows], self.seen, self.k)

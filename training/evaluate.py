@@ -97,11 +97,7 @@ def ranking_metrics(
         scores = np.array(scorer(block), dtype=np.float64)  # [b, n_items], a copy
         if scores.shape != (block.size, n_items):
             raise ValueError(f"scorer returned {scores.shape}, expected {(block.size, n_items)}")
-        rows, items = _csr_rows(index, block)
-        scores[rows, items - 1] = -np.inf
-        pick = top_k_stable(scores, k)  # [b, k] columns
-        # Items scored -inf (rated in training) are never recommended; they sort last.
-        return pick + 1, np.isfinite(np.take_along_axis(scores, pick, axis=1))
+        return top_unrated(scores, block, index, k)
 
     chunk = max(1, min(chunk, SCORE_CELLS_PER_CHUNK // max(n_items, 1)))
     return top_k_metrics(
@@ -166,6 +162,19 @@ def top_k_metrics(
         f"coverage@{k}": float(recommended[1:].sum() / n_items),
         "n_users": float(users.size),
     }
+
+
+def top_unrated(
+    scores: np.ndarray, users: np.ndarray, seen: SeenIndex, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items [b, k] (1-based), finite [b, k]): each row's k best items that `users[row]`
+    did not rate, ties to the lower index. `scores` ([b, n_items], column j is item j + 1)
+    is changed in place: rated items are set to -inf, so they are never recommended and
+    sort last (`finite` False)."""
+    rows, items = _csr_rows(seen, users)
+    scores[rows, items - 1] = -np.inf
+    pick = top_k_stable(scores, k)
+    return pick + 1, np.isfinite(np.take_along_axis(scores, pick, axis=1))
 
 
 def _csr_rows(seen: SeenIndex, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -348,8 +348,8 @@ def export_rating_graph(
 # in a `make run` bundle. Quantising its MatMul layers as well (onnxruntime's default set)
 # makes the file 8% smaller but the graphs slower, their activations being quantised on
 # every run, and the ratings further from fp32's: on the student of a `make run` bundle
-# (a0b59ad), the rating graph on 10 items 32.3 against 25.8 us (fp32 24.4), the whole
-# catalogue 0.544 against 0.421 ms, mean |rating - fp32's| 0.0167 against 0.0119
+# (7ca1252), the rating graph on 10 rows 39.9 against 34.4 us (fp32 30.6), the whole
+# catalogue 0.644 against 0.533 ms, mean |rating - fp32's| 0.0167 against 0.0119
 # (`python -m bench.int8`, bench/results/int8.md).
 INT8_OPS: tuple[str, ...] = ("Gather",)
 
