@@ -53,12 +53,14 @@ def test_redis_killed_mid_load_fails_no_request_and_caching_resumes(
 
         async def scenario() -> None:
             await asyncio.sleep(1.0)
-            marks["killed"] = time.monotonic()
-            await asyncio.to_thread(redis_process.kill)
+            await asyncio.to_thread(redis_process.kill)  # returns once the process is gone
+            marks["dead"] = time.monotonic()
             await asyncio.sleep(1.5)
             async with httpx.AsyncClient(base_url=server.base_url) as probe:
                 ready = await probe.get("/readyz")
                 marks["ready_status"] = ready.status_code
+            # Redis may answer before start() sees it answer: the outage ends here.
+            marks["restarting"] = time.monotonic()
             await asyncio.to_thread(redis_process.start)
             marks["restarted"] = time.monotonic()
             # Long enough for the breaker to let a probe through and for lists to be
@@ -74,7 +76,11 @@ def test_redis_killed_mid_load_fails_no_request_and_caching_resumes(
     assert failures(outcomes) == [], f"failed requests: {failures(outcomes)[:5]}"
     assert marks["ready_status"] == 200, "the service must stay ready without Redis"
     assert metric_value(metrics, "cache_requests_total", result="error") > 0
-    during_outage = [o for o in outcomes if marks["killed"] + 0.2 < o.started < marks["restarted"]]
+    # Only requests that ran wholly while no Redis process existed; on a loaded machine a
+    # request sent before start() returned can already be served by the new one.
+    during_outage = [
+        o for o in outcomes if marks["dead"] < o.started and o.finished < marks["restarting"]
+    ]
     assert during_outage, "no request ran while Redis was down"
     assert not any(o.body and o.body["cached"] for o in during_outage), (
         "nothing can be a hit while the only cache is dead"
