@@ -5,11 +5,12 @@
 #
 # 1. the machine (nvidia-smi, python, torch) and tests/training/test_device.py, which
 #    trains the same component on the CPU and on CUDA and compares them;
-# 2. `bench.scale` throughput of the three teacher components on the ML-1M- and
+# 2. the --quick ML-1M-shaped pipeline with the teacher's components trained side by side
+#    in three processes on the GPU, and in turn in one (each run cut at JOBS_LIMIT s);
+# 3. `bench.scale` throughput of the three teacher components on the ML-1M- and
 #    ML-10M-shaped sets, at their batch sizes and at 8 times them;
-# 3. a --quick pipeline on the ML-1M-shaped set (every step of the CUDA path, export and
-#    evaluation included), then the full ML-10M-shaped pipeline with the time left: a run
-#    stopped at its limit is recorded as such, with the steps it finished.
+# 4. the full ML-10M-shaped pipeline with the time left. A run stopped at its limit is
+#    recorded as such, with the steps it finished.
 #
 # It runs under the GPU machine's own Python and torch. Packages that machine lacks travel
 # as wheels, downloaded where there is a network (2026-12-04, for Python 3.12):
@@ -55,14 +56,15 @@ export PYTHONUNBUFFERED=1
 step test_device 150 "$py" -m pytest -q -p no:cacheprovider tests/training/test_device.py
 common=(--work "$work" --device "$device" --marker bench.scale-gpu
     --out-json "$out/scale-gpu.json" --out-md "$out/SCALE-gpu.md" --batches 50)
+# The teacher's components side by side on the one GPU (--jobs 3) against in turn
+# (--jobs 1), as the --quick ML-1M-shaped pipeline's teacher step: each run is cut at
+# JOBS_LIMIT seconds (the teacher step in turn took 145 s on an H200 on 2026-12-04), and
+# the step leaves 60 s for bench.scale's start, the data set and its writing.
+jobs_limit=$(((${JOBS_LIMIT:-190} * 2 + 60 < $(left)) ? ${JOBS_LIMIT:-190} : ($(left) - 60) / 2))
+((jobs_limit > 60)) && step pipeline-ml1m-quick-jobs $((jobs_limit * 2 + 60)) "$py" -m bench.scale \
+    --sets ml1m --pipeline-only --quick --jobs 3,1 --pipeline-limit "$jobs_limit" "${common[@]}"
 step throughput 200 "$py" -m bench.scale --sets ml1m,ml10m --no-pipeline --batch-factors 1,8 \
     "${common[@]}"
-# Most of what is left to the --quick run: on 2026-12-04 its teacher step alone took 145 s
-# on an H200 and the student step on CUDA has yet to run to its end. Each pipeline gets
-# 20 s less than its step, for bench.scale's own start and writing.
-quick=$(($(left) * 3 / 5))
-((quick > 60)) && step pipeline-ml1m-quick "$quick" "$py" -m bench.scale --sets ml1m --pipeline-only \
-    --quick --pipeline-limit $((quick - 20)) "${common[@]}"
 full=$(left)
 ((full > 60)) && step pipeline-ml10m "$full" "$py" -m bench.scale --sets ml10m --pipeline-only \
     --pipeline-limit $((full - 20)) "${common[@]}"

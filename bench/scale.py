@@ -3,6 +3,7 @@
     python -m bench.scale [--sets ml1m,ml10m,cat50k,cat1m] [--quick] [--nproc 1,2] [--work DIR]
                           [--pipeline-limit SECONDS] [--movielens-1m DIR] [--movielens-100k DIR]
                           [--device cpu|cuda] [--batch-factors 1,8] [--pipeline-only]
+                          [--jobs 0,1,3]
 
 Synthetic data sets in the ml-latest format (training.synth; reused when WORK/NAME
 already holds ratings.csv): ML-1M-shaped (6,000 users, 4,000 items, 1M ratings),
@@ -94,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--nproc",
         default="1",
         help="comma-separated process counts for the pipeline (2 = torchrun, 2 processes)",
+    )
+    parser.add_argument(
+        "--jobs",
+        default="0",
+        help="comma-separated counts of processes training the teacher's components in a "
+        "one-process pipeline (the pipeline's --jobs; 0 = its auto)",
     )
     parser.add_argument(
         "--movielens-1m", type=Path, default=os.environ.get("MOVIELENS_1M_DIR") or None
@@ -295,11 +302,19 @@ def measure_throughput(
 
 
 def measure_pipeline(
-    data: Path, dataset: str, work: Path, *, quick: bool, limit: float, device: str, nproc: int
+    data: Path,
+    dataset: str,
+    work: Path,
+    *,
+    quick: bool,
+    limit: float,
+    device: str,
+    nproc: int,
+    jobs: int = 0,
 ) -> dict[str, Any]:
     # ml-100k trains on all of it, as `make run` does; the others keep a test split.
     split = "none" if dataset == "ml-100k" else "random"
-    tag = f"{data.name}{'-quick' if quick else ''}-{nproc}p"
+    tag = f"{data.name}{'-quick' if quick else ''}-{nproc}p{f'-{jobs}j' if jobs else ''}"
     out_dir = work / f"run-{tag}"
     # The pipeline resumes from the checkpoints of an equal run key (same data, settings
     # and code), so a second run of the same code would time a few seconds of reloading.
@@ -309,7 +324,8 @@ def measure_pipeline(
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*launcher, "-m", "training", "pipeline", "--data-dir", str(data)]
     cmd += ["--dataset", dataset, "--split", split, "--out-dir", str(out_dir)]
-    cmd += ["--no-progress", "--device", device] + (["--quick"] if quick else [])
+    cmd += ["--no-progress", "--device", device, "--jobs", str(jobs)]
+    cmd += ["--quick"] if quick else []
     log_path = work / f"pipeline-{tag}.log"
     out = run_measured(cmd, limit=limit, log_path=log_path)
     out["steps"] = {
@@ -321,11 +337,11 @@ def measure_pipeline(
     from training.component_pool import resolve_jobs  # noqa: PLC0415
     from training.device import resolve_device  # noqa: PLC0415
 
-    # Processes training the teacher's components (the pipeline's --jobs auto): a pool
-    # only in a full one-process run on the CPU; torchrun ranks, --quick and a GPU train
-    # them in turn.
-    in_turn = quick or nproc > 1 or resolve_device(device).type != "cpu"
-    out["component_jobs"] = 1 if in_turn else resolve_jobs(0, threads=1, tasks=len(COMPONENTS))
+    # Processes training the teacher's components: torchrun ranks train them in turn, and
+    # the pipeline's auto does in --quick mode and on a GPU.
+    auto_in_turn = quick or resolve_device(device).type != "cpu"
+    in_turn = nproc > 1 or (auto_in_turn and not jobs)
+    out["component_jobs"] = 1 if in_turn else resolve_jobs(jobs, threads=1, tasks=len(COMPONENTS))
     return out
 
 
@@ -364,9 +380,15 @@ def _upgrade(results: dict[str, Any]) -> dict[str, Any]:
     return {"runs": [run], "sets": sets}
 
 
+def _row_key(p: dict[str, Any]) -> tuple[bool, int, int]:
+    """A pipeline row's mode and processes: a run replaces the rows of its own."""
+    return p["quick"], p["nproc"], p.get("component_jobs", 1)
+
+
 def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
     """`current` (one run) over `previous`: a set's load and throughput, and its pipeline
-    rows of the same mode and process count, are replaced; the rest stay, with their runs.
+    rows of the same mode and process counts (`_row_key`), are replaced; the rest stay,
+    with their runs.
     Runs no row cites any more are dropped and the rest renumbered in order."""
     merged = _upgrade(previous) if previous else {"runs": [], "sets": {}}
     runs = [*merged["runs"], {"command": current["command"], "conditions": current["conditions"]}]
@@ -374,8 +396,8 @@ def merge(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str,
     for name, entry in current["sets"].items():
         old = sets.get(name, {})
         new_rows = [{**p, "run": len(runs)} for p in entry.get("pipeline", [])]
-        replaced = {(p["quick"], p["nproc"]) for p in new_rows}
-        kept = [p for p in old.get("pipeline", []) if (p["quick"], p["nproc"]) not in replaced]
+        replaced = {_row_key(p) for p in new_rows}
+        kept = [p for p in old.get("pipeline", []) if _row_key(p) not in replaced]
         # A --pipeline-only entry has no load: the set's earlier rows and their run stay.
         base = {**entry, "run": len(runs)} if "load" in entry or not old else old
         sets[name] = {**base, "pipeline": kept + new_rows}
@@ -468,7 +490,7 @@ def render(results: dict[str, Any], marker: str = MARKER) -> str:
     lines += [
         _pipeline_row(name, p)
         for name, r in results["sets"].items()
-        for p in sorted(r["pipeline"], key=lambda p: (p["quick"], p["nproc"]))
+        for p in sorted(r["pipeline"], key=_row_key)
     ]
     lines += ["", end]
     return "\n".join(lines)
@@ -511,6 +533,8 @@ def measure_set(args: argparse.Namespace, name: str, data: Path, dataset: str) -
             entry["throughput_by_factor"] = {str(f): tp for f, tp in measured.items()}
     pipeline_sets = None if args.pipeline_sets is None else set(args.pipeline_sets.split(","))
     if not args.no_pipeline and (pipeline_sets is None or name in pipeline_sets):
+        jobs = [int(j) for j in args.jobs.split(",")]
+        runs = [(n, j) for n in map(int, args.nproc.split(",")) for j in (jobs if n == 1 else [0])]
         entry["pipeline"] = [
             measure_pipeline(
                 data,
@@ -519,9 +543,10 @@ def measure_set(args: argparse.Namespace, name: str, data: Path, dataset: str) -
                 quick=args.quick,
                 limit=args.pipeline_limit,
                 device=args.device,
-                nproc=int(n),
+                nproc=nproc,
+                jobs=jobs,
             )
-            for n in args.nproc.split(",")
+            for nproc, jobs in runs
         ]
     return entry
 

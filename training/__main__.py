@@ -93,8 +93,9 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=_non_negative,
         default=0,
-        help="processes training the teacher's components side by side on a CPU; "
-        "0 = one per component as the CPUs allow, 1 in --quick mode (default 0)",
+        help="processes training the teacher's components side by side (on the CPU or "
+        "one GPU); 0 = one per component as the CPUs allow on a CPU, 1 on a GPU and in "
+        "--quick mode (default 0)",
     )
     parser.add_argument(
         "--compile",

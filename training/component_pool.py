@@ -4,8 +4,13 @@ The three components share nothing until the blend is fitted, and on a CPU one s
 model's batches do not keep several cores busy (intra-op threads gain little at these
 sizes), so a process per component is the cheap way to use a machine's cores: the
 teacher step takes about the sum of the components' CPU time over the cores.
+On one GPU the processes can pay for another reason (`--jobs N`; auto trains in turn
+there until a lent GPU has timed both, bench/gpu.sh): a step of these small models waits
+on its host (Python, kernel launches, the synchronisations of data-dependent shapes; about
+10 ms a step whatever the batch, docs/SCALE.md), so the device idles most of the time,
+and a process per component, each driving the same GPU, would fill it.
 torchrun's data parallelism (training/distributed.py) is the way across machines; inside
-a torchrun rank, or on a GPU (one device, already parallel), components run one by one.
+a torchrun rank components run one by one.
 
 Each child trains exactly what `train_component` trains in this process (same seed, same
 thread count), so the models are identical whichever way they were trained. A refit runs
@@ -131,15 +136,15 @@ def train_components(
     """
     if jobs <= 1 or len(tasks) <= 1:
         return _in_turn(tasks, shared, device=device, refit=refit)
-    log.info("training %d components in %d processes", len(tasks), jobs)
-    done = _pooled(tasks, shared, jobs=jobs, refit=refit)
+    log.info("training %d components in %d processes on %s", len(tasks), jobs, device)
+    done = _pooled(tasks, shared, jobs=jobs, refit=refit, device=device)
     first: list[Trained] = []
     second: list[Refitted] = [[] for _ in tasks]
     for (k, run), (task, (state, info)) in sorted(done.items()):
         if run < 0:
-            first.append((_rebuild(task, shared, state), info))
+            first.append((_rebuild(task, shared, state, device=device), info))
         elif refit is not None:
-            second[k].append((task, _rebuild(task, refit.shared, state), info))
+            second[k].append((task, _rebuild(task, refit.shared, state, device=device), info))
     return first, second
 
 
@@ -165,12 +170,18 @@ Done = dict[tuple[int, int], tuple[ComponentTask, tuple[dict[str, torch.Tensor],
 
 
 def _pooled(
-    tasks: Sequence[ComponentTask], shared: SharedInputs, *, jobs: int, refit: Refit | None
+    tasks: Sequence[ComponentTask],
+    shared: SharedInputs,
+    *,
+    jobs: int,
+    refit: Refit | None,
+    device: torch.device,
 ) -> Done:
     done: Done = {}
     with worker_pool(jobs, threads=shared.threads) as pool:
         pending: dict[Future[Any], tuple[int, int, ComponentTask]] = {
-            pool.submit(_train_state, task, shared): (k, -1, task) for k, task in enumerate(tasks)
+            pool.submit(_train_state, task, shared, str(device)): (k, -1, task)
+            for k, task in enumerate(tasks)
         }
         try:
             while pending:
@@ -180,7 +191,8 @@ def _pooled(
                     done[(k, run)] = (task, future.result())
                     if run == -1 and refit is not None:
                         for j, again in enumerate(refit.tasks_for(task, done[(k, run)][1][1])):
-                            pending[pool.submit(_train_state, again, refit.shared)] = (k, j, again)
+                            child = pool.submit(_train_state, again, refit.shared, str(device))
+                            pending[child] = (k, j, again)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -235,18 +247,24 @@ def _train(
 
 
 def _train_state(
-    task: ComponentTask, shared: SharedInputs
+    task: ComponentTask, shared: SharedInputs, device: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """In the child: train on the CPU and send back the weights (tensors pickle as data)."""
-    model, info = _train(task, shared, device=torch.device("cpu"))
-    return model.state_dict(), info
+    """In the child: train on `device` and send back the weights, as CPU tensors: a CUDA
+    tensor would cross as an IPC handle valid only while this process keeps it."""
+    model, info = _train(task, shared, device=torch.device(device))
+    return {k: v.cpu() for k, v in model.state_dict().items()}, info
 
 
 def _rebuild(
-    task: ComponentTask, shared: SharedInputs, state: dict[str, torch.Tensor]
+    task: ComponentTask,
+    shared: SharedInputs,
+    state: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
 ) -> TowerScoring:
+    """The child's model in this process, on `device` as `_in_turn` leaves it."""
     model = shared.build_fn(
         task.name, shared.fm, task.config, global_mean=float(shared.train.rating.mean())
     )
     model.load_state_dict(state)
-    return model.eval()
+    return model.to(device).eval()

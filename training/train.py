@@ -782,8 +782,10 @@ def _shared(dataset: Dataset, train: Ratings, config: TeacherConfig) -> SharedIn
 
 
 def _jobs(config: TeacherConfig, device: torch.device) -> int:
-    """Component processes: only on a CPU and outside torchrun (one rank, one process)."""
-    if device.type != "cpu" or current().distributed:
+    """Component processes, outside torchrun (a rank is one process: torchrun's ranks
+    already share the cores or devices). On a GPU only when asked for (`jobs` > 0): auto
+    keeps them in turn there until a lent GPU has timed both (bench/gpu.sh)."""
+    if current().distributed or (device.type != "cpu" and config.jobs == 0):
         return 1
     return resolve_jobs(config.jobs, threads=config.threads, tasks=len(COMPONENTS))
 

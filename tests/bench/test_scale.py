@@ -111,6 +111,32 @@ def test_a_run_replaces_only_what_it_measured() -> None:
     assert text.count("`python -m bench.scale # t") == 2
 
 
+def test_pipeline_rows_of_other_component_processes_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands: list[list[str]] = []
+
+    def measured(cmd: list[str], *, limit: float, log_path: Path) -> dict[str, object]:
+        commands.append(cmd)
+        log_path.write_text("", encoding="utf-8")
+        return {"seconds": 1.0, "returncode": 0}
+
+    monkeypatch.setattr(scale, "run_measured", measured)
+    rows = [
+        {**scale.measure_pipeline(tmp_path / "data", "ml-latest", tmp_path, quick=True,
+                                  limit=10.0, device="cpu", nproc=1, jobs=jobs),
+         "peak_rss_gb": 1.0, "timed_out": False}
+        for jobs in (0, 3)
+    ]  # fmt: skip
+    assert [c[c.index("--jobs") + 1] for c in commands] == ["0", "3"]
+    assert [r["component_jobs"] for r in rows] == [1, 3]  # --quick's auto: in turn
+    first = merge(None, _run("t1", {"ml1m": _entry(0.3, rows[0])}))
+    both = merge(first, _run("t2", {"ml1m": _entry(0.3, rows[1])}))
+    assert sorted(p["component_jobs"] for p in both["sets"]["ml1m"]["pipeline"]) == [1, 3]
+    text = render(both)
+    assert "1 (1 for the components)" in text and "1 (3 for the components)" in text
+
+
 def test_runs_no_row_cites_are_dropped_and_renumbered() -> None:
     first = merge(None, _run("t1", {"ml1m": _entry(0.3, _pipeline(1, 1600.0))}))
     second = merge(first, _run("t2", {"cat1m": _entry(7.9)}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from training.data import load_dataset, make_split
 from training.device import DeviceError, indexed, model_device, reproducible, resolve_device
 from training.distill_config import StudentConfig
 from training.models.base import count_params
-from training.train import MFConfig, train_component
+from training.train import MFConfig, TeacherConfig, train_component, train_teacher
 
 
 def test_auto_picks_cuda_only_when_present() -> None:
@@ -121,3 +122,22 @@ def test_the_student_distils_on_cuda_as_on_the_cpu(
     # throws away Adam's moments where the CPU run keeps them.
     prune_epochs = len({step["epoch"] for step in gpu_info["prune_steps"]})
     assert built.count("cuda") == built.count("cpu") + 2 + prune_epochs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_component_processes_on_one_gpu_train_the_teacher_of_one_process(
+    tmp_path: Path,
+) -> None:
+    ds = load_dataset(write_ml100k(tmp_path / "d", n_users=60, n_items=80, n_ratings=3000))
+    train = make_split(ds, split="u1").train
+    config = replace(
+        TeacherConfig(progress=False, threads=1, seed=3, device="cuda").quick(), refit_full=True
+    )
+    one, one_report = train_teacher(ds, train, config=replace(config, jobs=1))
+    three, three_report = train_teacher(ds, train, config=replace(config, jobs=3))
+    a, b = one.state_dict(), three.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:  # CUDA's atomic adds sum in no fixed order: noise, not bits
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-3, atol=1e-4)
+    for name, info in one_report["components"].items():
+        assert three_report["components"][name]["head_epochs"] == info["head_epochs"]
