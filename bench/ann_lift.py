@@ -53,7 +53,7 @@ def user_vectors(bundle: Bundle, variant: str, users: np.ndarray) -> np.ndarray:
     return np.asarray(tower.vectors(users, bundle.user_feats[users]), np.float32)
 
 
-def _search_ms(index: faiss.Index, queries: np.ndarray, fetch: int) -> float:
+def search_ms(index: faiss.Index, queries: np.ndarray, fetch: int) -> float:
     times = []
     for row in queries[:_TIMED]:
         started = time.perf_counter()
@@ -88,7 +88,7 @@ def compare(bundle: Bundle, variant: str, *, seed: int) -> list[dict[str, Any]]:
                 "dim": int(items.shape[1]),
                 **info.as_dict(),
                 "held_out_recall@10": round(recall_at(index, truth, searched, _K), 4),
-                "search_p50_ms": round(_search_ms(index, searched, fetch), 4),
+                "search_p50_ms": round(search_ms(index, searched, fetch), 4),
                 "fetch": fetch,
                 "held_out_recall_by_nprobe": curve,
             }
