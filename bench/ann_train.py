@@ -10,7 +10,7 @@ the tuned nprobe and the one-query search time with the candidates the service f
 on one thread; it writes items-N.md and items-N.json into --out:
 
     python -m bench.ann_train --bundle /tmp/cat/models-1000000/current \\
-        --settings 256x25,64x25,64x10 --out bench/results/ann-train
+        --settings 256x10,64x10,64x5 --out bench/results/ann-train
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--settings",
         type=parse_settings,
-        default=parse_settings("256x25,64x25,64x10"),
-        help="comma-separated PER_LISTxNITER (default 256x25,64x25,64x10)",
+        default=parse_settings("256x10,64x10,64x5"),
+        help="comma-separated PER_LISTxNITER (default 256x10,64x10,64x5)",
     )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=faiss.omp_get_max_threads())

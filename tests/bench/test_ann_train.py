@@ -13,7 +13,7 @@ from training.ann import KMeans
 
 
 def test_settings_parse_and_bad_ones_are_named() -> None:
-    assert parse_settings("256x25, 64x10") == [KMeans(256, 25), KMeans(64, 10)]
+    assert parse_settings("256x10, 64x5") == [KMeans(256, 10), KMeans(64, 5)]
     for bad in ("64", "64x0", "x10", "64x1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="PER_LISTxNITER"):
             parse_settings(bad)
@@ -22,9 +22,9 @@ def test_settings_parse_and_bad_ones_are_named() -> None:
 def test_each_setting_builds_a_tuned_index_and_is_reported(bundle_dir: Path) -> None:
     pytest.importorskip("faiss")
     bundle = load_bundle(bundle_dir)
-    settings = [KMeans(256, 25), KMeans(8, 2)]
+    settings = [KMeans(), KMeans(8, 2)]
     rows = compare(bundle, "student", settings, seed=0, threads=1)
-    assert [(r["per_list"], r["niter"]) for r in rows] == [(256, 25), (8, 2)]
+    assert [(r["per_list"], r["niter"]) for r in rows] == [(256, 10), (8, 2)]
     for row in rows:
         assert row["items"] == bundle.n_items and row["kind"] == "ivf_flat_sphere"
         # Export's rule: the tuned nprobe reaches 0.99, or every list is probed (exact).
