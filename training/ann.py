@@ -39,10 +39,15 @@ NPROBES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 class KMeans:
     """How the coarse quantizer's lists are trained: on `per_list` sample vectors per list
     for `niter` iterations. Each iteration assigns every sample vector to its nearest of
-    `nlist` centroids, so the cost is niter x per_list x nlist^2 x dim: at 10^6 items
-    (4,000 lists of 256 vectors) most of a bundle's export time."""
+    `nlist` centroids, so the cost is niter x per_list x nlist^2 x dim.
 
-    per_list: int = 256  # FAISS's max_points_per_centroid default
+    64 per list, not FAISS's 256: on the million-item catalogue (4,000 lists; the teacher's
+    260-dim vectors) 256 took 448 s of the export and 64 took 158 s, both at nprobe 1 and
+    held-out recall@10 1.000 (`python -m bench.ann_train`, bench/results/ann-train/). 64 is
+    inside FAISS's advised 39-256 per centroid, and a catalogue whose lists come out
+    worse pays in nprobe, which export tunes to the recall target, not in recall."""
+
+    per_list: int = 64
     niter: int = 10  # FAISS's default for an IVF's lists (25 for its plain Clustering)
 
 
