@@ -8,6 +8,8 @@ server, bundle bytes, retrieval memory (item matrix + index), and the ANN's reca
 against exact search on the same user vectors.
 
     python -m bench.catalogue --sizes 10000,100000,1000000 --work /tmp/catalogue
+
+`--first-stage BUNDLE BUNDLE...` times only the first stage of given bundles, in turns.
 """
 
 from __future__ import annotations
@@ -151,6 +153,21 @@ def first_stage(bundle: Bundle, *, users: np.ndarray, k: int) -> dict[str, Any]:
             "retrieval_bytes": int(auto.nbytes + index_bytes),
         }
     return out
+
+
+def compare_first_stage(bundles: Sequence[Path], *, rounds: int, k: int, seed: int) -> None:
+    """`first_stage` of each bundle on the same users, the bundles in turns, so that two
+    builds of one catalogue meet the same machine; a JSON line per bundle and round."""
+    limit_search_threads(1)
+    loaded = [load_bundle(path) for path in bundles]
+    for round_ in range(1, rounds + 1):
+        for path, bundle in zip(bundles, loaded, strict=True):
+            rng = np.random.default_rng(seed)
+            users = rng.integers(1, bundle.n_users + 1, size=min(500, bundle.n_users))
+            stage = first_stage(bundle, users=users.astype(np.int64), k=k)
+            line = {"round": round_, "bundle": str(path), **stage}
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
 
 
 def _rss_mb(pid: int) -> float:
@@ -366,8 +383,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="generate the data sets and build the bundles into --work, measure nothing: "
         "the long builds can then run while the machine is busy, the measurements later",
     )
+    parser.add_argument(
+        "--first-stage",
+        type=Path,
+        nargs="+",
+        metavar="BUNDLE",
+        help="only the bare first stage of these bundles, in turns for --rounds rounds, "
+        "as JSON lines on stdout (two builds of one catalogue on one machine); writes nothing",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --first-stage")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.first_stage:
+        compare_first_stage(args.first_stage, rounds=args.rounds, k=args.k, seed=args.seed)
+        return 0
     if args.build_only:
         for items in (int(s) for s in args.sizes.split(",")):
             _, times = build_bundle(size_for(items), args.work, seed=args.seed)

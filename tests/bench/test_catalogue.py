@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from bench.catalogue import render, targets
+import pytest
+
+from bench.catalogue import main, render, targets
 
 
 def _variant(p50: float, *, method: str, recall: float, nbytes: int) -> dict[str, Any]:
@@ -69,3 +73,19 @@ def test_render_names_the_load_and_the_request_count() -> None:
     assert "50 users per variant" in text
     assert "| 0.2 → 0.4 |" in text
     assert "recall" not in "\n".join(targets([row]))  # no ANN row, no recall target
+
+
+def test_first_stage_only_times_each_bundle_in_turns_and_writes_nothing(
+    bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = tmp_path / "BENCHMARKS.md"
+    argv = ["--first-stage", str(bundle_dir), str(bundle_dir), "--rounds", "2"]
+    assert main([*argv, "--docs", str(docs)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["round"] for line in lines] == [1, 1, 2, 2]
+    for line in lines:
+        assert line["bundle"] == str(bundle_dir)
+        for variant in ("teacher", "student"):
+            stage = line[variant]
+            assert stage["first_stage_p50_ms"] > 0 and stage["recall_at_10_vs_exact"] == 1.0
+    assert not docs.exists()
