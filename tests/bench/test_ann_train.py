@@ -22,7 +22,7 @@ def test_settings_parse_and_bad_ones_are_named() -> None:
 def test_each_setting_builds_a_tuned_index_and_is_reported(bundle_dir: Path) -> None:
     pytest.importorskip("faiss")
     bundle = load_bundle(bundle_dir)
-    settings = [KMeans(), KMeans(8, 2)]
+    settings = [KMeans(256, 10), KMeans(8, 2)]
     rows = compare(bundle, "student", settings, seed=0, threads=1)
     assert [(r["per_list"], r["niter"]) for r in rows] == [(256, 10), (8, 2)]
     for row in rows:
