@@ -28,17 +28,15 @@ import faiss
 
 from app.bundle import Bundle, load_bundle
 from app.retrieval import RetrievalSettings
-from bench.ann_lift import TEST_USERS, TUNE_USERS, K, sample, search_ms, write_results
+from bench.ann_lift import TEST_USERS, TUNE_USERS, VARIANTS, K, sample, search_ms, write_results
 from contract.towers import lift_query
 from training.ann import TAIL_RECALL, KMeans, build_ivf, recall_at
 
 log = logging.getLogger("bench.ann_train")
 
-VARIANTS = ("teacher", "student")
-
 
 def parse_settings(text: str) -> list[KMeans]:
-    """`256x25,64x10` -> KMeans(256, 25), KMeans(64, 10)."""
+    """`256x10,64x5` -> KMeans(256, 10), KMeans(64, 5)."""
     settings = []
     for part in text.split(","):
         per_list, _, niter = part.strip().partition("x")
