@@ -42,7 +42,7 @@ class KMeans:
     `nlist` centroids, so the cost is niter x per_list x nlist^2 x dim.
 
     64 per list, not FAISS's 256: on the million-item catalogue (4,000 lists; the teacher's
-    260-dim vectors) 256 took 448 s of the export and 64 took 158 s, both at nprobe 1 and
+    260-dim vectors) its index took 448 s to build with 256 and 158 s with 64, nprobe 1 and
     held-out recall@10 1.000 (`python -m bench.ann_train`, bench/results/ann-train/). 64 is
     inside FAISS's advised 39-256 per centroid, and a catalogue whose lists come out
     worse pays in nprobe, which export tunes to the recall target, not in recall."""
