@@ -126,13 +126,47 @@ def posterior_draw(
 ) -> Tensor:
     """A draw of each row from its Gaussian conditional: precision P + a G, mean
     (P + a G)^-1 (P m + a h). Torch's global generator (seeded by the caller)."""
-    prec = precision.unsqueeze(0) + noise * gram  # [R, k, k]
-    chol = torch.linalg.cholesky(prec)  # [R, k, k]
-    lin = (precision @ mean).unsqueeze(0) + noise * rhs  # [R, k]
-    mu = torch.cholesky_solve(lin.unsqueeze(2), chol)  # [R, k, 1]
-    z = normal(mu)
+    rows = torch.arange(gram.shape[0], device=gram.device)
+    return draw_rows(gram, rhs, rows, gram.shape[0], mean=mean, precision=precision, noise=noise)
+
+
+def draw_rows(
+    gram: Tensor,  # [U, k, k]: the Gram sums of the rows `used`
+    rhs: Tensor,  # [U, k]
+    used: Tensor,  # long [U]: the rows that have ratings, ascending
+    size: int,  # rows in all
+    *,
+    mean: Tensor,
+    precision: Tensor,
+    noise: float,
+) -> Tensor:
+    """`posterior_draw` of `size` rows of which only `used` have ratings: [size, k].
+
+    A row without ratings has G = 0 and h = 0, so its conditional is the prior, whose
+    Cholesky factor every such row shares: one factorisation instead of one per row (on a
+    large catalogue with few ratings per item most item rows have none; docs/SCALE.md
+    item 36). The random numbers are drawn for every row in row order, as one
+    `posterior_draw` over all rows draws them, and each row's arithmetic is the same, so
+    the draws are too.
+    """
+    k = precision.shape[0]
+    z = normal(torch.empty(size, k, 1, dtype=precision.dtype, device=precision.device))
+    prec = precision.unsqueeze(0) + noise * gram  # [U, k, k]
+    chol = torch.linalg.cholesky(prec)  # [U, k, k]
+    lin = (precision @ mean).unsqueeze(0) + noise * rhs  # [U, k]
+    mu = torch.cholesky_solve(lin.unsqueeze(2), chol)  # [U, k, 1]
     # chol^T x = z gives x with covariance prec^-1.
-    return (mu + torch.linalg.solve_triangular(chol.mT, z, upper=True)).squeeze(2)  # [R, k]
+    out = torch.empty(size, k, dtype=precision.dtype, device=precision.device)
+    out[used] = (mu + torch.linalg.solve_triangular(chol.mT, z[used], upper=True)).squeeze(2)
+    rest = torch.ones(size, dtype=torch.bool, device=precision.device)
+    rest[used] = False
+    if bool(rest.any()):
+        n_rest = int(rest.sum())
+        prior = torch.linalg.cholesky(precision.unsqueeze(0))  # [1, k, k]
+        centre = torch.cholesky_solve((precision @ mean).view(1, k, 1), prior)  # [1, k, 1]
+        step = torch.linalg.solve_triangular(prior.mT.expand(n_rest, k, k), z[rest], upper=True)
+        out[rest] = (centre + step).squeeze(2)
+    return out
 
 
 def hyper_draw(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,6 +204,8 @@ def normal(like: Tensor) -> Tensor:
 class Incidence:
     """The training ratings as a sparse [entities, other side] matrix (rows: users, or
     items), in CSR form, built once per chain (also the items' genre pairs: `genre_pairs`).
+    Only entities with ratings (`rows`) and other-side entities rated (`cols`) take part:
+    on a large catalogue with few ratings per item most items have none.
 
     Why: a side's sufficient statistics sum, per user (item), a function of the other
     side's vector over the user's ratings. Gathering those vectors per rating and adding
@@ -178,31 +214,39 @@ class Incidence:
     (docs/SCALE.md item 28).
     """
 
-    def __init__(self, index: Tensor, other: Tensor, n: int, n_other: int) -> None:
+    def __init__(self, index: Tensor, other: Tensor) -> None:
         self.order = torch.argsort(index, stable=True)  # [N]: the ratings by entity
-        counts = torch.bincount(index, minlength=n)
-        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # [n+1]
-        self.col = other[self.order]  # [N]
-        self.size = (n, n_other)
+        counts = torch.bincount(index)
+        self.rows = torch.nonzero(counts).squeeze(1)  # [A]: entities with ratings, ascending
+        self.crow = torch.cat([counts.new_zeros(1), counts[self.rows].cumsum(0)])  # [A+1]
+        cols, self.col = torch.unique(other[self.order], return_inverse=True)  # [C], [N]
+        self.cols = cols  # other-side entities rated, ascending
 
     def matmul(self, values: Tensor, dense: Tensor) -> Tensor:
-        """[n, m]: per entity, the sum over its ratings r of values[r] * dense[other[r]]."""
+        """[A, m]: per entity of `rows`, the sum over its ratings r of values[r] times
+        r's other-side entity's row of `dense` ([C, m], one row per entry of `cols`)."""
         with warnings.catch_warnings():
             # torch marks CSR tensors beta; the product used here is a stable kernel.
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             matrix = torch.sparse_csr_tensor(
-                self.crow, self.col, values[self.order], size=self.size, check_invariants=False
+                self.crow,
+                self.col,
+                values[self.order],
+                size=(self.rows.numel(), self.cols.numel()),
+                check_invariants=False,
             )
         return matrix @ dense
 
 
 def gram_stats(incidence: Incidence, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Per entity e: the sums of x x^T and of x y over e's ratings, where x [n_other, k] is
-    each other-side entity's feature vector and y [N] each rating's target."""
+    """Per entity e of `incidence.rows`: the sums of x x^T and of x y over e's ratings,
+    where x [n_other, k] is each other-side entity's feature vector and y [N] each
+    rating's target."""
+    x = x[incidence.cols]  # [C, k]: only the entities rated
     k = x.shape[1]
-    outer = (x.unsqueeze(2) * x.unsqueeze(1)).reshape(x.shape[0], k * k)  # [n_other, k*k]
-    gram = incidence.matmul(torch.ones_like(y), outer).view(-1, k, k)  # [n, k, k]
-    return gram, incidence.matmul(y, x)  # [n, k, k], [n, k]
+    outer = (x.unsqueeze(2) * x.unsqueeze(1)).reshape(x.shape[0], k * k)  # [C, k*k]
+    gram = incidence.matmul(torch.ones_like(y), outer).view(-1, k, k)  # [A, k, k]
+    return gram, incidence.matmul(y, x)  # [A, k, k], [A, k]
 
 
 class MeanSketch:
@@ -251,13 +295,12 @@ class RatingChain:
         rows[:, dim] = 0.0
         genres[:, dim] = 0.0
         self.state = Draw(rows=rows, genres=genres, noise=2.0)
-        self.n_users = layout.user_rows.shape[0]
-        self.n_items = layout.item_rows.shape[0]
-        self.user_count = torch.bincount(users, minlength=self.n_users)
-        self.item_count = torch.bincount(items, minlength=self.n_items)
-        self.by_user = Incidence(users, items, self.n_users, self.n_items)
-        self.by_item = Incidence(items, users, self.n_items, self.n_users)
-        self.genre_pairs, self.pair_weights = genre_pairs(layout.genre_weights)
+        self.item_count = torch.bincount(items, minlength=layout.item_rows.shape[0])
+        self.by_user = Incidence(users, items)
+        self.by_item = Incidence(items, users)
+        # Genre pairs over the rated items only (`gram_stats` of `by_item` has no others),
+        # as places among them.
+        self.genre_pairs, self.pair_weights = genre_pairs(layout.genre_weights[self.by_item.rows])
 
     def user_side(self) -> Tensor:
         return self.state.rows[self.layout.user_rows].sum(dim=1)  # [n_users+1, d+1]
@@ -278,12 +321,12 @@ class RatingChain:
         gram, rhs = gram_stats(self.by_user, *self._features(self.item_side(), self.items))
         own = self.user_side()
         for col, span in enumerate(self.layout.user_fields):
-            stats = (gram, rhs, self.user_count)
+            stats = (gram, rhs, self.by_user.rows)
             self._draw_field(self.layout.user_rows[:, col], span, own, stats)
         gram, rhs = gram_stats(self.by_item, *self._features(own, self.users))
         other = self.item_side()
         for col, span in enumerate(self.layout.item_fields):
-            stats = (gram, rhs, self.item_count)
+            stats = (gram, rhs, self.by_item.rows)
             self._draw_field(self.layout.item_rows[:, col], span, other, stats)
         self._draw_genres(other, gram, rhs)
         pred = predict(own, other, self.users, self.items, self.dim)  # [N]
@@ -301,21 +344,24 @@ class RatingChain:
         row_of: Tensor,  # [E]: each user's (or item's) row in this field
         span: tuple[int, int],
         side: Tensor,  # [E, d+1]: the side's sums, updated in place
-        stats: tuple[Tensor, Tensor, Tensor],  # per entity: gram, rhs, rating count
+        stats: tuple[Tensor, Tensor, Tensor],  # the entities with ratings: gram, rhs, index
     ) -> None:
-        gram, rhs, count = stats  # [E, d+1, d+1], [E, d+1], [E]
+        gram, rhs, rated = stats  # [A, d+1, d+1], [A, d+1], [A]
         first, size = span
         rows = self.state.rows
         local = row_of - first  # [E]
         old = rows[row_of]  # [E, d+1]
-        rest = side - old  # [E, d+1]: the other fields' part of each side vector
+        rest = (side - old)[rated]  # [A, d+1]: the other fields' part of each side vector
         k = old.shape[1]
-        g = torch.zeros(size, k, k, dtype=old.dtype, device=old.device).index_add_(0, local, gram)
-        h = torch.zeros(size, k, dtype=old.dtype, device=old.device)
-        h.index_add_(0, local, rhs - (gram @ rest.unsqueeze(2)).squeeze(2))
-        used = torch.unique(local[count > 0])
+        # The field's rows that rated entities sum, and each rated entity's place among them.
+        used, place = torch.unique(local[rated], return_inverse=True)  # [U], [A]
+        g = torch.zeros(used.numel(), k, k, dtype=old.dtype, device=old.device)
+        g.index_add_(0, place, gram)
+        h = torch.zeros(used.numel(), k, dtype=old.dtype, device=old.device)
+        h.index_add_(0, place, rhs - (gram @ rest.unsqueeze(2)).squeeze(2))
         mean, precision = hyper_draw(rows[first + used])
-        new = posterior_draw(g, h, mean, precision, self.state.noise)  # [size, d+1]
+        noise = self.state.noise
+        new = draw_rows(g, h, used, size, mean=mean, precision=precision, noise=noise)
         rows[first : first + size] = new
         side += new[local] - old
 
@@ -337,9 +383,15 @@ class RatingChain:
         mean, precision = hyper_draw(genres[used])
         if n_genres == 0:
             return
-        flat = gram.reshape(gram.shape[0], k * k)  # [I, k*k]
-        pair = self.genre_pairs.matmul(self.pair_weights, flat).view(n_genres, n_genres, k, k)
-        fit = rhs - (gram @ side.unsqueeze(2)).squeeze(2)  # [I, k]
+        rated = self.by_item.rows  # the items `gram` and `rhs` are for
+        flat = gram.reshape(gram.shape[0], k * k)[self.genre_pairs.cols]  # [C, k*k]
+        pair = self.genre_pairs.matmul(self.pair_weights, flat)  # [pairs with items, k*k]
+        pairs = torch.zeros(n_genres * n_genres, k * k, dtype=flat.dtype, device=flat.device)
+        pairs[self.genre_pairs.rows] = pair
+        pair = pairs.view(n_genres, n_genres, k, k)
+        # Zero for items without ratings, kept whole so that the product sums as before.
+        fit = torch.zeros_like(side)  # [I, k]
+        fit[rated] = rhs - (gram @ side[rated].unsqueeze(2)).squeeze(2)
         base = weights.T @ fit  # [G, k]
         start = genres.clone()
         for g in range(n_genres):
@@ -355,7 +407,7 @@ def genre_pairs(weights: Tensor) -> tuple[Incidence, Tensor]:
     """Every (genre g, genre h, item i) with both genres in i's bag, as an Incidence from
     the pair g*G + h to its items, and each one's weight w_ig w_ih: a product with the
     items' Gram matrices sums them per genre pair. Built once per chain."""
-    n_items, n_genres = weights.shape
+    n_genres = weights.shape[1]
     rows, cols, values = [], [], []
     for h in range(n_genres):
         items = torch.nonzero(weights[:, h] > 0).squeeze(1)  # [M]
@@ -367,7 +419,7 @@ def genre_pairs(weights: Tensor) -> tuple[Incidence, Tensor]:
     none = torch.zeros(0, dtype=torch.long, device=weights.device)
     row, col = torch.cat([none, *rows]), torch.cat([none, *cols])
     value = torch.cat([weights.new_zeros(0), *values])
-    return Incidence(row, col, n_genres * n_genres, n_items), value
+    return Incidence(row, col), value
 
 
 def predict(

@@ -171,19 +171,10 @@ def top_unrated(
     did not rate, ties to the lower index. `scores` ([b, n_items], column j is item j + 1)
     is changed in place: rated items are set to -inf, so they are never recommended and
     sort last (`finite` False)."""
-    rows, items = _csr_rows(seen, users)
+    rows, items = seen.pairs_of(users)
     scores[rows, items - 1] = -np.inf
     pick = top_k_stable(scores, k)
     return pick + 1, np.isfinite(np.take_along_axis(scores, pick, axis=1))
-
-
-def _csr_rows(seen: SeenIndex, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row in `users`, item) for every item each of `users` rated: one scatter masks all."""
-    starts = seen.indptr[users]
-    lens = seen.indptr[users + 1] - starts
-    rows = np.repeat(np.arange(users.size), lens)
-    offset = np.repeat(starts - (np.cumsum(lens) - lens), lens)
-    return rows, seen.indices[offset + np.arange(rows.size)]
 
 
 def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:

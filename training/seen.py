@@ -56,6 +56,15 @@ class SeenIndex:
         """Sorted item indices user `user` rated."""
         return self.indices[self.indptr[user] : self.indptr[user + 1]]
 
+    def pairs_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in `users`, item) for every item each of `users` rated: one scatter
+        masks a block of rows."""
+        starts = self.indptr[users]
+        lens = self.indptr[users + 1] - starts
+        rows = np.repeat(np.arange(users.size), lens)
+        offset = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+        return rows, self.indices[offset + np.arange(rows.size)]
+
     def counts(self) -> np.ndarray:
         """Items rated per user index 0..n_users."""
         return np.diff(self.indptr)[: self.n_users + 1]

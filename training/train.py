@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from training.bayes_rating import BAYES_MAX_ITEMS, RATING_ROWS, GibbsSettings, fit_rating_head
+from training.blend_scores import TeacherScores, block_users, search_users
 from training.blend_topk import BlendTopK
 from training.component_pool import (
     ComponentTask,
@@ -760,7 +761,7 @@ def train_teacher(
     )
     report["ensemble"] = weights
     if refit is not None:
-        teacher = _refitted(dataset, teacher, refitted, report, valid=valid)
+        teacher = _refitted(dataset, teacher, refitted, report, valid=valid, seed=config.seed)
     report["seconds"] = time.perf_counter() - started
     report["device"] = str(device)
     teacher.eval()
@@ -822,6 +823,7 @@ def _refitted(
     report: dict[str, Any],
     *,
     valid: Ratings,
+    seed: int,
 ) -> EnsembleTeacher:
     """The teacher of the refitted components, with the blend fitted on the first run;
     each head from its own refit run, a head outside `refit_heads` from the first run."""
@@ -840,7 +842,12 @@ def _refitted(
         report["components"][name]["refit_seconds"] = seconds
         report["components"][name]["refit_heads"] = list(seconds)
     teacher_all = EnsembleTeacher(refit["mf"], refit["xdeepfm"], refit["autoint"])
-    teacher_all.load_weights_from(teacher, tables=dataset.tables, users=np.unique(valid.user))
+    users = np.unique(valid.user)
+    most = block_users(dataset.feature_map.n_items)
+    if users.size > most:
+        # users x catalogue scores per matrix: a small data set can have a large catalogue.
+        users = np.sort(np.random.default_rng(seed).choice(users, most, replace=False))
+    teacher_all.load_weights_from(teacher, tables=dataset.tables, users=users)
     return teacher_all
 
 
@@ -888,12 +895,7 @@ def fit_ensemble_weights(
     rating_b = float(solution[3] - solution[4])
     default = np.asarray(DEFAULT_WEIGHTS)
 
-    users = np.unique(valid.user[valid.rating >= 4.0])
-    # Every grid point ranks these users over the whole catalogue: bounded in cells too.
-    max_users = min(max_users, bounded_users(fm.n_items, cells=1 << 24, floor=64))
-    if users.size > max_users:
-        log.info("ensemble weights: ranking %d of %d validation users", max_users, users.size)
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    users = _ranked_users(valid, n_items=fm.n_items, max_users=max_users, seed=seed)
     ranking, lists = _blend_ranking(teacher, tables, users, fit=fit, valid=valid, fm=fm)
     started = time.perf_counter()
     score_w = _best_score_weights(ranking, step=step, default=default, workers=workers)
@@ -930,6 +932,23 @@ def fit_ensemble_weights(
     }
 
 
+def _ranked_users(valid: Ratings, *, n_items: int, max_users: int, seed: int) -> np.ndarray:
+    """The validation users who liked an item that the weight search ranks: at most
+    `max_users` and `search_users(n_items)`, a seeded sample beyond; in a random order
+    when they take several blocks, since the first block standardises the teacher."""
+    users = np.unique(valid.user[valid.rating >= 4.0])
+    rng = np.random.default_rng(seed)
+    max_users = min(max_users, search_users(n_items))
+    if users.size > max_users:
+        log.info("ensemble weights: ranking %d of %d validation users", max_users, users.size)
+        users = np.sort(rng.choice(users, max_users, replace=False))
+    block = block_users(n_items)
+    if users.size > block:
+        users = rng.permutation(users)
+        log.info("ensemble weights: %d users scored in blocks of %d", users.size, block)
+    return users
+
+
 def _blend_ranking(
     teacher: EnsembleTeacher,
     tables: FeatureTables,
@@ -942,24 +961,16 @@ def _blend_ranking(
     """(score weights, weight of MF's rating) -> validation ranking metrics of the
     blend over `users`; and the lists it ranks with.
 
-    Computes each component's score matrix once, standardises the teacher on it, and
-    keeps the standardised scores; every weight vector then ranks each user's blend
-    among candidates (training/blend_topk.py: the same lists as over the catalogue).
+    Scores each component and MF's rating once, standardises the teacher on them
+    (training/blend_scores.py), and keeps each user's candidates; every weight vector then
+    ranks each user's blend among them (training/blend_topk.py: the same lists as over
+    the catalogue).
     """
-    mats = [
-        *teacher.component_score_matrices(users, tables),
-        teacher.mf.rating_matrix(users, tables),
-    ]
-    teacher.standardise(users, tables, mats=mats[:3], rated=mats[3])
-    # float64 once: a float32 z was cast again for every weight vector.
-    z = np.stack([((m - m.mean()) / m.std().clamp(min=1e-6)).cpu().numpy() for m in mats])
-    z = z.astype(np.float64)  # [3 components + MF's rating, users, n_items]
-    del mats
     row_of = np.full(fm.n_users + 1, -1, dtype=np.int64)
     row_of[users] = np.arange(users.size)
     sub_valid = valid.subset(np.isin(valid.user, users))
     seen = SeenIndex.from_ratings(fit, n_users=fm.n_users, n_items=fm.n_items)
-    lists = BlendTopK(z, users, seen)
+    lists = BlendTopK(TeacherScores(teacher, tables, users), users, seen)
 
     def ranking(w: np.ndarray, g: float = 0.0) -> dict[str, float]:
         weights = np.append(w, g) if g else np.asarray(w, np.float64)

@@ -16,6 +16,7 @@ from training.bayes_rating import (
     Layout,
     MeanSketch,
     RatingChain,
+    draw_rows,
     fit_rating_head,
     gram_stats,
     hyper_draw,
@@ -186,15 +187,42 @@ def test_gram_stats_sum_each_entitys_outer_products_over_its_ratings() -> None:
     other = torch.tensor([1, 1, 1, 4, 0, 3, 2, 4, 0, 2, 2])
     x = torch.randn(n_other, k, generator=gen, dtype=F64)
     y = torch.randn(index.numel(), generator=gen, dtype=F64)
-    gram, rhs = gram_stats(Incidence(index, other, n, n_other), x, y)
+    incidence = Incidence(index, other)
+    gram, rhs = gram_stats(incidence, x, y)
     want_gram = torch.zeros(n, k, k, dtype=F64)
     want_rhs = torch.zeros(n, k, dtype=F64)
     for e, o, t in zip(index.tolist(), other.tolist(), y.tolist(), strict=True):
         want_gram[e] += torch.outer(x[o], x[o])
         want_rhs[e] += t * x[o]
-    torch.testing.assert_close(gram, want_gram, atol=1e-12, rtol=0)
-    torch.testing.assert_close(rhs, want_rhs, atol=1e-12, rtol=0)
-    assert not gram[6].any() and not rhs[6].any()
+    # Only the entities with ratings get sums, from the other side's entities rated.
+    assert incidence.rows.tolist() == [0, 1, 2, 3, 4, 5]
+    assert incidence.cols.tolist() == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(gram, want_gram[:6], atol=1e-12, rtol=0)
+    torch.testing.assert_close(rhs, want_rhs[:6], atol=1e-12, rtol=0)
+    sparse = Incidence(index, other + 10)  # other-side entities 0-9 unrated
+    assert sparse.rows.tolist() == [0, 1, 2, 3, 4, 5]
+    assert sparse.cols.tolist() == [10, 11, 12, 13, 14]
+    wide = torch.cat([torch.zeros(10, k, dtype=F64), x, torch.zeros(2, k, dtype=F64)])
+    assert torch.equal(gram_stats(sparse, wide, y)[0], gram)
+
+
+def test_rows_without_ratings_are_drawn_from_the_prior_as_over_every_row() -> None:
+    """`draw_rows` over the rated rows draws what `posterior_draw` over every row draws
+    with zero statistics for the others: the same random numbers, bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    size, k = 9, 4
+    used = torch.tensor([1, 2, 6])
+    x = torch.randn(len(used), 6, k, generator=gen, dtype=F64)
+    gram = x.mT @ x  # [U, k, k]
+    rhs = torch.randn(len(used), k, generator=gen, dtype=F64)
+    mean, precision = torch.randn(k, generator=gen, dtype=F64), torch.eye(k, dtype=F64) * 2.0
+    full_gram = torch.zeros(size, k, k, dtype=F64).index_copy_(0, used, gram)
+    full_rhs = torch.zeros(size, k, dtype=F64).index_copy_(0, used, rhs)
+    torch.manual_seed(11)
+    want = posterior_draw(full_gram, full_rhs, mean, precision, 1.5)
+    torch.manual_seed(11)
+    got = draw_rows(gram, rhs, used, size, mean=mean, precision=precision, noise=1.5)
+    assert torch.equal(got, want)
 
 
 def _genres_one_at_a_time(
@@ -240,12 +268,22 @@ def test_genre_draws_equal_drawing_each_genre_from_its_own_items(dataset: Datase
     chain.sweep()  # a state away from the start
     gram, rhs = gram_stats(chain.by_item, *chain._features(chain.user_side(), chain.users))
     start, side = chain.state.genres.clone(), chain.item_side()
+    # The definition sums over every item of a genre: unrated ones have zero statistics.
+    rated = chain.by_item.rows
+    assert rated.numel() < side.shape[0]
+    every = (
+        torch.zeros(side.shape[0], *gram.shape[1:], dtype=F64).index_copy_(0, rated, gram),
+        torch.zeros(side.shape[0], rhs.shape[1], dtype=F64).index_copy_(0, rated, rhs),
+    )
     results = []
-    for draw in (chain._draw_genres, lambda *a: _genres_one_at_a_time(chain, *a)):
+    for draw, stats in (
+        (chain._draw_genres, (gram, rhs)),
+        (lambda *a: _genres_one_at_a_time(chain, *a), every),
+    ):
         chain.state.genres = start.clone()
         moved = side.clone()
         torch.manual_seed(7)  # the same random numbers for both
-        draw(moved, gram, rhs)
+        draw(moved, *stats)
         results.append((chain.state.genres, moved))
     (genres_fast, side_fast), (genres_ref, side_ref) = results
     assert not torch.equal(genres_ref, start)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.blend_topk import BlendTopK, blend
+from training.blend_topk import BlendTopK, InMemory, blend
 from training.evaluate import top_k_stable
 from training.seen import SeenIndex
 
@@ -61,6 +61,42 @@ def test_candidate_lists_are_the_catalogue_lists(per_matrix: int) -> None:
     # Few candidates leave the bound loose and rows go to the whole catalogue; many make
     # every row exact among them.
     assert (sum(lists.full_rows) > 0) == (per_matrix <= 4)
+
+
+class Blocked(InMemory):
+    """The same matrices, handed out `block_rows` rows at a time, as the teacher's are."""
+
+    def __init__(self, mats: np.ndarray, block_rows: int, dtype: type = np.float64) -> None:
+        super().__init__(mats)
+        self.block_rows, self.dtype = block_rows, dtype
+        self.starts: list[int] = []
+
+    def block(self, start: int) -> np.ndarray:
+        self.starts.append(start)
+        return self.mats[:, start : start + self.block_rows].astype(self.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("per_matrix", [1, 40])
+def test_blocks_of_rows_give_the_lists_of_the_whole_matrices(per_matrix: int, dtype: type) -> None:
+    """Blocks of float32 rank as their float64 values do (the teacher's blocks are float32)."""
+    mats, users, seen = problem(4, n_users=11)
+    mats = mats + np.random.default_rng(5).normal(scale=1e-3, size=mats.shape)  # fine values
+    mats = mats.astype(dtype).astype(np.float64)  # what the blocks hold, exactly
+    scores = Blocked(mats, block_rows=4, dtype=dtype)
+    lists = BlendTopK(scores, users, seen, k=10, per_matrix=per_matrix)
+    assert scores.starts == [0, 4, 8]
+    whole = BlendTopK(mats, users, seen, k=10, per_matrix=per_matrix)
+    np.testing.assert_array_equal(lists.cand, whole.cand)
+    rows = np.array([10, 0, 5, 4])
+    for w in (np.array([0.2, 0.3, 0.5]), np.array([0.0, 1.0, 0.0, 0.4])):
+        got_items, got_finite = lists.top(w, rows)
+        want_items, want_finite = catalogue_top(mats[:, rows], users[rows], seen, w, 10)
+        np.testing.assert_array_equal(got_finite, want_finite)
+        np.testing.assert_array_equal(got_items[got_finite], want_items[want_finite])
+    # One candidate per matrix sends rows back to their blocks for the whole catalogue.
+    assert (sum(lists.full_rows) > 0) == (per_matrix == 1)
+    assert (len(scores.starts) > 3) == (per_matrix == 1)
 
 
 def test_rows_are_ranked_in_any_order_and_subset() -> None:

@@ -6,13 +6,15 @@ import copy
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from tests.training.test_distill import quick_teacher
-from training import blend_topk
+from training import blend_scores, blend_topk, train
+from training.blend_scores import TeacherScores
 from training.blend_topk import blend
 from training.component_pool import ComponentTask
 from training.data import Dataset, Ratings, holdout, load_dataset, make_split
@@ -276,27 +278,37 @@ def test_the_blend_search_finds_the_same_weights_on_several_threads(
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+@pytest.mark.parametrize("block", [0, 7])
 @pytest.mark.parametrize("per_matrix", [3, 20, 256])
 def test_the_blend_search_ranks_as_over_the_whole_catalogue(
-    dataset: Dataset, train_ratings: Ratings, per_matrix: int, monkeypatch: pytest.MonkeyPatch
+    dataset: Dataset,
+    train_ratings: Ratings,
+    per_matrix: int,
+    block: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every grid point's metrics from candidate lists (training/blend_topk.py) equal the
     blend ranked over the catalogue, with MF's rating in the score too. With 3 candidates
     per matrix every row needs the whole catalogue, with 20 a few, with 256 (above its 80
-    items) none: both paths are checked."""
+    items) none: both paths are checked, with the users' scores whole and in blocks of 7."""
     monkeypatch.setattr(blend_topk, "CANDIDATES_PER_MATRIX", per_matrix)
+    if block:
+        monkeypatch.setattr(blend_scores, "block_users", lambda n_items: block)
     fit, valid = holdout(train_ratings, fraction=0.1, seed=0)
     users = np.unique(valid.user[valid.rating >= 4.0])
     fm = dataset.feature_map
     ranking, lists = _blend_ranking(
         quick_teacher(dataset), dataset.tables, users, fit=fit, valid=valid, fm=fm
     )
+    size = lists.scores.block_rows
+    assert size == (block or users.size)
+    z = np.concatenate([lists.scores.block(s) for s in range(0, users.size, size)], axis=1)
     row_of = dict(zip(users.tolist(), range(users.size), strict=True))
     sub_valid = valid.subset(np.isin(valid.user, users))
     for point, g in [(w, 0.0) for w in simplex_grid(0.25)] + [((0.2, 0.3, 0.5), 0.4)]:
         w = np.array([*point, g] if g else point)
         whole = ranking_metrics(
-            lambda us, w=w: blend(w, lists.mats[: w.size, [row_of[u] for u in us]]),
+            lambda us, w=w: blend(w, z[: w.size, [row_of[u] for u in us]]),
             train=fit,
             test=sub_valid,
             n_users=fm.n_users,
@@ -305,6 +317,27 @@ def test_the_blend_search_ranks_as_over_the_whole_catalogue(
         assert ranking(np.asarray(point), g) == whole
     full, rows = sum(lists.full_rows), sum(lists.rows)
     assert {3: full == rows, 20: 0 < full < rows, 256: full == 0}[per_matrix]
+
+
+def test_scores_in_blocks_are_standardised_on_the_first_block(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks score with towers computed once; the teacher's and every block's
+    standardisation come from the first block's users alone."""
+    monkeypatch.setattr(blend_scores, "block_users", lambda n_items: 6)
+    teacher = quick_teacher(dataset)
+    users = np.random.default_rng(0).permutation(np.arange(1, 21))
+    scores = TeacherScores(teacher, dataset.tables, users)
+    raw = [*teacher.component_score_matrices(users, dataset.tables)]
+    raw.append(teacher.mf.rating_matrix(users, dataset.tables))
+    first = [m[:6] for m in raw]
+    for c in range(3):
+        assert float(teacher.score_mean[c]) == pytest.approx(float(first[c].mean()), abs=1e-6)
+        assert float(teacher.score_std[c]) == pytest.approx(float(first[c].std()), rel=1e-5)
+    assert float(teacher.rating_score_mean) == pytest.approx(float(first[3].mean()), abs=1e-5)
+    z = np.concatenate([scores.block(s) for s in (0, 6, 12, 18)], axis=1)
+    want = np.stack([((m - f.mean()) / f.std()).numpy() for m, f in zip(raw, first, strict=True)])
+    np.testing.assert_allclose(z, want, atol=1e-4)
 
 
 def test_quick_teacher_learns_on_synthetic_data(dataset: Dataset, synthetic_ml100k: Path) -> None:
@@ -363,10 +396,22 @@ def test_quick_teacher_on_real_movielens_beats_popularity() -> None:
 
 
 def test_refit_on_all_training_data_keeps_the_fitted_blend(
-    dataset: Dataset, train_ratings: Ratings
+    dataset: Dataset, train_ratings: Ratings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = replace(TeacherConfig(progress=False, threads=1, seed=1).quick(), refit_full=True)
+    # The refitted teacher is standardised on a bounded sample of the validation users:
+    # users x catalogue scores per matrix, and a small data set can have a large catalogue.
+    monkeypatch.setattr(train, "block_users", lambda n_items: 40)
+    standardised: list[int] = []
+    standardise = EnsembleTeacher.standardise
+
+    def counted(self: EnsembleTeacher, users: np.ndarray, *args: Any, **kwargs: Any) -> None:
+        standardised.append(users.size)
+        standardise(self, users, *args, **kwargs)
+
+    monkeypatch.setattr(EnsembleTeacher, "standardise", counted)
     teacher, report = train_teacher(dataset, train_ratings, config=config)
+    assert standardised[-1] == 40 < np.unique(train_ratings.user).size
     fitted = report["ensemble"]["fitted"]
     assert teacher.rating_weights.tolist() == pytest.approx(fitted["rating_weights"], abs=1e-6)
     assert teacher.score_weights.tolist() == pytest.approx(fitted["score_weights"], abs=1e-6)

@@ -67,19 +67,29 @@ class FactoredRating(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def rating_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
-        """Unclipped ratings of every item 1..n_items for each user: [len(users), n_items]."""
+    def rating_matrix(
+        self, users: np.ndarray, tables: FeatureTables, *, right: Tensor | None = None
+    ) -> Tensor:
+        """Unclipped ratings of every item 1..n_items for each user: [len(users), n_items].
+        `right` is `catalogue_rating_factors(tables)` where the caller keeps it."""
         dev = next(self.parameters()).device
         user = torch.as_tensor(users, dtype=torch.long, device=dev)
         left = self.user_rating_factors(
             user, torch.as_tensor(tables.user_feats[users], device=dev)
         )  # [b, R]
-        right = self.item_rating_factors(
+        if right is None:
+            right = self.catalogue_rating_factors(tables)  # [n_items, R]
+        return left @ right.T + self.rating_offset()  # [b, n_items]
+
+    @torch.no_grad()
+    def catalogue_rating_factors(self, tables: FeatureTables) -> Tensor:
+        """The item side of every item 1..n_items: [n_items, R]."""
+        dev = next(self.parameters()).device
+        return self.item_rating_factors(
             torch.arange(1, tables.item_feats.shape[0], device=dev),
             torch.as_tensor(tables.item_feats[1:], device=dev),
             torch.as_tensor(tables.item_genres[1:], device=dev),
-        )  # [n_items, R]
-        return left @ right.T + self.rating_offset()  # [b, n_items]
+        )
 
 
 class RatedScore(nn.Module):

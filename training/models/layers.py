@@ -420,15 +420,22 @@ class TowerScoring(TwoHeadModel):
 
     def score_matrix(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
         """Scores of every item index 0..n_items for each user: [len(users), n_items + 1]."""
+        return self.user_vectors(users, tables) @ self.catalogue_vectors(tables).T
+
+    def user_vectors(self, users: np.ndarray, tables: FeatureTables) -> Tensor:
+        """The user tower of `users`: [len(users), D]."""
         dev = model_device(self)
         user = torch.as_tensor(users, dtype=torch.long, device=dev)
-        u = self.user_tower(user, torch.as_tensor(tables.user_feats[users], device=dev))  # [b, D]
-        v = self.item_tower(
+        return self.user_tower(user, torch.as_tensor(tables.user_feats[users], device=dev))
+
+    def catalogue_vectors(self, tables: FeatureTables) -> Tensor:
+        """The item tower of every item index 0..n_items: [n_items + 1, D]."""
+        dev = model_device(self)
+        return self.item_tower(
             torch.arange(tables.item_feats.shape[0], device=dev),
             torch.as_tensor(tables.item_feats, device=dev),
             torch.as_tensor(tables.item_genres, device=dev),
-        )  # [n_items+1, D]
-        return u @ v.T  # [b, n_items+1]
+        )
 
     def regularizer(
         self,
