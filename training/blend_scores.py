@@ -2,12 +2,13 @@
 for every catalogue item, standardised, for the validation users it ranks.
 
 They were built whole (4 x users x items in float64), which bounded the search to 2^24
-scores per matrix: 64 users on a million-item catalogue, too few for NDCG@10 to tell the
-grid points apart. `BlendTopK` keeps only each user's candidates, so the matrices come a
-block of users at a time from the component towers (computed once), and the search ranks
-up to `train.fit_ensemble_weights`'s 3,000 users at any size below 2^31 scores
-(docs/SCALE.md item 35). When every user fits in one block the matrices are built whole
-as before, so ml-100k's and ML-1M's weights do not change.
+scores per matrix: 64 users on a million-item catalogue, where the choice of weights
+varies with the sample of users (bench.blend_users). `BlendTopK` keeps only each user's
+candidates, so the matrices come a block of users at a time from the component towers
+(computed once), and the search ranks up to `train.fit_ensemble_weights`'s 3,000 users
+at any size below 2^31 scores (docs/SCALE.md item 35). When every user fits in one
+block the matrices are built whole as before, so ml-100k's and ML-1M's weights do not
+change.
 """
 
 from __future__ import annotations
