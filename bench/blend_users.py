@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from bench._teacher_cache import load_teacher, save_teacher, teacher_config
 from training import checkpoint
 from training.data import Dataset, Ratings, holdout, load_dataset, make_split
 from training.evaluate import evaluate_model
@@ -89,11 +90,9 @@ def teacher_for(ds: Dataset, train: Ratings, config: TeacherConfig, work: Path) 
     code = checkpoint.code_version("teacher")[:12]
     path = work / f"teacher-{fm.n_users}-{fm.n_items}-{len(train)}-{code}.pt"
     if path.exists():
-        model = checkpoint.load_model(path, fm=fm, kind="ensemble")
-        assert isinstance(model, EnsembleTeacher)
-        return model
+        return load_teacher(path, fm=fm)
     teacher, _ = train_teacher(ds, train, config=config)
-    checkpoint.save_teacher(teacher, path, config=config, fm=fm)
+    save_teacher(teacher, path, config=config, fm=fm)
     return teacher
 
 
@@ -102,7 +101,7 @@ def fit_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, 
     ds = data(args.work, args.shape)
     fm = ds.feature_map
     split = make_split(ds, split="random")
-    config = replace(TeacherConfig(progress=False, threads=args.threads).quick(), refit_full=False)
+    config = replace(teacher_config(seed=0, threads=args.threads, quick=True), refit_full=False)
     teacher = teacher_for(ds, split.train, config, args.work)
     fit, valid = holdout(split.train, fraction=config.valid_fraction, seed=config.seed)
     search = TeacherConfig()  # the default configuration's grid, not --quick's coarse one

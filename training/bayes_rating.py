@@ -351,7 +351,7 @@ class RatingChain:
         rows = self.state.rows
         local = row_of - first  # [E]
         old = rows[row_of]  # [E, d+1]
-        rest = (side - old)[rated]  # [A, d+1]: the other fields' part of each side vector
+        rest = side[rated] - old[rated]  # [A, d+1]: the other fields' part of each side
         k = old.shape[1]
         # The field's rows that rated entities sum, and each rated entity's place among them.
         used, place = torch.unique(local[rated], return_inverse=True)  # [U], [A]

@@ -101,11 +101,15 @@ class BlendTopK:
         self.users, self.seen = users, seen
         self.k = min(k, seen.n_items)
         m = min(per_matrix or CANDIDATES_PER_MATRIX, seen.n_items)
+        rated = seen.counts()  # items each user index rated
         blocks: list[_Block] = []
         values: list[np.ndarray] = []  # per row, [C, its candidates]
         for start in range(0, self.scores.n_rows, self.scores.block_rows):
             z = self.scores.block(start)  # [C, b, n_items]
-            blocks.append(self._candidates(z, users[start : start + z.shape[1]], m))
+            mine = users[start : start + z.shape[1]]
+            # Rows with at most m unrated items have them all as candidates: always exact.
+            complete = seen.n_items - rated[mine] <= m
+            blocks.append(self._candidates(z, mine, m, complete=complete))
             values += [z[:, row, items] for row, items in enumerate(blocks[-1].cols)]
         self.bound = np.concatenate([b.bound for b in blocks], axis=1)  # [C, U]
         self.complete = np.concatenate([b.complete for b in blocks])  # [U]
@@ -124,17 +128,17 @@ class BlendTopK:
         self.full_rows: list[int] = []
         self.rows: list[int] = []
 
-    def _candidates(self, z: np.ndarray, users: np.ndarray, m: int) -> _Block:
+    def _candidates(
+        self, z: np.ndarray, users: np.ndarray, m: int, *, complete: np.ndarray
+    ) -> _Block:
         """Each row's union of every matrix's m best unrated items.
 
         torch.topk, not np.argpartition: 20x faster on a million-item row. Which of tied
         items it keeps does not matter: a tie with the m-th score is at the bound, and a
         k-th blend at the bound sends the row to the whole catalogue.
         """
-        n_mats, n_rows, n_items = z.shape
+        n_mats, n_rows, _ = z.shape
         rows, items = self.seen.pairs_of(users)
-        # Rows with at most m unrated items have them all as candidates: always exact.
-        complete = n_items - self.seen.counts()[users] <= m
         bound = np.zeros((n_mats, n_rows))
         best, finite = [], []
         for c in range(n_mats):
