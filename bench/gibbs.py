@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger("bench.gibbs")
@@ -69,6 +70,9 @@ def _sample(
         ),
         settings=settings,
     )
+    # Item rows without ratings are drawn from their prior, not one by one.
+    figures["items"] = float(dataset.feature_map.n_items)
+    figures["items_rated"] = float(np.unique(ratings.item).size)
     if held is not None:
         pred, _ = predict_pairs(model, tables, held.user, held.item)
         figures["holdout_rmse"] = rating_metrics(pred, held.rating)["rmse"]
@@ -93,6 +97,8 @@ def measure(
         "ms_per_sweep": round(1000 * median / figures["sweeps"], 2),
         "train_rmse": figures["train_rmse"],
         "noise_std": figures["noise_std"],
+        "items": int(figures["items"]),
+        "items_rated": int(figures["items_rated"]),
         **({"holdout": holdout, "holdout_rmse": figures["holdout_rmse"]} if holdout else {}),
     }
 

@@ -66,8 +66,8 @@ class TeacherScores:
     def block(self, start: int) -> np.ndarray:
         if self.kept is not None:
             return self.kept[:, start : start + self.block_rows]
-        # float32, standardised in place: at a million items casting each block to
-        # float64 was a third of the search (BlendTopK casts the candidates it keeps).
+        # float32, standardised in place: BlendTopK casts only the candidates it keeps to
+        # float64, so a whole block in float64 would be written and read for nothing.
         with torch.no_grad():
             raw = self._raw(self.users[start : start + self.block_rows])
             z = torch.empty((len(raw), *raw[0].shape), dtype=raw[0].dtype, device=raw[0].device)

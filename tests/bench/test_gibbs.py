@@ -21,6 +21,7 @@ def test_reports_the_median_time_per_sweep_and_the_same_figures_for_each_run(
     assert row["median_seconds"] == pytest.approx(sum(row["seconds"]) / 2, abs=1e-3)
     assert row["ms_per_sweep"] == pytest.approx(1000 * row["median_seconds"] / 5, rel=1e-2)
     assert 0 < row["train_rmse"] < 2 and row["noise_std"] > 0
+    assert row["items"] == 30 and 0 < row["items_rated"] <= 30
     # One seed, one chain: a second run of the benchmark samples the same head.
     gibbs.main(["--data-dir", str(data), "--sweeps", "5", "--repeat", "1"])
     assert json.loads(capsys.readouterr().out)["train_rmse"] == row["train_rmse"]
