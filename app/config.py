@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     cache_local_ttl_seconds: int = Field(default=5, ge=0)
     # Short on purpose: a slow Redis must cost a request milliseconds, not seconds.
     redis_socket_timeout_seconds: float = Field(default=0.05, gt=0)
+    # Opening a connection: longer, since the timer runs on the event loop, and in a burst
+    # of requests at start-up the loop is busy for longer than a read timeout, so new
+    # connections to a healthy Redis timed out and tripped the breaker. A refused
+    # connection (Redis down) still fails at once.
+    redis_connect_timeout_seconds: float = Field(default=0.5, gt=0)
+    # Connections the closed loop opens per client at start, before traffic (at most 100).
+    redis_warm_connections: int = Field(default=32, ge=0, le=100)
     breaker_failure_threshold: int = Field(default=3, ge=1)
     breaker_reset_seconds: float = Field(default=5.0, gt=0)
     ab_student_percent: float = Field(default=50.0, ge=0, le=100)
@@ -81,6 +88,8 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(default=64 << 10, ge=1024)
     # A connection that has not sent a complete request head by then is closed.
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A body not complete this long after its head is a 408 (1 MiB takes 10 s at 100 KB/s).
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
     # Used when REDIS_URL carries no password of its own (kept out of the URL and the logs).
     redis_password: SecretStr | None = None
     # A file every worker can write (a shared volume): PUT /admin/routing is kept there, so

@@ -13,10 +13,12 @@ Needs Redis: without REDIS_URL (or with FEEDBACK_ENABLED off) there is no loop a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,24 +113,30 @@ class FeedbackLoop:
         variant: str,
         fragment: bytes,
         cached: bool,
-    ) -> None:
-        """Records the impression; may queue shadow work. Never raises for Redis."""
+    ) -> str:
+        """Records the impression and gives its id: `request_id`, or a new one when that
+        names another user's list (a client or proxy reusing its trace id); may queue shadow
+        work. Never raises for Redis."""
         state, fresh, known_user = hook.state, hook.fresh, hook.known_user
         user, k, exclude_seen = hook.user, hook.k, hook.exclude_seen
         items, ratings = _served_from(fragment)
-        recorded = await self.store.record_impression(
-            request_id=request_id,
+        record = functools.partial(
+            self.store.record_impression,
             user=user,
             variant=variant,
             version=state.version,
             items=items,
             ratings=ratings,
         )
+        recorded = await record(request_id=request_id)
+        if recorded is not None and recorded[0] == "taken":
+            request_id = uuid.uuid4().hex
+            recorded = await record(request_id=request_id)
         if recorded is None:
             self.metrics.impression_write_errors_total.inc()
-            return
-        is_new, experiment = recorded
-        if is_new:
+            return request_id
+        outcome, experiment = recorded
+        if outcome == "new":
             self.metrics.recommendation_impressions_total.labels(variant=variant).inc()
         shadow = self.shadow
         if (
@@ -150,6 +158,7 @@ class FeedbackLoop:
                     served_ratings=ratings,
                 )
             )
+        return request_id
 
     # -- /feedback --------------------------------------------------------------------
 
@@ -358,7 +367,8 @@ class FeedbackLoop:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.store.warm(self.settings.redis_warm_connections)
         if self.shadow is not None:
             self.shadow.start()
 
@@ -389,11 +399,13 @@ class RecommendHook:
         """Keyword arguments of ServingState.recommend_known for the fresh state."""
         return {"extra_exclude": self.fresh.positions} if self.fresh is not None else {}
 
-    async def served(self, request_id: str, *, variant: str, fragment: bytes, cached: bool) -> None:
-        if self.loop is not None:
-            await self.loop.after_recommend(
-                self, request_id, variant=variant, fragment=fragment, cached=cached
-            )
+    async def served(self, request_id: str, *, variant: str, fragment: bytes, cached: bool) -> str:
+        """The id the answer gives for POST /feedback (see FeedbackLoop.after_recommend)."""
+        if self.loop is None:
+            return request_id
+        return await self.loop.after_recommend(
+            self, request_id, variant=variant, fragment=fragment, cached=cached
+        )
 
 
 async def recommend_hook(
@@ -426,6 +438,7 @@ def build_loop(settings: Settings, metrics: Metrics) -> FeedbackLoop | None:
         url,
         fast_timeout=settings.redis_socket_timeout_seconds,
         durable_timeout=settings.feedback_redis_timeout_seconds,
+        connect_timeout=settings.redis_connect_timeout_seconds,
         breaker_threshold=settings.breaker_failure_threshold,
         breaker_reset_seconds=settings.breaker_reset_seconds,
         impression_ttl_seconds=settings.impression_ttl_seconds,

@@ -1,15 +1,18 @@
-"""uvicorn's HTTP protocol with a bound on the request head: its size and the time to send it.
+"""uvicorn's HTTP protocol with bounds on the request head (its size and the time to send
+it) and on the time to send the body.
 
 uvicorn's httptools protocol puts no limit on the request line and headers: one 100 MB
 header is buffered whole, and re-joining its pieces stalls the event loop for every other
-connection. This subclass counts the bytes of the head as they arrive and answers 431 once
-they pass HTTP_MAX_HEADER_BYTES, and it closes a connection that has not completed its head
-within HTTP_HEADER_TIMEOUT_SECONDS (slow or idle clients holding sockets open). Idle
-keep-alive connections are uvicorn's own `--timeout-keep-alive`.
+connection. This subclass counts the bytes of the head before each read is parsed and
+answers 431 once they pass HTTP_MAX_HEADER_BYTES; it closes a connection that has not
+completed its head within HTTP_HEADER_TIMEOUT_SECONDS, and answers 408 when a body is not
+complete HTTP_BODY_TIMEOUT_SECONDS after its head (uvicorn waits for a declared body
+forever: slow or idle clients would hold sockets open). Idle keep-alive connections are
+uvicorn's own `--timeout-keep-alive`.
 
 Used through `uvicorn --http app.http_protocol:HttpProtocol` (deploy/docker/serve.sh, the
 Makefile) and the gunicorn worker class (app/gunicorn_conf.py). Without httptools it falls
-back to uvicorn's h11 protocol, whose own limit is set to the same size.
+back to uvicorn's h11 protocol, whose own head limit is set to the same size.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import importlib.util
 import logging
 import uuid
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -30,11 +34,22 @@ from app.startup import load_settings
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_head_bytes: int
+    head_seconds: float
+    body_seconds: float
+
+
 @lru_cache(maxsize=1)
-def head_limits() -> tuple[int, float]:
-    """(max head bytes, seconds to send a head), read once per process from the settings."""
+def connection_limits() -> ConnectionLimits:
+    """Read once per process from the settings."""
     settings = load_settings()
-    return settings.http_max_header_bytes, settings.http_header_timeout_seconds
+    return ConnectionLimits(
+        max_head_bytes=settings.http_max_header_bytes,
+        head_seconds=settings.http_header_timeout_seconds,
+        body_seconds=settings.http_body_timeout_seconds,
+    )
 
 
 def _refusal(status: int, reason: bytes, detail: str) -> bytes:
@@ -62,7 +77,7 @@ class LimitedH11Protocol(H11Protocol):
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         if config.h11_max_incomplete_event_size is None:
-            config.h11_max_incomplete_event_size = head_limits()[0]
+            config.h11_max_incomplete_event_size = connection_limits().max_head_bytes
         super().__init__(config, *args, **kwargs)
 
 
@@ -72,65 +87,80 @@ if importlib.util.find_spec("httptools") is not None:
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._max_head, self._head_seconds = head_limits()
+            self._limits = connection_limits()
+            # Bytes of the current head so far; it is being read while _reading_head is
+            # True: from the connection's start, and after each complete message.
             self._head_bytes = 0
-            # True while a request head is awaited or arriving, until its headers are complete.
             self._reading_head = True
             self._head_timer: asyncio.TimerHandle | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm_head_timer()
+            self._head_timer = self._arm(self._head_timer, self._limits.head_seconds)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
+            self._cancel_timers()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            # A read after which the head is still incomplete counts in full (one read may
-            # also hold the end of the previous body: the bound is the limit plus one read,
-            # not more, so a huge head is refused long before it is buffered whole).
+            # Counted before the parser sees the read, so a head that arrives in one read is
+            # measured too. Only a head that starts inside a read which ends the previous
+            # request's body is counted from the next read on: the bound is exact but for
+            # one read of pipelined requests.
             if self._reading_head and not self.transport.is_closing():
-                self._head_bytes += len(data)
-                if self._head_bytes > self._max_head:
-                    self._close_with(
-                        _refusal(
-                            431,
-                            b"Request Header Fields Too Large",
-                            f"request line and headers larger than {self._max_head} bytes",
-                        )
+                end = data.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else end + 4
+                if self._head_bytes > self._limits.max_head_bytes:
+                    detail = (
+                        f"request line and headers larger than {self._limits.max_head_bytes} bytes"
                     )
+                    self._close_with(_refusal(431, b"Request Header Fields Too Large", detail))
+                    return
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._reading_head = True
-            self._head_bytes = 0
-            self._arm_head_timer()
+            self._head_timer = self._arm(self._head_timer, self._limits.head_seconds)
 
         def on_headers_complete(self) -> None:
             self._reading_head = False
-            self._cancel_head_timer()
+            self._cancel_timers()
             super().on_headers_complete()
+            self._body_timer = self._arm(self._body_timer, self._limits.body_seconds)
 
-        def _arm_head_timer(self) -> None:
-            self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(self._head_seconds, self._head_timed_out)
+        def on_message_complete(self) -> None:
+            self._cancel_timers()
+            super().on_message_complete()
+            self._reading_head = True
+            self._head_bytes = 0
 
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+        def _arm(self, timer: asyncio.TimerHandle | None, seconds: float) -> asyncio.TimerHandle:
+            if timer is not None:
+                timer.cancel()
+            return self.loop.call_later(seconds, self._timed_out)
 
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self._reading_head and not self.transport.is_closing():
-                self._close_with(
-                    _refusal(408, b"Request Timeout", "request head not received in time")
-                )
+        def _cancel_timers(self) -> None:
+            for timer in (self._head_timer, self._body_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._head_timer = self._body_timer = None
+
+        def _timed_out(self) -> None:
+            what = "head" if self._reading_head else "body"
+            self._cancel_timers()
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if what == "body" and cycle is not None and cycle.response_started:
+                self.transport.close()  # answered already; the rest of the body never came
+                return
+            self._close_with(
+                _refusal(408, b"Request Timeout", f"request {what} not received in time")
+            )
 
         def _close_with(self, response: bytes) -> None:
-            self._cancel_head_timer()
+            self._cancel_timers()
             self._reading_head = False
             if not self.transport.is_closing():
                 self.transport.write(response)

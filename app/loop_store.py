@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 import redis
@@ -38,6 +38,10 @@ CURRENT_EXPERIMENT = PREFIX + "exp:current"
 RETIRED_EXPERIMENT_SECONDS = 30 * 86_400
 
 T = TypeVar("T")
+# Connections per client and process (redis-py's own default cap).
+MAX_CONNECTIONS = 100
+# What redis-py's blocking pool raises when no connection came free in time.
+POOL_EXHAUSTED = "No connection available."
 
 
 class StoreUnavailableError(Exception):
@@ -82,8 +86,12 @@ IMPRESSION_LUA = (
 local prefix = ARGV[1]
 local exp = ensure_experiment(prefix, ARGV[10], ARGV[8])
 local key = prefix .. 'imp:' .. ARGV[2]
-if redis.call('EXISTS', key) == 1 then
-  return {0, exp}
+local owner = redis.call('HGET', key, 'user')
+if owner then
+  if owner == ARGV[3] then
+    return {0, exp}
+  end
+  return {-1, exp}
 end
 redis.call('HSET', key, 'user', ARGV[3], 'variant', ARGV[4], 'version', ARGV[5],
   'items', ARGV[6], 'ratings', ARGV[7], 't', ARGV[8], 'exp', exp)
@@ -200,6 +208,12 @@ return false
 """
 
 
+# "new": counted; "repeat": the same user's request id again (a retry), counted once;
+# "taken": the id names another user's list (a reused trace id), nothing written.
+Recorded = Literal["new", "repeat", "taken"]
+_RECORDED: dict[int, Recorded] = {1: "new", 0: "repeat", -1: "taken"}
+
+
 @dataclass(frozen=True)
 class StoredImpression:
     request_id: str
@@ -222,16 +236,21 @@ class Written:
     new_rating: bool
 
 
-def _client(url: str, timeout: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+def _client(url: str, timeout: float, connect_timeout: float) -> aioredis.Redis:
+    # A blocking pool: in a burst a call waits (up to the connect timeout) for a free
+    # connection, where redis-py's default pool refuses every call past 100 connections.
+    no_retry = Retry(NoBackoff(), 0)  # redis-py retries by default: a retry multiplies the wait
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=connect_timeout,
         socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # redis-py retries by default; a retry multiplies the wait on a dead server.
-        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=max(timeout, connect_timeout),
+        retry=no_retry,
         health_check_interval=0,
         decode_responses=True,
     )
+    return aioredis.Redis(connection_pool=pool, retry=no_retry)
 
 
 class _Guarded:
@@ -246,6 +265,13 @@ class _Guarded:
             raise StoreUnavailableError("circuit open")
         try:
             result = await operation()
+        except redis.ConnectionError as exc:
+            # No free connection in time: this process is busy, which says nothing about
+            # Redis, so the breaker (which would drop every call for seconds) is not told.
+            if isinstance(exc.__cause__, TimeoutError) and str(exc) == POOL_EXHAUSTED:
+                raise StoreUnavailableError(POOL_EXHAUSTED) from exc
+            self.breaker.record_failure()
+            raise StoreUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self.breaker.record_failure()
             raise StoreUnavailableError(f"{type(exc).__name__}: {exc}") from exc
@@ -260,6 +286,7 @@ class LoopStore:
         *,
         fast_timeout: float,
         durable_timeout: float,
+        connect_timeout: float,
         breaker_threshold: int,
         breaker_reset_seconds: float,
         impression_ttl_seconds: int,
@@ -267,8 +294,8 @@ class LoopStore:
         def breaker() -> CircuitBreaker:
             return CircuitBreaker(threshold=breaker_threshold, reset_seconds=breaker_reset_seconds)
 
-        self._fast = _Guarded(_client(url, fast_timeout), breaker())
-        self._durable = _Guarded(_client(url, durable_timeout), breaker())
+        self._fast = _Guarded(_client(url, fast_timeout, connect_timeout), breaker())
+        self._durable = _Guarded(_client(url, durable_timeout, connect_timeout), breaker())
         self.retry_after_seconds = max(1, round(breaker_reset_seconds))
         self.impression_ttl = impression_ttl_seconds
         fast, durable = self._fast.client, self._durable.client
@@ -278,6 +305,26 @@ class LoopStore:
         self._running = durable.register_script(RUNNING_LUA)
         self._ensure = durable.register_script(ENSURE_LUA)
         self._reset = durable.register_script(RESET_LUA)
+
+    async def warm(self, connections: int) -> int:
+        """Opens up to `connections` connections per client before traffic comes; how many
+        the fast client holds. A burst at start would otherwise open them while the event
+        loop is busy, where even a connect to a healthy Redis can outlast its timeout and
+        trip the breaker. Never raises: a Redis down at start is the breaker's business."""
+        opened = 0
+        for guarded in (self._fast, self._durable):
+            pool = guarded.client.connection_pool
+            held = []
+            try:
+                for _ in range(connections):
+                    held.append(await pool.get_connection())
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                logger.warning("Redis connections not opened at start", extra={"reason": str(exc)})
+            finally:
+                for connection in held:
+                    await pool.release(connection)
+            opened = opened or len(held)
+        return opened
 
     # -- /recommend path: never raises ---------------------------------------------------
 
@@ -299,9 +346,9 @@ class LoopStore:
         version: str,
         items: list[str],
         ratings: list[float],
-    ) -> tuple[bool, str] | None:
-        """(recorded, experiment id); recorded is False for a request id seen before.
-        None when Redis did not answer: the list was served but will not be counted."""
+    ) -> tuple[Recorded, str] | None:
+        """(what became of it, experiment id); None when Redis did not answer: the list was
+        served but will not be counted."""
         now = f"{time.time():.3f}"
         args: list[str | int] = [
             PREFIX, request_id, user, variant, version,
@@ -313,7 +360,7 @@ class LoopStore:
         except StoreUnavailableError as exc:
             logger.debug("impression not recorded", extra={"reason": str(exc)})
             return None
-        return bool(int(recorded)), str(experiment)
+        return _RECORDED[int(recorded)], str(experiment)
 
     # -- /feedback and the readout: raise StoreUnavailableError ----------------------------
 
@@ -388,4 +435,4 @@ class LoopStore:
 
     async def aclose(self) -> None:
         for guarded in (self._fast, self._durable):
-            await guarded.client.aclose()
+            await guarded.client.aclose(close_connection_pool=True)

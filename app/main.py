@@ -98,7 +98,7 @@ def make_lifespan(
             # The closed loop (impressions, /feedback, readout, shadow): with Redis only.
             loop = app.state.loop = build_loop(config, services.metrics)
             if loop is not None:
-                loop.start()
+                await loop.start()
             logger.info(
                 "service ready",
                 extra={"version": state.version, "cache": services.cache.backend.name},

@@ -20,15 +20,36 @@ def _raw_id(value: object) -> str:
     text = str(value).strip()
     if not text or len(text) > MAX_ID_LENGTH:
         raise ValueError(f"must be 1 to {MAX_ID_LENGTH} characters")
+    # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 encoder (hashing,
+    # Redis, the response) takes: refused here rather than failing later as a 500.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (a lone surrogate was sent)") from None
     return text
 
 
 RawId = Annotated[
-    str, BeforeValidator(_raw_id), Field(description="raw dataset id (string or integer)")
+    str,
+    BeforeValidator(_raw_id),
+    Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="raw dataset id (string or integer; surrounding spaces are ignored)",
+    ),
 ]
-# A hard ceiling so an absurd body is refused before it is parsed into objects; the
-# configurable MAX_BATCH_PAIRS limit is checked in the handler.
-PAIRS_HARD_LIMIT = 100_000
+
+
+def _json_number(value: object) -> object:
+    # pydantic's lax mode reads `true` as 1 and "4" as 4.0: a body that says a boolean or a
+    # string where a number belongs is a client bug, not a rating or a percentage.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+JsonNumber = Annotated[float, BeforeValidator(_json_number)]
 
 
 class Pair(BaseModel):
@@ -45,7 +66,8 @@ class PredictRequest(BaseModel):
 
     user_id: RawId | None = None
     item_id: RawId | None = None
-    pairs: list[Pair] | None = Field(default=None, min_length=1, max_length=PAIRS_HARD_LIMIT)
+    # At most MAX_BATCH_PAIRS, refused before validation (app/api/batch_limit.py).
+    pairs: list[Pair] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
@@ -74,7 +96,7 @@ class BatchRatingResponse(BaseModel):
 class RecommendQuery(BaseModel):
     """GET /recommend's query string (validated in one call: app/api/query.py)."""
 
-    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="raw user id")
+    user_id: RawId
     k: int = Field(default=10, ge=1, le=100)
     exclude_seen: bool = True
     age: int | None = Field(default=None, ge=0, le=150, description="cold start")
@@ -92,7 +114,8 @@ class RecommendedItem(BaseModel):
 
 class RecommendResponse(BaseModel):
     request_id: str = Field(
-        description="the X-Request-ID sent, else a new id; name it in POST /feedback"
+        description="name it in POST /feedback: the X-Request-ID sent, else (or when that id "
+        "already names another user's list) a new id"
     )
     user_id: str
     variant: Literal["teacher", "student"]
@@ -105,7 +128,7 @@ class RecommendResponse(BaseModel):
 class RoutingUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    student_percent: float | None = Field(default=None, ge=0, le=100)
+    student_percent: JsonNumber | None = Field(default=None, ge=0, le=100)
     salt: str | None = Field(default=None, min_length=1, max_length=200)
 
 

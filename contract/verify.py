@@ -36,6 +36,10 @@ def resolve_bundle_dir(model_dir: Path) -> Path:
         directory = Path(model_dir).resolve(strict=True)
     except (FileNotFoundError, RuntimeError) as exc:
         raise BundleError(f"bundle directory {model_dir} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        # A name too long, a NUL byte, no permission: a path that cannot be a bundle.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BundleError(f"bundle directory {str(model_dir)[:200]!r} unusable: {reason}") from exc
     if not directory.is_dir():
         raise BundleError(f"bundle directory {directory} is not a directory")
     return directory

@@ -11,36 +11,47 @@ names its field, and then no event of the request is written.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Self
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.responses import Response
 
+from app.api.batch_limit import BatchLimitedRoute
 from app.api.deps import RequiredLoop, SettingsDep, StateDep
 from app.api.gate import GatedRoute
 from app.config import Settings
 from app.feedback import FeedbackEvent, FeedbackLoop, FeedbackRejectedError, loop_enabled
 from app.loop_store import StoreUnavailableError
 from app.responses import JSONBytesResponse
-from app.schemas import ErrorBody, RawId
+from app.schemas import ErrorBody, JsonNumber, RawId
 
 
-class LoopRoute(GatedRoute):
+class LoopRoute(GatedRoute, BatchLimitedRoute):
     """Answers like an unknown path (404) without the closed loop."""
+
+    batch_field = "events"
 
     @staticmethod
     def enabled(settings: Settings) -> bool:
         return loop_enabled(settings)
 
+    @staticmethod
+    def batch_limit(settings: Settings) -> int:
+        return settings.feedback_batch_limit
+
 
 router = APIRouter(route_class=LoopRoute)
 
 EventName = Literal["click", "rating", "purchase", "dismiss"]
-# Refused before parsing into objects; FEEDBACK_BATCH_LIMIT is checked in the handler.
-EVENTS_HARD_LIMIT = 10_000
 RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+# Feedback says what happened, so not before the Unix epoch and not later than clock skew
+# allows: a far-future rating would win every later merge of the exported log.
+EARLIEST_EVENT = datetime(1970, 1, 1, tzinfo=UTC)
+FUTURE_SKEW = timedelta(days=1)
 
 
 def _finite(value: float | None) -> float | None:
@@ -49,21 +60,45 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+def _event_time(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    # A time without a zone is read as UTC, not as the server's local time.
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    latest = datetime.now(UTC) + FUTURE_SKEW
+    if not EARLIEST_EVENT <= moment <= latest:
+        raise ValueError(
+            f"must lie between {EARLIEST_EVENT.isoformat()} and a day from now "
+            f"({latest.isoformat(timespec='seconds')})"
+        )
+    return moment
+
+
+EventValue = Annotated[
+    JsonNumber | None, Field(description="the rating for a rating event (a JSON number)")
+]
+EventTime = Annotated[
+    datetime | None,
+    Field(
+        description="when it happened (unix seconds or ISO 8601; no zone means UTC); default now"
+    ),
+]
+
+
 class FeedbackEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: RawId
     item_id: RawId
     event: EventName
-    value: float | None = Field(default=None, description="the rating for a rating event")
+    value: EventValue = None
     request_id: RequestId | None = Field(
         default=None, description="the /recommend request that served the item"
     )
-    timestamp: datetime | None = Field(
-        default=None, description="when it happened (unix seconds or ISO 8601); default now"
-    )
+    timestamp: EventTime = None
 
     _check_value = field_validator("value")(_finite)
+    _check_time = field_validator("timestamp")(_event_time)
 
     def to_event(self) -> FeedbackEvent:
         return FeedbackEvent(
@@ -81,21 +116,23 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    events: list[FeedbackEventIn] | None = Field(
-        default=None, min_length=1, max_length=EVENTS_HARD_LIMIT
-    )
+    # At most FEEDBACK_BATCH_LIMIT, refused before validation (app/api/batch_limit.py).
+    events: list[FeedbackEventIn] | None = Field(default=None, min_length=1)
     user_id: RawId | None = None
     item_id: RawId | None = None
     event: EventName | None = None
-    value: float | None = None
+    value: EventValue = None
     request_id: RequestId | None = None
-    timestamp: datetime | None = None
+    timestamp: EventTime = None
 
     _check_value = field_validator("value")(_finite)
+    _check_time = field_validator("timestamp")(_event_time)
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:
-        single = [self.user_id, self.item_id, self.event, self.value, self.request_id]
+        single = [
+            self.user_id, self.item_id, self.event, self.value, self.request_id, self.timestamp
+        ]  # fmt: skip
         if self.events is not None and any(v is not None for v in single):
             raise ValueError("give either one event or events, not both")
         if self.events is None:
@@ -149,12 +186,6 @@ async def feedback(
 ) -> Response:
     """Record user feedback on recommended (or any known) items."""
     events = body.to_events()
-    limit = settings.feedback_batch_limit
-    if len(events) > limit:
-        raise HTTPException(
-            status_code=422,
-            detail=f"events: {len(events)} given, at most {limit} per request",
-        )
     try:
         accepted = await loop.accept(events, state)
     except FeedbackRejectedError as exc:

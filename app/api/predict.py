@@ -10,7 +10,9 @@ import numpy as np
 from fastapi import APIRouter, HTTPException
 from starlette.responses import Response
 
+from app.api.batch_limit import BatchLimitedRoute
 from app.api.deps import ScoringDep, VariantOverride
+from app.config import Settings
 from app.responses import JSONBytesResponse
 from app.schemas import (
     BatchRatingResponse,
@@ -19,7 +21,16 @@ from app.schemas import (
     RatingResponse,
 )
 
-router = APIRouter()
+
+class PairsRoute(BatchLimitedRoute):
+    batch_field = "pairs"
+
+    @staticmethod
+    def batch_limit(settings: Settings) -> int:
+        return settings.max_batch_pairs
+
+
+router = APIRouter(route_class=PairsRoute)
 _NAMED_UNKNOWN = 5
 _DECIMALS = 4
 
@@ -66,12 +77,6 @@ def predict_rating(
             }
         )
 
-    limit = scoring.settings.max_batch_pairs
-    if len(body.pairs) > limit:
-        raise HTTPException(
-            status_code=422,
-            detail=f"too many pairs: {len(body.pairs)} given, at most {limit} per request",
-        )
     user_index, item_index = state.bundle.user_index, state.bundle.item_index
     users_raw = [p.user_id for p in body.pairs]
     items_raw = [p.item_id for p in body.pairs]

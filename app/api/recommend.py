@@ -104,8 +104,9 @@ async def recommend(
         fragment, hit = await _miss(
             state, cache, scoring.admission, variant=variant, key=key, compute=compute
         )
-    request_id = request_id_var.get() or uuid.uuid4().hex
-    await hook.served(request_id, variant=variant, fragment=fragment, cached=hit)
+    request_id = await hook.served(
+        request_id_var.get() or uuid.uuid4().hex, variant=variant, fragment=fragment, cached=hit
+    )
     return _response(request_id, raw_user, variant, state.version, fragment, cached=hit)
 
 

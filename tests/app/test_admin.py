@@ -89,6 +89,8 @@ def test_routing_can_be_read_and_changed(admin: TestClient, reference: Reference
         {"student_percent": -1},
         {"salt": ""},
         {"student_percent": "half"},
+        {"student_percent": True},
+        {"student_percent": "10"},
         {"percent": 10},
     ],
 )
@@ -169,6 +171,17 @@ def test_reload_of_a_missing_directory_is_refused(admin: TestClient, tmp_path: P
     response = admin.post("/admin/reload", json={"model_dir": str(tmp_path / "nope")}, headers=AUTH)
     assert response.status_code == 422
     assert "does not exist" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("model_dir", ["bad\u0000name", "x" * 5000])
+def test_reload_of_an_impossible_path_is_refused_without_a_traceback(
+    admin: TestClient, reference: Reference, model_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = admin.post("/admin/reload", json={"model_dir": model_dir}, headers=AUTH)
+    assert response.status_code == 422
+    assert "unusable" in response.json()["detail"]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert admin.get("/readyz").json()["model_version"] == reference.version
 
 
 def test_a_rebuilt_bundle_with_the_same_version_never_serves_old_cached_lists(

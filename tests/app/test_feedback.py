@@ -82,14 +82,23 @@ def test_every_list_carries_a_request_id_and_is_recorded(
         assert stored["user"] == user and stored["variant"] == body["variant"]
         assert json.loads(stored["items"]) == [i["item_id"] for i in body["items"]]
         assert 0 < store.ttl(f"recsys:imp:{body['request_id']}") <= 86_400
-    # A reused request id keeps its first impression and is not counted twice.
-    client.get(
-        "/recommend", params={"user_id": reference.users[1]}, headers={"X-Request-ID": "mine-1"}
-    )
-    assert store.hget("recsys:imp:mine-1", "user") == user
+    # The same user's request id again (a retry) keeps its first impression, counted once.
+    retried = client.get("/recommend", params={"user_id": user}, headers={"X-Request-ID": "mine-1"})
+    assert retried.json()["request_id"] == "mine-1"
     variants = _readout(client)["variants"]
     assert variants["teacher"]["impressions"] + variants["student"]["impressions"] == 2
-    assert metric_value(client, "recommendation_impressions_total") == 2
+    # Another user's list under a reused id gets an id of its own, recorded and counted; the
+    # header still echoes the id sent (it names the log lines).
+    other = reference.users[1]
+    reused = client.get("/recommend", params={"user_id": other}, headers={"X-Request-ID": "mine-1"})
+    assert reused.headers["x-request-id"] == "mine-1" != reused.json()["request_id"]
+    assert store.hget("recsys:imp:mine-1", "user") == user
+    assert store.hget(f"recsys:imp:{reused.json()['request_id']}", "user") == other
+    variants = _readout(client)["variants"]
+    assert variants["teacher"]["impressions"] + variants["student"]["impressions"] == 3
+    assert metric_value(client, "recommendation_impressions_total") == 3
+    clicked = {"user_id": other, "item_id": reused.json()["items"][0]["item_id"], "event": "click"}
+    assert _post(client, {**clicked, "request_id": reused.json()["request_id"]}).status_code == 202
 
 
 def test_attribution_counts_each_request_item_once_for_its_variant(
@@ -256,7 +265,15 @@ def test_feedback_removes_items_from_the_next_lists_and_the_cache(
          422, "events.1.value: a rating needs a value in [1, 5], got 0.0"),
         ({"events": [], "user_id": "1"}, 422, "events: List should have at least 1 item"),
         ({"user_id": "1", "item_id": "{item}", "event": "click", "value": "NaN"}, 422,
-         "value: must be a finite number"),
+         "value: must be a JSON number"),
+        ({"user_id": "1", "item_id": "{item}", "event": "rating", "value": True}, 422,
+         "value: must be a JSON number"),
+        ({"user_id": "1", "item_id": "{item}", "event": "click",
+          "timestamp": "0001-01-01T00:00:00"}, 422, "timestamp: must lie between 1970"),
+        ({"user_id": "1", "item_id": "{item}", "event": "click",
+          "timestamp": "9999-12-31T23:59:59Z"}, 422, "timestamp: must lie between 1970"),
+        ({"events": [{"user_id": "1", "item_id": "{item}", "event": "click"}],
+          "timestamp": 1700000000}, 422, "give either one event or events, not both"),
     ],
 )  # fmt: skip
 def test_bad_feedback_is_refused_with_the_field_named_and_nothing_written(
@@ -272,6 +289,38 @@ def test_bad_feedback_is_refused_with_the_field_named_and_nothing_written(
     assert response.status_code == status, response.text
     assert message in response.json()["detail"]
     assert store.xlen(STREAM_KEY) == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # JSON's NaN literal (not JSON, but Python's reader takes it)
+        b'{"user_id": "1", "item_id": "{item}", "event": "rating", "value": NaN}',
+        # a lone surrogate escape: no UTF-8 encoder takes it
+        b'{"user_id": "\\ud800", "item_id": "{item}", "event": "click"}',
+        b'{"events": [{"user_id": "1\\udfff", "item_id": "{item}", "event": "click"}]}',
+    ],
+)
+def test_bodies_python_reads_but_utf8_and_json_refuse_are_422(
+    loop_client: Callable[..., TestClient], reference: Reference, store: redis.Redis, raw: bytes
+) -> None:
+    client = loop_client()
+    body = raw.replace(b"{item}", reference.items[0].encode())
+    response = client.post("/feedback", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert error_body(response)["detail"]
+    assert store.xlen(STREAM_KEY) == 0
+
+
+def test_a_time_without_a_zone_is_read_as_utc(
+    loop_client: Callable[..., TestClient], reference: Reference, store: redis.Redis
+) -> None:
+    client = loop_client()
+    event = {"user_id": "1", "item_id": reference.items[0], "event": "click"}
+    for timestamp in ("2020-01-01T00:00:00", "2020-01-01T01:00:00+01:00", 1577836800):
+        assert _post(client, {**event, "timestamp": timestamp}).status_code == 202
+    stamps = [fields["timestamp"] for _, fields in store.xrange(STREAM_KEY)]
+    assert stamps == ["1577836800.000"] * 3
 
 
 def test_request_id_of_another_user_is_refused(

@@ -111,6 +111,10 @@ def test_too_many_pairs_is_refused(
     response = client.post("/predict_rating", json={"pairs": [pair] * 4})
     assert response.status_code == 422
     assert "at most 3" in response.json()["detail"]
+    # Counted before the pairs are validated: the count, not the bad pairs, is reported.
+    response = client.post("/predict_rating", json={"pairs": [{"user_id": [1]}] * 4})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "pairs: 4 given, at most 3 per request"
 
 
 @pytest.mark.parametrize(
@@ -135,7 +139,16 @@ def test_wrong_types_give_a_clear_422(client: TestClient, body: object, needle: 
     assert needle in response.json()["detail"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"user_id": "1", "item_id": '])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b'{"user_id": "1", "item_id": ',
+        b'{"user_id": "1", "item_id": "\xff"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
 def test_malformed_json_is_a_clear_422(client: TestClient, raw: bytes) -> None:
     response = client.post(
         "/predict_rating", content=raw, headers={"Content-Type": "application/json"}
@@ -144,6 +157,24 @@ def test_malformed_json_is_a_clear_422(client: TestClient, raw: bytes) -> None:
     detail = response.json()["detail"]
     assert "JSON" in detail or "body" in detail
     assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b'{"user_id": "\\ud800", "item_id": "1"}', "user_id"),
+        (b'{"pairs": [{"user_id": "\\udc00", "item_id": "1"}]}', "pairs.0.user_id"),
+        (b'{"user_id": "1", "item_id": "1", "\\ud800": 1}', "unicode string"),
+    ],
+)
+def test_lone_surrogates_are_a_clear_422(client: TestClient, raw: bytes, needle: str) -> None:
+    # Python's JSON reader takes a lone surrogate escape; no UTF-8 encoder (hashing, Redis,
+    # the answer) does.
+    response = client.post(
+        "/predict_rating", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert needle in response.json()["detail"]
 
 
 def test_wrong_method_is_a_405(client: TestClient) -> None:

@@ -121,8 +121,9 @@ def test_bad_k_is_a_clear_422(client: TestClient, reference: Reference, k: str) 
     assert "k" in response.json()["detail"]
 
 
-def test_missing_user_id_is_a_clear_422(client: TestClient) -> None:
-    response = client.get("/recommend")
+@pytest.mark.parametrize("params", [{}, {"user_id": ""}, {"user_id": "   "}])
+def test_missing_user_id_is_a_clear_422(client: TestClient, params: dict[str, str]) -> None:
+    response = client.get("/recommend", params=params)
     assert response.status_code == 422
     assert "user_id" in response.json()["detail"]
 

@@ -1,5 +1,6 @@
 """Limits before parsing, through serve.sh's real uvicorn: oversized heads (431), slow heads
-(408), bodies by Content-Length and while streaming (413), admin auth before the body."""
+and bodies (408), bodies by Content-Length and while streaming (413), admin auth before the
+body."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 MAX_HEAD = 16_384
 MAX_BODY = 65_536
 HEAD_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,7 @@ def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         bundle_dir,
         HTTP_MAX_HEADER_BYTES=str(MAX_HEAD),
         HTTP_HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT_S),
+        HTTP_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT_S),
         MAX_BODY_BYTES=str(MAX_BODY),
         ADMIN_TOKEN="tok",
     )
@@ -93,6 +96,53 @@ def test_an_oversized_head_is_431_and_does_not_stall_others(server: Served) -> N
     # A head just under the limit is served as usual.
     ok = httpx.get(f"{server.base_url}/healthz", headers={"X-Big": "a" * (MAX_HEAD // 2)})
     assert ok.status_code == 200
+
+
+def test_an_oversized_head_in_one_read_is_431(server: Served) -> None:
+    # A head that arrives whole in one read was parsed before it was counted.
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n"
+    assert _status_and_body(_raw(server, head)[0])[0] == 431
+    # The same on a kept-alive connection, after a request that was served.
+    ok = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(ok)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head)
+        rest = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert _status_and_body(rest)[0] == 431
+
+
+@pytest.mark.parametrize("drip", [False, True])
+def test_a_body_that_never_completes_is_408(server: Served, drip: bool) -> None:
+    head = (
+        b"POST /predict_rating HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        # One byte every 0.2 s keeps the connection busy but never finishes the body.
+        sock.settimeout(0.2 if drip else 10)
+        chunks: list[bytes] = []
+        while time.monotonic() - started < 10:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(b" ")
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    elapsed = time.monotonic() - started
+    assert _status_and_body(b"".join(chunks))[0] == 408
+    assert BODY_TIMEOUT_S * 0.9 <= elapsed < BODY_TIMEOUT_S + 5
+    # A body that comes in time is served as before.
+    assert httpx.get(f"{server.base_url}/healthz").status_code == 200
 
 
 def test_a_head_that_never_completes_is_closed(server: Served) -> None:
