@@ -30,6 +30,7 @@ log = logging.getLogger("training")
 
 EXIT_USER_ERROR = 2
 EXIT_SYSTEM_ERROR = 1
+MAX_SEED = 2**32 - 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +58,14 @@ def _non_negative(text: str) -> int:
     return _integer(text, minimum=0)
 
 
+def _seed(text: str) -> int:
+    # numpy's legacy seeding (used by some of the libraries the steps call) takes 32 bits.
+    value = _integer(text, minimum=0)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is above {MAX_SEED} (2**32 - 1)")
+    return value
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
@@ -81,7 +90,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         help="bundle folder; checkpoints go to OUT_DIR/.work (default models)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny models and few epochs (tests)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--threads",
         type=_non_negative,
@@ -166,7 +175,7 @@ def _add_synth(sub: argparse._SubParsersAction[_Parser]) -> None:
     synth.add_argument("--users", type=_positive, required=True, help="number of users")
     synth.add_argument("--items", type=_positive, required=True, help="number of items")
     synth.add_argument("--ratings", type=_positive, required=True, help="number of ratings")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     synth.add_argument("--out", type=Path, required=True, help="folder to write the files to")
     synth.set_defaults(until=None)
 
@@ -256,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("error", exc_info=True)
         sys.stderr.write(f"error: {_one_line(err)}\n")
         return EXIT_USER_ERROR
+    except MemoryError:
+        log.debug("out of memory", exc_info=True)
+        sys.stderr.write("error: out of memory (smaller data or sizes, or a larger machine)\n")
+        return EXIT_SYSTEM_ERROR
     except OSError as err:
         # The machine's side (permissions, a full disk): one line; -v adds the traceback.
         log.debug("system error", exc_info=True)

@@ -35,6 +35,9 @@ _CHUNK_BYTES = 1 << 22
 # path uses it so that both paths agree on what is a number.
 NUMBER = re.compile(r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\s*", re.I)
 
+UTF8_BOM = b"\xef\xbb\xbf"
+GZIP_MAGIC = b"\x1f\x8b"
+
 IDS = pa.dictionary(pa.int32(), pa.binary())
 FLOAT = pa.float64()
 TEXT = pa.string()
@@ -65,14 +68,29 @@ def require(path: Path) -> Path:
     return path
 
 
+def encoding_of(path: Path, default: str) -> str:
+    """`default`, or UTF-8 for a file that starts with a UTF-8 byte-order mark (an editor
+    saved it so). Read as Latin-1, the mark became three characters of the first id."""
+    with require(path).open("rb") as handle:
+        return "utf-8" if handle.read(len(UTF8_BOM)) == UTF8_BOM else default
+
+
+def decode_line(path: Path, number: int, raw: bytes, encoding: str) -> str:
+    """One physical line as text, without its line break (and the first without a
+    byte-order mark); a decoding error names the line."""
+    if number == 1:
+        raw = raw.removeprefix(UTF8_BOM)
+    try:
+        return raw.decode(encoding).rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}:{number}: cannot decode as {encoding}: {err}") from None
+
+
 def first_line(path: Path, encoding: str) -> tuple[int, str] | None:
     """The first non-blank line and its number, or None for a file without one."""
     with require(path).open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode(encoding).rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{number}: cannot decode as {encoding}: {err}") from None
+            line = decode_line(path, number, raw, encoding)
             if line.strip():
                 return number, line
     return None
@@ -86,7 +104,9 @@ def csv_header(path: Path) -> tuple[int, list[str]]:
             for row in reader:
                 if row and any(cell.strip() for cell in row):
                     return reader.line_num, [cell.strip() for cell in row]
-        except (csv.Error, UnicodeDecodeError) as err:
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+        except csv.Error as err:
             raise DataError(f"{path}:{reader.line_num}: {err}") from None
     raise DataError(f"{path}: empty file (expected a header line, then one row per line)")
 
@@ -254,12 +274,7 @@ def data_lines(path: Path, layout: Layout) -> Iterator[tuple[int, list[str]]]:
         return
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode(layout.encoding).rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path}:{number}: cannot decode as {layout.encoding}: {err}"
-                ) from None
+            line = decode_line(path, number, raw, layout.encoding)
             if number > layout.header_line and line:
                 yield number, line.split(layout.delimiter)
 
@@ -271,5 +286,22 @@ def _csv_lines(path: Path, layout: Layout) -> Iterator[tuple[int, list[str]]]:
             for row in reader:
                 if row and reader.line_num > layout.header_line:
                     yield reader.line_num, row
-        except (csv.Error, UnicodeDecodeError) as err:
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+        except csv.Error as err:
             raise DataError(f"{path}:{reader.line_num}: {err}") from None
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The first line of `path` that is not UTF-8, named. The csv reader's line count
+    cannot say it: the text is decoded ahead of the rows, a chunk at a time."""
+    with path.open("rb") as handle:
+        if handle.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+            return DataError(f"{path}: gzip-compressed; decompress it first (gunzip)")
+        handle.seek(0)
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return DataError(f"{path}:{number}: cannot decode as utf-8: {err}")
+    return DataError(f"{path}: cannot decode as utf-8")

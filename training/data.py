@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from contract.layout import sha256_file
-from training.columnar import DataError, require, unique_sorted
+from training.columnar import DataError, decode_line, encoding_of, require, unique_sorted
 from training.features import NONE_FIELD, FeatureMap, FeatureTables, FieldSpec
 from training.movielens import (
     RawItems,
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 DATASETS = ("ml-100k", "ml-1m", "ml-latest", "ml-latest-small", "csv")
 SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "random", "temporal", "none")
 CANONICAL_FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+ML100K_SIDE_FILES = (
+    "u.genre",
+    *(f"{fold}.{part}" for fold in CANONICAL_FOLDS for part in ("base", "test")),
+)
 # The command line's default split: a canonical fold where the data set ships one.
 AUTO_SPLIT = "auto"
 
@@ -130,16 +134,13 @@ class Split:
 # Demographics and genre lists have thousands of lines at most; a line reader suffices.
 
 
-def _lines(path: Path, *, encoding: str = "latin-1") -> Iterator[tuple[int, str]]:
-    """Non-empty lines with 1-based numbers; decoding errors are reported by line."""
-    require(path)
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Non-empty lines with 1-based numbers (Latin-1 unless a byte-order mark says UTF-8);
+    decoding errors are reported by line."""
+    encoding = encoding_of(path, "latin-1")
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{number}: cannot decode as {encoding}: {err}") from None
-            line = line.rstrip("\r\n")
+            line = decode_line(path, number, raw, encoding)
             if line.strip():
                 yield number, line
 
@@ -175,13 +176,20 @@ def _read_users(path: Path, sep: str, columns: tuple[str, ...]) -> dict[str, dic
 def _read_ml100k_genres(path: Path) -> tuple[str, ...]:
     if not path.is_file():
         return ML100K_GENRES
-    names = []
+    # By the index each line gives, not by line order: u.item's flag j is genre j.
+    names: dict[int, str] = {}
     for number, line in _lines(path):
         name, _, index = line.partition("|")
-        if not index.strip().isdigit():
+        if not (index.strip().isascii() and index.strip().isdecimal()):
             raise DataError(f"{path}:{number}: expected 'name|index'")
-        names.append(name)
-    return tuple(names)
+        if int(index) in names:
+            raise DataError(f"{path}:{number}: genre index {int(index)} is given twice")
+        names[int(index)] = name
+    if sorted(names) != list(range(len(names))):
+        raise DataError(
+            f"{path}: genre indices must run from 0 to {len(names) - 1}, found {sorted(names)}"
+        )
+    return tuple(names[j] for j in range(len(names)))
 
 
 # ---------------------------------------------------------------- formats
@@ -214,8 +222,14 @@ def _read_ml100k(root: Path) -> _Raw:
         users=users,
         genres=genres,
         has_demographics=True,
-        files=[root / "u.data", user_path, item_path],
+        # The genre names and the canonical folds shape what is trained too: an edited
+        # u1.base must not resume from checkpoints trained on the old one.
+        files=[root / "u.data", user_path, item_path, *_present(root, ML100K_SIDE_FILES)],
     )
+
+
+def _present(root: Path, names: Sequence[str]) -> list[Path]:
+    return [root / name for name in names if (root / name).is_file()]
 
 
 def _read_ml1m(root: Path) -> _Raw:
@@ -268,7 +282,7 @@ class _IdIndex:
     def union(cls, *parts: np.ndarray) -> _IdIndex:
         """All distinct ids of `parts`: by number when every id is a number, else by text."""
         values = unique_sorted(np.concatenate([np.asarray(p, dtype=str) for p in parts]))
-        if values.size and bool(np.all(np.strings.isdigit(values))):
+        if values.size and _all_ascii_digits(values):
             try:
                 numbers = values.astype(np.int64)
             except (ValueError, OverflowError):  # longer than int64: Python's ints
@@ -282,6 +296,15 @@ class _IdIndex:
             return np.zeros(len(values), np.int64)
         pos = np.minimum(np.searchsorted(self.sorted_ids, values), self.sorted_ids.size - 1)
         return np.where(self.sorted_ids[pos] == values, self.index_of_sorted[pos], 0)
+
+
+def _all_ascii_digits(values: np.ndarray) -> bool:
+    # str.isdigit is true for '²' and '٣' too, which int() then refuses or reads as 3.
+    try:
+        ascii_bytes = values.astype(np.bytes_)
+    except UnicodeEncodeError:
+        return False
+    return bool(np.all(np.strings.isdigit(ascii_bytes)))
 
 
 def _user_fields(raw: _Raw) -> tuple[FieldSpec, ...]:
@@ -385,18 +408,21 @@ def _item_tables(
     return item_genres, meta
 
 
-def _index_fold(ds: Dataset, raw: RawRatings, *, source: str) -> Ratings:
+def _index_fold(ds: Dataset, raw: RawRatings, *, source: Path) -> Ratings:
     """A fold file's ratings in the data set's indices; every id must be known."""
     indexed = []
-    for ids, values, codes in (
-        (ds.user_ids, raw.user_values, raw.user_codes),
-        (ds.item_ids, raw.item_values, raw.item_codes),
+    for what, ids, values, codes in (
+        ("user", ds.user_ids, raw.user_values, raw.user_codes),
+        ("item", ds.item_ids, raw.item_values, raw.item_codes),
     ):
-        known = _IdIndex.of(np.array(ids, dtype=str)).lookup(values)
-        if not np.all(known > 0):
-            unknown = str(values[np.flatnonzero(known == 0)[0]])
-            raise DataError(f"{source}: id {unknown!r} is not in the data set's id maps")
-        indexed.append(known[codes])
+        index = _IdIndex.of(np.array(ids, dtype=str)).lookup(values)[codes]
+        if not np.all(index > 0):
+            row = int(np.flatnonzero(index == 0)[0])
+            raise DataError(
+                f"{source}: rating {row + 1} has {what} id {str(values[codes[row]])!r}, "
+                "which the data set (u.data) does not have"
+            )
+        indexed.append(index)
     return Ratings(user=indexed[0], item=indexed[1], rating=raw.rating, timestamp=raw.timestamp)
 
 
@@ -533,7 +559,7 @@ def make_split(
             _index_fold(
                 dataset,
                 read_ratings(separated_ratings(folder / f"{split}.{part}", "\t")),
-                source=f"{split}.{part}",
+                source=folder / f"{split}.{part}",
             )
             for part in ("base", "test")
         )
@@ -555,6 +581,11 @@ def make_split(
 
 def _temporal(ratings: Ratings) -> Split:
     """Per-user leave-last-out: each user's latest rating (ties: the later row) is the test."""
+    if not np.any(ratings.timestamp):
+        raise DataError(
+            "split temporal needs timestamps, and every rating's is 0 (no timestamp "
+            "column?); use --split random"
+        )
     order = np.lexsort((np.arange(len(ratings)), ratings.timestamp, ratings.user))
     users_sorted = ratings.user[order]
     is_last = np.ones(len(order), bool)
@@ -562,6 +593,11 @@ def _temporal(ratings: Ratings) -> Split:
     counts = np.bincount(ratings.user)
     is_last &= counts[users_sorted] >= 2  # a user with one rating keeps it for training
     test_index = np.sort(order[is_last])
+    if test_index.size == 0:
+        raise DataError(
+            "split temporal holds out each user's latest rating, but no user has two "
+            "ratings; use --split random, or none to train on everything"
+        )
     mask = np.zeros(len(ratings), bool)
     mask[test_index] = True
     return Split(name="temporal", train=ratings.subset(~mask), test=ratings.subset(mask))

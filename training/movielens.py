@@ -29,6 +29,7 @@ from training.columnar import (
     MalformedError,
     csv_header,
     data_lines,
+    encoding_of,
     first_line,
     floats,
     id_codes,
@@ -153,12 +154,14 @@ def _read(
 
 def separated_ratings(path: Path, sep: str) -> DelimitedFile:
     """u.data (tab), ratings.dat ('::'): user, item, rating[, timestamp[, ignored...]]."""
-    first = first_line(path, "latin-1")
+    encoding = encoding_of(path, "latin-1")
+    first = first_line(path, encoding)
     if first is None:
         raise DataError(f"{path}: no ratings")
     n_fields = max(len(first[1].split(sep)), 3)
     roles = (*RATING_ROLES, *[""] * n_fields)[:n_fields]
-    return DelimitedFile(path, Layout(delimiter=sep, n_fields=n_fields), roles, min_fields=3)
+    layout = Layout(delimiter=sep, n_fields=n_fields, encoding=encoding)
+    return DelimitedFile(path, layout, roles, min_fields=3)
 
 
 def csv_ratings(path: Path) -> DelimitedFile:
@@ -258,13 +261,19 @@ def _rating_problem(source: DelimitedFile, fields: list[str]) -> str | None:
 
 def read_ml100k_items(path: Path, genres: tuple[str, ...]) -> RawItems:
     """u.item: id|title|release date|video date|url|one 0/1 flag per genre."""
-    first = first_line(path, "latin-1")
+    encoding = encoding_of(path, "latin-1")
+    first = first_line(path, encoding)
     if first is None:
         return RawItems.empty()
     n_fields = len(first[1].split("|"))
+    if n_fields != 5 + len(genres):
+        raise DataError(
+            f"{path}:{first[0]}: {n_fields - 5} genre flag columns, but there are "
+            f"{len(genres)} genres (u.genre)"
+        )
     source = DelimitedFile(
         path,
-        Layout(delimiter="|", n_fields=n_fields),
+        Layout(delimiter="|", n_fields=n_fields, encoding=encoding),
         ("item", "title", "date", *[""] * n_fields)[:n_fields],
         min_fields=5 + len(genres),
     )
@@ -278,7 +287,7 @@ def read_ml100k_items(path: Path, genres: tuple[str, ...]) -> RawItems:
         if not all(pc.all(pc.is_in(flag, pa.array(["0", "1"]))).as_py() for flag in flags):
             raise MalformedError("genre flags must be 0 or 1")
         on = np.stack([pc.equal(f, "1").to_numpy(zero_copy_only=False) for f in flags], axis=1)
-        by_date, by_title = _years(table.column("f2")), _years(table.column("f1"))
+        by_date, by_title = _years(table.column("f2"), dates=True), _years(table.column("f1"))
         return _items(
             table.column("f0"),
             table.column("f1").to_pylist(),
@@ -298,12 +307,14 @@ def read_ml100k_items(path: Path, genres: tuple[str, ...]) -> RawItems:
 
 def read_ml1m_items(path: Path) -> RawItems:
     """movies.dat: id::title::genre|genre..."""
-    first = first_line(path, "latin-1")
+    encoding = encoding_of(path, "latin-1")
+    first = first_line(path, encoding)
     if first is None:
         return RawItems.empty()
     n_fields = len(first[1].split("::"))
     roles = ("item", "title", "genres", *[""] * n_fields)[:n_fields]
-    source = DelimitedFile(path, Layout(delimiter="::", n_fields=n_fields), roles, min_fields=3)
+    layout = Layout(delimiter="::", n_fields=n_fields, encoding=encoding)
+    source = DelimitedFile(path, layout, roles, min_fields=3)
     return _read_titled_items(source)
 
 
@@ -359,11 +370,16 @@ def _items(
     )
 
 
-def _years(texts: pa.ChunkedArray) -> np.ndarray:
-    """The year a title or date ends with: '... (1995)' or '01-Jan-1995'; NaN otherwise."""
+def _years(texts: pa.ChunkedArray, *, dates: bool = False) -> np.ndarray:
+    """The year a title ends with, '... (1995)', or with `dates` the year a date ends with,
+    '01-Jan-1995'; NaN otherwise. Bare digits end a date only: titles such as 'Blade
+    Runner 2049' or '1984' name no release year."""
     trimmed = pc.utf8_trim_whitespace(texts)
-    in_parentheses = pc.struct_field(pc.extract_regex(trimmed, r"\((?P<year>\d{4})\)$"), [0])
-    tail = pc.utf8_slice_codeunits(trimmed, start=-4)
-    digits = pc.if_else(pc.match_substring_regex(tail, r"^\d+$"), tail, pa.scalar(None, TEXT))
-    year = pc.cast(pc.coalesce(in_parentheses, digits), FLOAT)
-    return np.asarray(year.to_numpy(zero_copy_only=False), dtype=np.float64)
+    if dates:
+        tail = pc.utf8_slice_codeunits(trimmed, start=-4)
+        found = pc.if_else(
+            pc.match_substring_regex(tail, r"^[0-9]{4}$"), tail, pa.scalar(None, TEXT)
+        )
+    else:
+        found = pc.struct_field(pc.extract_regex(trimmed, r"\((?P<year>[0-9]{4})\)$"), [0])
+    return np.asarray(pc.cast(found, FLOAT).to_numpy(zero_copy_only=False), dtype=np.float64)

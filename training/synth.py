@@ -42,6 +42,12 @@ _FIRST_TIME, _LAST_TIME = 828_000_000, 1_700_000_000  # 1996 .. 2023, seconds
 _MAX_USER_SHARE = 0.5
 
 
+# 100 million users or items (rank-8 factors: 6.4 GB) and 10 billion ratings (~300 GB of
+# CSV): far beyond MovieLens-25M, and still a size some machine can hold.
+MAX_ENTITIES = 10**8
+MAX_RATINGS = 10**10
+
+
 class SynthError(ValueError):
     """The requested sizes cannot be generated (e.g. more ratings than user-item pairs)."""
 
@@ -61,6 +67,11 @@ class SynthConfig:
     def check(self) -> None:
         if min(self.n_users, self.n_items, self.n_ratings, self.rank) < 1:
             raise SynthError("users, items, ratings and rank must all be at least 1")
+        if max(self.n_users, self.n_items) > MAX_ENTITIES or self.n_ratings > MAX_RATINGS:
+            raise SynthError(
+                f"at most {MAX_ENTITIES:,} users or items and {MAX_RATINGS:,} ratings "
+                "(the planted factors and the files must fit a machine)"
+            )
         capacity = self.n_users * max(1, int(self.n_items * _MAX_USER_SHARE))
         if self.n_ratings > capacity:
             raise SynthError(

@@ -101,12 +101,25 @@ def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         ["pipeline", "--prune-ratio", "1.5"],
         ["pipeline", "--dataset", "netflix"],
         ["pipeline", "--split", "u9"],
+        ["pipeline", "--seed", "-1"],
+        ["pipeline", "--seed", str(2**32)],
+        ["synth", "--users", "3", "--items", "3", "--ratings", "3", "--out", "x", "--seed", "-1"],
         ["nonsense"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
-    assert "--prune-ratio must lie in [0, 1)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--prune-ratio must lie in [0, 1)" in err
+    assert "--seed: -1 is below 0" in err and "4294967296 is above 4294967295" in err
+
+
+def test_synth_sizes_beyond_any_machine_are_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["synth", "--users", str(10**12), "--items", "10", "--ratings", "1"]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 2
+    assert "at most 100,000,000 users or items" in capsys.readouterr().err
 
 
 def test_verify_good_and_tampered_bundle(

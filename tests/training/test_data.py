@@ -10,6 +10,7 @@ import zipfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,6 +53,64 @@ def test_fingerprint_tracks_file_contents(synthetic_ml100k: Path, tmp_path: Path
     assert load_dataset(copy, dataset="ml-100k").fingerprint != same
 
 
+@pytest.mark.parametrize("name", ["u1.base", "u4.test", "u.genre"])
+def test_fingerprint_tracks_the_folds_and_genre_names(
+    synthetic_ml100k: Path, tmp_path: Path, name: str
+) -> None:
+    # An edited fold must not resume from checkpoints trained on the old one.
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_ml100k, copy)
+    before = load_dataset(copy, dataset="ml-100k").fingerprint
+    lines = (copy / name).read_text().splitlines(keepends=True)
+    (copy / name).write_text("".join(reversed(lines)))
+    assert load_dataset(copy, dataset="ml-100k").fingerprint != before
+
+
+def test_genres_follow_the_index_column_of_u_genre(ml100k_copy: Path) -> None:
+    before = load_dataset(ml100k_copy, dataset="ml-100k")
+    # The same genres in another line order: the same data set.
+    lines = (ml100k_copy / "u.genre").read_text().split()
+    (ml100k_copy / "u.genre").write_text("\n".join(reversed(lines)) + "\n")
+    after = load_dataset(ml100k_copy, dataset="ml-100k")
+    assert after.items_meta == before.items_meta
+    assert after.feature_map.genres == before.feature_map.genres
+    # A missing genre is refused, not a shift of every genre after it.
+    (ml100k_copy / "u.genre").write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    with pytest.raises(DataError, match="genre indices must run from 0"):
+        load_dataset(ml100k_copy, dataset="ml-100k")
+    (ml100k_copy / "u.genre").write_text(
+        "\n".join(f"{line.split('|')[0]}|{j}" for j, line in enumerate(lines[:-1])) + "\n"
+    )
+    with pytest.raises(DataError, match="19 genre flag columns, but there are 18 genres"):
+        load_dataset(ml100k_copy, dataset="ml-100k")
+
+
+def _same_data(left: data.Dataset, right: data.Dataset) -> None:
+    assert left.user_ids == right.user_ids and left.item_ids == right.item_ids
+    assert left.items_meta == right.items_meta
+    assert left.feature_map.genres == right.feature_map.genres
+    np.testing.assert_array_equal(left.tables.user_feats, right.tables.user_feats)
+    np.testing.assert_array_equal(left.tables.item_feats, right.tables.item_feats)
+    np.testing.assert_array_equal(left.ratings.rating, right.ratings.rating)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "write", "names"),
+    [
+        ("ml-100k", write_ml100k, ["u.data", "u.item", "u.user", "u.genre"]),
+        ("ml-1m", write_ml1m, ["ratings.dat", "movies.dat", "users.dat"]),
+    ],
+)
+def test_a_byte_order_mark_is_not_part_of_the_first_id(
+    tmp_path: Path, dataset: str, write: Any, names: list[str]
+) -> None:
+    plain = load_dataset(write(tmp_path / "plain"), dataset=dataset)
+    marked = write(tmp_path / "marked")
+    for name in names:
+        (marked / name).write_bytes(b"\xef\xbb\xbf" + (marked / name).read_bytes())
+    _same_data(load_dataset(marked, dataset=dataset), plain)
+
+
 def test_ml1m_loader(tmp_path: Path) -> None:
     ds = load_dataset(write_ml1m(tmp_path / "ml-1m"), dataset="ml-1m")
     assert (ds.feature_map.n_users, ds.feature_map.n_items) == (40, 50)
@@ -78,6 +137,15 @@ def test_generic_csv_loader(tmp_path: Path) -> None:
         assert ds.user_ids == ["alice", "bob"] and ds.item_ids == ["m1", "m2"]
         assert ds.feature_map.genres == ("(none)",) and ds.tables.item_genres.shape == (3, 1)
         np.testing.assert_allclose(ds.ratings.rating, [4.0, 2.5, 5.0])
+
+
+def test_ids_are_ordered_by_number_only_when_all_are_ascii_digits(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n1,10,4\n1,2,3\n2,10,5\n")
+    assert load_dataset(path, dataset="csv").item_ids == ["2", "10"]
+    # '²' is a digit to str.isdigit but no number: text order, not a failed int().
+    path.write_text("user,item,rating\n1,10,4\n1,2,3\n2,\u00b2,5\n", encoding="utf-8")
+    assert load_dataset(path, dataset="csv").item_ids == ["10", "2", "\u00b2"]
 
 
 # ---------------------------------------------------------------- malformed input
@@ -165,10 +233,12 @@ def test_unknown_dataset_split_and_missing_dir(synthetic_ml100k: Path, tmp_path:
 
 
 def test_fold_with_unknown_id_is_refused(ml100k_copy: Path) -> None:
+    rows = len((ml100k_copy / "u1.test").read_text().splitlines())
     with (ml100k_copy / "u1.test").open("a") as handle:
         handle.write("9999\t1\t4\t881250949\n")
     ds = load_dataset(ml100k_copy, dataset="ml-100k")
-    with pytest.raises(DataError, match=r"u1\.test: id '9999' is not in"):
+    expected = rf"{ml100k_copy}/u1\.test: rating {rows + 1} has user id '9999', which the data"
+    with pytest.raises(DataError, match=expected):
         make_split(ds, split="u1")
 
 
@@ -214,6 +284,16 @@ def test_temporal_split_holds_out_each_users_latest(synthetic_ml100k: Path) -> N
     assert not _pairs(split.train) & _pairs(split.test)
     for user, stamp in zip(split.test.user[:10], split.test.timestamp[:10], strict=True):
         assert stamp >= split.train.timestamp[split.train.user == user].max()
+
+
+def test_temporal_split_refuses_what_it_cannot_hold_out(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n1,a,4\n1,b,3\n2,a,5\n2,b,2\n")
+    with pytest.raises(DataError, match="split temporal needs timestamps"):
+        make_split(load_dataset(path, dataset="csv"), split="temporal")
+    path.write_text("user,item,rating,timestamp\n1,a,4,10\n2,b,3,20\n3,a,5,30\n")
+    with pytest.raises(DataError, match="no user has two ratings"):
+        make_split(load_dataset(path, dataset="csv"), split="temporal")
 
 
 def test_split_none_trains_on_everything(synthetic_ml100k: Path) -> None:

@@ -8,6 +8,7 @@ must give the same ratings, the same items, or an error on the same line.
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 import re
 import shutil
@@ -243,7 +244,20 @@ def test_empty_files_have_no_ratings(tmp_path: Path) -> None:
 def test_bad_utf8_in_a_csv_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "ratings.csv"
     path.write_bytes(b"user,item,rating\nalice,m1,4\nb\xffb,m1,3\n")
-    with pytest.raises(DataError, match=r"ratings\.csv:\d: 'utf-8' codec can't decode"):
+    with pytest.raises(DataError, match=r"ratings\.csv:3: cannot decode as utf-8"):
+        read_ratings(csv_ratings(path))
+    # Far into a file, where the text is decoded chunks ahead of the row being read.
+    rows = [b"%d,m%d,4\n" % (n, n) for n in range(5000)]
+    rows[3000] = b"\xe9,m1,4\n"
+    path.write_bytes(b"user,item,rating\n" + b"".join(rows))
+    with pytest.raises(DataError, match=r"ratings\.csv:3002: cannot decode as utf-8"):
+        read_ratings(csv_ratings(path))
+    items = tmp_path / "movies.csv"
+    items.write_bytes(b"movieId,title,genres\n1,A,Drama\n2,Caf\xe9,Drama\n")
+    with pytest.raises(DataError, match=r"movies\.csv:3: cannot decode as utf-8"):
+        read_csv_items(items)
+    path.write_bytes(gzip.compress(b"user,item,rating\nalice,m1,4\n"))
+    with pytest.raises(DataError, match=r"ratings\.csv: gzip-compressed; decompress it first"):
         read_ratings(csv_ratings(path))
 
 
@@ -359,6 +373,9 @@ def test_items_csv_extras(tmp_path: Path) -> None:
     assert items.ids.tolist() == ["2", "1"]
     assert items.titles == ["B", "A (2001)"] and items.genres == [["Drama", "Comedy"], ["Action"]]
     assert np.isnan(items.years[0]) and items.years[1] == 2001.0
+    # Only '(yyyy)' ends a title with its year: these titles name none.
+    path.write_text("movieId,title,genres\n1,Blade Runner 2049,Drama\n2, 1984 ,Drama\n")
+    assert np.isnan(read_csv_items(path).years).all()
     path.write_text("movieId,title\n1,A\n")
     with pytest.raises(DataError, match=r"movies\.csv:1: the header has no genres column"):
         read_csv_items(path)
