@@ -4,7 +4,9 @@ report -> bundle.
 Every step checkpoints its output under `<out-dir>/.work/<run-key>/`, where the run key
 hashes everything the result depends on (input files, split, seed, configs and the
 version of the model code); a re-run with the same inputs skips finished steps, so an
-interrupted pipeline resumes where it stopped. The last step publishes the bundle and
+interrupted pipeline resumes where it stopped. A step whose saved state is damaged (its
+JSON unreadable or incomplete, a file it wrote missing or changed) runs again, with a
+warning that names the file. The last step publishes the bundle and
 switches `models/current`.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.layout import sha256_file
 from training import bundle as bundle_mod
 from training import checkpoint, distributed
 from training import export as export_mod
@@ -588,33 +591,147 @@ def prepare(config: PipelineConfig) -> Context:
     return ctx
 
 
+# What a step's saved state must hold for the steps after it to use it: key -> the type of
+# its value, a nested shape, or _FILE (a name of a file in the work folder). Only the keys
+# later steps read are listed, so states written by older code still load.
+_FILE = "a file in the work folder"
+_STATE_SHAPES: dict[str, dict[str, Any]] = {
+    "teacher": {"params": int},
+    "fisher": {"report": dict},
+    "student": {"params": int},
+    "export": {"version": str, "models": {key: {"file": _FILE} for key in MODEL_KEYS}},
+    "evaluate": {
+        "eval_on": str,
+        "models": {
+            **{key: {"metrics": dict, "latency_ms": int | float} for key in MODEL_KEYS},
+            "student_int8": {
+                "metrics": dict,
+                "latency_ms": int | float,
+                "kept": bool,
+                "reason": str,
+            },
+        },
+    },
+    "report": {"report": _FILE},
+}
+# The key of a step's JSON file that records the sha256 of every file the step wrote, so a
+# file truncated or changed since is noticed. Kept out of `Context.state`, so later steps
+# (the student report renders whole states) see what the step returned.
+OUTPUTS_KEY = "outputs_sha256"
+
+
+class _StateError(Exception):
+    """A step's saved state cannot be reused; the message names the file and why."""
+
+
+def _file_stats(work: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime) of every file under `work`, by its path relative to `work`.
+
+    The inode tells a file replaced by rename (atomic writes) from the old one even when
+    both carry the same mtime, which the file system keeps only to a clock tick.
+    """
+    stats: dict[str, tuple[int, int, int]] = {}
+    for path in work.rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            stats[path.relative_to(work).as_posix()] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stats
+
+
+def _written_since(work: Path, before: dict[str, tuple[int, int, int]]) -> dict[str, str]:
+    """sha256 of each file under `work` that is new or rewritten since `before`."""
+    after = _file_stats(work)
+    return {
+        name: sha256_file(work / name)
+        for name, stat in sorted(after.items())
+        if before.get(name) != stat
+    }
+
+
+def _check_shape(value: Any, shape: dict[str, Any], where: str, work: Path) -> None:
+    """`value` holds what `shape` (see _STATE_SHAPES) lists; `where` names it in errors."""
+    if not isinstance(value, dict):
+        raise _StateError(f"{where} is a JSON {type(value).__name__}, not an object")
+    for key, want in shape.items():
+        here = f"{where}[{key!r}]"
+        if key not in value:
+            raise _StateError(f"{where} has no {key!r}")
+        item = value[key]
+        if isinstance(want, dict):
+            _check_shape(item, want, here, work)
+        elif want is _FILE:
+            if not isinstance(item, str) or not (work / item).is_file():
+                raise _StateError(f"{here} names {item!r}, which is not a file in {work}")
+        elif not isinstance(item, want):
+            expected = getattr(want, "__name__", str(want))
+            raise _StateError(f"{here} is a {type(item).__name__}, not {expected}")
+
+
+def _check_outputs(work: Path, outputs: Any, where: str) -> None:
+    """Every file the step wrote is still there, byte for byte."""
+    if outputs is None:
+        return  # written before steps recorded their files: nothing to compare
+    if not isinstance(outputs, dict):
+        raise _StateError(f"{where}[{OUTPUTS_KEY!r}] is not an object")
+    for name, digest in outputs.items():
+        path = work / name
+        try:
+            if sha256_file(path) != digest:
+                raise _StateError(f"{path} is not the file its step wrote (truncated or changed)")
+        except OSError as err:
+            raise _StateError(f"{path} cannot be read: {err}") from err
+
+
+def _saved_state(work: Path, step: str) -> tuple[dict[str, Any], Any]:
+    """The step's saved state and the record of its files, if both can be reused."""
+    path = work / f"{step}.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise _StateError(f"{path}: {err}") from err
+    _check_shape(state, _STATE_SHAPES.get(step, {}), str(path), work)
+    return state, state.pop(OUTPUTS_KEY, None)
+
+
 def _load_state(ctx: Context, step: str) -> bool:
+    """Whether `step` finished earlier and left what the later steps need (now in `ctx`).
+
+    A damaged state (unreadable JSON, missing keys, a file gone or changed since) is
+    logged and the step runs again, as does every step after it.
+    """
     done = ctx.work / f"{step}.json"
     if not done.is_file():
         return False
-    ctx.state[step] = json.loads(done.read_text(encoding="utf-8"))
-    if step in ("teacher", "student"):
-        try:
-            model = checkpoint.load_model(
-                ctx.work / f"{step}.pt",
-                fm=ctx.dataset.feature_map,
-                kind="ensemble" if step == "teacher" else "student",
-            )
-        except (checkpoint.CheckpointError, FileNotFoundError) as err:
-            log.warning("%s: checkpoint not reused (%s); running the step again", step, err)
-            return False
-        if step == "teacher":
-            ctx.teacher = model
-        else:
-            ctx.student = model
-    elif step == "export":
-        if ctx.state["export"].get("export_code") != checkpoint.export_code_version():
-            log.info("export: the export code changed since; exporting again")
-            return False
-        for entry in ctx.state["export"]["models"].values():
-            if not (ctx.work / entry["file"]).is_file():
-                return False
+    try:
+        state, outputs = _saved_state(ctx.work, step)
+        model = _saved_model(ctx, step)
+        _check_outputs(ctx.work, outputs, str(done))
+    except (checkpoint.CheckpointError, FileNotFoundError) as err:
+        log.warning("%s: checkpoint not reused (%s); running the step again", step, err)
+        return False
+    except _StateError as err:
+        log.warning("%s: saved state not reused (%s); running the step again", step, err)
+        return False
+    ctx.state[step] = state
+    if step == "teacher":
+        ctx.teacher = model
+    elif step == "student":
+        ctx.student = model
+    elif step == "export" and state.get("export_code") != checkpoint.export_code_version():
+        log.info("export: the export code changed since; exporting again")
+        return False
     return True
+
+
+def _saved_model(ctx: Context, step: str) -> TwoHeadModel | None:
+    """The model a training step checkpointed; None for the other steps."""
+    if step not in ("teacher", "student"):
+        return None
+    return checkpoint.load_model(
+        ctx.work / f"{step}.pt",
+        fm=ctx.dataset.feature_map,
+        kind="ensemble" if step == "teacher" else "student",
+    )
 
 
 def run_pipeline(config: PipelineConfig, *, until: str = "bundle") -> Context:
@@ -639,9 +756,11 @@ def run_pipeline(config: PipelineConfig, *, until: str = "bundle") -> Context:
             continue  # only rank 0 measures, exports and publishes
         t0 = time.perf_counter()
         log.info("[%d/%d] %s ...", number, len(STEPS), step)
+        before = _file_stats(ctx.work) if world.is_main else {}
         ctx.state[step] = _STEP_FNS[step](ctx)
         if world.is_main:
-            _write_json_atomic(ctx.work / f"{step}.json", ctx.state[step])
+            written = {OUTPUTS_KEY: _written_since(ctx.work, before)}
+            _write_json_atomic(ctx.work / f"{step}.json", {**ctx.state[step], **written})
         log.info("[%d/%d] %s: %.1f s", number, len(STEPS), step, time.perf_counter() - t0)
     distributed.barrier(world)
     log.info("pipeline finished in %.1f s", time.perf_counter() - started)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,8 @@ def test_an_export_code_change_exports_again_from_the_trained_models(
     monkeypatch.setattr(pipeline_mod, "train_teacher", must_not_run)
     monkeypatch.setattr(pipeline_mod, "distill_student", must_not_run)
     # Unchanged export code: the export is reused as it is.
-    assert run_pipeline(config, until="export").state["export"] == first
+    reused = {k: v for k, v in first.items() if k != pipeline_mod.OUTPUTS_KEY}
+    assert run_pipeline(config, until="export").state["export"] == reused
     # As if ann.py (or towers.py, export.py) had changed since the export was written.
     monkeypatch.setattr(checkpoint, "export_code_version", lambda: "e" * 64)
     again = run_pipeline(config, until="export")
@@ -208,3 +211,123 @@ def test_a_stale_checkpoint_is_logged_and_retrained(
     current = checkpoint.code_version("teacher")
     assert "0" * 64 in warning and current in warning
     assert checkpoint.read_checkpoint(path)["code_version"] == current
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_ml100k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder after one complete quick run: its bundle and the work folder."""
+    out = tmp_path_factory.mktemp("finished") / "models"
+    run_pipeline(_config(synthetic_ml100k, out))
+    return out
+
+
+def _truncate(path: Path, size: int) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(size)
+
+
+def _remove_bundle(work: Path) -> None:
+    # Without a published bundle to re-verify, the bundle step builds one from the work
+    # folder's files, so a damaged file there cannot slip through to it.
+    published = bundle_mod.current_bundle(work.parent.parent)
+    assert published is not None
+    shutil.rmtree(published)
+
+
+def _truncated_fisher_state(work: Path) -> None:
+    _truncate(work / "fisher.json", 10)
+
+
+def _empty_evaluate_state(work: Path) -> None:
+    (work / "evaluate.json").write_text("{}\n")
+
+
+def _export_state_not_an_object(work: Path) -> None:
+    (work / "export.json").write_text("[]\n")
+
+
+def _report_deleted(work: Path) -> None:
+    (work / "report.md").unlink()
+    _remove_bundle(work)
+
+
+def _student_onnx_truncated(work: Path) -> None:
+    _truncate(work / "student.onnx", 100)
+    _remove_bundle(work)
+
+
+# Each damages a finished run's saved state as a crash, a full disk or a stray edit might:
+# (damage, the step that must run again with every step after it, the file the warning names).
+DAMAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "truncated fisher.json": (_truncated_fisher_state, "fisher", "fisher.json"),
+    "empty evaluate.json": (_empty_evaluate_state, "evaluate", "evaluate.json"),
+    "export.json a list": (_export_state_not_an_object, "export", "export.json"),
+    "report.md deleted": (_report_deleted, "report", "report.md"),
+    "student.onnx truncated": (_student_onnx_truncated, "export", "student.onnx"),
+}
+
+
+def _steps_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The steps that run from now on, in order (each still runs the real step)."""
+    ran: list[str] = []
+
+    def counted(real: pipeline_mod.StepFn, name: str) -> pipeline_mod.StepFn:
+        def step(ctx: pipeline_mod.Context) -> dict[str, Any]:
+            ran.append(name)
+            return real(ctx)
+
+        return step
+
+    for name, real in list(pipeline_mod._STEP_FNS.items()):
+        monkeypatch.setitem(pipeline_mod._STEP_FNS, name, counted(real, name))
+    return ran
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_step_state_runs_the_step_again(
+    damage: str,
+    finished_run: Path,
+    synthetic_ml100k: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "models"
+    shutil.copytree(finished_run, out, symlinks=True)
+    (work,) = (out / ".work").iterdir()
+    hurt, step, named = DAMAGES[damage]
+    hurt(work)
+
+    ran = _steps_run(monkeypatch)
+    with caplog.at_level("WARNING", logger="training.pipeline"):
+        ctx = run_pipeline(_config(synthetic_ml100k, out))
+
+    assert ran == list(pipeline_mod.STEPS[pipeline_mod.STEPS.index(step) :])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{step}: saved state not reused (") and named in warnings[0]
+    bundle = pipeline_mod.bundle_path(ctx)
+    assert bundle_mod.current_bundle(out) == bundle.resolve()
+    bundle_mod.verify_bundle(bundle)
+    # The state written again is whole: a further run reuses every step.
+    ran.clear()
+    run_pipeline(_config(synthetic_ml100k, out))
+    assert ran == ["bundle"]
+
+
+def test_a_state_written_before_file_records_is_still_reused(
+    finished_run: Path, synthetic_ml100k: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Work folders written before steps recorded their files' sha256 resume as they did.
+    out = tmp_path / "models"
+    shutil.copytree(finished_run, out, symlinks=True)
+    (work,) = (out / ".work").iterdir()
+    for path in work.glob("*.json"):
+        state = json.loads(path.read_text())
+        assert isinstance(state.pop(pipeline_mod.OUTPUTS_KEY), dict)
+        path.write_text(json.dumps(state))
+
+    ran = _steps_run(monkeypatch)
+    ctx = run_pipeline(_config(synthetic_ml100k, out))
+    assert ran == ["bundle"]
+    assert pipeline_mod.OUTPUTS_KEY not in ctx.state["export"]
