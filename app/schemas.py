@@ -52,6 +52,17 @@ def _json_number(value: object) -> object:
 JsonNumber = Annotated[float, BeforeValidator(_json_number)]
 
 
+def _digits(value: object) -> object:
+    # pydantic's lax int reads "2.0", "1_0" and " 1" from a query string too; a count or an
+    # age is written in plain digits.
+    if isinstance(value, str) and not (value.isascii() and value.isdecimal()):
+        raise ValueError("must be a whole number written in digits")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_digits)]
+
+
 class Pair(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,9 +108,9 @@ class RecommendQuery(BaseModel):
     """GET /recommend's query string (validated in one call: app/api/query.py)."""
 
     user_id: RawId
-    k: int = Field(default=10, ge=1, le=100)
+    k: QueryInt = Field(default=10, ge=1, le=100)
     exclude_seen: bool = True
-    age: int | None = Field(default=None, ge=0, le=150, description="cold start")
+    age: QueryInt | None = Field(default=None, ge=0, le=150, description="cold start")
     gender: str | None = Field(default=None, max_length=32, description="cold start")
     occupation: str | None = Field(default=None, max_length=64, description="cold start")
     zip: str | None = Field(default=None, max_length=16, description="cold start")

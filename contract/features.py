@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.errors import BundleError
+from contract.ratings import DEFAULT_RATING_SCALE, RatingScale, check_rating_scale
 
 FEATURE_SCHEMA_VERSION = 1
 
@@ -166,6 +167,9 @@ class FeatureMap:
     user_fields: tuple[FieldSpec, ...] = (NONE_FIELD,)
     item_fields: tuple[FieldSpec, ...] = (NONE_FIELD,)
     genres: tuple[str, ...] = ("(none)",)
+    # (low, high) the models clip ratings to: [1, 5], widened down to the data's lowest
+    # rating (MovieLens' latest sets have half stars from 0.5).
+    rating_scale: RatingScale = DEFAULT_RATING_SCALE
     schema_version: int = FEATURE_SCHEMA_VERSION
 
     @property
@@ -206,6 +210,7 @@ class FeatureMap:
             "user_fields": [f.to_json() for f in self.user_fields],
             "item_fields": [f.to_json() for f in self.item_fields],
             "multi_fields": [{"name": "genres", "values": list(self.genres)}],
+            "rating_scale": list(self.rating_scale),
         }
 
     @classmethod
@@ -274,6 +279,8 @@ class _FeatureMapDoc(BaseModel):
     user_fields: list[_FieldDoc] = Field(min_length=1)
     item_fields: list[_FieldDoc] = Field(min_length=1)
     multi_fields: list[_MultiFieldDoc] = Field(default_factory=list)
+    # Absent in maps written before it was recorded: those models clip to the default.
+    rating_scale: tuple[float, float] = DEFAULT_RATING_SCALE
 
     def to_feature_map(self) -> FeatureMap:
         genres = self.multi_fields[0].values if self.multi_fields else ["(none)"]
@@ -283,4 +290,5 @@ class _FeatureMapDoc(BaseModel):
             user_fields=tuple(f.to_spec() for f in self.user_fields),
             item_fields=tuple(f.to_spec() for f in self.item_fields),
             genres=tuple(genres),
+            rating_scale=check_rating_scale(self.rating_scale),
         )

@@ -37,7 +37,6 @@ from contract.layout import (
 )
 from contract.manifest import MANIFEST_SCHEMA_VERSION, METRIC_KEYS
 from contract.rating_factors import rating_factor_files
-from contract.ratings import DEFAULT_RATING_SCALE
 from contract.towers import tower_files
 from contract.verify import verify_bundle as verify_contract
 from training.data import Dataset, Ratings, popularity
@@ -289,7 +288,7 @@ def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
             "n_ratings": len(ds.ratings),
             "n_train": len(contents.train),
             # What the models clip their rating head to (contract.ratings).
-            "rating_scale": list(DEFAULT_RATING_SCALE),
+            "rating_scale": list(ds.feature_map.rating_scale),
         },
         "training": contents.training,
         "files": files,

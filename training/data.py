@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from contract.layout import sha256_file
+from contract.ratings import RATING_MAX, RATING_MIN, RatingScale
 from training.columnar import DataError, decode_line, encoding_of, require, unique_sorted
 from training.features import NONE_FIELD, FeatureMap, FeatureTables, FieldSpec
 from training.movielens import (
@@ -336,6 +337,13 @@ def _bucket(spec: FieldSpec, values: np.ndarray) -> np.ndarray:
     return np.where(finite, index, 0).astype(np.int64)
 
 
+def rating_scale_of(ratings: np.ndarray) -> RatingScale:
+    """[1, 5], widened down to the lowest rating (half stars from 0.5): the readers take
+    ratings in (0, 5], and clipping a 0.5 to 1 would make it impossible to predict."""
+    low = float(np.min(ratings)) if len(ratings) else RATING_MIN
+    return (min(RATING_MIN, low), RATING_MAX)
+
+
 def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
     users = _IdIndex.union(raw.ratings.user_values, np.array(list(raw.users), dtype=str))
     items = _IdIndex.union(raw.ratings.item_values, raw.items.ids)
@@ -355,6 +363,7 @@ def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
         user_fields=user_fields,
         item_fields=item_fields,
         genres=genres,
+        rating_scale=rating_scale_of(raw.ratings.rating),
     )
 
     user_feats = np.zeros((len(user_ids) + 1, len(user_fields)), np.int64)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from contract.ratings import RATING_MAX, RATING_MIN
+from contract.ratings import DEFAULT_RATING_SCALE, RatingScale
 from training.device import model_device
 from training.features import FeatureTables, make_batch
 from training.models.base import TwoHeadModel, to_inputs
@@ -40,9 +40,11 @@ TopK = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 PairPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def rating_metrics(
+    pred: np.ndarray, truth: np.ndarray, *, scale: RatingScale = DEFAULT_RATING_SCALE
+) -> dict[str, float]:
     """RMSE and MAE with predictions clipped to the rating scale."""
-    pred = np.clip(np.asarray(pred, dtype=np.float64), RATING_MIN, RATING_MAX)
+    pred = np.clip(np.asarray(pred, dtype=np.float64), *scale)
     truth = np.asarray(truth, dtype=np.float64)
     if pred.shape != truth.shape:
         raise ValueError(f"{pred.shape[0]} predictions for {truth.shape[0]} ratings")
@@ -210,6 +212,7 @@ def protocol_p(
     n_items: int,
     k: int = 10,
     max_users: int | None = None,
+    rating_scale: RatingScale = DEFAULT_RATING_SCALE,
 ) -> dict[str, float]:
     """All protocol P metrics of one model on one split: the one evaluation of the project.
 
@@ -222,7 +225,7 @@ def protocol_p(
     if predict is None:
         out = {"rmse": float("nan"), "mae": float("nan")}
     else:
-        out = rating_metrics(predict(test.user, test.item), test.rating)
+        out = rating_metrics(predict(test.user, test.item), test.rating, scale=rating_scale)
     out.update(
         ranking_metrics(
             scorer,
@@ -350,6 +353,7 @@ def evaluate_model(
         n_items=n_items,
         k=k,
         max_users=max_users,
+        rating_scale=model.rating_bounds,
     )
 
 

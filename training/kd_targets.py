@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from contract.ratings import DEFAULT_RATING_SCALE
 from training.distill_config import StudentConfig
 from training.features import FeatureTables
 from training.heads import run_heads
@@ -80,13 +81,14 @@ def annotate(
     k = length if kd_items is None else min(kd_items, length)
     # The item vectors score a list only where the heads do not already cover all of it.
     vectors = item_vectors if k < length else None
+    low, high = getattr(teacher, "rating_bounds", DEFAULT_RATING_SCALE)
     parts: dict[str, list[Tensor]] = {}
     for start in range(0, n, chunk):
         # Without towers the heads must see the whole list for its scores anyway.
         cols = length if vectors is None else k
         part = {key: v[start : start + chunk, :cols] for key, v in ex.items()}
         out = run_heads(teacher.heads, part)  # type: ignore[arg-type]
-        parts.setdefault("t_rating", []).append(out["rating"][:, :k].clamp(1.0, 5.0))
+        parts.setdefault("t_rating", []).append(out["rating"][:, :k].clamp(low, high))
         if "repr" in out:
             parts.setdefault("t_repr", []).append(out["repr"][:, :k])
         if vectors is not None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from contract.layout import sha256_file
+from contract.ratings import DEFAULT_RATING_SCALE, RatingScale
 from training import bundle as bundle_mod
 from training import checkpoint, distributed
 from training import export as export_mod
@@ -304,6 +305,7 @@ def onnx_metrics(
     n_items: int,
     towers: tuple[Path, Path],
     max_users: int | None = None,
+    rating_scale: RatingScale = DEFAULT_RATING_SCALE,
 ) -> dict[str, float]:
     """Protocol P metrics of an exported model, computed with ONNX Runtime itself.
 
@@ -325,6 +327,7 @@ def onnx_metrics(
         n_users=n_users,
         n_items=n_items,
         max_users=max_users,
+        rating_scale=rating_scale,
     )
 
 
@@ -358,6 +361,7 @@ def step_evaluate(ctx: Context) -> dict[str, Any]:
             n_items=fm.n_items,
             towers=(ctx.work / retrieval["user_tower"], ctx.work / retrieval["items"]),
             max_users=max_users,
+            rating_scale=fm.rating_scale,
         )
         latency = export_mod.ort_latency_ms(path, fm, ctx.dataset.tables, threads=1, runs=runs)
         results[key] = {"metrics": metrics, "latency_ms": latency}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from contract.rating_factors import RatingFactors, rating_factor_files
-from contract.ratings import DEFAULT_RATING_SCALE, clip_ratings
+from contract.ratings import DEFAULT_RATING_SCALE, RatingScale, clip_ratings
 from contract.session import graph_inputs, open_session, run_rating
 from contract.signature import RATING_OUTPUTS
 from training.export import PARITY_ATOL, ExportError, ort_feed
@@ -84,7 +84,12 @@ def _chunks(start: int, stop: int) -> list[np.ndarray]:
 
 
 def factor_parity(
-    factors: RatingFactors, rating_graph: Path, tables: FeatureTables, *, seed: int
+    factors: RatingFactors,
+    rating_graph: Path,
+    tables: FeatureTables,
+    *,
+    seed: int,
+    scale: RatingScale = DEFAULT_RATING_SCALE,
 ) -> float:
     """Max |clipped factored rating - rating graph's| over random known users and items."""
     rng = np.random.default_rng(seed)
@@ -96,7 +101,7 @@ def factor_parity(
     feed = ort_feed(make_batch(tables, user, item))
     names = graph_inputs(session, file=rating_graph.name, needs=RATING_OUTPUTS)
     want = run_rating(session, feed, inputs=names).astype(np.float64)
-    got = clip_ratings(factors.rate(user, item), DEFAULT_RATING_SCALE).astype(np.float64)
+    got = clip_ratings(factors.rate(user, item), scale).astype(np.float64)
     return float(np.max(np.abs(got - want)))
 
 
@@ -114,7 +119,7 @@ def export_rating_factors(
         return None
     model.eval()
     factors = factor_matrices(model, tables)
-    diff = factor_parity(factors, rating_graph, tables, seed=seed)
+    diff = factor_parity(factors, rating_graph, tables, seed=seed, scale=model.rating_bounds)
     if not diff <= PARITY_ATOL:
         raise ExportError(f"{stem}: factored ratings differ from the rating graph by {diff:.3g}")
     names = rating_factor_files(stem)

@@ -920,7 +920,7 @@ def fit_ensemble_weights(
             "rating_bias": bias,
             "score_weights": score.tolist(),
             "rating_score_weight": g,
-            **rating_metrics(preds @ rating + bias, y),
+            **rating_metrics(preds @ rating + bias, y, scale=fm.rating_scale),
             **_ranking_only(ranking(score, g)),
         }
 

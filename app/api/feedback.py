@@ -10,6 +10,7 @@ names its field, and then no event of the request is written.
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Self
@@ -42,6 +43,7 @@ class LoopRoute(GatedRoute, BatchLimitedRoute):
         return settings.feedback_batch_limit
 
 
+logger = logging.getLogger(__name__)
 router = APIRouter(route_class=LoopRoute)
 
 EventName = Literal["click", "rating", "purchase", "dismiss"]
@@ -167,10 +169,12 @@ class Accepted(BaseModel):
 
 
 def unavailable(loop: FeedbackLoop, what: str, exc: Exception) -> HTTPException:
-    """503 with Retry-After: the client should send the same request again later."""
+    """503 with Retry-After: the client should send the same request again later. Why Redis
+    failed (its address among it) goes to the log, not to the client."""
+    logger.warning(what, extra={"reason": str(exc)})
     return HTTPException(
         status_code=503,
-        detail=f"{what}: the event store (Redis) is unavailable ({exc}); retry later",
+        detail=f"{what}: the event store (Redis) is unavailable; retry later",
         headers={"Retry-After": str(loop.store.retry_after_seconds)},
     )
 

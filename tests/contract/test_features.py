@@ -6,6 +6,7 @@ with it, so these answers hold on both sides.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -125,6 +126,11 @@ def _feature_map() -> FeatureMap:
 def test_feature_map_json_round_trip_and_user_rows() -> None:
     fm = _feature_map()
     assert FeatureMap.from_json(fm.to_json()) == fm
+    half_stars = dataclasses.replace(fm, rating_scale=(0.5, 5.0))
+    assert FeatureMap.from_json(half_stars.to_json()).rating_scale == (0.5, 5.0)
+    # A map written before the scale was recorded clips to the default.
+    older = {k: v for k, v in fm.to_json().items() if k != "rating_scale"}
+    assert FeatureMap.from_json(older).rating_scale == (1.0, 5.0)
     row = fm.encode_user({"age": " 30", "gender": "f", "zip": 12345})
     assert row.dtype == np.int64 and row.tolist() == [3, 1, 0, 2]
 
@@ -138,6 +144,7 @@ def test_feature_map_json_round_trip_and_user_rows() -> None:
         (lambda d: d.update(user_fields=[]), "user_fields"),
         (lambda d: d.update(n_items=0), "n_items"),
         (lambda d: d["user_fields"][2].update(values=["a", "a"]), "unique"),
+        (lambda d: d.update(rating_scale=[5, 1]), "low < high"),
     ],
 )
 def test_invalid_feature_maps_are_refused(edit: object, message: str) -> None:

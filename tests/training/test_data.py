@@ -137,6 +137,10 @@ def test_generic_csv_loader(tmp_path: Path) -> None:
         assert ds.user_ids == ["alice", "bob"] and ds.item_ids == ["m1", "m2"]
         assert ds.feature_map.genres == ("(none)",) and ds.tables.item_genres.shape == (3, 1)
         np.testing.assert_allclose(ds.ratings.rating, [4.0, 2.5, 5.0])
+        assert ds.feature_map.rating_scale == (1.0, 5.0)
+    # Half stars from 0.5 (MovieLens' latest sets): the scale reaches down to them.
+    path.write_text("user,item,rating\nalice,m1,0.5\nbob,m1,2.5\n")
+    assert load_dataset(path, dataset="csv").feature_map.rating_scale == (0.5, 5.0)
 
 
 def test_ids_are_ordered_by_number_only_when_all_are_ascii_digits(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ parameter names, and the ensemble as one ONNX graph."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,23 @@ def _inputs(ds: Dataset, batch: int = 7) -> tuple[torch.Tensor, ...]:
         torch.as_tensor(b.item_feats),
         torch.as_tensor(b.item_genres),
     )
+
+
+@pytest.mark.parametrize("name", ["mf", "xdeepfm", "autoint"])
+def test_ratings_are_clipped_to_the_feature_maps_scale(dataset: Dataset, name: str) -> None:
+    ds = dataclasses.replace(
+        dataset, feature_map=dataclasses.replace(dataset.feature_map, rating_scale=(0.5, 5.0))
+    )
+    model = _models(ds)[name].eval()
+    with torch.no_grad():
+        model.mu.fill_(-100.0)  # every rating far below the scale
+        rating, _ = model(*_inputs(ds))
+        assert torch.all(rating == 0.5)
+        model.mu.fill_(100.0)
+        rating, _ = model(*_inputs(ds))
+        assert torch.all(rating == 5.0)
+    teacher = EnsembleTeacher(*_models(ds).values())
+    assert teacher.rating_bounds == (0.5, 5.0)
 
 
 @pytest.mark.parametrize("name", ["mf", "xdeepfm", "autoint"])

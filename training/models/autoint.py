@@ -35,6 +35,7 @@ class AutoInt(TowerScoring):
         global_mean: float = 3.5,
     ) -> None:
         super().__init__()
+        self.rating_bounds = fm.rating_scale
         self.tower_prefixes = ("rank_embed.", "tower_attention.", "user_proj.", "item_proj.")
         self.register_buffer("mu", torch.tensor(float(global_mean)))
         self.embed = FieldEmbedding(fm, dim)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contract.ratings import RATING_MAX, RATING_MIN
+from contract.ratings import DEFAULT_RATING_SCALE, RatingScale
 from training.features import Batch, FeatureTables
 
 # (user, item, user_feats, item_feats, item_genres), the ONNX input order.
@@ -18,6 +18,10 @@ class TwoHeadModel(nn.Module):
 
     Subclasses implement `heads`; `forward` is what ONNX export traces.
     """
+
+    # (low, high) ratings are clipped to; a model built on a feature map takes the map's
+    # (`FeatureMap.rating_scale`), fixed in the exported graph as constants.
+    rating_bounds: RatingScale = DEFAULT_RATING_SCALE
 
     def heads(
         self,
@@ -47,7 +51,8 @@ class TwoHeadModel(nn.Module):
         item_genres: Tensor,  # [B, G]
     ) -> tuple[Tensor, Tensor]:
         out = self.heads(user, item, user_feats, item_feats, item_genres)
-        return out["rating"].clamp(RATING_MIN, RATING_MAX), out["score"]  # [B], [B]
+        low, high = self.rating_bounds
+        return out["rating"].clamp(low, high), out["score"]  # [B], [B]
 
 
 class FactoredRating(nn.Module):

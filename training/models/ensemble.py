@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contract.ratings import RATING_MAX, RATING_MIN
 from training.features import FeatureTables
 from training.models.base import RatedScore
 from training.models.layers import TowerScoring
@@ -35,6 +34,7 @@ class EnsembleTeacher(TowerScoring, RatedScore):
 
     def __init__(self, mf: TowerScoring, xdeepfm: TowerScoring, autoint: TowerScoring) -> None:
         super().__init__()
+        self.rating_bounds = mf.rating_bounds
         if not isinstance(mf, BiasedMF):
             raise TypeError(f"the teacher's MF component must be a BiasedMF, not {type(mf)}")
         self.mf = mf
@@ -59,7 +59,8 @@ class EnsembleTeacher(TowerScoring, RatedScore):
         item_genres: Tensor,  # [B, G]
     ) -> dict[str, Tensor]:
         outs = [c.heads(user, item, user_feats, item_feats, item_genres) for c in self.components]
-        clipped = [o["rating"].clamp(RATING_MIN, RATING_MAX) for o in outs]
+        low, high = self.rating_bounds
+        clipped = [o["rating"].clamp(low, high) for o in outs]
         ratings = torch.stack(clipped, dim=1)  # [B, 3]
         scores = torch.stack([o["score"] for o in outs], dim=1)  # [B, 3]
         rating = self.rating_bias + ratings @ self.rating_weights  # [B]

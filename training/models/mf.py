@@ -40,6 +40,7 @@ class BiasedMF(TowerScoring, FactoredRating):
         init_std: float = 0.01,
     ) -> None:
         super().__init__()
+        self.rating_bounds = fm.rating_scale
         self.tower_prefixes = ("user_rank.", "item_rank.", "item_rank_bias.", "history.")
         self.history: UserHistory | None = None
         self.rating_history: UserHistory | None = None

@@ -240,6 +240,7 @@ class Student(TwoHeadModel, FactoredRating, RatedScore):
         self, fm: FeatureMap, *, shape: StudentShape | None = None, global_mean: float = 3.5
     ) -> None:
         super().__init__()
+        self.rating_bounds = fm.rating_scale
         shape = shape or StudentShape()
         self.register_buffer("mu", torch.tensor(float(global_mean)))
         self.user = Tower(

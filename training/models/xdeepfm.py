@@ -37,6 +37,7 @@ class XDeepFM(TowerScoring):
         global_mean: float = 3.5,
     ) -> None:
         super().__init__()
+        self.rating_bounds = fm.rating_scale
         prefixes = ("rank_embed.", "user_mlp.", "item_mlp.", "history.", "user_offset.")
         self.tower_prefixes = prefixes
         self.history: UserHistory | None = None
