@@ -60,9 +60,6 @@ def _digits(value: object) -> object:
     return value
 
 
-QueryInt = Annotated[int, BeforeValidator(_digits)]
-
-
 class Pair(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,10 +104,12 @@ class BatchRatingResponse(BaseModel):
 class RecommendQuery(BaseModel):
     """GET /recommend's query string (validated in one call: app/api/query.py)."""
 
-    user_id: RawId
-    k: QueryInt = Field(default=10, ge=1, le=100)
+    user_id: RawId = Field(description="raw user id")
+    k: Annotated[int, Field(ge=1, le=100), BeforeValidator(_digits)] = 10
     exclude_seen: bool = True
-    age: QueryInt | None = Field(default=None, ge=0, le=150, description="cold start")
+    age: Annotated[int, Field(ge=0, le=150), BeforeValidator(_digits)] | None = Field(
+        default=None, description="cold start"
+    )
     gender: str | None = Field(default=None, max_length=32, description="cold start")
     occupation: str | None = Field(default=None, max_length=64, description="cold start")
     zip: str | None = Field(default=None, max_length=16, description="cold start")
