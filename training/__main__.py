@@ -120,7 +120,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--ann-min-items",
-        type=int,
+        type=_non_negative,
         default=ANN_MIN_ITEMS,
         help=f"ship an IVF index when the catalogue has more items (default {ANN_MIN_ITEMS})",
     )

@@ -220,6 +220,8 @@ def _ratings_fast(source: DelimitedFile) -> RawRatings:
     item_codes, item_values = id_codes(columns.pop("item"), encoding)
     if np.any(user_values == "") or np.any(item_values == ""):
         raise MalformedError("empty id")
+    if source.layout.delimiter == "::" and (_colon_edged(user_values) or _colon_edged(item_values)):
+        raise MalformedError("an id next to a stray ':'")
     rating = floats(columns.pop("rating"))
     if not np.all((rating > 0.0) & (rating <= 5.0)):  # NaN (empty, 'nan') fails too
         raise MalformedError("rating outside (0, 5]")
@@ -239,10 +241,18 @@ def _ratings_fast(source: DelimitedFile) -> RawRatings:
     )
 
 
+def _colon_edged(ids: np.ndarray) -> bool:
+    # In a '::' file, '1:::5' splits into '1' and ':5': a stray colon, not an id ':5'.
+    return bool(np.any(np.strings.startswith(ids, ":") | np.strings.endswith(ids, ":")))
+
+
 def _rating_problem(source: DelimitedFile, fields: list[str]) -> str | None:
     for role in ("user", "item"):
-        if not fields[source.position(role)].strip():
+        text = fields[source.position(role)].strip()
+        if not text:
             return f"empty {role} id"
+        if source.layout.delimiter == "::" and (text.startswith(":") or text.endswith(":")):
+            return f"{role} id {text!r} next to a stray ':' (fields are separated by '::')"
     text = fields[source.position("rating")]
     if not NUMBER.fullmatch(text):
         return f"rating {text!r} is not a number"
@@ -343,7 +353,8 @@ def _read_titled_items(source: DelimitedFile) -> RawItems:
         return _items(
             ids,
             titles.to_pylist(),
-            [[g for g in names if g and g != NO_GENRES] for names in split],
+            # ' Comedy' is 'Comedy': a space after a '|' is layout, not another genre.
+            [[g for g in map(str.strip, names) if g and g != NO_GENRES] for names in split],
             _years(titles),
         )
 

@@ -102,6 +102,7 @@ def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         ["pipeline", "--dataset", "netflix"],
         ["pipeline", "--split", "u9"],
         ["pipeline", "--seed", "-1"],
+        ["pipeline", "--ann-min-items", "-5"],
         ["pipeline", "--seed", str(2**32)],
         ["synth", "--users", "3", "--items", "3", "--ratings", "3", "--out", "x", "--seed", "-1"],
         ["nonsense"],

@@ -212,6 +212,17 @@ def test_blank_lines_keep_line_numbers_and_a_late_error_is_found(tmp_path: Path)
     assert f"ratings.dat:{len(lines)}: timestamp 'sometime'" in str(columnar.value)
 
 
+@pytest.mark.parametrize("line", ["1:::6::3::881250949", ":1::6::3::881250949"])
+def test_a_stray_colon_beside_a_double_colon_is_refused(tmp_path: Path, line: str) -> None:
+    # '1:::6' splits into '1' and ':6': no id of an ml-1m file starts or ends with ':'.
+    path = write_ml1m(tmp_path / "ml-1m", n_ratings=800) / "ratings.dat"
+    lines = path.read_text().splitlines()
+    lines[5] = line
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"ratings\.dat:6: (user|item) id .* next to a stray ':'"):
+        read_ratings(separated_ratings(path, "::"))
+
+
 def test_stricter_than_the_row_reader_where_a_line_differs_from_line_one(
     tmp_path: Path,
 ) -> None:
@@ -376,6 +387,9 @@ def test_items_csv_extras(tmp_path: Path) -> None:
     # Only '(yyyy)' ends a title with its year: these titles name none.
     path.write_text("movieId,title,genres\n1,Blade Runner 2049,Drama\n2, 1984 ,Drama\n")
     assert np.isnan(read_csv_items(path).years).all()
+    # A space after a '|' is layout: ' Comedy' is the genre 'Comedy'.
+    path.write_text("movieId,title,genres\n1,A,Drama| Comedy\n2,B,Comedy\n")
+    assert read_csv_items(path).genres == [["Drama", "Comedy"], ["Comedy"]]
     path.write_text("movieId,title\n1,A\n")
     with pytest.raises(DataError, match=r"movies\.csv:1: the header has no genres column"):
         read_csv_items(path)
