@@ -32,6 +32,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from app.startup import load_settings
 
 logger = logging.getLogger(__name__)
+# The blank line that ends a request head (a bare LF one too, which the parser accepts).
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ if importlib.util.find_spec("httptools") is not None:
             # True: from the connection's start, and after each complete message.
             self._head_bytes = 0
             self._reading_head = True
+            self._head_tail = b""  # the last bytes of the head so far, for a split blank line
             self._head_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
 
@@ -109,8 +112,7 @@ if importlib.util.find_spec("httptools") is not None:
             # request's body is counted from the next read on: the bound is exact but for
             # one read of pipelined requests.
             if self._reading_head and not self.transport.is_closing():
-                end = data.find(b"\r\n\r\n")
-                self._head_bytes += len(data) if end < 0 else end + 4
+                self._head_bytes += self._head_part(data)
                 if self._head_bytes > self._limits.max_head_bytes:
                     detail = (
                         f"request line and headers larger than {self._limits.max_head_bytes} bytes"
@@ -118,6 +120,14 @@ if importlib.util.find_spec("httptools") is not None:
                     self._close_with(_refusal(431, b"Request Header Fields Too Large", detail))
                     return
             super().data_received(data)
+
+        def _head_part(self, data: bytes) -> int:
+            """Bytes of `data` up to the end of the head (all of them if it does not end
+            here). The blank line may be split across reads, or be a bare LF one."""
+            seen = self._head_tail + data
+            ends = [i + len(mark) for mark in _HEAD_ENDS if (i := seen.find(mark)) >= 0]
+            self._head_tail = b"" if ends else seen[-3:]
+            return len(data) if not ends else max(0, min(ends) - (len(seen) - len(data)))
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -134,6 +144,7 @@ if importlib.util.find_spec("httptools") is not None:
             super().on_message_complete()
             self._reading_head = True
             self._head_bytes = 0
+            self._head_tail = b""
 
         def _arm(self, timer: asyncio.TimerHandle | None, seconds: float) -> asyncio.TimerHandle:
             if timer is not None:

@@ -114,6 +114,24 @@ def test_an_oversized_head_in_one_read_is_431(server: Served) -> None:
     assert _status_and_body(rest)[0] == 431
 
 
+def test_a_blank_line_split_across_reads_ends_the_head(server: Served) -> None:
+    # The head's last CRLF arrives with a body larger than the head limit: only the head
+    # counts against the limit.
+    body = b'{"user_id": "1", "item_id": "1"}' + b" " * (2 * MAX_HEAD)
+    head = (
+        b"POST /predict_rating HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head)
+        time.sleep(0.2)  # a read of its own
+        sock.sendall(b"\n" + body)
+        answer = sock.recv(65536)
+    assert not answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+
+
 @pytest.mark.parametrize("drip", [False, True])
 def test_a_body_that_never_completes_is_408(server: Served, drip: bool) -> None:
     head = (
