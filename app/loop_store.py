@@ -311,7 +311,7 @@ class LoopStore:
         the fast client holds. A burst at start would otherwise open them while the event
         loop is busy, where even a connect to a healthy Redis can outlast its timeout and
         trip the breaker. Never raises: a Redis down at start is the breaker's business."""
-        opened = 0
+        opened = []
         for guarded in (self._fast, self._durable):
             pool = guarded.client.connection_pool
             held = []
@@ -323,8 +323,8 @@ class LoopStore:
             finally:
                 for connection in held:
                     await pool.release(connection)
-            opened = opened or len(held)
-        return opened
+            opened.append(len(held))
+        return opened[0]
 
     # -- /recommend path: never raises ---------------------------------------------------
 

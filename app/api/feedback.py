@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.responses import Response
 
 from app.api.batch_limit import BatchLimitedRoute
-from app.api.deps import RequiredLoop, SettingsDep, StateDep
+from app.api.deps import RequiredLoop, StateDep
 from app.api.gate import GatedRoute
 from app.config import Settings
 from app.feedback import FeedbackEvent, FeedbackLoop, FeedbackRejectedError, loop_enabled
@@ -185,9 +185,7 @@ def unavailable(loop: FeedbackLoop, what: str, exc: Exception) -> HTTPException:
     response_model=Accepted,
     responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-async def feedback(
-    body: FeedbackRequest, loop: RequiredLoop, state: StateDep, settings: SettingsDep
-) -> Response:
+async def feedback(body: FeedbackRequest, loop: RequiredLoop, state: StateDep) -> Response:
     """Record user feedback on recommended (or any known) items."""
     events = body.to_events()
     try:
