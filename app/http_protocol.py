@@ -120,6 +120,11 @@ if importlib.util.find_spec("httptools") is not None:
                     self._close_with(_refusal(431, b"Request Header Fields Too Large", detail))
                     return
             super().data_received(data)
+            # A head whose body did not come with it: the body's clock starts once. Armed
+            # here, not per head, so a request complete in its read (most) sets no timer.
+            waiting = not self._reading_head and self._body_timer is None
+            if waiting and not self.transport.is_closing():
+                self._body_timer = self._arm(None, self._limits.body_seconds)
 
         def _head_part(self, data: bytes) -> int:
             """Bytes of `data` up to the end of the head (all of them if it does not end
@@ -137,7 +142,6 @@ if importlib.util.find_spec("httptools") is not None:
             self._reading_head = False
             self._cancel_timers()
             super().on_headers_complete()
-            self._body_timer = self._arm(self._body_timer, self._limits.body_seconds)
 
         def on_message_complete(self) -> None:
             self._cancel_timers()

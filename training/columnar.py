@@ -299,9 +299,9 @@ def _not_utf8(path: Path) -> DataError:
         if handle.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
             return DataError(f"{path}: gzip-compressed; decompress it first (gunzip)")
         handle.seek(0)
-        for number, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                return DataError(f"{path}:{number}: cannot decode as utf-8: {err}")
+        try:
+            for number, raw in enumerate(handle, start=1):
+                decode_line(path, number, raw, "utf-8")
+        except DataError as err:
+            return err
     return DataError(f"{path}: cannot decode as utf-8")
