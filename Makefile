@@ -17,13 +17,13 @@ RUN_EXTRAS ?= cpu,train
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-attack bench-scale bench-catalogue clean help
+.PHONY: install run serve bundle test test-fast lint typecheck bench-quality bench-student bench-serving bench-attack bench-loop-burst bench-scale bench-catalogue clean help
 
 help:
 	@echo "make run    - install, build a model bundle on MovieLens-100K if none exists, serve on :$(PORT)"
 	@echo "make test   - install and run the whole test suite (needs Redis on 127.0.0.1:6379)"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench-quality | bench-student | bench-serving | bench-attack | bench-scale | bench-catalogue - the committed benchmarks behind docs/"
+	@echo "make bench-quality | bench-student | bench-serving | bench-attack | bench-loop-burst | bench-scale | bench-catalogue - the committed benchmarks behind docs/"
 
 install: $(STAMP)
 
@@ -94,6 +94,11 @@ bench-serving: bundle
 # One worker's memory under the concurrency-40 teacher flood of issue 14 (docs/deploy.md).
 bench-attack: bundle
 	$(PY) -m bench.attack --model-dir $(MODELS)/current --docs docs/deploy.md
+
+# Bursts of /recommend then /feedback against one fresh worker with Redis (DB 11, which
+# must be empty): whether the closed loop loses impressions or feedback (docs/experiment.md).
+bench-loop-burst: bundle
+	$(PY) -m bench.loop_burst --model-dir $(MODELS)/current --docs docs/experiment.md
 
 # Synthetic ML-1M-shaped and large-catalogue sets (training.synth); real ML-1M if given.
 # The command behind docs/SCALE.md's table (about 80 minutes on 2 cores).

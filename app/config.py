@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     # connection (Redis down) still fails at once.
     redis_connect_timeout_seconds: float = Field(default=0.5, gt=0)
     # Connections the closed loop opens per client at start, before traffic (at most 100).
-    redis_warm_connections: int = Field(default=32, ge=0, le=100)
+    # Its /recommend and /feedback calls are group-committed (app/group_commit.py), so a
+    # burst needs only a few.
+    redis_warm_connections: int = Field(default=4, ge=0, le=100)
     breaker_failure_threshold: int = Field(default=3, ge=1)
     breaker_reset_seconds: float = Field(default=5.0, gt=0)
     ab_student_percent: float = Field(default=50.0, ge=0, le=100)

@@ -205,7 +205,6 @@ class FeedbackLoop:
             "ttl": self.settings.impression_ttl_seconds,
             "fresh_ttl": self.settings.fresh_state_ttl_seconds,
             "fresh_max": self.settings.fresh_state_max_items,
-            "now_ms": int(now * 1000),
             "events": [
                 self._entry(event, attribution, now)
                 for event, attribution in zip(events, attributions, strict=True)
@@ -304,6 +303,7 @@ class FeedbackLoop:
             if predicted is None or event.value is None
             else abs(predicted - float(event.value)),
             "fresh": int(event.event in FRESH_EVENTS),
+            "now_ms": int(now * 1000),
         }
 
     def _count(

@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 
 from app.cache import CircuitBreaker
 from app.experiment import Interval, RunningTest, SequentialLook
+from app.group_commit import GroupCommit
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ RETIRED_EXPERIMENT_SECONDS = 30 * 86_400
 T = TypeVar("T")
 # Connections per client and process (redis-py's own default cap).
 MAX_CONNECTIONS = 100
+# Calls per round trip at most (app/group_commit.py): a batch is one Lua script, which
+# holds Redis for its whole run, so a large one would delay every other client.
+GROUP_COMMIT_MAX = 128
 # What redis-py's blocking pool raises when no connection came free in time.
 POOL_EXHAUSTED = "No connection available."
 
@@ -78,27 +82,32 @@ local function ensure_experiment(prefix, candidate, now)
 end
 """
 
-# ARGV: prefix, request id, user, variant, version, items json, ratings json, now, ttl,
-# candidate experiment id. A request id seen before keeps its first impression.
+# ARGV: one json document {prefix, now, ttl, candidate (experiment id),
+# rows: [[request id, user, variant, version, items json, ratings json], ...]}: a batch of
+# impressions (app/group_commit.py). Answers {experiment, per row 1 recorded, 0 the same
+# user's id seen before (a retry keeps its first impression), -1 another user's id}.
 IMPRESSION_LUA = (
     _ENSURE_EXPERIMENT
     + """
-local prefix = ARGV[1]
-local exp = ensure_experiment(prefix, ARGV[10], ARGV[8])
-local key = prefix .. 'imp:' .. ARGV[2]
-local owner = redis.call('HGET', key, 'user')
-if owner then
-  if owner == ARGV[3] then
-    return {0, exp}
+local a = cjson.decode(ARGV[1])
+local exp = ensure_experiment(a.prefix, a.candidate, a.now)
+local counts = a.prefix .. 'exp:' .. exp .. ':counts'
+local out = {}
+for i, r in ipairs(a.rows) do
+  local key = a.prefix .. 'imp:' .. r[1]
+  local owner = redis.call('HGET', key, 'user')
+  if owner then
+    out[i] = owner == r[2] and 0 or -1
+  else
+    redis.call('HSET', key, 'user', r[2], 'variant', r[3], 'version', r[4],
+      'items', r[5], 'ratings', r[6], 't', a.now, 'exp', exp)
+    redis.call('EXPIRE', key, a.ttl)
+    redis.call('SET', a.prefix .. 'imp:user:' .. r[2], r[1], 'EX', a.ttl)
+    redis.call('HINCRBY', counts, 'impressions:' .. r[3], 1)
+    out[i] = 1
   end
-  return {-1, exp}
 end
-redis.call('HSET', key, 'user', ARGV[3], 'variant', ARGV[4], 'version', ARGV[5],
-  'items', ARGV[6], 'ratings', ARGV[7], 't', ARGV[8], 'exp', exp)
-redis.call('EXPIRE', key, ARGV[9])
-redis.call('SET', prefix .. 'imp:user:' .. ARGV[3], ARGV[2], 'EX', ARGV[9])
-redis.call('HINCRBY', prefix .. 'exp:' .. exp .. ':counts', 'impressions:' .. ARGV[4], 1)
-return {1, exp}
+return {exp, out}
 """
 )
 
@@ -126,8 +135,9 @@ end
 return cjson.encode(out)
 """
 
-# ARGV: one json document {prefix, stream, maxlen, ttl, fresh_ttl, fresh_max, now_ms,
-# events: [{fields, exp, variant, rid, item, user, event, hit, err, fresh}]}.
+# ARGV: one json document {prefix, stream, maxlen, ttl, fresh_ttl, fresh_max,
+# events: [{fields, exp, variant, rid, item, user, event, hit, err, fresh, now_ms}]}: the
+# events of a batch of /feedback requests (app/group_commit.py).
 # Per event: append to the stream; then, if attributed, count it, and count its hit and
 # its rating error only the first time its (request, item) is seen.
 WRITE_LUA = """
@@ -158,7 +168,7 @@ for i, e in ipairs(a.events) do
   end
   if e.fresh == 1 then
     local fresh = a.prefix .. 'fresh:' .. e.user
-    redis.call('ZADD', fresh, a.now_ms, e.item)
+    redis.call('ZADD', fresh, e.now_ms, e.item)
     redis.call('ZREMRANGEBYRANK', fresh, 0, -(a.fresh_max + 1))
     redis.call('EXPIRE', fresh, a.fresh_ttl)
   end
@@ -212,6 +222,8 @@ return false
 # "taken": the id names another user's list (a reused trace id), nothing written.
 Recorded = Literal["new", "repeat", "taken"]
 _RECORDED: dict[int, Recorded] = {1: "new", 0: "repeat", -1: "taken"}
+# request id, user, variant, version, items json, ratings json
+_ImpressionRow = tuple[str, str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -234,6 +246,27 @@ class Written:
     new_hit: bool
     new_list_hit: bool
     new_rating: bool
+
+
+def _stored(entry: dict[str, Any]) -> StoredImpression:
+    return StoredImpression(
+        request_id=str(entry["rid"]),
+        user=str(entry.get("user", "")),
+        variant=str(entry.get("variant", "")),
+        version=str(entry.get("version", "")),
+        items=[str(i) for i in orjson.loads(entry.get("items", "[]"))],
+        ratings=[float(r) for r in orjson.loads(entry.get("ratings", "[]"))],
+        experiment=str(entry.get("exp", "")),
+    )
+
+
+def _split(flat: list[T], sizes: list[int]) -> list[list[T]]:
+    """`flat` cut into consecutive runs of `sizes`."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(flat[start : start + size])
+        start += size
+    return out
 
 
 def _client(url: str, timeout: float, connect_timeout: float) -> aioredis.Redis:
@@ -305,6 +338,15 @@ class LoopStore:
         self._running = durable.register_script(RUNNING_LUA)
         self._ensure = durable.register_script(ENSURE_LUA)
         self._reset = durable.register_script(RESET_LUA)
+        # The calls of concurrent requests, one round trip per batch.
+        self._fresh_reads = GroupCommit(self._read_fresh, max_weight=GROUP_COMMIT_MAX)
+        self._impression_writes = GroupCommit(self._write_impressions, max_weight=GROUP_COMMIT_MAX)
+        # /feedback: weighed by events (one request holds up to FEEDBACK_BATCH_LIMIT).
+        self._resolves = GroupCommit(self._resolve_batch, max_weight=GROUP_COMMIT_MAX, weight=len)
+        self._writes = GroupCommit(
+            self._write_batch, max_weight=GROUP_COMMIT_MAX, weight=lambda d: len(d["events"])
+        )
+        self._commits = (self._fresh_reads, self._impression_writes, self._resolves, self._writes)
 
     async def warm(self, connections: int) -> int:
         """Opens up to `connections` connections per client before traffic comes; how many
@@ -331,11 +373,20 @@ class LoopStore:
     async def fresh_items(self, user: str) -> list[str] | None:
         """The items the user recently interacted with; None when Redis did not answer."""
         try:
-            items = await self._fast.call(lambda: self._fast.client.zrange(fresh_key(user), 0, -1))
+            return await self._fresh_reads(user)
         except StoreUnavailableError as exc:
             logger.debug("fresh state unavailable", extra={"reason": str(exc)})
             return None
-        return [str(item) for item in items]
+
+    async def _read_fresh(self, users: list[str]) -> list[list[str]]:
+        async def read() -> list[list[str]]:
+            async with self._fast.client.pipeline(transaction=False) as pipe:
+                for user in users:
+                    pipe.zrange(fresh_key(user), 0, -1)
+                answers: list[list[str]] = await pipe.execute()
+            return [[str(item) for item in items] for items in answers]
+
+        return await self._fast.call(read)
 
     async def record_impression(
         self,
@@ -349,18 +400,27 @@ class LoopStore:
     ) -> tuple[Recorded, str] | None:
         """(what became of it, experiment id); None when Redis did not answer: the list was
         served but will not be counted."""
-        now = f"{time.time():.3f}"
-        args: list[str | int] = [
-            PREFIX, request_id, user, variant, version,
+        row = (
+            request_id, user, variant, version,
             orjson.dumps(items).decode(), orjson.dumps(ratings).decode(),
-            now, self.impression_ttl, new_experiment_id(),
-        ]  # fmt: skip
+        )  # fmt: skip
         try:
-            recorded, experiment = await self._fast.call(lambda: self._impression(args=args))
+            return await self._impression_writes(row)
         except StoreUnavailableError as exc:
             logger.debug("impression not recorded", extra={"reason": str(exc)})
             return None
-        return _RECORDED[int(recorded)], str(experiment)
+
+    async def _write_impressions(self, rows: list[_ImpressionRow]) -> list[tuple[Recorded, str]]:
+        document = {
+            "prefix": PREFIX,
+            "now": f"{time.time():.3f}",
+            "ttl": str(self.impression_ttl),
+            "candidate": new_experiment_id(),
+            "rows": rows,
+        }
+        payload = orjson.dumps(document).decode()
+        experiment, recorded = await self._fast.call(lambda: self._impression(args=[payload]))
+        return [(_RECORDED[int(r)], str(experiment)) for r in recorded]
 
     # -- /feedback and the readout: raise StoreUnavailableError ----------------------------
 
@@ -368,31 +428,35 @@ class LoopStore:
         """For each (request id or "", user): the impression it names, or the user's latest."""
         if not queries:
             return []
-        payload = orjson.dumps([list(q) for q in queries]).decode()
+        return await self._resolves(queries)
+
+    async def _resolve_batch(
+        self, batches: list[list[tuple[str, str]]]
+    ) -> list[list[StoredImpression | None]]:
+        payload = orjson.dumps([list(q) for queries in batches for q in queries]).decode()
         raw = await self._durable.call(lambda: self._resolve(args=[PREFIX, payload]))
-        found: list[StoredImpression | None] = []
-        for entry in orjson.loads(raw):
-            if not entry:
-                found.append(None)
-                continue
-            found.append(
-                StoredImpression(
-                    request_id=str(entry["rid"]),
-                    user=str(entry.get("user", "")),
-                    variant=str(entry.get("variant", "")),
-                    version=str(entry.get("version", "")),
-                    items=[str(i) for i in orjson.loads(entry.get("items", "[]"))],
-                    ratings=[float(r) for r in orjson.loads(entry.get("ratings", "[]"))],
-                    experiment=str(entry.get("exp", "")),
-                )
-            )
-        return found
+        found = [_stored(entry) if entry else None for entry in orjson.loads(raw)]
+        return _split(found, [len(queries) for queries in batches])
 
     async def write_events(self, document: dict[str, Any]) -> list[Written]:
-        """Runs WRITE_LUA on `document`; what each event added, in order."""
-        payload = orjson.dumps({"prefix": PREFIX, "stream": STREAM_KEY, **document}).decode()
+        """Runs WRITE_LUA on `document` ({maxlen, ttl, fresh_ttl, fresh_max, events}, the
+        same limits in every call); what each event added, in order. The events of one call
+        are written all or none."""
+        return await self._writes(document)
+
+    async def _write_batch(self, documents: list[dict[str, Any]]) -> list[list[Written]]:
+        merged = {
+            **documents[0],
+            "prefix": PREFIX,
+            "stream": STREAM_KEY,
+            "events": [event for document in documents for event in document["events"]],
+        }
+        payload = orjson.dumps(merged).decode()
         rows = await self._durable.call(lambda: self._write(args=[payload]))
-        return [Written(str(r[0]), bool(int(r[1])), bool(int(r[2])), bool(int(r[3]))) for r in rows]
+        written = [
+            Written(str(r[0]), bool(int(r[1])), bool(int(r[2])), bool(int(r[3]))) for r in rows
+        ]
+        return _split(written, [len(document["events"]) for document in documents])
 
     async def experiment(self) -> tuple[str, float]:
         """The current experiment (id, start time), created when there is none yet."""
@@ -434,5 +498,7 @@ class LoopStore:
         )
 
     async def aclose(self) -> None:
+        for commit in self._commits:
+            await commit.aclose()
         for guarded in (self._fast, self._durable):
             await guarded.client.aclose(close_connection_pool=True)
