@@ -134,6 +134,13 @@ class CircuitBreaker:
             self._opened_at = None
             self._probing = False
 
+    def record_inconclusive(self) -> None:
+        """A call that says nothing about the backend (this process was too busy to tell):
+        it neither opens nor closes the circuit, but a probe it was frees the probe's place,
+        else the circuit would stay open for good."""
+        with self._lock:
+            self._probing = False
+
     def record_failure(self) -> None:
         with self._lock:
             self._failures += 1

@@ -46,10 +46,20 @@ MAX_CONNECTIONS = 100
 GROUP_COMMIT_MAX = 128
 # What redis-py's blocking pool raises when no connection came free in time.
 POOL_EXHAUSTED = "No connection available."
+# How redis-py's read timeouts begin (a connect timeout says "Timeout connecting").
+READ_TIMEOUT = "Timeout reading"
+# A read timeout that fired after this many times its time fired late: the event loop was
+# busy that long, so the timeout says nothing about Redis.
+LATE_TIMEOUT_FACTOR = 2.0
 
 
 class StoreUnavailableError(Exception):
-    """Redis failed, timed out, or its circuit is open."""
+    """Redis failed, timed out, or its circuit is open; `busy` when this process, not Redis,
+    was the cause (no free connection in time, or a read timer that fired late)."""
+
+    def __init__(self, reason: str, *, busy: bool = False) -> None:
+        super().__init__(reason)
+        self.busy = busy
 
 
 def counts_key(experiment: str) -> str:
@@ -287,29 +297,38 @@ def _client(url: str, timeout: float, connect_timeout: float) -> aioredis.Redis:
 
 
 class _Guarded:
-    """An async client behind a circuit breaker; failures become StoreUnavailableError."""
+    """An async client behind a circuit breaker; failures become StoreUnavailableError.
 
-    def __init__(self, client: aioredis.Redis, breaker: CircuitBreaker) -> None:
+    Only failures of Redis trip the breaker. No free connection in time, or a read timeout
+    that fired late, say this process's event loop was busy (a burst): telling the breaker
+    would drop every call for seconds and lose what the burst served."""
+
+    def __init__(self, client: aioredis.Redis, breaker: CircuitBreaker, timeout: float) -> None:
         self.client = client
         self.breaker = breaker
+        self.timeout = timeout
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         if not self.breaker.allow():
             raise StoreUnavailableError("circuit open")
+        started = time.monotonic()
         try:
             result = await operation()
-        except redis.ConnectionError as exc:
-            # No free connection in time: this process is busy, which says nothing about
-            # Redis, so the breaker (which would drop every call for seconds) is not told.
-            if isinstance(exc.__cause__, TimeoutError) and str(exc) == POOL_EXHAUSTED:
-                raise StoreUnavailableError(POOL_EXHAUSTED) from exc
-            self.breaker.record_failure()
-            raise StoreUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         except (redis.RedisError, OSError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._busy(exc, time.monotonic() - started):
+                self.breaker.record_inconclusive()
+                raise StoreUnavailableError(reason, busy=True) from exc
             self.breaker.record_failure()
-            raise StoreUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailableError(reason) from exc
         self.breaker.record_success()
         return result
+
+    def _busy(self, exc: BaseException, seconds: float) -> bool:
+        if isinstance(exc, redis.ConnectionError):
+            return isinstance(exc.__cause__, TimeoutError) and str(exc) == POOL_EXHAUSTED
+        late = seconds > LATE_TIMEOUT_FACTOR * self.timeout
+        return late and isinstance(exc, redis.TimeoutError) and str(exc).startswith(READ_TIMEOUT)
 
 
 class LoopStore:
@@ -327,12 +346,15 @@ class LoopStore:
         def breaker() -> CircuitBreaker:
             return CircuitBreaker(threshold=breaker_threshold, reset_seconds=breaker_reset_seconds)
 
-        self._fast = _Guarded(_client(url, fast_timeout, connect_timeout), breaker())
-        self._durable = _Guarded(_client(url, durable_timeout, connect_timeout), breaker())
+        self._fast = _Guarded(_client(url, fast_timeout, connect_timeout), breaker(), fast_timeout)
+        self._durable = _Guarded(
+            _client(url, durable_timeout, connect_timeout), breaker(), durable_timeout
+        )
         self.retry_after_seconds = max(1, round(breaker_reset_seconds))
         self.impression_ttl = impression_ttl_seconds
         fast, durable = self._fast.client, self._durable.client
         self._impression = fast.register_script(IMPRESSION_LUA)
+        self._impression_retry = durable.register_script(IMPRESSION_LUA)
         self._resolve = durable.register_script(RESOLVE_LUA)
         self._write = durable.register_script(WRITE_LUA)
         self._running = durable.register_script(RUNNING_LUA)
@@ -419,7 +441,17 @@ class LoopStore:
             "rows": rows,
         }
         payload = orjson.dumps(document).decode()
-        experiment, recorded = await self._fast.call(lambda: self._impression(args=[payload]))
+        try:
+            experiment, recorded = await self._fast.call(lambda: self._impression(args=[payload]))
+        except StoreUnavailableError as exc:
+            if not exc.busy:
+                raise
+            # The loop was busy, not Redis: once more, with /feedback's patience, rather than
+            # lose the batch. Rows the first try did write answer "repeat", so only
+            # Prometheus's impression counter misses them; Redis's counts do not.
+            logger.debug("impressions retried", extra={"reason": str(exc), "rows": len(rows)})
+            retry = self._impression_retry
+            experiment, recorded = await self._durable.call(lambda: retry(args=[payload]))
         return [(_RECORDED[int(r)], str(experiment)) for r in recorded]
 
     # -- /feedback and the readout: raise StoreUnavailableError ----------------------------

@@ -69,6 +69,21 @@ def test_breaker_opens_after_threshold_and_probes_after_reset() -> None:
     assert breaker.allow() and breaker.allow()
 
 
+def test_an_inconclusive_probe_leaves_the_circuit_open_for_the_next_probe() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(threshold=1, reset_seconds=5, clock=clock)
+    breaker.record_failure()
+    clock.now += 5
+    assert breaker.allow()  # the probe; the process was too busy to learn anything
+    breaker.record_inconclusive()
+    assert breaker.state == "half_open"  # neither closed nor open for another 5 s
+    assert breaker.allow()  # another caller may probe: the circuit is not stuck open
+    breaker.record_success()
+    assert breaker.state == "closed"
+    breaker.record_inconclusive()  # and in a closed circuit it counts for nothing
+    assert breaker.state == "closed"
+
+
 def test_single_flight_runs_concurrent_work_once() -> None:
     flights = SingleFlight()
     calls = 0

@@ -5,6 +5,8 @@ opened before traffic."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from typing import Any
 
 import redis
@@ -138,3 +140,40 @@ def test_warm_opens_connections_and_never_raises(loop_redis_url: str) -> None:
     assert asyncio.run(warm(loop_redis_url)) == 5
     # Nothing listens on port 1: refused at once, logged, not raised.
     assert asyncio.run(warm("redis://127.0.0.1:1/0")) == 0
+
+
+def _hog(loop: asyncio.AbstractEventLoop, *, until: float) -> None:
+    """Every turn of the event loop takes 100 ms until `until`, as in a burst."""
+    if time.monotonic() < until:
+        time.sleep(0.1)
+        loop.call_soon(functools.partial(_hog, loop, until=until))
+
+
+def test_timeouts_that_fired_late_on_a_busy_loop_lose_nothing(loop_redis_url: str) -> None:
+    async def scenario() -> tuple[list[object], str]:
+        store = LoopStore(
+            loop_redis_url, fast_timeout=0.001, durable_timeout=1.0, connect_timeout=0.5,
+            breaker_threshold=3, breaker_reset_seconds=5.0, impression_ttl_seconds=60,
+        )  # fmt: skip
+        try:
+            await store.warm(1)
+            recorded = []
+            for n in range(3):  # as many as open the breaker when they count as failures
+                # Each read spans a 100 ms turn of the loop: its 1 ms timer fires then,
+                # 100 times late, in the same turn as the reply it should have waited for.
+                _hog(asyncio.get_running_loop(), until=time.monotonic() + 0.15)
+                row = {"request_id": f"r{n}", "user": f"u{n}", "variant": "teacher"}
+                recorded.append(
+                    await store.record_impression(**row, version="v", items=["1"], ratings=[4.0])
+                )
+                await asyncio.sleep(0.2)  # the hog is over
+            return recorded, store._fast.breaker.state
+        finally:
+            await store.aclose()
+
+    recorded, breaker = asyncio.run(scenario())
+    # Each retried with the durable client; "repeat" where the first try had landed.
+    assert all(r is not None and r[0] in ("new", "repeat") for r in recorded)
+    assert breaker == "closed"  # a busy loop is not a dead Redis
+    client = redis.Redis.from_url(loop_redis_url, decode_responses=True)
+    assert [client.hget(f"recsys:imp:r{n}", "user") for n in range(3)] == ["u0", "u1", "u2"]
