@@ -1,25 +1,19 @@
 """Admission control: a bound on the model work one worker does at once.
 
 Every model run (a cache miss on /recommend, every /predict_rating) takes a slot. With all
-slots busy a request waits in a short queue, at most INFERENCE_QUEUE_SECONDS; with the queue
-full, or when the wait runs out, it is refused with 503 and Retry-After. So a flood of
-uncached requests (distinct users, forced teacher) costs a bounded amount of memory and CPU,
-while cached answers, which never take a slot, stay fast.
+slots busy a request waits in a short queue of worker threads; with that queue full it
+waits on the event loop for room, holding no thread; at most INFERENCE_QUEUE_SECONDS in
+all, then it is refused with 503 and Retry-After. So a flood of uncached requests (distinct
+users, forced teacher) costs a bounded amount of memory and CPU, while cached answers,
+which never take a slot, stay fast.
 
-The gate is a thread-side construct: model runs happen in worker threads, and a waiting
-request holds its thread, which is why the queue is bounded too (each waiter is one of
-anyio's 40 threads that cache hits also need). A request refused because the queue is full
-is answered only after INFERENCE_QUEUE_SECONDS, like one that waited and timed out, but
-asleep on the event loop (app/errors.py), holding no thread and no CPU: otherwise a client
-in a closed loop would turn instant refusals into a flood of its own, and every cached
-answer would queue behind it on the event loop.
-
-/recommend's misses wait for room in that queue on the event loop instead of being refused
-(`AdmissionGate.admit`): a burst of misses that reach the gate together (a batch of fresh
-reads releases up to 128 at once, app/group_commit.py) is then served, oldest first, within
-INFERENCE_QUEUE_SECONDS, where a count-bounded queue refused all but 16 of them at
-once. Waiting there costs what a refused request's delayed answer costs already: a
-coroutine asleep on the loop.
+The thread-side queue is bounded because each waiter there holds one of anyio's 40 threads,
+which Redis look-ups also need. Waiting for room on the loop (`AdmissionGate.admit`) costs a
+coroutine asleep: a burst of misses that reach the gate together (a batch of fresh reads
+releases up to 128 at once, app/group_commit.py) is served, oldest first, as far as the
+deadline allows, where refusing all but the queue's 16 at once served fewer. A refusal
+comes only after the whole wait, so a client that retries at once cannot turn refusals
+into a flood of its own.
 """
 
 from __future__ import annotations
@@ -43,19 +37,15 @@ T = TypeVar("T")
 class OverloadedError(Exception):
     """No slot for model work within the deadline: answered 503 with Retry-After."""
 
-    def __init__(
-        self, reason: str, *, retry_after_seconds: int, answer_after_seconds: float = 0.0
-    ) -> None:
+    def __init__(self, reason: str, *, retry_after_seconds: int) -> None:
         super().__init__(f"server busy ({reason}); retry later")
         self.reason = reason
         self.retry_after_seconds = retry_after_seconds
-        # How long the answer is held back (asleep, off the thread pool).
-        self.answer_after_seconds = answer_after_seconds
 
 
 class QueueFullError(Exception):
-    """The thread-side queue is full, for a caller that waits for room on the event loop
-    (`AdmissionGate.admit`) instead of being refused."""
+    """The thread-side queue is full: `AdmissionGate.admit` waits for room on the event
+    loop and tries again."""
 
 
 class AdmissionGate:
@@ -84,23 +74,16 @@ class AdmissionGate:
     def _refuse(self, reason: str) -> OverloadedError:
         if self._rejected is not None:
             self._rejected.labels(reason=reason).inc()
-        return OverloadedError(
-            reason,
-            retry_after_seconds=self._retry_after,
-            # A timed-out request has waited already; one refused at once waits now.
-            answer_after_seconds=self._wait_seconds if reason == "queue_full" else 0.0,
-        )
+        return OverloadedError(reason, retry_after_seconds=self._retry_after)
 
     @contextmanager
-    def slot(
-        self, *, wait_seconds: float | None = None, room_on_loop: bool = False
-    ) -> Iterator[None]:
-        """Holds one slot for the body of the `with`; raises OverloadedError if none comes
-        within `wait_seconds` (default INFERENCE_QUEUE_SECONDS), or QueueFullError for a
-        full queue when `room_on_loop` (the caller is `admit`'s)."""
+    def slot(self, *, wait_seconds: float | None = None) -> Iterator[None]:
+        """Holds one slot for the body of the `with` (in a worker thread); raises
+        QueueFullError when the queue is full, OverloadedError when no slot comes within
+        `wait_seconds` (default INFERENCE_QUEUE_SECONDS). Requests take it through `admit`."""
         # A free slot goes to those already queued first: no newcomer jumps the queue.
         if self._waiting or not self._slots.acquire(blocking=False):
-            self._wait(self._wait_seconds if wait_seconds is None else wait_seconds, room_on_loop)
+            self._wait(self._wait_seconds if wait_seconds is None else wait_seconds)
         try:
             yield
         finally:
@@ -108,10 +91,9 @@ class AdmissionGate:
             self._room_opened()
 
     async def admit(self, attempt: Callable[[float], Awaitable[T]]) -> T:
-        """`attempt(seconds)`, whose model work takes `slot(wait_seconds=seconds,
-        room_on_loop=True)` (in a worker thread); while it finds the queue full, waits on the
-        event loop, oldest first, for room and tries again, INFERENCE_QUEUE_SECONDS in
-        all. Then refused like a wait that ran out."""
+        """`attempt(seconds)`, whose model work takes `slot(wait_seconds=seconds)` in a
+        worker thread; while it finds the queue full, waits on the event loop, oldest first,
+        for room and tries again, INFERENCE_QUEUE_SECONDS in all; then refused."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_seconds
         woken = False
@@ -198,12 +180,10 @@ class AdmissionGate:
         finally:
             self._loop_waiting -= 1
 
-    def _wait(self, seconds: float, room_on_loop: bool) -> None:
+    def _wait(self, seconds: float) -> None:
         with self._lock:
             if self._waiting >= self._queue_max:
-                if room_on_loop:
-                    raise QueueFullError
-                raise self._refuse("queue_full")
+                raise QueueFullError
             self._waiting += 1
         try:
             admitted = seconds > 0 and self._slots.acquire(timeout=seconds)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -64,9 +63,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def overloaded(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OverloadedError)
-    if exc.answer_after_seconds > 0:
-        # Asleep on the loop: slows a client that retries at once, costs the server nothing.
-        await anyio.sleep(exc.answer_after_seconds)
     return JSONBytesResponse(
         {"detail": str(exc), "request_id": request_id_var.get()},
         status_code=503,

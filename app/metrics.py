@@ -131,7 +131,7 @@ class Metrics:
         self.inference_rejected_total = Counter(
             "inference_rejected_total",
             "Requests refused with 503 by admission control (app/admission.py), by reason "
-            "(queue_full, timeout).",
+            "(timeout: no slot within INFERENCE_QUEUE_SECONDS).",
             ["reason"],
             registry=self.registry,
         )

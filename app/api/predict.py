@@ -6,10 +6,13 @@ unknown demographics); an unknown item is a 404, since nothing about it is known
 
 from __future__ import annotations
 
+import anyio
 import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, HTTPException
 from starlette.responses import Response
 
+from app.admission import AdmissionGate
 from app.api.batch_limit import BatchLimitedRoute
 from app.api.deps import ScoringDep, VariantOverride
 from app.config import Settings
@@ -20,6 +23,7 @@ from app.schemas import (
     PredictRequest,
     RatingResponse,
 )
+from app.state import ServingState
 
 
 class PairsRoute(BatchLimitedRoute):
@@ -42,12 +46,32 @@ def _unknown_items(unknown: list[str]) -> HTTPException:
     return HTTPException(status_code=404, detail=f"unknown {noun} {shown}{more}")
 
 
+async def _predict(
+    admission: AdmissionGate,
+    state: ServingState,
+    variant: str,
+    users: npt.NDArray[np.int64],
+    items: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float32]:
+    """The model run: in a worker thread, holding an admission slot (app/admission.py); a
+    full queue is waited out on the event loop, holding no thread."""
+
+    async def attempt(seconds: float) -> npt.NDArray[np.float32]:
+        def run() -> npt.NDArray[np.float32]:
+            with admission.slot(wait_seconds=seconds):
+                return state.predict(variant, users=users, items=items)
+
+        return await anyio.to_thread.run_sync(run)
+
+    return await admission.admit(attempt)
+
+
 @router.post(
     "/predict_rating",
     response_model=RatingResponse | BatchRatingResponse,
     responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
-def predict_rating(
+async def predict_rating(
     body: PredictRequest,
     scoring: ScoringDep,
     *,
@@ -61,12 +85,13 @@ def predict_rating(
         if item is None:
             raise _unknown_items([item_raw])
         variant = choose_variant(user_raw, override=x_variant)
-        with admission.slot():  # bounded model work (app/admission.py)
-            rating = state.predict(
-                variant,
-                users=np.array([state.user_position(user_raw) or 0], dtype=np.int64),
-                items=np.array([item], dtype=np.int64),
-            )
+        rating = await _predict(
+            admission,
+            state,
+            variant,
+            np.array([state.user_position(user_raw) or 0], dtype=np.int64),
+            np.array([item], dtype=np.int64),
+        )
         return JSONBytesResponse(
             {
                 "user_id": user_raw,
@@ -93,8 +118,7 @@ def predict_rating(
     )
     # One variant per response: the batch follows its first user's assignment.
     variant = choose_variant(users_raw[0], override=x_variant)
-    with admission.slot():
-        ratings = state.predict(variant, users=users, items=items)
+    ratings = await _predict(admission, state, variant, users, items)
     return JSONBytesResponse(
         {
             "ratings": np.round(ratings.astype(np.float64), _DECIMALS).tolist(),

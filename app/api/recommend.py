@@ -136,7 +136,7 @@ async def _miss(
 
     async def attempt(seconds: float) -> tuple[bytes, bool]:
         def admitted() -> bytes:
-            with admission.slot(wait_seconds=seconds, room_on_loop=True):
+            with admission.slot(wait_seconds=seconds):
                 return _fragment(compute())
 
         return await anyio.to_thread.run_sync(cache.get_or_compute, key, admitted)

@@ -19,9 +19,8 @@ def _counter() -> Counter:
     return Counter("rejected", "test", ["reason"], registry=CollectorRegistry())
 
 
-def test_slots_then_queue_then_refusal() -> None:
-    rejected = _counter()
-    gate = AdmissionGate(slots=1, queue_max=1, wait_seconds=5, rejected=rejected)
+def test_slots_then_queue_then_queue_full() -> None:
+    gate = AdmissionGate(slots=1, queue_max=1, wait_seconds=5, rejected=_counter())
     holding, release = threading.Event(), threading.Event()
     admitted_after_wait: list[float] = []
 
@@ -41,16 +40,13 @@ def test_slots_then_queue_then_refusal() -> None:
     waiter = threading.Thread(target=wait_in_queue)
     waiter.start()
     time.sleep(0.2)  # the waiter is now queued: the queue (1) is full
-    with pytest.raises(OverloadedError) as refused, gate.slot():
+    # No third thread waits: `admit` waits for room on the event loop instead.
+    with pytest.raises(QueueFullError), gate.slot():
         pass
-    assert refused.value.reason == "queue_full" and refused.value.retry_after_seconds == 5
-    # Refused at once, but answered only after the wait a queued request would have had.
-    assert refused.value.answer_after_seconds == 5
     release.set()
     holder.join(5)
     waiter.join(5)
     assert admitted_after_wait and admitted_after_wait[0] >= 0.15
-    assert rejected.labels(reason="queue_full")._value.get() == 1
 
 
 def test_a_wait_that_runs_out_is_refused() -> None:
@@ -62,7 +58,6 @@ def test_a_wait_that_runs_out_is_refused() -> None:
             pass
         assert 0.09 <= time.monotonic() - started < 2
     assert refused.value.reason == "timeout" and refused.value.retry_after_seconds == 1
-    assert refused.value.answer_after_seconds == 0  # it has waited already
     with gate.slot():  # released on every path: the slot is free again
         pass
 
@@ -79,7 +74,7 @@ def test_busy_service_answers_503_with_retry_after_but_serves_cached(
     with gate.slot():  # all model capacity taken
         started = time.monotonic()
         busy = client.get("/recommend", params={"user_id": other})
-        assert time.monotonic() - started >= 0.25  # held back, asleep, before the answer
+        assert time.monotonic() - started >= 0.25  # it waited for room, asleep on the loop
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "1"
         assert busy.json()["request_id"] == busy.headers["x-request-id"]
@@ -90,10 +85,8 @@ def test_busy_service_answers_503_with_retry_after_but_serves_cached(
         cached = client.get("/recommend", params={"user_id": user})
         assert cached.status_code == 200 and cached.json()["cached"] is True
     assert client.get("/recommend", params={"user_id": other}).status_code == 200
-    # /predict_rating is refused at once (and answered late); /recommend's miss waited for
-    # room on the event loop (AdmissionGate.admit) until its time ran out.
-    assert metric_value(client, "inference_rejected_total", reason="queue_full") == 1
-    assert metric_value(client, "inference_rejected_total", reason="timeout") == 1
+    # Both waited for room on the event loop (AdmissionGate.admit) until their time ran out.
+    assert metric_value(client, "inference_rejected_total", reason="timeout") == 2
 
 
 def test_the_event_loop_takes_work_only_while_few_misses_wait() -> None:
@@ -105,7 +98,7 @@ def test_the_event_loop_takes_work_only_while_few_misses_wait() -> None:
     async def one() -> bool:
         async with gate.on_loop() as here:
             if here:  # the work holds a slot: with both taken, a thread would wait
-                with gate.slot(), pytest.raises(OverloadedError):
+                with gate.slot(), pytest.raises(QueueFullError):
                     held.append(True)
                     with gate.slot():
                         pass
@@ -128,7 +121,7 @@ def _attempt(gate: AdmissionGate, order: list[int], n: int) -> Callable[[float],
     """An `admit` attempt: model work in a worker thread, as /recommend's."""
 
     def work(seconds: float) -> int:
-        with gate.slot(wait_seconds=seconds, room_on_loop=True):
+        with gate.slot(wait_seconds=seconds):
             order.append(n)
             time.sleep(0.01)
         return n
@@ -165,7 +158,7 @@ def test_a_full_queue_is_waited_out_on_the_loop_and_every_caller_is_served() -> 
     # The queued one first; the others oldest first as far as their threads keep their
     # order (two woken at once race to the queue).
     assert order[0] == 0 and sorted(order) == list(range(6))
-    assert rejected.labels(reason="queue_full")._value.get() == 0
+    assert rejected.labels(reason="timeout")._value.get() == 0
 
 
 def _hold(gate: AdmissionGate, release: threading.Event) -> None:
@@ -185,11 +178,9 @@ def test_a_wait_for_room_that_runs_out_is_refused_at_once() -> None:
             return caught.value, time.monotonic() - started
 
     error, waited = asyncio.run(refused())
-    assert error.reason == "timeout" and error.answer_after_seconds == 0
+    assert error.reason == "timeout"
     assert 0.18 <= waited < 2
     assert rejected.labels(reason="timeout")._value.get() == 1
-    with pytest.raises(QueueFullError), gate.slot(), gate.slot(room_on_loop=True):
-        pass
 
 
 def test_room_given_to_a_caller_that_left_goes_to_the_next() -> None:
