@@ -6,11 +6,10 @@ worker.
 Per burst size N: N `/recommend` requests for random users sent at once over N kept-alive
 connections to one fresh-started worker with Redis (the A/B split as configured), then on
 the same connections one click `/feedback` per list served, naming its `request_id`, again
-all at once. Counted:
-lists served (200) and refused by admission control (503, not a loss: the client knows),
-impressions in Redis for the lists served, feedback accepted (202), refused with 503
-(Retry-After: the client knows) and refused with 422 because the impression it names was
-never recorded: those events are the ones the A/B comparison loses.
+all at once. Counted: lists served (200) and refused by admission control (503, not a loss:
+the client knows), impressions in Redis for the lists served, feedback accepted (202),
+refused with 503 (Retry-After: the client knows) and refused with 422 because the
+impression it names was never recorded: those events are the ones the A/B comparison loses.
 
 The Redis database (`--redis-url`, DB 11 by default) must be empty, or `--flush` empties it;
 it is emptied again at the end.
@@ -37,7 +36,7 @@ from typing import Any
 
 import redis
 
-from app.bundle import load_bundle
+from app.bundle import BundleError, load_bundle
 from bench._sections import replace_section
 from bench._server import HOST, uvicorn_server
 
@@ -193,17 +192,29 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _empty_store(url: str, *, flush: bool) -> redis.Redis:
+    """The benchmark's Redis database, empty; one-line errors when it cannot be."""
+    try:
+        store = redis.Redis.from_url(url)
+        if flush:
+            store.flushdb()
+        elif store.dbsize():
+            raise SystemExit(f"{url} is not empty: pass --flush to empty it")
+    except (redis.RedisError, ValueError) as exc:
+        raise SystemExit(f"--redis-url {url}: {exc}") from None
+    return store
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     random.seed(args.seed)
-    store = redis.Redis.from_url(args.redis_url)
-    if args.flush:
-        store.flushdb()
-    elif store.dbsize():
-        raise SystemExit(f"{args.redis_url} is not empty: pass --flush to empty it")
     model_dir = args.model_dir.resolve()
-    users = load_bundle(model_dir).user_ids
+    try:
+        users = load_bundle(model_dir).user_ids
+    except BundleError as exc:
+        raise SystemExit(f"--model-dir: {exc}") from None
+    store = _empty_store(args.redis_url, flush=args.flush)
     env = {
         "MODEL_DIR": str(model_dir),
         "REDIS_URL": args.redis_url,

@@ -40,11 +40,34 @@ def test_a_burst_loses_no_impression_and_no_feedback(
     assert loop_burst.MARKERS[0] in text and f"| 60 | {run['served']} |" in text
 
 
-def test_a_database_in_use_is_left_alone(loop_redis_url: str, tmp_path: Path) -> None:
+def test_a_database_in_use_is_left_alone(
+    bundle_dir: Path, loop_redis_url: str, tmp_path: Path
+) -> None:
     redis.Redis.from_url(loop_redis_url).set("someone:else", "1")
     with pytest.raises(SystemExit, match="is not empty: pass --flush"):
-        loop_burst.main(["--redis-url", loop_redis_url, "--results-dir", str(tmp_path)])
+        loop_burst.main([
+            "--model-dir", str(bundle_dir), "--redis-url", loop_redis_url,
+            "--results-dir", str(tmp_path),
+        ])  # fmt: skip
     assert redis.Redis.from_url(loop_redis_url).get("someone:else") == b"1"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--model-dir", "no/such/bundle", "--model-dir: "),
+        ("--redis-url", "redis://127.0.0.1:1/0", "--redis-url redis://127.0.0.1:1/0: "),
+        ("--redis-url", "nonsense://x", "--redis-url nonsense://x: "),
+    ],
+)
+def test_a_missing_bundle_or_redis_is_a_one_line_error(
+    bundle_dir: Path, flag: str, value: str, message: str
+) -> None:
+    argv = {"--model-dir": str(bundle_dir), "--redis-url": "redis://127.0.0.1:1/0", flag: value}
+    with pytest.raises(SystemExit) as stopped:
+        loop_burst.main([part for pair in argv.items() for part in pair])
+    assert str(stopped.value.code).startswith(message)
+    assert "\n" not in str(stopped.value.code)
 
 
 @pytest.mark.parametrize("sizes", ["abc", "10,-1", ""])
