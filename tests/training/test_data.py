@@ -143,6 +143,50 @@ def test_generic_csv_loader(tmp_path: Path) -> None:
     assert load_dataset(path, dataset="csv").feature_map.rating_scale == (0.5, 5.0)
 
 
+def test_a_pair_rated_again_keeps_its_latest_rating(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text(
+        "user,item,rating,timestamp\n"
+        "alice,m1,2,200\n"  # superseded by the later rating of line 5
+        "bob,m1,4,100\n"
+        "alice,m2,3,50\n"  # same time as line 6: the later line wins
+        "alice,m1,5,300\n"
+        "alice,m2,1,50\n"
+        "bob,m2,2,10\n"
+        "alice,m1,4,250\n"  # later in the file, earlier in time: superseded too
+    )
+    with caplog.at_level("WARNING", logger="training.data"):
+        ds = load_dataset(path, dataset="csv")
+    got = [
+        (ds.user_ids[u - 1], ds.item_ids[i - 1], float(r), int(t))
+        for u, i, r, t in zip(
+            ds.ratings.user, ds.ratings.item, ds.ratings.rating, ds.ratings.timestamp, strict=True
+        )
+    ]
+    # One rating per pair, in file order.
+    assert got == [
+        ("bob", "m1", 4.0, 100), ("alice", "m1", 5.0, 300), ("alice", "m2", 1.0, 50),
+        ("bob", "m2", 2.0, 10),
+    ]  # fmt: skip
+    assert "3 ratings repeat a (user, item) pair" in caplog.text
+
+
+def test_ratings_without_repeats_are_kept_as_they_are() -> None:
+    ratings = Ratings(
+        user=np.array([1, 1, 2]), item=np.array([1, 2, 1]),
+        rating=np.array([4, 3, 5], np.float32), timestamp=np.array([3, 2, 1]),
+    )  # fmt: skip
+    assert data.latest_per_pair(ratings, n_items=2) is ratings
+    # The same item index under another user is another pair (keys never collide).
+    again = Ratings(
+        user=np.array([1, 2]), item=np.array([2, 2]),
+        rating=np.array([4, 3], np.float32), timestamp=np.array([1, 1]),
+    )  # fmt: skip
+    assert data.latest_per_pair(again, n_items=2) is again
+
+
 def test_ids_are_ordered_by_number_only_when_all_are_ascii_digits(tmp_path: Path) -> None:
     path = tmp_path / "ratings.csv"
     path.write_text("user,item,rating\n1,10,4\n1,2,3\n2,10,5\n")
