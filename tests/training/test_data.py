@@ -178,13 +178,13 @@ def test_ratings_without_repeats_are_kept_as_they_are() -> None:
         user=np.array([1, 1, 2]), item=np.array([1, 2, 1]),
         rating=np.array([4, 3, 5], np.float32), timestamp=np.array([3, 2, 1]),
     )  # fmt: skip
-    assert data.latest_per_pair(ratings, n_items=2) is ratings
+    assert data.latest_per_pair(ratings, n_users=2, n_items=2) is ratings
     # The same item index under another user is another pair (keys never collide).
     again = Ratings(
         user=np.array([1, 2]), item=np.array([2, 2]),
         rating=np.array([4, 3], np.float32), timestamp=np.array([1, 1]),
     )  # fmt: skip
-    assert data.latest_per_pair(again, n_items=2) is again
+    assert data.latest_per_pair(again, n_users=2, n_items=2) is again
 
 
 def test_ids_are_ordered_by_number_only_when_all_are_ascii_digits(tmp_path: Path) -> None:
