@@ -171,7 +171,9 @@ class AdmissionGate:
             if self._loop_waiting > self._slot_count:
                 yield False
                 return
-            acquired = self._slots.acquire(blocking=False)
+            # Never ahead of requests already waiting for a slot, in threads or on the loop.
+            queued = self._waiting or self._room_waiters
+            acquired = not queued and self._slots.acquire(blocking=False)
             try:
                 yield acquired
             finally:

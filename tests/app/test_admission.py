@@ -198,3 +198,25 @@ def test_room_given_to_a_caller_that_left_goes_to_the_next() -> None:
 
     assert asyncio.run(scenario()) is True
     assert not gate._room_waiters
+
+
+def test_the_event_loop_never_takes_a_slot_ahead_of_queued_requests() -> None:
+    gate = AdmissionGate(slots=2, queue_max=4, wait_seconds=1)
+
+    async def here() -> bool:
+        async with gate.on_loop() as on_loop:
+            return on_loop
+
+    assert asyncio.run(here()) is True
+    gate._waiting = 1  # a request waits in a worker thread for the slot about to free
+    assert asyncio.run(here()) is False
+    gate._waiting = 0
+    with gate.slot():  # a slot is free, but a request waits on the loop for room
+        loop = asyncio.new_event_loop()
+        try:
+            gate._room_waiters.append(loop.create_future())
+            assert loop.run_until_complete(here()) is False
+        finally:
+            gate._room_waiters.clear()
+            loop.close()
+    assert asyncio.run(here()) is True
