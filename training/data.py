@@ -348,6 +348,13 @@ def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
     users = _IdIndex.union(raw.ratings.user_values, np.array(list(raw.users), dtype=str))
     items = _IdIndex.union(raw.ratings.item_values, raw.items.ids)
     user_ids, item_ids = users.ids.tolist(), items.ids.tolist()
+    unlisted = len(item_ids) - len(raw.items.ids)
+    if unlisted and name != "csv":  # the csv data set has no items file to miss them from
+        log.warning(
+            "%d rated items are not in the items file: each is titled by its id, without "
+            "genres or year",
+            unlisted,
+        )
     user_fields = _user_fields(raw)
     years = np.full(len(item_ids) + 1, np.nan)
     rows = items.lookup(raw.items.ids)

@@ -173,6 +173,19 @@ def test_a_pair_rated_again_keeps_its_latest_rating(
     assert "3 ratings repeat a (user, item) pair" in caplog.text
 
 
+def test_rated_items_missing_from_the_items_file_are_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,10,4,100\n2,10,3,200\n1,20,5,300\n"
+    )
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n20,Heat (1995),Crime\n")
+    with caplog.at_level("WARNING", logger="training.data"):
+        ds = load_dataset(tmp_path, dataset="ml-latest")
+    assert "1 rated items are not in the items file" in caplog.text
+    assert [m["title"] for m in ds.items_meta] == ["10", "Heat (1995)"]
+
+
 def test_ratings_without_repeats_are_kept_as_they_are() -> None:
     ratings = Ratings(
         user=np.array([1, 1, 2]), item=np.array([1, 2, 1]),
