@@ -7,7 +7,9 @@ the dedup that makes each (request, item) count once however often feedback repe
 
 Two clients with their own timeouts and circuit breakers: the fast one serves /recommend,
 which must never wait long or fail because of Redis (its calls give up and report None);
-the durable one serves /feedback and the readout, whose callers get a 503 instead.
+the durable one serves /feedback and the readout, whose callers get a 503 instead. The
+calls of concurrent requests are group-committed (app/group_commit.py): a burst costs a
+few round trips, not one per request.
 """
 
 from __future__ import annotations
