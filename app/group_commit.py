@@ -3,9 +3,9 @@ together, as one round trip.
 
 A burst of /recommend requests on one worker used to make one Redis call each (the fresh
 state read and the impression write): a thousand requests at once meant a thousand calls
-competing for a pool of 100 connections, while the busy event loop stretched every round
-trip past its timeout, so a few percent of impressions were lost. Batched, a burst costs a
-handful of round trips on one connection.
+competing for a pool of 100 connections, while the busy event loop stretched round trips
+past their timeout: impressions were lost and feedback refused (docs/experiment.md).
+Batched, a burst costs a handful of round trips on one connection.
 
 Why hand-written: redis-py pipelines batch the calls of one caller; nothing in it gathers
 the calls of many concurrent callers. This is the smallest form: while one batch is in

@@ -425,18 +425,25 @@ def latest_per_pair(ratings: Ratings, *, n_users: int, n_items: int) -> Ratings:
     if not np.any(ordered[1:] == ordered[:-1]):
         return ratings
     del ordered
-    key = pairs()
-    by_pair = np.lexsort((np.arange(len(key)), ratings.timestamp, key))
-    last = np.ones(len(key), dtype=bool)
-    last[:-1] = key[by_pair[1:]] != key[by_pair[:-1]]
+    by_pair, last = _latest_in_groups(pairs(), ratings.timestamp)
     keep = np.sort(by_pair[last])
     log.warning(
         "%d ratings repeat a (user, item) pair rated again later: kept each pair's latest "
         "(by timestamp, then by line), %d ratings in all",
-        len(key) - len(keep),
+        len(ratings) - len(keep),
         len(keep),
     )
     return ratings.subset(keep)
+
+
+def _latest_in_groups(groups: np.ndarray, timestamp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers ordered by (group, timestamp, row) and, along that order, whether each
+    is its group's latest (ties: the later row)."""
+    order = np.lexsort((np.arange(len(groups)), timestamp, groups))
+    grouped = groups[order]
+    is_last = np.ones(len(order), dtype=bool)
+    is_last[:-1] = grouped[1:] != grouped[:-1]
+    return order, is_last
 
 
 def _item_tables(
@@ -639,12 +646,9 @@ def _temporal(ratings: Ratings) -> Split:
             "split temporal needs timestamps, and every rating's is 0 (no timestamp "
             "column?); use --split random"
         )
-    order = np.lexsort((np.arange(len(ratings)), ratings.timestamp, ratings.user))
-    users_sorted = ratings.user[order]
-    is_last = np.ones(len(order), bool)
-    is_last[:-1] = users_sorted[:-1] != users_sorted[1:]
+    order, is_last = _latest_in_groups(ratings.user, ratings.timestamp)
     counts = np.bincount(ratings.user)
-    is_last &= counts[users_sorted] >= 2  # a user with one rating keeps it for training
+    is_last &= counts[ratings.user[order]] >= 2  # a user with one rating keeps it for training
     test_index = np.sort(order[is_last])
     if test_index.size == 0:
         raise DataError(
