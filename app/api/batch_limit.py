@@ -6,20 +6,18 @@ models first, on the event loop, and a flood of them held hundreds of MB in a wo
 route class reads the JSON itself (`Request.json` keeps what it
 parsed, so FastAPI does not parse it again), counts the batch, and answers 422 with the
 setting's limit when it is too long. A body it cannot read as JSON goes on to FastAPI,
-which reports it as before; a non-UTF-8 or absurdly nested one gets a clear 422 here
-instead of FastAPI's bare 400.
+which reports it (app.api.json_body).
 """
 
 from __future__ import annotations
 
 import email.message
 import json
-from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from fastapi import HTTPException, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import HTTPException, Request
 
+from app.api.json_body import StrictJsonRoute
 from app.config import Settings
 from app.services import services_of
 
@@ -36,7 +34,7 @@ def _is_json(content_type: str | None) -> bool:
     )
 
 
-class BatchLimitedRoute(APIRoute):
+class BatchLimitedRoute(StrictJsonRoute):
     """Subclasses name the batch field and the setting that bounds it."""
 
     batch_field: ClassVar[str]
@@ -45,27 +43,15 @@ class BatchLimitedRoute(APIRoute):
     def batch_limit(settings: Settings) -> int:
         raise NotImplementedError
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def limited(request: Request) -> Response:
-            await self._refuse_oversized(request)
-            return await handler(request)
-
-        return limited
-
-    async def _refuse_oversized(self, request: Request) -> None:
+    async def inspect(self, request: Request) -> None:
+        await super().inspect(request)
         services = services_of(request.app.state)
         if services is None or not _is_json(request.headers.get("content-type")):
             return
         try:
             body = await request.json()
         except json.JSONDecodeError:
-            return  # FastAPI answers it: 422 "malformed JSON body" with the position
-        except UnicodeDecodeError as exc:
-            raise HTTPException(422, f"malformed JSON body: not UTF-8 ({exc.reason})") from None
-        except RecursionError:
-            raise HTTPException(422, "malformed JSON body: nested too deeply") from None
+            return  # FastAPI answers it: 422 "malformed JSON body: <reason>"
         batch = body.get(self.batch_field) if isinstance(body, dict) else None
         limit = self.batch_limit(services.settings)
         if isinstance(batch, list) and len(batch) > limit:

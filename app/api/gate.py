@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
+from app.api.json_body import StrictJsonRoute
 from app.config import Settings
 from app.services import services_of
 
 
-class GatedRoute(APIRoute):
+class GatedRoute(StrictJsonRoute):
     """Subclasses say when they are open; use as `APIRouter(route_class=...)`."""
 
     @staticmethod

@@ -299,6 +299,8 @@ def test_bad_feedback_is_refused_with_the_field_named_and_nothing_written(
         # a lone surrogate escape: no UTF-8 encoder takes it
         b'{"user_id": "\\ud800", "item_id": "{item}", "event": "click"}',
         b'{"events": [{"user_id": "1\\udfff", "item_id": "{item}", "event": "click"}]}',
+        # a repeated key: Python's reader keeps the last, so this would be a purchase
+        b'{"user_id": "1", "item_id": "{item}", "event": "click", "event": "purchase"}',
     ],
 )
 def test_bodies_python_reads_but_utf8_and_json_refuse_are_422(
