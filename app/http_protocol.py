@@ -8,7 +8,8 @@ answers 431 once they pass HTTP_MAX_HEADER_BYTES; it closes a connection that ha
 completed its head within HTTP_HEADER_TIMEOUT_SECONDS, and answers 408 when a body is not
 complete HTTP_BODY_TIMEOUT_SECONDS after its head (uvicorn waits for a declared body
 forever: slow or idle clients would hold sockets open). Idle keep-alive connections are
-uvicorn's own `--timeout-keep-alive`.
+uvicorn's own `--timeout-keep-alive`. A request the parser refuses is a 400 with the app's
+JSON error body and a request id, not uvicorn's plain-text one.
 
 Used through `uvicorn --http app.http_protocol:HttpProtocol` (deploy/docker/serve.sh, the
 Makefile) and the gunicorn worker class (app/gunicorn_conf.py). Without httptools it falls
@@ -34,6 +35,7 @@ from app.startup import load_settings
 logger = logging.getLogger(__name__)
 # The blank line that ends a request head (a bare LF one too, which the parser accepts).
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+_MALFORMED = "malformed HTTP request: not parseable as HTTP/1.1"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,14 @@ class LimitedH11Protocol(H11Protocol):
         if config.h11_max_incomplete_event_size is None:
             config.h11_max_incomplete_event_size = connection_limits().max_head_bytes
         super().__init__(config, *args, **kwargs)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():
+            # h11 also refuses a head over its limit this way; the message cannot tell which.
+            limit = self.config.h11_max_incomplete_event_size
+            detail = f"{_MALFORMED}, or its head is over {limit} bytes"
+            self.transport.write(_refusal(400, b"Bad Request", detail))
+            self.transport.close()
 
 
 if importlib.util.find_spec("httptools") is not None:
@@ -173,6 +183,11 @@ if importlib.util.find_spec("httptools") is not None:
             self._close_with(
                 _refusal(408, b"Request Timeout", f"request {what} not received in time")
             )
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn answers a request the parser refuses in plain text; clients of this
+            # service read every error as the same JSON body with a request id.
+            self._close_with(_refusal(400, b"Bad Request", _MALFORMED))
 
         def _close_with(self, response: bytes) -> None:
             self._cancel_timers()
