@@ -1,4 +1,10 @@
-"""Liveness, readiness and the Prometheus scrape endpoint."""
+"""Liveness, readiness and the Prometheus scrape endpoint.
+
+They answer HEAD too (the GET answer's status and headers, no body), for load balancers and
+monitors that probe with it. They are the only GET routes that do: a HEAD /recommend would
+record an impression nobody saw. The HEAD routes stay out of the OpenAPI schema, which
+would otherwise list each operation twice under one id.
+"""
 
 from __future__ import annotations
 
@@ -41,3 +47,7 @@ def readyz(holder: HolderDep, cache: CacheDep) -> Response:
 def metrics(registry: MetricsDep) -> Response:
     body, content_type = registry.render()
     return Response(body, media_type=content_type)
+
+
+for _path, _endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
+    router.add_api_route(_path, _endpoint, methods=["HEAD"], include_in_schema=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import Reference, metric_value
@@ -119,3 +120,19 @@ def test_bench_floor_only_when_enabled(
     # Same shape and about the same size as a real answer.
     assert abs(len(floor.content) - len(real.content)) < 0.3 * len(real.content)
     assert bench.get("/_bench/floor", params={"n": 101}).status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_answer_head_like_get(client: TestClient, path: str) -> None:
+    get, head = client.get(path), client.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.content == b""
+    assert list(client.get("/openapi.json").json()["paths"][path]) == ["get"]
+
+
+def test_head_recommend_is_refused(client: TestClient, reference: Reference) -> None:
+    # It would run the model and, with the closed loop, record an impression nobody saw.
+    response = client.head("/recommend", params={"user_id": reference.users[0]})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
