@@ -16,6 +16,7 @@ from app.logging_setup import request_id_var
 from app.responses import JSONBytesResponse
 
 logger = logging.getLogger(__name__)
+ERRORS_SHOWN = 20
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -33,8 +34,13 @@ def _describe(error: dict[str, Any]) -> str:
 
 async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [dict(error) for error in exc.errors()]
+    everything = exc.errors()
+    # A batch can hold thousands of wrong fields; the first few say what to fix, and the
+    # answer stays small however hostile the body.
+    errors = [dict(error) for error in everything[:ERRORS_SHOWN]]
     messages = [_describe(error) for error in errors]
+    if len(everything) > ERRORS_SHOWN:
+        messages.append(f"and {len(everything) - ERRORS_SHOWN} more errors")
     # Only location and message go back: the raw input could be large or sensitive.
     return JSONBytesResponse(
         {

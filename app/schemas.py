@@ -75,7 +75,9 @@ class PredictRequest(BaseModel):
     user_id: RawId | None = None
     item_id: RawId | None = None
     # At most MAX_BATCH_PAIRS, refused before validation (app/api/batch_limit.py).
-    pairs: list[Pair] | None = Field(default=None, min_length=1)
+    # fail_fast: a wrong batch is reported by its first wrong pair. Reporting every one
+    # cost pydantic about 0.3 s for a 1 MiB batch of unknown keys.
+    pairs: list[Pair] | None = Field(default=None, min_length=1, fail_fast=True)
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:

@@ -67,12 +67,14 @@ class ServingState:
         return self.bundle.item_index.get(raw_item)
 
     def encode_demographics(self, values: Mapping[str, object]) -> npt.NDArray[np.int64] | None:
-        """A user feature row [Fu] from raw query values; None when no field was given."""
-        feature_map = self.bundle.feature_map
-        if not any(values.get(spec.name) is not None for spec in feature_map.user_fields):
-            return None
+        """A user feature row [Fu] from raw query values; None when it names nothing known.
+
+        A blank or unrecognised value says as little as a missing one, so all three get
+        the same popularity list: `?gender=` is not a cold-start user of unknown gender.
+        """
         # The contract's encoding rules, the same training used for the known users' rows.
-        return feature_map.encode_user(values)
+        row = self.bundle.feature_map.encode_user(values)
+        return row if row.any() else None
 
     # -- scoring -----------------------------------------------------------------------
 

@@ -16,7 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Self
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from starlette.responses import Response
 
 from app.api.batch_limit import BatchLimitedRoute
@@ -62,17 +69,39 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
+def _out_of_range() -> ValueError:
+    latest = datetime.now(UTC) + FUTURE_SKEW
+    return ValueError(
+        f"must lie between {EARLIEST_EVENT.isoformat()} and a day from now "
+        f"({latest.isoformat(timespec='seconds')})"
+    )
+
+
+def _unix_seconds(value: object) -> object:
+    """A number (or numeric string) as unix seconds, however large. pydantic reads one
+    above 2e10 as milliseconds: a far-future time in seconds would land in 1973 instead of
+    being refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return value  # pydantic refuses or parses it
+    try:
+        seconds = float(value)
+    except ValueError:
+        return value  # ISO 8601, or not a time at all: pydantic's to say
+    except OverflowError:  # an integer beyond any float
+        raise _out_of_range() from None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _out_of_range() from None
+
+
 def _event_time(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     # A time without a zone is read as UTC, not as the server's local time.
     moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    latest = datetime.now(UTC) + FUTURE_SKEW
-    if not EARLIEST_EVENT <= moment <= latest:
-        raise ValueError(
-            f"must lie between {EARLIEST_EVENT.isoformat()} and a day from now "
-            f"({latest.isoformat(timespec='seconds')})"
-        )
+    if not EARLIEST_EVENT <= moment <= datetime.now(UTC) + FUTURE_SKEW:
+        raise _out_of_range()
     return moment
 
 
@@ -81,6 +110,7 @@ EventValue = Annotated[
 ]
 EventTime = Annotated[
     datetime | None,
+    BeforeValidator(_unix_seconds),
     Field(
         description="when it happened (unix seconds or ISO 8601; no zone means UTC); default now"
     ),
@@ -119,7 +149,8 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # At most FEEDBACK_BATCH_LIMIT, refused before validation (app/api/batch_limit.py).
-    events: list[FeedbackEventIn] | None = Field(default=None, min_length=1)
+    # fail_fast: reported by its first wrong event, as /predict_rating's pairs.
+    events: list[FeedbackEventIn] | None = Field(default=None, min_length=1, fail_fast=True)
     user_id: RawId | None = None
     item_id: RawId | None = None
     event: EventName | None = None

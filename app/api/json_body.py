@@ -3,8 +3,13 @@
 Python's JSON reader, and so Starlette's `Request.json`, keeps the last of repeated keys:
 `{"user_id": "1", "user_id": "2"}` would rate user 2 for a client that may have meant user
 1, and nothing would say so. RFC 8259 leaves repeated names to the reader; the service
-refuses them, as it refuses other ambiguous input. A body that is not UTF-8 or is nested
-beyond the reader's depth is refused the same way, instead of FastAPI's bare 400.
+refuses them, as it refuses other ambiguous input. A body that is not UTF-8, is nested
+beyond the reader's depth or holds an integer beyond Python's digit limit is refused the
+same way, instead of FastAPI's bare 400 or a 500.
+
+An object may have at most MAX_OBJECT_KEYS keys: no request model has a tenth of them,
+and a 1 MiB body of unknown keys would otherwise cost pydantic one error per key (about a
+second of the event loop and a 10 MB answer for each such request).
 
 Every failure is a `json.JSONDecodeError`, which FastAPI answers through app.errors as
 422 "malformed JSON body: <reason>".
@@ -19,10 +24,15 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+MAX_OBJECT_KEYS = 64
 _KEY_SHOWN = 64  # a hostile key can be up to the body limit long; the message stays short
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_OBJECT_KEYS:
+        raise json.JSONDecodeError(
+            f"an object with {len(pairs)} keys, at most {MAX_OBJECT_KEYS}", "", 0
+        )
     obj = dict(pairs)
     if len(obj) == len(pairs):
         return obj
@@ -38,10 +48,14 @@ def parse_json(body: bytes) -> Any:
     """`body` as JSON with repeated keys refused; every failure is a `JSONDecodeError`."""
     try:
         return json.loads(body, object_pairs_hook=_unique)
+    except json.JSONDecodeError:
+        raise
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", "", 0) from None
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", "", 0) from None
+    except ValueError as exc:  # an integer over sys.get_int_max_str_digits() digits
+        raise json.JSONDecodeError(str(exc), "", 0) from None
 
 
 class StrictJsonRequest(Request):

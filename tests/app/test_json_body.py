@@ -26,6 +26,8 @@ def test_parse_json_reads_what_python_reads_without_repeats() -> None:
         (b'{"a": {"b": 1, "b": 1}}', "duplicate key 'b'"),
         (b'{"x": "\xff"}', "not UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"user_id": ' + b"1" * 5000 + b"}", "integer string conversion"),
+        (json.dumps({str(n): 0 for n in range(65)}).encode(), "65 keys, at most 64"),
     ],
 )
 def test_parse_json_refuses_with_a_reason(raw: bytes, reason: str) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.errors import ERRORS_SHOWN
 from tests.app.conftest import Reference
 from tests.helpers import copy_bundle
 
@@ -147,6 +148,7 @@ def test_wrong_types_give_a_clear_422(client: TestClient, body: object, needle: 
         b'{"user_id": "1", "item_id": ',
         b'{"user_id": "1", "item_id": "\xff"}',  # not UTF-8
         b"[" * 100_000 + b"]" * 100_000,
+        b'{"user_id": ' + b"1" * 5000 + b', "item_id": "1"}',  # over Python's digit limit
     ],
 )
 def test_malformed_json_is_a_clear_422(client: TestClient, raw: bytes) -> None:
@@ -175,6 +177,23 @@ def test_lone_surrogates_are_a_clear_422(client: TestClient, raw: bytes, needle:
     )
     assert response.status_code == 422, response.text
     assert needle in response.json()["detail"]
+
+
+def test_a_wrong_batch_is_reported_by_its_first_wrong_pair(client: TestClient) -> None:
+    good = {"user_id": "1", "item_id": "1"}
+    response = client.post("/predict_rating", json={"pairs": [good, {"user_id": "1"}] * 50})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "pairs.1.item_id: Field required"
+
+
+def test_many_wrong_fields_are_named_up_to_a_limit_and_counted(client: TestClient) -> None:
+    unknown = {f"extra{n}": 0 for n in range(30)}
+    response = client.post("/predict_rating", json={"pairs": [{**unknown, "user_id": "1"}]})
+    assert response.status_code == 422
+    body = response.json()
+    assert len(body["errors"]) == ERRORS_SHOWN
+    assert body["detail"].startswith("pairs.0.item_id: Field required")
+    assert body["detail"].endswith(f"and {31 - ERRORS_SHOWN} more errors")
 
 
 def test_wrong_method_is_a_405(client: TestClient) -> None:

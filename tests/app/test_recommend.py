@@ -77,6 +77,36 @@ def test_unknown_user_without_demographics_gets_popular(
     assert all(1.0 <= item["rating"] <= 5.0 for item in body["items"])
 
 
+@pytest.mark.parametrize(
+    "demographics",
+    [{"gender": ""}, {"gender": "  ", "zip": ""}, {"occupation": "astronaut", "gender": "?"}],
+)
+def test_demographics_that_name_nothing_known_get_popular(
+    client: TestClient, reference: Reference, demographics: dict[str, str]
+) -> None:
+    params = {"user_id": "no-such-user", "k": 5, **demographics}
+    body = client.get("/recommend", params=params).json()
+    assert body["fallback"] == "popular"
+    assert [item["item_id"] for item in body["items"]] == reference.popular[:5]
+
+
+@pytest.mark.parametrize(
+    ("query", "user"), [("user_id=%C3%A9", "\u00e9"), ("user_id=a+b%20c", "a b c")]
+)
+def test_query_strings_are_read_as_percent_encoded_utf8(
+    client: TestClient, query: str, user: str
+) -> None:
+    body = client.get(f"/recommend?{query}&k=2").json()
+    assert body["user_id"] == user
+
+
+@pytest.mark.parametrize("query", ["user_id=%FF", "user_id=1&gender=%C3", "user_id=%ED%A0%80"])
+def test_a_query_string_that_is_not_utf8_is_a_422(client: TestClient, query: str) -> None:
+    response = client.get(f"/recommend?{query}")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("query: not UTF-8")
+
+
 def test_unknown_user_with_demographics_gets_cold_start(
     client: TestClient, reference: Reference
 ) -> None:
