@@ -115,8 +115,8 @@ class FeedbackLoop:
         cached: bool,
     ) -> str:
         """Records the impression and gives its id: `request_id`, or a new one when that
-        names another user's list (a client or proxy reusing its trace id); may queue shadow
-        work. Never raises for Redis."""
+        names another list, another user's or this user's with other items (a client or
+        proxy reusing its trace id); may queue shadow work. Never raises for Redis."""
         state, fresh, known_user = hook.state, hook.fresh, hook.known_user
         user, k, exclude_seen = hook.user, hook.k, hook.exclude_seen
         items, ratings = _served_from(fragment)

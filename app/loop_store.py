@@ -96,8 +96,9 @@ end
 
 # ARGV: one json document {prefix, now, ttl, candidate (experiment id),
 # rows: [[request id, user, variant, version, items json, ratings json], ...]}: a batch of
-# impressions (app/group_commit.py). Answers {experiment, per row 1 recorded, 0 the same
-# user's id seen before (a retry keeps its first impression), -1 another user's id}.
+# impressions (app/group_commit.py). Answers {experiment, per row 1 recorded, 0 the id
+# seen before with this user and these items (a retry keeps its first impression), -1 the
+# id names another list: another user's, or this user's with other items}.
 IMPRESSION_LUA = (
     _ENSURE_EXPERIMENT
     + """
@@ -107,9 +108,9 @@ local counts = a.prefix .. 'exp:' .. exp .. ':counts'
 local out = {}
 for i, r in ipairs(a.rows) do
   local key = a.prefix .. 'imp:' .. r[1]
-  local owner = redis.call('HGET', key, 'user')
-  if owner then
-    out[i] = owner == r[2] and 0 or -1
+  local seen = redis.call('HMGET', key, 'user', 'items')
+  if seen[1] then
+    out[i] = (seen[1] == r[2] and seen[2] == r[5]) and 0 or -1
   else
     redis.call('HSET', key, 'user', r[2], 'variant', r[3], 'version', r[4],
       'items', r[5], 'ratings', r[6], 't', a.now, 'exp', exp)
@@ -230,8 +231,9 @@ return false
 """
 
 
-# "new": counted; "repeat": the same user's request id again (a retry), counted once;
-# "taken": the id names another user's list (a reused trace id), nothing written.
+# "new": counted; "repeat": the same user's request id again with the same items (a
+# retry), counted once; "taken": the id names another list, another user's or this user's
+# with other items (a reused trace id), nothing written.
 Recorded = Literal["new", "repeat", "taken"]
 _RECORDED: dict[int, Recorded] = {1: "new", 0: "repeat", -1: "taken"}
 # request id, user, variant, version, items json, ratings json

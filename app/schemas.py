@@ -127,7 +127,7 @@ class RecommendedItem(BaseModel):
 class RecommendResponse(BaseModel):
     request_id: str = Field(
         description="name it in POST /feedback: the X-Request-ID sent, else (or when that id "
-        "already names another user's list) a new id"
+        "already names another list, another user's or this user's with other items) a new id"
     )
     user_id: str
     variant: Literal["teacher", "student"]

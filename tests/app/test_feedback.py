@@ -101,6 +101,25 @@ def test_every_list_carries_a_request_id_and_is_recorded(
     assert _post(client, {**clicked, "request_id": reused.json()["request_id"]}).status_code == 202
 
 
+def test_a_reused_id_for_another_list_of_the_same_user_gets_an_id_of_its_own(
+    loop_client: Callable[..., TestClient], reference: Reference, store: redis.Redis
+) -> None:
+    client = loop_client()
+    user, trace = reference.users[4], {"X-Request-ID": "trace-7", **TEACHER}
+    first = client.get("/recommend", params={"user_id": user, "k": 5}, headers=trace).json()
+    second = client.get("/recommend", params={"user_id": user, "k": 3}, headers=trace).json()
+    assert first["request_id"] == "trace-7" != second["request_id"]
+    for body in (first, second):
+        stored = json.loads(store.hget(f"recsys:imp:{body['request_id']}", "items"))
+        assert stored == [i["item_id"] for i in body["items"]]
+    # A click on the second list, naming its id, is attributed to that list's position.
+    item = second["items"][0]["item_id"]
+    click = {"user_id": user, "item_id": item, "event": "click"}
+    assert _post(client, {**click, "request_id": second["request_id"]}).status_code == 202
+    ((_, fields),) = store.xrange(STREAM_KEY)
+    assert fields["request_id"] == second["request_id"] and fields["position"] == "1"
+
+
 def test_attribution_counts_each_request_item_once_for_its_variant(
     loop_client: Callable[..., TestClient], reference: Reference, store: redis.Redis
 ) -> None:
