@@ -7,6 +7,7 @@ refused, since the service would not know how to serve them.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -27,6 +28,7 @@ from contract.ratings import DEFAULT_RATING_SCALE, RatingScale, check_rating_sca
 
 # 2: every served model carries its retrieval artefacts (contract/towers.py).
 MANIFEST_SCHEMA_VERSION = 2
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest lists files: kilobytes, even for big bundles
 # Protocol P metrics a model entry carries (all of them, or none when not measured).
 METRIC_KEYS = ("rmse", "mae", "recall@10", "ndcg@10", "hr@10", "coverage@10")
 
@@ -244,6 +246,13 @@ def read_manifest(directory: Path) -> Manifest:
     """The manifest of a bundle folder; raises BundleError saying what is wrong with it."""
     path = Path(directory) / MANIFEST
     try:
+        # A FIFO or a device (a link to /dev/zero) would block or never end the read, and
+        # hold a reload's lock with it; an outsized file is no manifest either.
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path} is not a regular file")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is {info.st_size} bytes, at most {MAX_MANIFEST_BYTES}")
         raw = orjson.loads(path.read_bytes())
     except FileNotFoundError as exc:
         raise BundleError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,13 @@ import pytest
 
 from contract.errors import BundleError
 from contract.layout import DATA_FILES, MODEL_FILES, RATING_GRAPH_FILES, REQUIRED_DATA_FILES
-from contract.manifest import METRIC_KEYS, Manifest, parse_manifest, read_manifest
+from contract.manifest import (
+    MAX_MANIFEST_BYTES,
+    METRIC_KEYS,
+    Manifest,
+    parse_manifest,
+    read_manifest,
+)
 from contract.ratings import DEFAULT_RATING_SCALE
 from contract.towers import tower_files
 
@@ -161,3 +168,22 @@ def test_read_manifest_names_the_problem(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps(VALID))
     assert isinstance(read_manifest(tmp_path), Manifest)
+
+
+def test_a_manifest_that_is_no_regular_file_is_refused_without_reading(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "manifest.json")  # reading it would block until someone writes
+    with pytest.raises(BundleError, match="not a regular file"):
+        read_manifest(fifo)
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "manifest.json").symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(BundleError, match="not a regular file"):
+        read_manifest(device)
+    big = tmp_path / "big"
+    big.mkdir()
+    with (big / "manifest.json").open("wb") as handle:
+        handle.truncate(MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(BundleError, match="at most"):
+        read_manifest(big)
