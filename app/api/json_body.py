@@ -8,8 +8,8 @@ beyond the reader's depth or holds an integer beyond Python's digit limit is ref
 same way, instead of FastAPI's bare 400 or a 500.
 
 An object may have at most MAX_OBJECT_KEYS keys: no request model has a tenth of them,
-and a 1 MiB body of unknown keys would otherwise cost pydantic one error per key (about a
-second of the event loop and a 10 MB answer for each such request).
+and a 1 MiB body of unknown keys would otherwise cost pydantic one error per key, built on
+the event loop and formatted into an answer of megabytes.
 
 Every failure is a `json.JSONDecodeError`, which FastAPI answers through app.errors as
 422 "malformed JSON body: <reason>".
