@@ -1,4 +1,5 @@
-"""Strict JSON bodies: repeated keys, non-UTF-8 and deep nesting are 422s on every body route."""
+"""Strict JSON bodies: repeated keys, non-UTF-8, deep nesting, over-long integers and objects
+of too many keys are 422s on every body route."""
 
 from __future__ import annotations
 
