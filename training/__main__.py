@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from training.allocator import keep_freed_memory
 from training.bundle import BundleError, verify_bundle
@@ -117,7 +117,13 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="share of the teacher's parameter count removed from the student (default 0.91)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only when stderr is a terminal, so that logs sent to a "
+        "file or a collector do not fill with redrawn bars)",
+    )
     parser.add_argument(
         "--ann-min-items",
         type=_non_negative,
@@ -180,6 +186,11 @@ def _add_synth(sub: argparse._SubParsersAction[_Parser]) -> None:
     synth.set_defaults(until=None)
 
 
+def show_progress(choice: bool | None, stream: TextIO) -> bool:
+    """`--progress`/`--no-progress` when given, else bars only on a terminal."""
+    return stream.isatty() if choice is None else choice
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "synth":
         synth = SynthConfig(
@@ -211,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         compile=args.compile,
         prune_ratio=args.prune_ratio,
-        progress=not args.no_progress,
+        progress=show_progress(args.progress, sys.stderr),
         ann_min_items=args.ann_min_items,
         device=args.device,
     )

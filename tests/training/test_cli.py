@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from training.__main__ import EXIT_USER_ERROR, build_parser, main
+from training.__main__ import EXIT_USER_ERROR, build_parser, main, show_progress
 from training.data import default_split
 
 COMMANDS = (
@@ -250,3 +251,21 @@ def test_too_little_data_for_the_teacher_is_a_user_error(
     assert code == EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "use more data" in err[-1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "tty", "expected"),
+    [
+        ([], False, False),
+        ([], True, True),
+        (["--progress"], False, True),
+        (["--no-progress"], True, False),
+    ],
+)
+def test_progress_bars_only_on_a_terminal_unless_asked(
+    flags: list[str], tty: bool, expected: bool
+) -> None:
+    args = build_parser().parse_args(["pipeline", "--dataset", "ml-100k", *flags])
+    stream = io.StringIO()
+    stream.isatty = lambda: tty  # type: ignore[method-assign]
+    assert show_progress(args.progress, stream) is expected
