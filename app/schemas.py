@@ -10,6 +10,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from contract.ids import control_character
+
 MAX_ID_LENGTH = 128
 
 
@@ -20,6 +22,9 @@ def _raw_id(value: object) -> str:
     text = str(value).strip()
     if not text or len(text) > MAX_ID_LENGTH:
         raise ValueError(f"must be 1 to {MAX_ID_LENGTH} characters")
+    control = control_character(text)
+    if control is not None:
+        raise ValueError(f"must not hold control characters (found {control})")
     # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 encoder (hashing,
     # Redis, the response) takes: refused here rather than failing later as a 500.
     if not text.isascii():

@@ -277,6 +277,9 @@ def test_feedback_removes_items_from_the_next_lists_and_the_cache(
         ({"user_id": "1", "item_id": "no-such-item", "event": "click"}, 422,
          "item_id: unknown item_id 'no-such-item'"),
         ({"user_id": "1", "event": "click"}, 422, "missing item_id"),
+        # one event must stay one row in the export's tab-separated u.data
+        ({"user_id": "99\t1\t1\t880000000\n98", "item_id": "{item}", "event": "rating",
+          "value": 4}, 422, "user_id: must not hold control characters (found \\t)"),
         ({"events": [{"user_id": "1", "item_id": "{item}", "event": "click"}] * 11}, 422,
          "events: 11 given, at most 10 per request"),
         ({"events": [{"user_id": "1", "item_id": "{item}", "event": "click"},

@@ -179,6 +179,22 @@ def test_lone_surrogates_are_a_clear_422(client: TestClient, raw: bytes, needle:
     assert needle in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "1\t5", "item_id": "1"}, "user_id"),
+        ({"pairs": [{"user_id": "1", "item_id": "2\r\n3"}]}, "pairs.0.item_id"),
+    ],
+)
+def test_ids_with_control_characters_are_a_422(
+    client: TestClient, body: dict[str, object], field: str
+) -> None:
+    response = client.post("/predict_rating", json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith(field) and "control characters" in detail
+
+
 def test_a_wrong_batch_is_reported_by_its_first_wrong_pair(client: TestClient) -> None:
     good = {"user_id": "1", "item_id": "1"}
     response = client.post("/predict_rating", json={"pairs": [good, {"user_id": "1"}] * 50})

@@ -158,6 +158,15 @@ def test_missing_user_id_is_a_clear_422(client: TestClient, params: dict[str, st
     assert "user_id" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("user", ["99\t1", "1\n2", "a\x00b", "x\x7fz", "y\x85z"])
+def test_a_user_id_with_a_control_character_is_a_422(client: TestClient, user: str) -> None:
+    # A tab or line end would split the id into more fields or lines in the event export.
+    response = client.get("/recommend", params={"user_id": user})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("query.user_id") and "control characters" in detail
+
+
 def test_bad_variant_header_is_a_422(client: TestClient, reference: Reference) -> None:
     response = client.get(
         "/recommend", params={"user_id": reference.users[0]}, headers={"X-Variant": "champion"}
