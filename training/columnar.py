@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from contract.ids import control_character
+
 # The separator '::' files are rewritten to: ASCII "unit separator", made for this purpose.
 _UNIT_SEPARATOR = "\x1f"
 _CHUNK_BYTES = 1 << 22
@@ -238,6 +240,10 @@ def id_codes(column: pa.ChunkedArray, encoding: str) -> tuple[np.ndarray, np.nda
         texts = [raw.decode(encoding).strip() for raw in column.chunk(0).dictionary.to_pylist()]
     except UnicodeDecodeError as err:
         raise MalformedError(str(err)) from None
+    # Checked before numpy, whose strings drop a trailing NUL ("7\x00" would become "7");
+    # one search over the distinct ids joined, and the slow path names the line.
+    if control_character("".join(texts)) is not None:
+        raise MalformedError("a control character in an id")
     values, merged = np.unique(np.array(texts, dtype=str), return_inverse=True)
     codes = np.concatenate(
         [chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.iterchunks()]

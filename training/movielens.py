@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from contract.ids import control_character
 from training.columnar import (
     FLOAT,
     IDS,
@@ -246,13 +247,22 @@ def _colon_edged(ids: np.ndarray) -> bool:
     return bool(np.any(np.strings.startswith(ids, ":") | np.strings.endswith(ids, ":")))
 
 
+def _id_problem(source: DelimitedFile, role: str, text: str) -> str | None:
+    if not text:
+        return f"empty {role} id"
+    control = control_character(text)
+    if control is not None:
+        return f"{role} id {text!r} holds a control character ({control})"
+    if source.layout.delimiter == "::" and (text.startswith(":") or text.endswith(":")):
+        return f"{role} id {text!r} next to a stray ':' (fields are separated by '::')"
+    return None
+
+
 def _rating_problem(source: DelimitedFile, fields: list[str]) -> str | None:
     for role in ("user", "item"):
-        text = fields[source.position(role)].strip()
-        if not text:
-            return f"empty {role} id"
-        if source.layout.delimiter == "::" and (text.startswith(":") or text.endswith(":")):
-            return f"{role} id {text!r} next to a stray ':' (fields are separated by '::')"
+        problem = _id_problem(source, role, fields[source.position(role)].strip())
+        if problem:
+            return problem
     text = fields[source.position("rating")]
     if not NUMBER.fullmatch(text):
         return f"rating {text!r} is not a number"

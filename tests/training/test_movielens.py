@@ -198,6 +198,32 @@ def test_malformed_line_is_named_like_the_row_reader(
         assert text == f"{path}:5: {message.replace(repr(chr(9)), repr(sep))}"
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("user", ["1\x0b2", "7\x00", "x\x1by"])
+def test_an_id_with_a_control_character_is_refused_with_its_line(
+    fmt: str, user: str, tmp_path: Path
+) -> None:
+    # The service refuses such ids (contract/ids.py); a bundle trained on one could never
+    # be asked for it, and the event export's u.data would split it.
+    name, write = FORMATS[fmt]
+    path = write(tmp_path / fmt) / name
+    sep = {"ml-100k": "\t", "ml-1m": "::", "ml-latest": ","}[fmt]
+    lines = path.read_text().splitlines()
+    lines[4] = sep.join([user, "2", "4", "881250949"])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r":5: user id .* holds a control character"):
+        _read_columnar(fmt, path)
+
+
+def test_a_quoted_line_end_in_a_csv_id_is_refused(tmp_path: Path) -> None:
+    path = write_ml_latest(tmp_path / "ml-latest") / "ratings.csv"
+    lines = path.read_text().splitlines()
+    lines[4] = '"99\n98",2,4,881250949'
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"user id '99\\n98' holds a control character \(\\n\)"):
+        _read_columnar("ml-latest", path)
+
+
 def test_blank_lines_keep_line_numbers_and_a_late_error_is_found(tmp_path: Path) -> None:
     path = write_ml1m(tmp_path / "ml-1m", n_ratings=800) / "ratings.dat"
     lines = path.read_text().splitlines()
