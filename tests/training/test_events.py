@@ -204,3 +204,109 @@ def test_the_cli_reports_a_bad_redis_url(
                  str(tmp_path)])  # fmt: skip
     assert code == 2
     assert "cannot read recsys:events" in capsys.readouterr().err
+
+
+def test_a_folder_with_rows_but_no_state_is_refused_untouched(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    mine = b"user_id,item_id,rating,timestamp\r\n1,2,4,0\r\n"
+    (out / events.RATINGS_FILE).write_bytes(mine)
+    client.xadd(events.STREAM_KEY, {"user_id": "u", "item_id": "i", "event": "click"})
+    with pytest.raises(events.EventsError, match="holds rows, but .*export_state.json is missing"):
+        events.export_events(client, out)
+    assert (out / events.RATINGS_FILE).read_bytes() == mine
+
+
+def test_an_export_interrupted_before_its_first_state_is_redone(
+    client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "export"
+    empty = events.export_events(client, out)  # nothing in the stream yet
+    assert (empty.total_ratings, empty.total_interactions) == (0, 0)
+    client.xadd(events.STREAM_KEY, {"user_id": "u", "item_id": "i", "event": "rating",
+                                    "value": "4.0", "timestamp": "5"})  # fmt: skip
+    later = events.export_events(client, out)
+    assert later.exported_ratings == 1
+    assert "dropping" not in caplog.text  # the headers were committed with the first state
+    # A header alone, without a state (a crash right after writing it), is taken over.
+    (out / events.STATE_FILE).unlink()
+    (out / events.RATINGS_FILE).write_bytes(b"user_id,item_id,rating,timestamp\r\n")
+    (out / events.INTERACTIONS_FILE).unlink()
+    again = events.export_events(client, out)
+    assert again.exported_ratings == 1
+    assert _rows(out / events.RATINGS_FILE) == [list(events.RATINGS_HEADER), ["u", "i", "4.0", "5"]]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("not json", "Expecting value"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"stream": "recsys:events", "bogus": 1}', "bogus"),
+        ('{"stream": "recsys:events", "ratings_bytes": "x"}', "ratings_bytes must be"),
+        ('{"stream": "recsys:events", "ratings_bytes": -5}', "ratings_bytes must be"),
+        ('{"stream": "recsys:events", "last_id": "yesterday"}', "last_id 'yesterday'"),
+    ],
+)
+def test_a_damaged_state_is_named_not_a_traceback(
+    client: redis.Redis, tmp_path: Path, content: str, reason: str
+) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / events.STATE_FILE).write_text(content)
+    with pytest.raises(events.EventsError, match="export_state.json: not an export state") as err:
+        events.export_events(client, out)
+    assert reason in str(err.value)
+
+
+def test_entries_the_service_could_not_have_written_are_skipped_and_counted(
+    client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = [
+        {"event": "rating", "item_id": "i", "value": "4"},  # no user
+        {"event": "rating", "user_id": "u", "item_id": "i", "value": "abc"},
+        {"event": "rating", "user_id": "u", "item_id": "i", "value": "9"},
+        {"event": "click", "user_id": "u", "item_id": "i", "timestamp": "abc"},
+        {"event": "rating", "user_id": "99\t1\t1\t880000000\n98", "item_id": "10", "value": "4"},
+    ]
+    ids = [client.xadd(events.STREAM_KEY, fields) for fields in bad]
+    client.xadd(events.STREAM_KEY, {"event": "rating", "user_id": "u", "item_id": "i",
+                                    "value": "3.5", "timestamp": "7"})  # fmt: skip
+    summary = events.export_events(client, tmp_path / "export")
+    assert summary.skipped_malformed == len(bad)
+    assert (summary.exported_ratings, summary.exported_interactions) == (1, 0)
+    assert _rows(tmp_path / "export" / events.RATINGS_FILE)[1:] == [["u", "i", "3.5", "7"]]
+    for entry_id in ids:
+        assert f"skipping stream entry {entry_id}" in caplog.text
+    assert events.export_events(client, tmp_path / "export").skipped_malformed == 0
+
+
+def test_a_failed_merge_leaves_the_previous_one_whole(
+    client: redis.Redis, synthetic_ml100k: Path, tmp_path: Path
+) -> None:
+    client.xadd(events.STREAM_KEY, {"event": "rating", "user_id": "josé-ł", "item_id": "1",
+                                    "value": "4", "timestamp": "1"})  # fmt: skip
+    out = tmp_path / "export"
+    events.export_events(client, out)
+    merged = events.merge_with(out, synthetic_ml100k, dataset="ml-100k")
+    loaded = load_dataset(merged, dataset="ml-100k")
+    assert "josé-ł" in loaded.user_ids  # read back as sent (UTF-8 after a byte-order mark)
+    before = (merged / "u.data").read_bytes()
+    with (out / events.RATINGS_FILE).open("a") as handle:
+        handle.write("u,i,four,1\r\n")  # a hand edit
+    with pytest.raises(events.EventsError, match=r"ratings\.csv:3: could not convert"):
+        events.merge_with(out, synthetic_ml100k, dataset="ml-100k")
+    assert (merged / "u.data").read_bytes() == before
+
+
+def test_the_cli_checks_the_merge_format_before_exporting(
+    loop_redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["events", "export", "--redis-url", loop_redis_url, "--out", str(tmp_path / "x"),
+              "--merge-with", str(tmp_path), "--dataset", "bogus"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
