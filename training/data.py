@@ -148,10 +148,14 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _fields(path: Path, number: int, line: str, sep: str, count: int) -> list[str]:
     parts = line.split(sep)
-    if len(parts) < count:
+    if len(parts) == count + 1 and not parts[-1].strip():
+        parts.pop()  # a trailing separator
+    if len(parts) != count:
+        # More fields than the format has: a shifted column, or lines ended by a bare CR
+        # read as one line; either way the values would land in the wrong fields.
         raise DataError(
             f"{path}:{number}: expected {count} fields separated by {sep!r}, "
-            f"found {len(parts)} (truncated or wrong format?)"
+            f"found {len(parts)} (truncated, lines not ended by LF, or wrong format?)"
         )
     return parts
 
@@ -167,8 +171,10 @@ def _read_users(path: Path, sep: str, columns: tuple[str, ...]) -> dict[str, dic
     """Demographics by raw user id; `columns` names the file's fields in order."""
     users: dict[str, dict[str, Any]] = {}
     for number, line in _lines(path):
-        row = dict(zip(columns, _fields(path, number, line, sep, len(columns)), strict=False))
-        if not row["age"].strip().isdigit():
+        row = dict(zip(columns, _fields(path, number, line, sep, len(columns)), strict=True))
+        age = row["age"].strip()
+        # str.isdigit is true for '²', which int() then refuses.
+        if not (age.isascii() and age.isdecimal()):
             raise DataError(f"{path}:{number}: age {row['age']!r} is not an integer")
         users[_raw_id(path, number, row.pop("id"), "user")] = {**row, "age": int(row["age"])}
     return users
@@ -354,6 +360,12 @@ def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
             "%d rated items are not in the items file: each is titled by its id, without "
             "genres or year",
             unlisted,
+        )
+    unknown = len(user_ids) - len(raw.users)
+    if unknown and raw.users:  # only data sets with a users file can miss users from it
+        log.warning(
+            "%d rated users are not in the users file: their demographics are unknown",
+            unknown,
         )
     user_fields = _user_fields(raw)
     years = np.full(len(item_ids) + 1, np.nan)

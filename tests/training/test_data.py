@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import re
 import shutil
 import threading
 import zipfile
@@ -263,6 +264,44 @@ def test_bad_age_and_truncated_user(ml100k_copy: Path) -> None:
     _edit_line(ml100k_copy / "u.user", 5, "5|33")
     with pytest.raises(DataError, match=r"u\.user:5: expected 5 fields"):
         load_dataset(ml100k_copy, dataset="ml-100k")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("5|\u00b2|M|writer|12345", "age '²' is not an integer"),
+        ("5|33|M|writer|12345|extra", "expected 5 fields separated by '|', found 6"),
+    ],
+)
+def test_a_user_line_read_wrongly_is_refused(ml100k_copy: Path, line: str, message: str) -> None:
+    _edit_line(ml100k_copy / "u.user", 5, line)
+    with pytest.raises(DataError, match=rf"u\.user:5: {re.escape(message)}"):
+        load_dataset(ml100k_copy, dataset="ml-100k")
+
+
+def test_a_users_file_ended_by_bare_crs_is_refused(ml100k_copy: Path) -> None:
+    # Read as one line, it used to give one user, the others' demographics unknown.
+    path = ml100k_copy / "u.user"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    with pytest.raises(DataError, match=r"u\.user:1: expected 5 fields .* not ended by LF"):
+        load_dataset(ml100k_copy, dataset="ml-100k")
+
+
+def test_a_trailing_separator_on_a_user_line_is_taken(ml100k_copy: Path) -> None:
+    lines = (ml100k_copy / "u.user").read_text(encoding="latin-1").splitlines()
+    _edit_line(ml100k_copy / "u.user", 5, lines[4] + "|")
+    plain = load_dataset(ml100k_copy, dataset="ml-100k")
+    assert plain.feature_map.user_fields
+
+
+def test_rated_users_missing_from_the_users_file_are_counted(
+    ml100k_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = ml100k_copy / "u.user"
+    lines = path.read_text(encoding="latin-1").splitlines()
+    path.write_text("\n".join(lines[:5]) + "\n", encoding="latin-1")
+    data = load_dataset(ml100k_copy, dataset="ml-100k")
+    assert f"{len(data.user_ids) - 5} rated users are not in the users file" in caplog.text
 
 
 def test_malformed_csv_and_ml1m(tmp_path: Path) -> None:
