@@ -627,15 +627,7 @@ def make_split(
         folder = Path(data_dir or dataset.source_dir)
         if dataset.name != "ml-100k":
             raise DataError(f"split {split} exists only for ml-100k, not {dataset.name}")
-        train, test = (
-            _index_fold(
-                dataset,
-                read_ratings(separated_ratings(folder / f"{split}.{part}", "\t")),
-                source=folder / f"{split}.{part}",
-            )
-            for part in ("base", "test")
-        )
-        return Split(name=split, train=train, test=test)
+        return _canonical_fold(dataset, folder, split)
     if split == "none":
         return Split(name=split, train=ratings, test=Ratings.empty())
     if split == "random":
@@ -649,6 +641,35 @@ def make_split(
             )
         return Split(name=split, train=train, test=test)
     return _temporal(ratings)
+
+
+def _canonical_fold(dataset: Dataset, folder: Path, split: str) -> Split:
+    """u1.base/u1.test and the like: each pair once per file (as u.data), and in one file
+    only: a pair in both would be scored on a rating the model trained on."""
+    n_users, n_items = len(dataset.user_ids), len(dataset.item_ids)
+    train, test = (
+        latest_per_pair(
+            _index_fold(
+                dataset,
+                read_ratings(separated_ratings(folder / f"{split}.{part}", "\t")),
+                source=folder / f"{split}.{part}",
+            ),
+            n_users=n_users,
+            n_items=n_items,
+        )
+        for part in ("base", "test")
+    )
+    train_pairs = train.user.astype(np.int64) * (n_items + 1) + train.item
+    shared = np.isin(test.user.astype(np.int64) * (n_items + 1) + test.item, train_pairs)
+    if np.any(shared):
+        row = int(np.flatnonzero(shared)[0])
+        user, item = dataset.user_ids[test.user[row] - 1], dataset.item_ids[test.item[row] - 1]
+        raise DataError(
+            f"{folder / split}.base and .test share {int(shared.sum())} (user, item) pairs, "
+            f"the first ({user!r}, {item!r}): the fold is damaged; restore it, or use "
+            "--split random"
+        )
+    return Split(name=split, train=train, test=test)
 
 
 def _temporal(ratings: Ratings) -> Split:

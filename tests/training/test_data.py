@@ -304,6 +304,27 @@ def test_rated_users_missing_from_the_users_file_are_counted(
     assert f"{len(data.user_ids) - 5} rated users are not in the users file" in caplog.text
 
 
+def test_a_fold_whose_files_share_a_pair_is_refused(ml100k_copy: Path) -> None:
+    base = (ml100k_copy / "u1.base").read_text().splitlines()
+    with (ml100k_copy / "u1.test").open("a") as handle:
+        handle.write(base[0] + "\n")
+    data = load_dataset(ml100k_copy, dataset="ml-100k")
+    with pytest.raises(DataError, match=r"u1\.base and \.test share 1 \(user, item\) pairs"):
+        make_split(data, split="u1")
+
+
+def test_a_pair_repeated_in_a_fold_file_counts_once(
+    ml100k_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = load_dataset(ml100k_copy, dataset="ml-100k")
+    before = make_split(data, split="u1")
+    base = (ml100k_copy / "u1.base").read_text().splitlines()
+    (ml100k_copy / "u1.base").write_text("\n".join([*base, base[0]]) + "\n")
+    after = make_split(data, split="u1")
+    assert len(after.train) == len(before.train)
+    assert "1 ratings repeat a (user, item) pair" in caplog.text
+
+
 def test_malformed_csv_and_ml1m(tmp_path: Path) -> None:
     path = tmp_path / "ratings.csv"
     # Columns are chosen by header names now, so the header must name them.
