@@ -17,6 +17,7 @@ from typing import NoReturn, TextIO
 
 from training.allocator import keep_freed_memory
 from training.bundle import BundleError, verify_bundle
+from training.cli_args import non_negative, path_arg, positive, seed, workers
 from training.data import AUTO_SPLIT, DATASETS, SPLITS, DataError, default_split
 from training.device import DEVICES, DeviceError
 from training.distributed import current
@@ -30,7 +31,9 @@ log = logging.getLogger("training")
 
 EXIT_USER_ERROR = 2
 EXIT_SYSTEM_ERROR = 1
-MAX_SEED = 2**32 - 1
+# The commands that run the pipeline up to a step: an interrupted one resumes from its
+# checkpoints. The others (synth, events, verify) replace their outputs whole or not at all.
+RESUMABLE_COMMANDS = ("pipeline", "train-teacher", "distill", "export", "evaluate", "report")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,36 +43,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _integer(text: str, *, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-    return value
-
-
-def _positive(text: str) -> int:
-    return _integer(text, minimum=1)
-
-
-def _non_negative(text: str) -> int:
-    return _integer(text, minimum=0)
-
-
-def _seed(text: str) -> int:
-    # numpy's legacy seeding (used by some of the libraries the steps call) takes 32 bits.
-    value = _integer(text, minimum=0)
-    if value > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{value} is above {MAX_SEED} (2**32 - 1)")
-    return value
-
-
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         help="folder with the data set files (default: download the official archive)",
     )
@@ -85,22 +62,22 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out-dir",
-        type=Path,
+        type=path_arg,
         default=Path("models"),
         help="bundle folder; checkpoints go to OUT_DIR/.work (default models)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny models and few epochs (tests)")
-    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--threads",
-        type=_non_negative,
+        type=workers,
         default=0,
         help="torch CPU threads; 0 = one per teacher component process and every usable "
         "CPU (shared among torchrun's local ranks) in the other steps (default 0)",
     )
     parser.add_argument(
         "--jobs",
-        type=_non_negative,
+        type=workers,
         default=0,
         help="processes training the teacher's components side by side (on the CPU or "
         "one GPU); 0 = one per component as the CPUs allow on a CPU, 1 on a GPU and in "
@@ -126,7 +103,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ann-min-items",
-        type=_non_negative,
+        type=non_negative,
         default=ANN_MIN_ITEMS,
         help=f"ship an IVF index when the catalogue has more items (default {ANN_MIN_ITEMS})",
     )
@@ -168,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a bundle's files, hashes and models",
         description=("Checks a bundle: manifest schema, every file's sha256, ONNX signatures."),
     )
-    verify.add_argument("bundle", type=Path, help="bundle folder, e.g. models/current")
+    verify.add_argument("bundle", type=path_arg, help="bundle folder, e.g. models/current")
     verify.set_defaults(until=None)
     _add_synth(sub)
     add_events_parser(sub)
@@ -178,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_synth(sub: argparse._SubParsersAction[_Parser]) -> None:
     text = "write synthetic ratings.csv and movies.csv (ml-latest format) with latent structure"
     synth = sub.add_parser("synth", help=text, description=text)
-    synth.add_argument("--users", type=_positive, required=True, help="number of users")
-    synth.add_argument("--items", type=_positive, required=True, help="number of items")
-    synth.add_argument("--ratings", type=_positive, required=True, help="number of ratings")
-    synth.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    synth.add_argument("--out", type=Path, required=True, help="folder to write the files to")
+    synth.add_argument("--users", type=positive, required=True, help="number of users")
+    synth.add_argument("--items", type=positive, required=True, help="number of items")
+    synth.add_argument("--ratings", type=positive, required=True, help="number of ratings")
+    synth.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    synth.add_argument("--out", type=path_arg, required=True, help="folder to write the files to")
     synth.set_defaults(until=None)
 
 
@@ -286,7 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"error: {_one_line(err)}\n")
         return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted; finished steps are checkpointed, re-run to resume\n")
+        resumable = args.command in RESUMABLE_COMMANDS
+        sys.stderr.write(
+            "interrupted; finished steps are checkpointed, re-run to resume\n"
+            if resumable
+            else "interrupted; nothing half-written is left in place\n"
+        )
         return 130
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import redis
 
 from contract.ids import control_character
+from training.cli_args import path_arg
 from training.data import DATASETS, load_dataset
 from training.durable import fsync_dir, fsync_file
 
@@ -431,10 +432,12 @@ def add_events_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("--redis-url", required=True, help="the service's REDIS_URL")
-    export.add_argument("--out", type=Path, required=True, help="export folder (kept between runs)")
+    export.add_argument(
+        "--out", type=path_arg, required=True, help="export folder (kept between runs)"
+    )
     export.add_argument("--stream", default=STREAM_KEY, help=f"stream key (default {STREAM_KEY})")
     export.add_argument(
-        "--merge-with", type=Path, default=None, help="original data folder to merge with"
+        "--merge-with", type=path_arg, default=None, help="original data folder to merge with"
     )
     export.add_argument(
         "--dataset",

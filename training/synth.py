@@ -237,23 +237,30 @@ def _append(handle: BinaryIO, table: pa.Table, *, quoting: str) -> None:
 
 
 def generate(config: SynthConfig, out_dir: Path) -> dict[str, int]:
-    """Writes ratings.csv and movies.csv into out_dir; returns the counts written."""
+    """Writes ratings.csv and movies.csv into out_dir; returns the counts written.
+
+    Both are written under a temporary name and renamed at the end: an interrupted run
+    must not leave a shorter ratings.csv that loads as a data set of its own.
+    """
     config.check()
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _plant(config)
-    with (out_dir / "movies.csv").open("wb") as handle:
+    movies, ratings = out_dir / "movies.csv.partial", out_dir / "ratings.csv.partial"
+    with movies.open("wb") as handle:
         handle.write(b"movieId,title,genres\n")
         for lo in range(0, config.n_items, _BLOCK_ITEMS):
             hi = min(lo + _BLOCK_ITEMS, config.n_items)
             _append(handle, _movies_block(config, model, lo, hi), quoting="needed")
     written = 0
-    with (out_dir / "ratings.csv").open("wb") as handle:
+    with ratings.open("wb") as handle:
         handle.write(b"userId,movieId,rating,timestamp\n")
         for block, (lo, hi) in enumerate(_user_blocks(model.user_counts)):
             table = _ratings_block(config, model, block, lo, hi)
             written += table.num_rows
             # Numbers only: no quotes, and ratings keep ml-latest's "4.0" form.
             _append(handle, table, quoting="none")
+    movies.replace(out_dir / "movies.csv")
+    ratings.replace(out_dir / "ratings.csv")
     summary = {
         "users": int(np.count_nonzero(model.user_counts)),
         "items": config.n_items,

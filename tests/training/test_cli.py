@@ -106,6 +106,9 @@ def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         ["pipeline", "--ann-min-items", "-5"],
         ["pipeline", "--seed", str(2**32)],
         ["synth", "--users", "3", "--items", "3", "--ratings", "3", "--out", "x", "--seed", "-1"],
+        ["pipeline", "--threads", str(10**20)],
+        ["pipeline", "--out-dir", ""],
+        ["synth", "--users", "3", "--items", "3", "--ratings", "3", "--out", " "],
         ["nonsense"],
     ):
         with pytest.raises(SystemExit) as exit_info:
@@ -114,6 +117,8 @@ def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "--prune-ratio must lie in [0, 1)" in err
     assert "--seed: -1 is below 0" in err and "4294967296 is above 4294967295" in err
+    assert f"--threads: {10**20} is above 4096" in err
+    assert "--out-dir: an empty path" in err and "--out: an empty path" in err
 
 
 def test_synth_sizes_beyond_any_machine_are_a_one_line_error(

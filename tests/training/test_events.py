@@ -214,7 +214,9 @@ def test_a_folder_with_rows_but_no_state_is_refused_untouched(
     mine = b"user_id,item_id,rating,timestamp\r\n1,2,4,0\r\n"
     (out / events.RATINGS_FILE).write_bytes(mine)
     client.xadd(events.STREAM_KEY, {"user_id": "u", "item_id": "i", "event": "click"})
-    with pytest.raises(events.EventsError, match="holds rows, but .*export_state.json is missing"):
+    with pytest.raises(
+        events.EventsError, match=r"holds rows, but .*export_state\.json is missing"
+    ):
         events.export_events(client, out)
     assert (out / events.RATINGS_FILE).read_bytes() == mine
 
@@ -256,7 +258,7 @@ def test_a_damaged_state_is_named_not_a_traceback(
     out = tmp_path / "export"
     out.mkdir()
     (out / events.STATE_FILE).write_text(content)
-    with pytest.raises(events.EventsError, match="export_state.json: not an export state") as err:
+    with pytest.raises(events.EventsError, match=r"export_state\.json: not an export state") as err:
         events.export_events(client, out)
     assert reason in str(err.value)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training import synth
 from training.data import Ratings, holdout, load_dataset
 from training.evaluate import damped_item_means
 from training.synth import (
@@ -155,6 +156,27 @@ def test_impossible_sizes_are_refused(tmp_path: Path) -> None:
         generate(SynthConfig(n_users=2, n_items=10, n_ratings=11), tmp_path)
     with pytest.raises(SynthError, match="at least 1"):
         generate(SynthConfig(n_users=0, n_items=10, n_ratings=1), tmp_path)
+
+
+def test_an_interrupted_run_leaves_no_data_set_to_load(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shorter ratings.csv that ends on a whole line would load as a data set of its own.
+    out = tmp_path / "s"
+    generate(SMALL, out)
+    before = (out / "ratings.csv").read_bytes()
+    blocks = 0
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        nonlocal blocks
+        blocks += 1
+        if blocks > 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "_append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(SynthConfig(n_users=900, n_items=600, n_ratings=80_000, seed=1), out)
+    assert (out / "ratings.csv").read_bytes() == before  # the last whole run's file
 
 
 def test_command_line(tmp_path: Path) -> None:
