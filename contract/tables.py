@@ -63,6 +63,13 @@ def load_tables(directory: Path, manifest: Manifest) -> BundleTables:
     """Reads and cross-checks the data files the manifest names; raises BundleError."""
     files = _DataFiles(Path(directory), manifest)
     feature_map = FeatureMap.from_json(files.json("feature_map"))
+    # The manifest is not hashed (it holds the hashes): the one value both files carry
+    # must agree, or the service would clip ratings and check feedback on another scale.
+    if tuple(manifest.rating_scale) != tuple(feature_map.rating_scale):
+        raise BundleError(
+            f"manifest.json's rating_scale {list(manifest.rating_scale)} differs from "
+            f"feature_map.json's {list(feature_map.rating_scale)}"
+        )
     user_ids, item_ids = _id_maps(files, feature_map)
     features = _features(files, feature_map)
     indptr, indices = _seen(files, feature_map)

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from app.bundle import load_bundle
 from app.metrics import Metrics
 from app.state import load_state
+from contract.errors import BundleError
+from contract.layout import sha256_file
 from contract.ratings import DEFAULT_RATING_SCALE
 from contract.verify import verify_bundle
 from tests.helpers import copy_bundle, modules_loaded_by
@@ -79,13 +81,24 @@ def test_service_encodes_raw_values_as_training_did(
         assert (row > 0).all()  # every generated value is known to the map
 
 
-def _set_rating_scale(bundle: Path, scale: list[float] | None) -> None:
+def _set_rating_scale(bundle: Path, scale: list[float] | None, *, feature_map: bool = True) -> None:
+    """The scale in the manifest and, unless told not to, in the feature map (rehashed)."""
     path = bundle / "manifest.json"
     manifest = json.loads(path.read_text())
     if scale is None:
         manifest["dataset"].pop("rating_scale", None)
     else:
         manifest["dataset"]["rating_scale"] = scale
+    if feature_map:
+        entry = manifest["files"]["feature_map"]
+        fm_path = bundle / entry["file"]
+        fm = json.loads(fm_path.read_text())
+        if scale is None:
+            fm.pop("rating_scale", None)
+        else:
+            fm["rating_scale"] = scale
+        fm_path.write_text(json.dumps(fm))
+        entry["sha256"] = sha256_file(fm_path)
     path.write_text(json.dumps(manifest))
 
 
@@ -105,6 +118,12 @@ def test_the_service_clips_with_the_bundles_rating_scale(bundle_dir: Path, tmp_p
     _set_rating_scale(broken, [5.0, 0.5])
     with pytest.raises(ValueError, match="low < high"):
         load_bundle(broken)
+
+    # The manifest is not hashed: a scale edited there alone must not pass.
+    edited = copy_bundle(bundle_dir, tmp_path, version="edited")
+    _set_rating_scale(edited, [2.0, 4.0], feature_map=False)
+    with pytest.raises(BundleError, match=r"rating_scale \[2\.0, 4\.0\] differs from"):
+        verify_bundle(edited)
 
 
 def test_the_contract_imports_neither_torch_nor_either_side() -> None:
