@@ -180,18 +180,19 @@ def _prepare(path: Path, recorded: int, header: tuple[str, ...], *, fresh: bool)
     export interrupted before its first state wrote)."""
     size = path.stat().st_size if path.exists() else 0
     expected = _header_bytes(header)
-    if fresh and size and (size != len(expected) or path.read_bytes() != expected):
-        raise EventsError(
-            f"{path} holds rows, but {path.parent / STATE_FILE} is missing: no export of this "
-            "folder wrote them (or its state was lost); export into a new folder"
-        )
+    only_header = size == len(expected) and path.read_bytes() == expected
     if size < recorded:
         raise EventsError(f"{path} is shorter ({size} B) than the export state says ({recorded} B)")
-    if size > recorded and not fresh:
+    if size > recorded and not (recorded == 0 and only_header):
+        if fresh:
+            raise EventsError(
+                f"{path} holds rows, but {path.parent / STATE_FILE} is missing: no export of "
+                "this folder wrote them (or its state was lost); export into a new folder"
+            )
         log.warning("dropping %d bytes of an interrupted export from %s", size - recorded, path)
         with path.open("r+b") as handle:
             handle.truncate(recorded)
-    if fresh or recorded == 0:
+    if recorded == 0:
         with path.open("wb") as handle:
             handle.write(expected)
             handle.flush()

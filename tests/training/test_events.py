@@ -238,6 +238,12 @@ def test_an_export_interrupted_before_its_first_state_is_redone(
     (out / events.INTERACTIONS_FILE).unlink()
     again = events.export_events(client, out)
     assert again.exported_ratings == 1
+    # An empty export by an earlier version recorded 0 bytes beside its headers.
+    (out / events.STATE_FILE).write_text(json.dumps({"stream": events.STREAM_KEY}))
+    (out / events.RATINGS_FILE).write_bytes(b"user_id,item_id,rating,timestamp\r\n")
+    caplog.clear()
+    assert events.export_events(client, out).exported_ratings == 1
+    assert "dropping" not in caplog.text
     assert _rows(out / events.RATINGS_FILE) == [list(events.RATINGS_HEADER), ["u", "i", "4.0", "5"]]
 
 
