@@ -13,7 +13,8 @@ JSON error body and a request id, not uvicorn's plain-text one.
 
 Used through `uvicorn --http app.http_protocol:HttpProtocol` (deploy/docker/serve.sh, the
 Makefile) and the gunicorn worker class (app/gunicorn_conf.py). Without httptools it falls
-back to uvicorn's h11 protocol, whose own head limit is set to the same size.
+back to uvicorn's h11 protocol, whose own head limit is set to the same size, with the same
+head and body deadlines.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import h11
 import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -76,37 +78,115 @@ def _refusal(status: int, reason: bytes, detail: str) -> bytes:
     )
 
 
-class LimitedH11Protocol(H11Protocol):
-    """h11 has a limit of its own (answered 400); it is set to HTTP_MAX_HEADER_BYTES."""
+class _Deadlines:
+    """The head and body deadlines of one connection, for either uvicorn protocol: a
+    head not complete HTTP_HEADER_TIMEOUT_SECONDS after its first bytes closes the
+    connection with a 408, and so does a body not complete HTTP_BODY_TIMEOUT_SECONDS
+    after its head (once the app has answered, the connection is only closed)."""
+
+    # The protocol's own (uvicorn sets them).
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
+
+    def _start_deadlines(self) -> None:
+        self._limits = connection_limits()
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    def _waiting_for_head(self) -> bool:
+        raise NotImplementedError
+
+    def _arm(self, timer: asyncio.TimerHandle | None, seconds: float) -> asyncio.TimerHandle:
+        if timer is not None:
+            timer.cancel()
+        return self.loop.call_later(seconds, self._timed_out)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    def _timed_out(self) -> None:
+        what = "head" if self._waiting_for_head() else "body"
+        self._cancel_timers()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if what == "body" and cycle is not None and cycle.response_started:
+            self.transport.close()  # answered already; the rest of the body never came
+            return
+        self._close_with(_refusal(408, b"Request Timeout", f"request {what} not received in time"))
+
+    def _close_with(self, response: bytes) -> None:
+        self._cancel_timers()
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
+
+
+class LimitedH11Protocol(_Deadlines, H11Protocol):
+    """h11 has a head limit of its own (answered 400); it is set to HTTP_MAX_HEADER_BYTES.
+    The deadlines follow h11's state of the client's side after each read."""
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         if config.h11_max_incomplete_event_size is None:
             config.h11_max_incomplete_event_size = connection_limits().max_head_bytes
         super().__init__(config, *args, **kwargs)
+        self._start_deadlines()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self._arm(self._head_timer, self._limits.head_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            self._cancel_timers()
+            return
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            # Bytes of a head: its clock starts with them. An idle kept-alive connection
+            # is uvicorn's --timeout-keep-alive's until then.
+            if self._head_timer is None and data:
+                self._head_timer = self._arm(None, self._limits.head_seconds)
+        elif state is h11.SEND_BODY:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            if self._body_timer is None:
+                self._body_timer = self._arm(None, self._limits.body_seconds)
+        else:  # the request is complete (or the connection is ending)
+            self._cancel_timers()
+
+    def _waiting_for_head(self) -> bool:
+        return bool(self.conn.their_state is h11.IDLE)
 
     def send_400_response(self, msg: str) -> None:
-        if not self.transport.is_closing():
-            # h11 also refuses a head over its limit this way; the message cannot tell which.
-            limit = self.config.h11_max_incomplete_event_size
-            detail = f"{_MALFORMED}, or its head is over {limit} bytes"
-            self.transport.write(_refusal(400, b"Bad Request", detail))
-            self.transport.close()
+        # h11 also refuses a head over its limit this way; the message cannot tell which.
+        limit = self.config.h11_max_incomplete_event_size
+        self._close_with(
+            _refusal(400, b"Bad Request", f"{_MALFORMED}, or its head is over {limit} bytes")
+        )
 
 
 if importlib.util.find_spec("httptools") is not None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    class LimitedHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._limits = connection_limits()
+            self._start_deadlines()
             # Bytes of the current head so far; it is being read while _reading_head is
             # True: from the connection's start, and after each complete message.
             self._head_bytes = 0
             self._reading_head = True
             self._head_tail = b""  # the last bytes of the head so far, for a split blank line
-            self._head_timer: asyncio.TimerHandle | None = None
-            self._body_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -160,29 +240,8 @@ if importlib.util.find_spec("httptools") is not None:
             self._head_bytes = 0
             self._head_tail = b""
 
-        def _arm(self, timer: asyncio.TimerHandle | None, seconds: float) -> asyncio.TimerHandle:
-            if timer is not None:
-                timer.cancel()
-            return self.loop.call_later(seconds, self._timed_out)
-
-        def _cancel_timers(self) -> None:
-            for timer in (self._head_timer, self._body_timer):
-                if timer is not None:
-                    timer.cancel()
-            self._head_timer = self._body_timer = None
-
-        def _timed_out(self) -> None:
-            what = "head" if self._reading_head else "body"
-            self._cancel_timers()
-            if self.transport.is_closing():
-                return
-            cycle = self.cycle
-            if what == "body" and cycle is not None and cycle.response_started:
-                self.transport.close()  # answered already; the rest of the body never came
-                return
-            self._close_with(
-                _refusal(408, b"Request Timeout", f"request {what} not received in time")
-            )
+        def _waiting_for_head(self) -> bool:
+            return self._reading_head
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn answers a request the parser refuses in plain text; clients of this
@@ -190,11 +249,8 @@ if importlib.util.find_spec("httptools") is not None:
             self._close_with(_refusal(400, b"Bad Request", _MALFORMED))
 
         def _close_with(self, response: bytes) -> None:
-            self._cancel_timers()
-            self._reading_head = False
-            if not self.transport.is_closing():
-                self.transport.write(response)
-                self.transport.close()
+            self._reading_head = False  # nothing more of this connection is counted
+            super()._close_with(response)
 
     HttpProtocol: type[asyncio.Protocol] = LimitedHttpToolsProtocol
 else:  # pragma: no cover - uvicorn[standard] brings httptools
