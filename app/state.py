@@ -137,6 +137,8 @@ class ServingState:
         )
         items = hits.positions + 1
         n = items.shape[0]
+        if n == 0:  # every item excluded; the teacher's rating graph refuses a batch of 0
+            return []
         rating = self._run(
             variant,
             endpoint="recommend",
