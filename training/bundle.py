@@ -239,6 +239,24 @@ def _rating_factors_entry(stage: Path, key: str, files: RatingFactorFiles) -> di
     }
 
 
+def _complete_metrics(model: str, measured: dict[str, float]) -> dict[str, float]:
+    """Protocol P's metrics when all of them are defined, else none (the manifest's rule):
+    with no test rating of 4 or more the ranking ones are undefined, and rmse alone would
+    read as a complete evaluation."""
+    metrics = {
+        name: float(measured[name])
+        for name in METRIC_KEYS
+        if name in measured and math.isfinite(float(measured[name]))
+    }
+    if metrics and len(metrics) < len(METRIC_KEYS):
+        undefined = ", ".join(name for name in METRIC_KEYS if name not in metrics)
+        log.warning(
+            "%s: %s undefined on this test split; no metrics in the manifest", model, undefined
+        )
+        return {}
+    return metrics
+
+
 def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
     ds = contents.dataset
     files = {
@@ -247,11 +265,7 @@ def _manifest(stage: Path, contents: BundleContents) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for key, art in contents.models.items():
         path = stage / MODEL_FILES[key]
-        metrics = {
-            name: float(art.metrics[name])
-            for name in METRIC_KEYS
-            if name in art.metrics and math.isfinite(float(art.metrics[name]))
-        }
+        metrics = _complete_metrics(key, art.metrics)
         models[key] = {
             "file": path.name,
             "sha256": sha256_file(path),

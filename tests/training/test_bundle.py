@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -314,3 +315,14 @@ def test_current_as_real_folder_is_not_clobbered(dataset: Dataset, tmp_path: Pat
         bundle_mod.write_bundle(out, _contents(dataset, tmp_path, "v1"))
     assert (out / "current" / "keep.txt").read_text() == "mine"
     assert verify_bundle(out / "v1")["version"] == "v1"  # complete, just not current
+
+
+def test_metrics_go_into_the_manifest_all_or_none(caplog: pytest.LogCaptureFixture) -> None:
+    # A test split without a rating of 4 or more leaves the ranking metrics undefined (NaN).
+    defined = {"rmse": 0.9, "mae": 0.7, "recall@10": 0.2, "ndcg@10": 0.3, "hr@10": 0.6,
+               "coverage@10": 0.1}  # fmt: skip
+    assert bundle_mod._complete_metrics("teacher", defined) == defined
+    partial = {**defined, "recall@10": math.nan, "ndcg@10": math.nan}
+    assert bundle_mod._complete_metrics("teacher", partial) == {}
+    assert "teacher: recall@10, ndcg@10 undefined" in caplog.text
+    assert bundle_mod._complete_metrics("student", {}) == {}
