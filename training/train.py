@@ -701,6 +701,32 @@ def _stop_stale_heads(t: Trainer, selector: HeadSelector, epoch: int) -> None:
     t.config = config
 
 
+def _selection_split(train: Ratings, config: TeacherConfig) -> tuple[Ratings, Ratings]:
+    """(fit, valid): the split the blend and the epochs are chosen on; ValueError naming
+    what is missing when nothing could be chosen on it."""
+    if not np.any(train.rating >= RELEVANT_MIN_RATING):
+        # More data cannot fix this one: the scale is the problem.
+        raise ValueError(
+            f"no training rating is {RELEVANT_MIN_RATING:g} or more (the highest is "
+            f"{float(np.max(train.rating)):g}), and a relevant item is one rated "
+            f"{RELEVANT_MIN_RATING:g} or more on the 1-5 scale; for implicit feedback "
+            "(clicks, plays, purchases), give each interaction the rating 5"
+        )
+    fit, valid = holdout(train, fraction=config.valid_fraction, seed=config.seed)
+    if len(valid) == 0:
+        raise ValueError(
+            f"{len(train)} training ratings are too few for a validation split "
+            f"({config.valid_fraction:.0%}); use more data"
+        )
+    if not np.any(valid.rating >= RELEVANT_MIN_RATING):
+        raise ValueError(
+            f"the validation split ({config.valid_fraction:.0%} of {len(train)} training "
+            f"ratings) has no rating >= {RELEVANT_MIN_RATING:g} to fit the ensemble on; "
+            "use more data"
+        )
+    return fit, valid
+
+
 def train_teacher(
     dataset: Dataset, train: Ratings, *, config: TeacherConfig
 ) -> tuple[EnsembleTeacher, dict[str, Any]]:
@@ -715,12 +741,7 @@ def train_teacher(
     device = local_device(resolve_device(config.device))
     log.info("teacher trains on %s (%d processes)", device, current().world_size)
     started = time.perf_counter()
-    fit, valid = holdout(train, fraction=config.valid_fraction, seed=config.seed)
-    if len(valid) == 0 or not np.any(valid.rating >= RELEVANT_MIN_RATING):
-        raise ValueError(
-            f"the validation split ({config.valid_fraction:.0%} of {len(train)} training "
-            "ratings) has no rating >= 4 to fit the ensemble on; use more data"
-        )
+    fit, valid = _selection_split(train, config)
     configs: dict[str, ComponentConfig] = {
         "mf": config.mf,
         "xdeepfm": config.xdeepfm,

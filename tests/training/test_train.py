@@ -445,6 +445,30 @@ def test_empty_training_data_gives_a_clear_error(dataset: Dataset) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("ratings", "message"),
+    [
+        (
+            [1.0] * 50,
+            r"no training rating is 4 or more \(the highest is 1\).*the rating 5",
+        ),
+        ([4.0, 2.0, 5.0], "3 training ratings are too few for a validation split"),
+    ],
+)
+def test_what_the_teacher_cannot_select_on_is_named(
+    dataset: Dataset, ratings: list[float], message: str
+) -> None:
+    n = len(ratings)
+    train = Ratings(
+        user=np.arange(n) % 5 + 1,
+        item=np.arange(n) + 1,
+        rating=np.array(ratings, np.float32),
+        timestamp=np.zeros(n, dtype=np.int64),
+    )
+    with pytest.raises(ValueError, match=message):
+        train_teacher(dataset, train, config=TeacherConfig(progress=False, threads=1).quick())
+
+
 def _one_rating() -> Ratings:
     return Ratings(
         user=np.array([1]),
