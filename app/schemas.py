@@ -10,9 +10,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from contract.ids import control_character
-
-MAX_ID_LENGTH = 128
+from contract.ids import MAX_ID_LENGTH, control_character
 
 
 def _raw_id(value: object) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from contract.ids import control_character
+from contract.ids import MAX_ID_LENGTH, control_character
 
 # The separator '::' files are rewritten to: ASCII "unit separator", made for this purpose.
 _UNIT_SEPARATOR = "\x1f"
@@ -244,6 +244,8 @@ def id_codes(column: pa.ChunkedArray, encoding: str) -> tuple[np.ndarray, np.nda
     # one search over the distinct ids joined, and the slow path names the line.
     if control_character("".join(texts)) is not None:
         raise MalformedError("a control character in an id")
+    if texts and max(map(len, texts)) > MAX_ID_LENGTH:
+        raise MalformedError(f"an id longer than {MAX_ID_LENGTH} characters")
     values, merged = np.unique(np.array(texts, dtype=str), return_inverse=True)
     codes = np.concatenate(
         [chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.iterchunks()]

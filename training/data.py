@@ -596,6 +596,12 @@ def load_dataset(
     else:
         raw = _read_generic_csv(data_dir)
     loaded = _build(dataset, raw, data_dir)
+    if loaded.feature_map.n_items < 2:
+        # Scores are standardised over the catalogue, and one item has no spread.
+        raise DataError(
+            f"{data_dir}: {loaded.feature_map.n_items} item in the catalogue; ranking needs "
+            "at least 2"
+        )
     log.info(
         "loaded %s: %d users, %d items, %d ratings",
         dataset,

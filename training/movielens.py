@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contract.ids import control_character
+from contract.ids import MAX_ID_LENGTH, control_character
 from training.columnar import (
     FLOAT,
     IDS,
@@ -253,6 +253,10 @@ def _id_problem(source: DelimitedFile, role: str, text: str) -> str | None:
     control = control_character(text)
     if control is not None:
         return f"{role} id {text!r} holds a control character ({control})"
+    if len(text) > MAX_ID_LENGTH:
+        return (
+            f"{role} id {text[:20]!r}... is {len(text)} characters long (at most {MAX_ID_LENGTH})"
+        )
     if source.layout.delimiter == "::" and (text.startswith(":") or text.endswith(":")):
         return f"{role} id {text!r} next to a stray ':' (fields are separated by '::')"
     return None

@@ -140,7 +140,7 @@ def test_generic_csv_loader(tmp_path: Path) -> None:
         np.testing.assert_allclose(ds.ratings.rating, [4.0, 2.5, 5.0])
         assert ds.feature_map.rating_scale == (1.0, 5.0)
     # Half stars from 0.5 (MovieLens' latest sets): the scale reaches down to them.
-    path.write_text("user,item,rating\nalice,m1,0.5\nbob,m1,2.5\n")
+    path.write_text("user,item,rating\nalice,m1,0.5\nbob,m2,2.5\n")
     assert load_dataset(path, dataset="csv").feature_map.rating_scale == (0.5, 5.0)
 
 
@@ -323,6 +323,13 @@ def test_a_pair_repeated_in_a_fold_file_counts_once(
     after = make_split(data, split="u1")
     assert len(after.train) == len(before.train)
     assert "1 ratings repeat a (user, item) pair" in caplog.text
+
+
+def test_a_catalogue_of_one_item_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n" + "".join(f"u{u},i1,{u % 5 + 1}\n" for u in range(30)))
+    with pytest.raises(DataError, match="1 item in the catalogue; ranking needs at least 2"):
+        load_dataset(path, dataset="csv")
 
 
 def test_malformed_csv_and_ml1m(tmp_path: Path) -> None:

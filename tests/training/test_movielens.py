@@ -215,6 +215,18 @@ def test_an_id_with_a_control_character_is_refused_with_its_line(
         _read_columnar(fmt, path)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_id_the_service_could_not_be_asked_for_is_refused(fmt: str, tmp_path: Path) -> None:
+    name, write = FORMATS[fmt]
+    path = write(tmp_path / fmt) / name
+    sep = {"ml-100k": "\t", "ml-1m": "::", "ml-latest": ","}[fmt]
+    lines = path.read_text().splitlines()
+    lines[4] = sep.join(["1", "L" * 129, "4", "881250949"])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r":5: item id 'L+'\.\.\. is 129 characters long"):
+        _read_columnar(fmt, path)
+
+
 def test_a_quoted_line_end_in_a_csv_id_is_refused(tmp_path: Path) -> None:
     path = write_ml_latest(tmp_path / "ml-latest") / "ratings.csv"
     lines = path.read_text().splitlines()
