@@ -78,7 +78,7 @@ def _refusal(status: int, reason: bytes, detail: str) -> bytes:
     )
 
 
-class _Deadlines:
+class _Deadlines(asyncio.Protocol):
     """The head and body deadlines of one connection, for either uvicorn protocol: a
     head not complete HTTP_HEADER_TIMEOUT_SECONDS after its first bytes closes the
     connection with a 408, and so does a body not complete HTTP_BODY_TIMEOUT_SECONDS
@@ -96,6 +96,14 @@ class _Deadlines:
 
     def _waiting_for_head(self) -> bool:
         raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self._arm(self._head_timer, self._limits.head_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
 
     def _arm(self, timer: asyncio.TimerHandle | None, seconds: float) -> asyncio.TimerHandle:
         if timer is not None:
@@ -135,14 +143,6 @@ class LimitedH11Protocol(_Deadlines, H11Protocol):
             config.h11_max_incomplete_event_size = connection_limits().max_head_bytes
         super().__init__(config, *args, **kwargs)
         self._start_deadlines()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._head_timer = self._arm(self._head_timer, self._limits.head_seconds)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timers()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -187,14 +187,6 @@ if importlib.util.find_spec("httptools") is not None:
             self._head_bytes = 0
             self._reading_head = True
             self._head_tail = b""  # the last bytes of the head so far, for a split blank line
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._head_timer = self._arm(self._head_timer, self._limits.head_seconds)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_timers()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             # Counted before the parser sees the read, so a head that arrives in one read is
