@@ -596,12 +596,6 @@ def load_dataset(
     else:
         raw = _read_generic_csv(data_dir)
     loaded = _build(dataset, raw, data_dir)
-    if loaded.feature_map.n_items < 2:
-        # Scores are standardised over the catalogue, and one item has no spread.
-        raise DataError(
-            f"{data_dir}: {loaded.feature_map.n_items} item in the catalogue; ranking needs "
-            "at least 2"
-        )
     log.info(
         "loaded %s: %d users, %d items, %d ratings",
         dataset,
@@ -622,8 +616,22 @@ def make_split(
 ) -> Split:
     """Train/test split by name: a canonical ml-100k fold, random, temporal or none.
 
-    `auto` is `default_split(dataset.name)`.
+    `auto` is `default_split(dataset.name)`. Refuses a catalogue of one item, which loads
+    (an export of feedback may hold one) but cannot be trained to rank: scores are
+    standardised over the catalogue, and one item has no spread.
     """
+    made = _split(dataset, split=split, data_dir=data_dir, seed=seed, test_ratio=test_ratio)
+    if dataset.feature_map.n_items < 2:
+        raise DataError(
+            f"{dataset.source_dir}: {dataset.feature_map.n_items} item in the catalogue; "
+            "ranking needs at least 2"
+        )
+    return made
+
+
+def _split(
+    dataset: Dataset, *, split: str, data_dir: Path | None, seed: int, test_ratio: float
+) -> Split:
     if split == AUTO_SPLIT:
         split = default_split(dataset.name)
     if split not in SPLITS:
