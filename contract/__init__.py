@@ -5,7 +5,7 @@ every rule lives here once. Modules by concern:
 
 - `errors`     BundleError, ModelLoadError
 - `features`   the feature map and its encoding rules (FieldSpec, FeatureMap)
-- `ids`        the rule raw ids share (no control characters)
+- `ids`        the rules raw ids share (a length limit, no control characters)
 - `ratings`    the rating scale and its clip
 - `layout`     the bundle's file names and sha256_file
 - `manifest`   the manifest schema (pydantic) and read_manifest

@@ -3,10 +3,9 @@ control characters.
 
 An id trained on must be one the service can be asked for: the loaders refuse a longer
 id, as the service does. An id is any text (surrounding spaces are ignored), but a tab, a
-line end or another
-control character in one would be read back as more fields or more lines by the
-tab-separated and line-based formats the event export writes and the loaders read
-(`u.data`): one event could become several ratings. The loaders refuse such ids, the
+line end or another control character in one would be read back as more fields or more
+lines by the tab-separated and line-based formats the event export writes and the loaders
+read (`u.data`): one event could become several ratings. The loaders refuse such ids, the
 service refuses them with a 422, and the export skips an event that holds one.
 """
 
