@@ -418,26 +418,28 @@ def _build(name: str, raw: _Raw, source_dir: Path) -> Dataset:
     )
 
 
+def pair_keys(ratings: Ratings, *, n_users: int, n_items: int) -> np.ndarray:
+    """One number per (user, item) pair, in 4 bytes where they fit: the checks sort or
+    search these, and their memory adds to the load's peak."""
+    dtype = np.uint32 if (n_users + 1) * (n_items + 1) <= np.iinfo(np.uint32).max else np.int64
+    key = ratings.user.astype(dtype)
+    np.multiply(key, n_items + 1, out=key, casting="unsafe")
+    np.add(key, ratings.item, out=key, casting="unsafe")  # in place: one array at a time
+    return key
+
+
 def latest_per_pair(ratings: Ratings, *, n_users: int, n_items: int) -> Ratings:
     """Each (user, item) pair once: its latest rating (by timestamp, then by line), in file
     order. A log where a user rated an item again holds both; training on both would count
     the old opinion, and a split could put one copy in training and the other in test."""
-    # One number per pair, in 4 bytes where they fit: the check is a sort of these, and
-    # their memory adds to the load's peak.
-    dtype = np.uint32 if (n_users + 1) * (n_items + 1) <= np.iinfo(np.uint32).max else np.int64
-
-    def pairs() -> np.ndarray:
-        key = ratings.user.astype(dtype)
-        np.multiply(key, n_items + 1, out=key, casting="unsafe")
-        np.add(key, ratings.item, out=key, casting="unsafe")  # in place: one array at a time
-        return key
-
-    ordered = pairs()
+    ordered = pair_keys(ratings, n_users=n_users, n_items=n_items)
     ordered.sort()  # the common case, no repeats, costs this one sort (0.1 s per 10M)
     if not np.any(ordered[1:] == ordered[:-1]):
         return ratings
     del ordered
-    by_pair, last = _latest_in_groups(pairs(), ratings.timestamp)
+    by_pair, last = _latest_in_groups(
+        pair_keys(ratings, n_users=n_users, n_items=n_items), ratings.timestamp
+    )
     keep = np.sort(by_pair[last])
     log.warning(
         "%d ratings repeat a (user, item) pair rated again later: kept each pair's latest "
@@ -673,8 +675,10 @@ def _canonical_fold(dataset: Dataset, folder: Path, split: str) -> Split:
         )
         for part in ("base", "test")
     )
-    train_pairs = train.user.astype(np.int64) * (n_items + 1) + train.item
-    shared = np.isin(test.user.astype(np.int64) * (n_items + 1) + test.item, train_pairs)
+    shared = np.isin(
+        pair_keys(test, n_users=n_users, n_items=n_items),
+        pair_keys(train, n_users=n_users, n_items=n_items),
+    )
     if np.any(shared):
         row = int(np.flatnonzero(shared)[0])
         user, item = dataset.user_ids[test.user[row] - 1], dataset.item_ids[test.item[row] - 1]
