@@ -16,10 +16,10 @@ dropped and then read again from the stream, never lost nor written twice. A fol
 files hold rows but that has no state is refused: the cut would drop rows no export of
 this folder wrote.
 
-An entry the service could not have written (no user or item id, an id with a control
-character, a rating that is not a number in (0, 5], a timestamp that is not a number) is
-skipped with a warning naming its id, and counted (`skipped_malformed`): it cannot become
-a row, and stopping at it would stop every later export there.
+An entry the service could not have written (no user or item id, an id that breaks the
+rules of contract/ids.py, a rating that is not a number in (0, 5], a timestamp that is not
+a number) is skipped with a warning naming its id, and counted (`skipped_malformed`): it
+cannot become a row, and stopping at it would stop every later export there.
 
 `--merge-with DATA_DIR` also writes OUT/merged: the original data with the exported
 ratings added (a re-rated pair keeps its newest rating), in a folder the loaders read. It
@@ -48,7 +48,7 @@ from typing import Any
 
 import redis
 
-from contract.ids import control_character
+from contract.ids import MAX_ID_LENGTH, control_character
 from training.cli_args import path_arg
 from training.data import DATASETS, load_dataset
 from training.durable import fsync_dir, fsync_file
@@ -237,6 +237,8 @@ def _entry_id(fields: dict[str, str], name: str) -> str:
     control = control_character(text)
     if control is not None:
         raise _MalformedEntryError(f"{name} {text!r} holds a control character ({control})")
+    if len(text) > MAX_ID_LENGTH:
+        raise _MalformedEntryError(f"{name} is {len(text)} characters long")
     return text
 
 

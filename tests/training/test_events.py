@@ -278,6 +278,7 @@ def test_entries_the_service_could_not_have_written_are_skipped_and_counted(
         {"event": "rating", "user_id": "u", "item_id": "i", "value": "9"},
         {"event": "click", "user_id": "u", "item_id": "i", "timestamp": "abc"},
         {"event": "rating", "user_id": "99\t1\t1\t880000000\n98", "item_id": "10", "value": "4"},
+        {"event": "click", "user_id": "u", "item_id": "L" * 129},
     ]
     ids = [client.xadd(events.STREAM_KEY, fields) for fields in bad]
     client.xadd(events.STREAM_KEY, {"event": "rating", "user_id": "u", "item_id": "i",
